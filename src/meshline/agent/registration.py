@@ -1,0 +1,81 @@
+"""Registering the workload's Dataplane with the control plane, and removing it again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from meshline.agent.backoff import Deadline
+from meshline.core.errors import MeshlineError, NotFound, Unavailable
+
+Report = Callable[[str], None]
+# How often to repeat "still retrying" while the control plane stays unreachable.
+STATUS_EVERY = 5.0
+
+
+class Api(Protocol):
+    """The part of :class:`meshline.api.client.AsyncApiClient` the agent uses."""
+
+    url: str
+
+    async def put(self, doc: dict[str, Any]) -> Any: ...
+
+    async def delete(self, kind: str, mesh: str | None, name: str) -> Any: ...
+
+
+async def register(
+    api: Api,
+    doc: dict[str, Any],
+    timeout: float,
+    report: Report,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Any:
+    """PUT the Dataplane; while the control plane is unreachable retry with backoff for up to
+    ``timeout`` seconds. Any other error (invalid spec, bad token, unknown mesh) is final."""
+    deadline = Deadline(clock(), timeout)
+    last_status = -STATUS_EVERY
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            result = await api.put(doc)
+        except Unavailable:
+            now = clock()
+            delay = deadline.next_delay(now)
+            if delay is None:
+                raise Unavailable(
+                    f"cannot reach the control plane at {api.url} after {timeout:g}s ({attempts} attempts);"
+                    " start it with `meshline control-plane` or point --api / MESHLINE_API at it"
+                ) from None
+            elapsed = deadline.elapsed(now)
+            if elapsed - last_status >= STATUS_EVERY or attempts == 1:
+                last_status = elapsed
+                report(
+                    f"control plane at {api.url} is not reachable; retrying"
+                    f" ({elapsed:.0f}s of {timeout:g}s)..."
+                )
+            await sleep(delay)
+            continue
+        if attempts > 1:
+            report(f"control plane at {api.url} reached")
+        return result
+
+
+async def deregister(api: Api, mesh: str, name: str, report: Report, timeout: float = 3.0) -> bool:
+    """DELETE the Dataplane so callers drop this workload at once. Best effort: a control
+    plane that is down marks the dataplane offline later on its own."""
+    try:
+        await asyncio.wait_for(api.delete("Dataplane", mesh, name), timeout)
+    except NotFound:
+        return True
+    except TimeoutError:
+        report(f"could not deregister dataplane {name}: the control plane did not answer in {timeout:g}s")
+        return False
+    except MeshlineError as err:
+        report(f"could not deregister dataplane {name}: {err}")
+        return False
+    return True

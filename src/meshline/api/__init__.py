@@ -1,0 +1,1 @@
+"""The control plane's one API (REST + OpenAPI) and the client the CLI and agent use."""

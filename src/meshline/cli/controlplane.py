@@ -1,0 +1,63 @@
+"""`meshline control-plane`: run the control plane in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from meshline.controlplane.app import ControlPlane
+from meshline.controlplane.settings import Settings, default_data_dir
+
+
+async def serve(cp: ControlPlane, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await cp.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await cp.stop()
+
+
+@click.command("control-plane")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="MESHLINE_DATA_DIR",
+    help="where the embedded store, the CA and tokens live [default: ~/.meshline]",
+)
+@click.option(
+    "--store",
+    "store_url",
+    default="",
+    envvar="MESHLINE_STORE_URL",
+    help="sqlite:///path.db (default, in the data dir) or postgresql://user@host/db (HA)",
+)
+@click.option("--api-address", default="127.0.0.1:15681", envvar="MESHLINE_API_ADDRESS", show_default=True)
+@click.option("--xds-address", default="127.0.0.1:15678", envvar="MESHLINE_XDS_ADDRESS", show_default=True)
+@click.option("--debounce", default=0.01, show_default=True, help="seconds to batch changes before pushing")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def control_plane(
+    data_dir: Path | None, store_url: str, api_address: str, xds_address: str, debounce: float, log_level: str
+) -> None:
+    """Run the control plane: REST API, xDS (ADS) server and CA."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(
+        data_dir=data_dir or default_data_dir(),
+        store_url=store_url,
+        api_address=api_address,
+        xds_address=xds_address,
+        debounce=debounce,
+    )
+    from meshline.controlplane.factory import build_control_plane
+
+    asyncio.run(serve(build_control_plane(settings)))

@@ -1,0 +1,217 @@
+"""apply / get / delete / inspect: resource commands, speaking only to the REST API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from meshline.api.client import ApiClient
+from meshline.cli.output import console, echo, table
+from meshline.core.errors import FieldProblem, ValidationError
+
+
+def client_from(ctx: click.Context) -> ApiClient:
+    obj = ctx.find_root().obj or {}
+    return ApiClient(obj.get("api"), obj.get("token"))
+
+
+def load_documents(path: str) -> list[Any]:
+    text = sys.stdin.read() if path == "-" else _read(path)
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValidationError(
+            [FieldProblem("", f"{path} is not valid YAML{where}: {getattr(err, 'problem', err)}")]
+        ) from None
+    out: list[Any] = []
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):
+            out.extend(d["items"])
+        else:
+            out.append(d)
+    if not out:
+        raise ValidationError([FieldProblem("", f"{path} holds no resources")])
+    return out
+
+
+def _read(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise ValidationError([FieldProblem("", f"file {path} does not exist")])
+    if p.is_dir():
+        return "\n---\n".join(f.read_text() for f in sorted(p.glob("*.y*ml")) + sorted(p.glob("*.json")))
+    return p.read_text()
+
+
+@click.command()
+@click.option(
+    "-f", "--file", "files", multiple=True, required=True, help="YAML/JSON file, directory, or - for stdin"
+)
+@click.pass_context
+def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
+    """Create or update resources. All documents are validated first; nothing is written if any is invalid."""
+    docs: list[Any] = []
+    for f in files:
+        docs.extend(load_documents(f))
+    with client_from(ctx) as c:
+        result = c.apply(docs)
+    for item in result["items"]:
+        echo(f"{item['resource']} {item['result']}")
+
+
+def _kinds(c: ApiClient) -> list[dict[str, Any]]:
+    return list(c.get("/api/v1/kinds")["items"])
+
+
+def _find_kind(c: ApiClient, name: str) -> dict[str, Any]:
+    for k in _kinds(c):
+        if name.lower() in (k["kind"].lower(), k["plural"], *[a.lower() for a in k["aliases"]]):
+            return k
+    known = ", ".join(sorted(k["plural"] for k in _kinds(c)))
+    raise ValidationError([FieldProblem("KIND", f"unknown kind '{name}'; known: {known}")])
+
+
+def _age(ts: float) -> str:
+    if not ts:
+        return "-"
+    s = int(time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str) -> None:
+    if output in ("yaml", "json"):
+        clean = [{k: v for k, v in i.items() if k not in ("columns",)} for i in items]
+        data: Any = clean[0] if len(clean) == 1 and output == "yaml-one" else clean
+        if output == "json":
+            echo(json.dumps(data, indent=2))
+        else:
+            echo(yaml.safe_dump_all(clean, sort_keys=False).rstrip())
+        return
+    cols = list(kind["columns"])
+    headers = ["NAME"] + (["MESH"] if kind["meshScoped"] else []) + cols
+    if kind["kind"] == "Dataplane":
+        headers += ["STATUS", "CONFIG"]
+    headers += ["AGE"]
+    rows = []
+    for i in items:
+        row: list[object] = [i["name"]] + ([i.get("mesh", "")] if kind["meshScoped"] else [])
+        row += [i.get("columns", {}).get(c, "") for c in cols]
+        if kind["kind"] == "Dataplane":
+            st = i.get("status", {})
+            state = st.get("state", "offline")
+            colour = {"in-sync": "green", "pushing": "yellow", "offline": "dim"}.get(state, "red")
+            row.append(f"[{colour}]{state}[/{colour}]")
+            nack = st.get("lastNack")
+            row.append(
+                f"rejected: {nack['message'][:60]}"
+                if nack and state == "rejected"
+                else st.get("renderError", "")[:60] or "ok"
+            )
+        row.append(_age(i.get("createdAt", 0)))
+        rows.append(row)
+    if not rows:
+        echo(f"No {kind['plural']} found.")
+        return
+    table(headers, rows)
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
+@click.pass_context
+def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str) -> None:
+    """List resources of a KIND (or show one by NAME)."""
+    with client_from(ctx) as c:
+        k = _find_kind(c, kind)
+        if k["meshScoped"]:
+            base = f"/api/v1/meshes/{mesh}/{k['plural']}"
+            items = [c.get(f"{base}/{name}")] if name else c.get(base)["items"]
+        else:
+            items = [c.get(f"/api/v1/meshes/{name}")] if name else c.get("/api/v1/meshes")["items"]
+    if name and output == "table":
+        output = "yaml"
+    _print_items(k, items, output)
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.pass_context
+def delete(ctx: click.Context, kind: str, name: str, mesh: str) -> None:
+    """Delete one resource."""
+    with client_from(ctx) as c:
+        k = _find_kind(c, kind)
+        path = f"/api/v1/meshes/{mesh}/{k['plural']}/{name}" if k["meshScoped"] else f"/api/v1/meshes/{name}"
+        c.request("DELETE", path)
+    echo(f"{k['kind']} {name} deleted")
+
+
+@click.command()
+@click.argument("what", type=click.Choice(["dataplane", "dp"]))
+@click.argument("name")
+@click.option("-m", "--mesh", default="default", show_default=True)
+@click.option("--config", "show_config", is_flag=True, help="also print the Envoy config it runs (YAML)")
+@click.pass_context
+def inspect(ctx: click.Context, what: str, name: str, mesh: str, show_config: bool) -> None:
+    """A dataplane's status, the policies that apply to it and why, and whether its last push was accepted."""
+    with client_from(ctx) as c:
+        data = c.get(
+            f"/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", params={"config": "1" if show_config else "0"}
+        )
+    dp = data["dataplane"]
+    st = dp.get("status", {})
+    console.print(f"[bold]Dataplane[/bold] {mesh}/{name}  state: [bold]{st.get('state')}[/bold]")
+    spec = dp["spec"]
+    for i in spec["inbound"]:
+        console.print(
+            f"  inbound  {spec['address']}:{i['port']} -> {i.get('serviceAddress', '127.0.0.1')}:"
+            f"{i.get('servicePort', i['port'])}  {i['tags']}"
+        )
+    for o in spec.get("outbound", []):
+        console.print(f"  outbound {o.get('address', '127.0.0.1')}:{o['port']} -> {o['service']}")
+    if data.get("renderError"):
+        console.print(f"[red]render error:[/red] {data['renderError']}")
+    nack = st.get("lastNack")
+    if nack:
+        console.print(f"[red]last rejected push[/red] (version {nack['version']}): {nack['message']}")
+    types = st.get("types", {})
+    if types:
+        table(
+            ["TYPE", "CURRENT", "SENT", "ACKED", "PUSHES"],
+            [
+                [
+                    t,
+                    data["versions"].get(t, ""),
+                    v["sent"],
+                    v["acked"] + (" ✓" if v["acked"] == data["versions"].get(t) else ""),
+                    v["pushes"],
+                ]
+                for t, v in types.items()
+            ],
+            title="xDS",
+        )
+    pols = data.get("policies", [])
+    if pols:
+        table(
+            ["KIND", "NAME", "APPLIES TO", "WHY"],
+            [[p["kind"], p["name"], p["target"], p["reason"]] for p in pols],
+            title="Policies",
+        )
+    else:
+        echo("No policies apply (mesh defaults only).")
+    if show_config:
+        echo(yaml.safe_dump(data["config"], sort_keys=False))

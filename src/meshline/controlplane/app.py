@@ -1,0 +1,166 @@
+"""Wires the control plane together: store, reconciler, ADS server, REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+
+from meshline.api.auth import Authenticator
+from meshline.api.server import build_app
+from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.health import OfflineTracker
+from meshline.controlplane.metrics import TARGETS_PATH, metrics_text, prometheus_targets_handler
+from meshline.controlplane.reconciler import Reconciler
+from meshline.controlplane.settings import Settings, split_address
+from meshline.controlplane.status import StatusRegistry
+from meshline.core.errors import MeshlineError, NotFound
+from meshline.core.mesh import MeshSpec
+from meshline.core.resource import Resource, ResourceKey
+from meshline.kinds import default_kinds
+from meshline.policies import plugins as default_plugins
+from meshline.render import metrics as metrics_step
+from meshline.store.factory import open_store
+from meshline.xds.cache import SnapshotCache
+from meshline.xds.server import AdsServicer, start_server
+
+log = logging.getLogger("meshline.controlplane")
+
+
+@dataclass
+class Extensions:
+    """Optional subsystems hook in here (security, telemetry, rate limiting)."""
+
+    authenticator: Authenticator | None = None
+    xds_credentials: grpc.ServerCredentials | None = None
+    xds_authorize: Callable[[str, grpc.aio.ServicerContext], None] | None = None
+    grpc_services: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
+    routes: list[Callable[[web.Application], None]] = field(default_factory=list)
+    on_start: list[Callable[[ControlPlaneContext], object]] = field(default_factory=list)
+    on_stop: list[Callable[[], object]] = field(default_factory=list)
+    # Serves the REST API over HTTPS when set (see Settings.api_tls).
+    api_ssl: ssl.SSLContext | None = None
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings, extensions: Extensions | None = None) -> None:
+        self.settings = settings
+        self.ext = extensions or Extensions()
+        self.kinds = default_kinds()
+        self.store = open_store(settings.store_url, self.kinds, settings.data_dir)
+        self.cache = SnapshotCache()
+        self.status = StatusRegistry()
+        self.offline = OfflineTracker(self.status, settings.offline_after)
+        self.reconciler = Reconciler(
+            self.store,
+            self.cache,
+            [*default_plugins(), metrics_step.PLUGIN],  # + per-request Prometheus stats on every sidecar
+            settings.debounce,
+            offline=self.offline.offline_in,
+        )
+        self.ctx = ControlPlaneContext(self.kinds, self.store, self.reconciler, self.status)
+        self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.api_port = 0
+        self.xds_port = 0
+        self.started_at = 0.0
+
+    async def start(self) -> None:
+        self.started_at = time.monotonic()
+        api_host, api_port = split_address(self.settings.api_address, "API address")
+        xds_host, xds_port = split_address(self.settings.xds_address, "xDS address")
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.start()
+        if self.settings.create_default_mesh:
+            await self._ensure_default_mesh()
+        for hook in self.ext.on_start:
+            result = hook(self.ctx)
+            if asyncio.iscoroutine(result):
+                await result
+        await self.reconciler.start()
+        self.offline.start(self.reconciler)
+        servicer = AdsServicer(
+            self.cache, self.status, self.ext.xds_authorize, on_connect=self.offline.connected
+        )
+        extra = self.ext.grpc_services
+
+        def add_services(server: grpc.aio.Server) -> None:
+            for add in extra:
+                add(server)
+
+        try:
+            self._grpc, self.xds_port = await start_server(
+                servicer, f"{xds_host}:{xds_port}", self.ext.xds_credentials, add_services
+            )
+        except (OSError, RuntimeError) as err:
+            await self.stop()
+            raise MeshlineError(
+                f"cannot listen for xDS on {xds_host}:{xds_port} ({err}); stop what uses it or pass --xds-address"
+            ) from None
+        def core_extras(app: web.Application) -> None:
+            app.router.add_get("/metrics", self._metrics)
+            app.router.add_get(TARGETS_PATH, prometheus_targets_handler)
+
+        app = build_app(self.ctx, self.ext.authenticator, [core_extras, *self.ext.routes])
+        self.ctx.metrics.known_routes = frozenset(r.canonical for r in app.router.resources())
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, api_host, api_port, reuse_address=True, ssl_context=self.ext.api_ssl)
+        try:
+            await site.start()
+        except OSError as err:
+            await self.stop()
+            raise MeshlineError(
+                f"cannot listen for the API on {api_host}:{api_port} ({err.strerror});"
+                " stop what uses it or pass --api-address"
+            ) from None
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.api_port = sockets[0].getsockname()[1] if sockets else api_port
+        log.info(
+            "control plane ready: API on %s:%d, xDS on %s:%d",
+            api_host,
+            self.api_port,
+            xds_host,
+            self.xds_port,
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=metrics_text(self.ctx), content_type="text/plain")
+
+    async def _ensure_default_mesh(self) -> None:
+        if await self.store.list("Mesh"):
+            return
+        try:
+            await self.store.get(ResourceKey("Mesh", "", "default"))
+        except NotFound:
+            await self.store.create(Resource(kind="Mesh", name="default", spec=MeshSpec()))
+
+    async def stop(self) -> None:
+        for hook in self.ext.on_stop:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                await result
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+            self._grpc = None
+        self.offline.stop()
+        await self.reconciler.stop()
+        await self.store.close()
+
+    @property
+    def api_url(self) -> str:
+        host, _ = split_address(self.settings.api_address, "API address")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        scheme = "https" if self.ext.api_ssl is not None else "http"
+        return f"{scheme}://{host}:{self.api_port}"

@@ -1,0 +1,56 @@
+"""Control-plane settings: command-line options override environment variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshline.core.errors import MeshlineError
+
+DEFAULT_API_PORT = 15681
+DEFAULT_XDS_PORT = 15678
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("MESHLINE_DATA_DIR", Path.home() / ".meshline"))
+
+
+def split_address(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MeshlineError(f"{what} '{value}' must look like HOST:PORT (e.g. 127.0.0.1:{DEFAULT_API_PORT})")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    store_url: str = field(default_factory=lambda: os.environ.get("MESHLINE_STORE_URL", ""))
+    api_address: str = field(
+        default_factory=lambda: os.environ.get("MESHLINE_API_ADDRESS", f"127.0.0.1:{DEFAULT_API_PORT}")
+    )
+    xds_address: str = field(
+        default_factory=lambda: os.environ.get("MESHLINE_XDS_ADDRESS", f"127.0.0.1:{DEFAULT_XDS_PORT}")
+    )
+    debounce: float = 0.01
+    create_default_mesh: bool = True
+    # Authenticate API and xDS callers with tokens (off only for the local demo / tests).
+    auth: bool = field(default_factory=lambda: os.environ.get("MESHLINE_AUTH", "on") != "off")
+    # HTTPS for the REST API: "auto" serves it whenever auth is on and the API listens
+    # beyond loopback (tokens must not cross a network in clear); "on" / "off" force it.
+    api_tls: str = field(default_factory=lambda: os.environ.get("MESHLINE_API_TLS", "auto"))
+
+    def api_tls_enabled(self) -> bool:
+        if self.api_tls not in ("auto", "on", "off"):
+            raise MeshlineError(f"MESHLINE_API_TLS '{self.api_tls}' must be auto, on or off")
+        if self.api_tls != "auto":
+            return self.api_tls == "on"
+        host, _ = split_address(self.api_address, "API address")
+        return self.auth and host not in ("127.0.0.1", "::1", "localhost")
+    # Seconds a dataplane may be disconnected before its endpoints are marked unhealthy.
+    offline_after: float = 10.0
+    # Redis for global rate limits (RateLimit conf.global); optional until such a policy exists.
+    redis_url: str = field(
+        default_factory=lambda: os.environ.get("MESHLINE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )

@@ -1,0 +1,1 @@
+"""The resource model: envelope, kinds, schemas, selectors and errors shared by every part."""

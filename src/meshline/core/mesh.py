@@ -1,0 +1,174 @@
+"""Mesh: the tenant. Holds mesh-wide settings (mTLS and its CA, default permission...)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from meshline.core.resource import KindInfo, Resource
+from meshline.core.schema import Duration, Spec
+
+
+class CertificateAuthority(Spec):
+    """``builtin``: the control plane makes and keeps a root. ``provided``: your own CA.
+
+    For ``provided``, ``cert`` and ``key`` are PEM text (an intermediate under your root works too).
+    """
+
+    type: Literal["builtin", "provided"] = "builtin"
+    cert: str | None = None
+    key: str | None = None
+
+
+class MTLS(Spec):
+    mode: Literal["strict", "permissive", "disabled"] = "strict"
+    ca: CertificateAuthority = Field(default_factory=CertificateAuthority)
+    cert_lifetime: Duration = timedelta(hours=24)
+
+    @field_validator("cert_lifetime")
+    @classmethod
+    def _lifetime(cls, v: timedelta) -> timedelta:
+        if v < timedelta(minutes=1):
+            raise ValueError("must be at least 1m")
+        if v > timedelta(days=365):
+            raise ValueError("must be at most 365 days (8760h)")
+        return v
+
+
+# Placeholders a logging.file template may use (filled per sidecar section at render time).
+LOG_PATH_PLACEHOLDERS = ("mesh", "service")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+class MeshLogging(Spec):
+    """Access logs of every sidecar (inbound and outbound, HTTP and TCP).
+
+    ``file``: a path template for JSON lines on the sidecar's host, e.g.
+    ``/var/log/meshline/{mesh}/{service}.log`` (null: no file). ``stream``: send every entry
+    to the control plane (what `meshline stat/top/edges/tap/explain` read).
+    """
+
+    file: str | None = None
+    stream: bool = True
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("/"):
+            raise ValueError(f"'{v}' must be an absolute path, e.g. /var/log/meshline/{{mesh}}/{{service}}.log")
+        if "/../" in v + "/" or v.endswith("/"):
+            raise ValueError(f"'{v}' must name a file and must not contain '..'")
+        for name in _PLACEHOLDER_RE.findall(v):
+            if name not in LOG_PATH_PLACEHOLDERS:
+                known = ", ".join("{" + p + "}" for p in LOG_PATH_PLACEHOLDERS)
+                raise ValueError(f"unknown placeholder '{{{name}}}'; use {known}")
+        if "%" in v or any(c in v for c in "\n\0"):
+            raise ValueError(f"'{v}' must not contain '%', newlines or NUL")
+        return v
+
+
+def check_host_port(value: str) -> str:
+    """``host:port`` with an IP (IPv6 in brackets) or DNS name and a port 1-65535."""
+    host, sep, port = value.rpartition(":")
+    hint = "must be HOST:PORT, e.g. otel-collector:4317 or 10.0.0.9:4317"
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"'{value}' {hint}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"'{value}': '{host}' is not an IPv6 address") from None
+        return value
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOST_RE.match(host):
+            raise ValueError(f"'{value}': '{host}' is not an IP address or host name; {hint}") from None
+    return value
+
+
+class MeshTracing(Spec):
+    """Distributed tracing: every sidecar reports its spans to one collector.
+
+    ``otlp``: an OpenTelemetry collector (OTLP/gRPC); W3C ``traceparent`` is propagated.
+    ``zipkin``: a Zipkin-compatible collector (HTTP JSON v2, ``/api/v2/spans``); B3 and W3C
+    headers are both accepted and both sent on. Set exactly one.
+    ``sampling``: percent of requests that start a new trace (0-100; requests that arrive
+    with a sampled trace context keep the caller's decision).
+    """
+
+    otlp: str | None = None
+    zipkin: str | None = None
+    sampling: float = 100.0
+
+    _collector = field_validator("otlp", "zipkin")(
+        classmethod(lambda cls, v: v if v is None else check_host_port(v))
+    )
+
+    @model_validator(mode="after")
+    def _one_collector(self) -> MeshTracing:
+        if (self.otlp is None) == (self.zipkin is None):
+            raise ValueError(
+                "set exactly one collector: otlp: HOST:PORT (OpenTelemetry, OTLP/gRPC) or zipkin: HOST:PORT"
+                " (Zipkin, also accepts B3 headers)"
+            )
+        return self
+
+    @property
+    def collector(self) -> str:
+        return self.otlp or self.zipkin or ""
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        if isinstance(v, bool):
+            raise ValueError("must be a number from 0 to 100")
+        return v
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling(cls, v: float) -> float:
+        if not 0 <= v <= 100:
+            raise ValueError(f"{v:g} is not a percentage; use 0-100 (e.g. 10 samples one request in ten)")
+        return v
+
+
+class MeshSpec(Spec):
+    mtls: MTLS = Field(default_factory=MTLS)
+    # SPIFFE trust domain; identities are spiffe://<trustDomain>/<mesh>/<service>.
+    trust_domain: str = "meshline.local"
+    # What happens to traffic no TrafficPermission matches. None: "deny" when mTLS is
+    # strict (zero trust), "allow" otherwise (so a permissive migration breaks nothing).
+    default_permission: Literal["allow", "deny"] | None = None
+    # Access logs (streamed to the control plane by default) and tracing (off unless set).
+    logging: MeshLogging = Field(default_factory=MeshLogging)
+    tracing: MeshTracing | None = None
+
+    def effective_default_permission(self) -> str:
+        if self.default_permission:
+            return self.default_permission
+        return "deny" if self.mtls.mode == "strict" else "allow"
+
+
+def _mtls_column(r: Resource) -> str:
+    assert isinstance(r.spec, MeshSpec)
+    return r.spec.mtls.mode
+
+
+KIND = KindInfo(
+    kind="Mesh",
+    plural="meshes",
+    spec=MeshSpec,
+    summary="A tenant: its own CA, identities, resources and mesh-wide settings",
+    mesh_scoped=False,
+    aliases=("mesh",),
+    columns={"MTLS": _mtls_column},
+)

@@ -1,0 +1,142 @@
+"""Base model for resource specs, shared field types and pydantic-error translation.
+
+Specs are pydantic models with camelCase aliases (what users write in YAML) and
+``extra="forbid"`` so a typo is an error, not a silently ignored field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, TypeVar
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+from meshline.core.errors import FieldProblem, ValidationError
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        str_strip_whitespace=True,
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+T = TypeVar("T", bound="Spec")
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NAME_HINT = "must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+
+
+def check_name(value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(NAME_HINT)
+    return value
+
+
+Name = Annotated[str, BeforeValidator(check_name)]
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h)")
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse Go-style durations ("250ms", "2s", "1m30s"); plain numbers are seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as '250ms', '2s' or '1m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        pos, total = 0, 0.0
+        for m in _DURATION_RE.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+        if text and pos == len(text):
+            return timedelta(seconds=total)
+    raise ValueError(f"'{value}' is not a duration; write e.g. '250ms', '2s', '1m30s'")
+
+
+def format_duration(value: timedelta) -> str:
+    ms = round(value.total_seconds() * 1000)
+    if ms % 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    if s and s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s and s % 60 == 0:
+        return f"{s // 60}m"
+    return f"{s}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+
+def _path(loc: tuple[int | str, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"function-after", "function-before", "function-plain"} or "[" in str(part):
+            continue  # pydantic validator frames, not fields
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_FRIENDLY = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field; check the spelling against the schema",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+}
+
+
+def problems_from(err: pydantic.ValidationError, prefix: str = "spec") -> list[FieldProblem]:
+    problems = []
+    for e in err.errors():
+        kind = e["type"]
+        msg = _FRIENDLY.get(kind)
+        if msg is None:
+            msg = str(e["msg"])
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            elif msg.startswith("Assertion failed, "):
+                msg = msg[len("Assertion failed, ") :]
+            else:
+                msg = msg[:1].lower() + msg[1:]
+        problems.append(FieldProblem(_path(tuple(e["loc"]), prefix), msg))
+    return problems
+
+
+def parse_spec(model: type[T], data: object, *, context: str = "", prefix: str = "spec") -> T:
+    try:
+        return model.model_validate(data if data is not None else {})
+    except pydantic.ValidationError as err:
+        raise ValidationError(problems_from(err, prefix), context=context) from None

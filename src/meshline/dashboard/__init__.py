@@ -1,0 +1,25 @@
+"""The dashboard: a small single-page app served by the control plane at ``/``.
+
+It is plain HTML, CSS and JavaScript modules shipped as package data (``static/``): no
+build step, no third-party code. The page uses only the public REST API, like the CLI,
+sending the token it was given (``#token=...`` or its sign-in form) as
+``Authorization: Bearer``. The files themselves are served without authentication: they
+hold no data, and a browser cannot attach a header to the first page load.
+
+:func:`install` adds the routes to a control plane (called by ``controlplane.factory``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshline.dashboard.routes import STATIC_DIR, add_routes, dashboard_url
+
+if TYPE_CHECKING:
+    from meshline.controlplane.app import Extensions
+
+__all__ = ["STATIC_DIR", "add_routes", "dashboard_url", "install"]
+
+
+def install(ext: Extensions) -> None:
+    ext.routes.append(add_routes)

@@ -1,0 +1,219 @@
+"""`meshline up`: a control plane on its embedded store and the demo, meshed, in one command.
+
+The control plane runs in this process; each demo service runs under its own
+`meshline run` agent (a subprocess), exactly as a user would run them on hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from meshline.controlplane.app import ControlPlane
+from meshline.controlplane.settings import Settings
+from meshline.core.errors import MeshlineError
+
+
+@dataclass(frozen=True)
+class DemoService:
+    name: str  # dataplane name
+    role: str  # web | orders | inventory
+    version: str
+    app_port: int
+    upstream: tuple[str, int] | None  # (service, local port)
+
+
+def demo_services(web_port: int, outbound_base: int = 15001) -> list[DemoService]:
+    """App ports follow the web port (8080..8083); each instance gets its own outbound port
+    because all of them share 127.0.0.1."""
+    return [
+        DemoService("inventory-1", "inventory", "v1", web_port + 3, None),
+        DemoService("orders-v1", "orders", "v1", web_port + 1, ("inventory", outbound_base + 1)),
+        DemoService("orders-v2", "orders", "v2", web_port + 2, ("inventory", outbound_base + 2)),
+        DemoService("web-1", "web", "v1", web_port, ("orders", outbound_base)),
+    ]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    web_port: int = 8080
+    outbound_base: int = 15001
+    say: Callable[[str], None] = print
+    token_for: Callable[[str], str | None] = lambda service: None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: Path = Path(".")
+
+    def check_ports(self) -> None:
+        wanted = [(s.app_port, f"the {s.name} app") for s in demo_services(self.web_port, self.outbound_base)]
+        wanted += [(s.upstream[1], f"{s.name}'s outbound to {s.upstream[0]}") for s in demo_services(self.web_port, self.outbound_base)
+                   if s.upstream]
+        busy = [f"{port} ({what})" for port, what in wanted if not port_free(port)]
+        if busy:
+            raise MeshlineError(
+                f"ports already in use: {', '.join(busy)}; stop what uses them (another `meshline up`?)"
+                " or pass --port to move the demo"
+            )
+
+    def agent_command(self, s: DemoService, api_url: str, xds: str) -> list[str]:
+        cmd = [sys.executable, "-m", "meshline", "run", "--service", s.role, "--name", s.name,
+               "--port", str(s.app_port), "--protocol", "http", "--tag", f"version={s.version}",
+               "--tag", "zone=local", "--api", api_url, "--xds-address", xds,
+               "--work-dir", str(self.settings.data_dir / "dataplanes" / f"default.{s.name}")]
+        if s.upstream:
+            cmd += ["--upstream", f"{s.upstream[0]}={s.upstream[1]}"]
+        cmd += ["--", sys.executable, "-m", "meshline.demo.app", "--role", s.role, "--version", s.version,
+                "--port", str(s.app_port)]
+        return cmd
+
+    def start_agents(self, api_url: str, xds: str) -> None:
+        self.logs = self.settings.data_dir / "demo-logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for s in demo_services(self.web_port, self.outbound_base):
+            # the agents find the control plane's CA (cp-ca.pem) in its data dir
+            env = {**os.environ, "MESHLINE_DATA_DIR": str(self.settings.data_dir)}
+            token = self.token_for(s.role)
+            if token:
+                env["MESHLINE_TOKEN"] = token
+            with open(self.logs / f"{s.name}.log", "wb") as log:
+                self.procs[s.name] = subprocess.Popen(
+                    self.agent_command(s, api_url, xds), stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,
+                )
+
+    def failed(self) -> str | None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+                return f"{name} exited with {p.returncode}: " + " | ".join(tail)
+        return None
+
+    async def wait_first_request(self, stop: asyncio.Event, timeout: float = 60) -> dict[str, object] | None:
+        """The first answer through web -> orders -> inventory; None if asked to stop meanwhile."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if stop.is_set():
+                    return None
+                err = self.failed()
+                if err:
+                    raise MeshlineError(f"the demo could not start: {err}")
+                try:
+                    r = await client.get(f"http://127.0.0.1:{self.web_port}/")
+                    body = r.json()
+                    if r.status_code == 200 and isinstance(body.get("upstream"), dict) and \
+                            body["upstream"].get("upstream", {}).get("service") == "inventory":
+                        return dict(body)
+                    last = f"HTTP {r.status_code}"
+                except (httpx.HTTPError, ValueError) as e:
+                    last = type(e).__name__
+                await asyncio.sleep(0.1)
+        raise MeshlineError(f"the demo did not answer through the mesh within {timeout:.0f}s (last: {last});"
+                            f" see the logs in {self.logs}")
+
+    def stop(self, timeout: float = 15) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+
+async def wait_all_ready(cp: ControlPlane, names: list[str], stop: asyncio.Event, demo: Demo,
+                         timeout: float = 60) -> None:
+    """Every demo sidecar registered, ready for traffic and running its current config, so the
+    first requests (and the stats a newcomer looks at first) see no start-up failures."""
+    from meshline.xds.names import node_id
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        err = demo.failed()
+        if err:
+            raise MeshlineError(f"the demo could not start: {err}")
+        ready = {r.name for r in await cp.store.list("Dataplane", "default") if getattr(r.spec, "ready", False)}
+        synced = {n for n in names if (st := cp.status.find(node_id("default", n))) and st.in_sync()}
+        if set(names) <= ready & synced:
+            await asyncio.sleep(0.2)  # one debounce + push for the last endpoint to reach callers
+            return
+        await asyncio.sleep(0.1)
+
+
+async def apply_demo_resources(cp: ControlPlane) -> None:
+    """The demo's TrafficPermissions, written once (a user's later changes are kept)."""
+    from meshline.core.errors import NotFound
+
+    text = (Path(__file__).parent / "resources.yaml").read_text()
+    for doc in yaml.safe_load_all(text):
+        res = cp.kinds.decode(doc)
+        try:
+            await cp.store.get(res.key)
+        except NotFound:
+            await cp.store.create(res)
+
+
+async def run_up(settings: Settings, web_port: int, outbound_base: int, build: Callable[[Settings], ControlPlane],
+                 say: Callable[[str], None], status: Callable[[str], None],
+                 token_for: Callable[[ControlPlane, str], str | None] | None = None,
+                 ready: Callable[[ControlPlane, Demo, dict[str, object], float], None] | None = None,
+                 stop_event: asyncio.Event | None = None) -> None:
+    started = time.monotonic()
+    demo = Demo(settings, web_port, outbound_base, say)
+    demo.check_ports()
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    status("Starting the control plane")
+    cp = build(settings)
+    await cp.start()
+    try:
+        if token_for is not None:
+            demo.token_for = lambda service: token_for(cp, service)
+        await apply_demo_resources(cp)
+        xds_host = settings.xds_address.rpartition(":")[0] or "127.0.0.1"
+        status("Starting the demo: inventory, orders v1 + v2, web (each with its sidecar)")
+        demo.start_agents(cp.api_url, f"{xds_host}:{cp.xds_port}")
+        status("Waiting for the sidecars to be ready, then for a request through web -> orders -> inventory")
+        await wait_all_ready(cp, [s.name for s in demo_services(web_port, outbound_base)], stop, demo)
+        first = await demo.wait_first_request(stop)
+        if first is not None and ready is not None:
+            ready(cp, demo, first, time.monotonic() - started)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                err = demo.failed()
+                if err:
+                    say(f"warning: {err}")
+                    break
+    finally:
+        status("Stopping the demo and the control plane")
+        await asyncio.get_running_loop().run_in_executor(None, demo.stop)
+        await cp.stop()

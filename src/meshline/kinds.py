@@ -1,0 +1,14 @@
+"""The registry of every resource kind this build knows."""
+
+from __future__ import annotations
+
+from meshline.core import dataplane, mesh
+from meshline.core.resource import KindRegistry
+
+
+def default_kinds() -> KindRegistry:
+    from meshline.policies import plugins
+    from meshline.security.kinds import KINDS as SECURITY_KINDS
+
+    # The security kinds are internal (KindInfo.internal): stored, never served.
+    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, *(p.kind for p in plugins())])

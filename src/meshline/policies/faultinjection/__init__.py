@@ -1,0 +1,5 @@
+"""FaultInjection policy: delays and aborts for a share of a service's requests."""
+
+from meshline.policies.faultinjection.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

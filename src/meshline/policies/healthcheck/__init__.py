@@ -1,0 +1,5 @@
+"""HealthCheck policy: active HTTP/TCP/gRPC checks of a service's instances, plus passive checks."""
+
+from meshline.policies.healthcheck.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

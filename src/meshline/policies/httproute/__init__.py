@@ -1,0 +1,5 @@
+"""HTTPRoute: L7 routing of calls to a service (see docs/policies/routing.md)."""
+
+from meshline.policies.httproute.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

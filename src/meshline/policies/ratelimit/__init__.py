@@ -1,0 +1,5 @@
+"""RateLimit policy: local (per instance) and global (per service, in Redis) limits."""
+
+from meshline.policies.ratelimit.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

@@ -1,0 +1,5 @@
+"""Retry policy: HTTP/gRPC retries with backoff and a retry budget; TCP connect retries."""
+
+from meshline.policies.retry.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

@@ -1,0 +1,5 @@
+"""TCPRoute: weighted splitting of TCP connections (see docs/policies/routing.md)."""
+
+from meshline.policies.tcproute.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

@@ -1,0 +1,5 @@
+"""Timeout policy: connect, request, idle and per-stream timeouts of outbound traffic."""
+
+from meshline.policies.timeout.plugin import PLUGIN
+
+__all__ = ["PLUGIN"]

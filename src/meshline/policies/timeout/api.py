@@ -1,0 +1,117 @@
+"""Timeout: how long a connection, a request and an idle stream may take.
+
+    kind: Timeout
+    mesh: default
+    name: orders-timeouts
+    spec:
+      sources: [{match: {service: web}}]
+      destinations: [{match: {service: orders}}]
+      conf:
+        connectTimeout: 2s
+        idleTimeout: 30m
+        http: {requestTimeout: 5s, streamIdleTimeout: 1m, maxStreamDuration: 10m}
+        tcp: {maxConnectionDuration: 1h}
+
+Fields a policy leaves out keep the defaults below, which are also what an outbound gets
+when no Timeout applies (the base generator in render/outbound.py and render/envoy.py
+builds them; tests/policies/timeout checks the two agree). ``0`` turns a timeout off,
+except ``connectTimeout``, which must be positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pydantic import model_validator
+
+from meshline.core.errors import FieldProblem
+from meshline.core.resource import KindInfo, Resource
+from meshline.core.schema import Duration, Spec, format_duration
+from meshline.core.selectors import SelectorSpec
+from meshline.policies.timeout.common import PositiveDuration, service_only_destinations, sets_something
+
+
+@dataclass(frozen=True)
+class Defaults:
+    connect: timedelta = timedelta(seconds=5)
+    idle: timedelta = timedelta(hours=1)  # connection without streams (HTTP); no bytes (TCP)
+    http_request: timedelta = timedelta(seconds=15)  # HTTP/1.1 services
+    h2_request: timedelta = timedelta(0)  # http2/gRPC: long-lived streams are normal
+    stream_idle: timedelta = timedelta(minutes=5)
+    max_stream_duration: timedelta = timedelta(0)  # unlimited
+    max_connection_duration: timedelta = timedelta(0)  # unlimited
+
+
+DEFAULTS = Defaults()
+
+
+class HttpTimeouts(Spec):
+    request_timeout: Duration | None = None  # the whole request incl. retries (route timeout)
+    stream_idle_timeout: Duration | None = None  # no bytes either way on one request/stream
+    max_stream_duration: Duration | None = None  # hard cap on one stream's lifetime
+
+
+class TcpTimeouts(Spec):
+    max_connection_duration: Duration | None = None
+
+
+class TimeoutConf(Spec):
+    connect_timeout: PositiveDuration | None = None
+    idle_timeout: Duration | None = None
+    http: HttpTimeouts | None = None
+    tcp: TcpTimeouts | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TimeoutConf:
+        if not sets_something(self.model_dump(exclude_none=True)):
+            raise ValueError(
+                "sets no timeout; set at least one of connectTimeout, idleTimeout, http.requestTimeout,"
+                " http.streamIdleTimeout, http.maxStreamDuration, tcp.maxConnectionDuration"
+            )
+        return self
+
+
+class TimeoutSpec(SelectorSpec):
+    conf: TimeoutConf
+
+
+def _contradictions(res: Resource) -> list[FieldProblem]:
+    spec = res.spec
+    assert isinstance(spec, TimeoutSpec)
+    http = spec.conf.http
+    if http is None or not http.request_timeout or not http.max_stream_duration:
+        return []
+    if http.request_timeout > http.max_stream_duration:
+        return [
+            FieldProblem(
+                "spec.conf.http.requestTimeout",
+                f"{format_duration(http.request_timeout)} is longer than maxStreamDuration"
+                f" {format_duration(http.max_stream_duration)}, which ends every stream first;"
+                " lower requestTimeout or raise maxStreamDuration",
+            )
+        ]
+    return []
+
+
+def _request_column(r: Resource) -> str:
+    assert isinstance(r.spec, TimeoutSpec)
+    http = r.spec.conf.http
+    return format_duration(http.request_timeout) if http and http.request_timeout is not None else "-"
+
+
+def _connect_column(r: Resource) -> str:
+    assert isinstance(r.spec, TimeoutSpec)
+    value = r.spec.conf.connect_timeout
+    return format_duration(value) if value is not None else "-"
+
+
+KIND = KindInfo(
+    kind="Timeout",
+    plural="timeouts",
+    spec=TimeoutSpec,
+    summary="Connect, request, idle and per-stream timeouts for outbound HTTP and TCP traffic",
+    is_policy=True,
+    validators=(service_only_destinations, _contradictions),
+    columns={"CONNECT": _connect_column, "REQUEST": _request_column},
+)

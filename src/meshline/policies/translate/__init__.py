@@ -1,0 +1,71 @@
+"""Inputs users already have, translated to Meshline routes at ``meshline apply``:
+Gateway API ``HTTPRoute``/``GRPCRoute`` (GAMMA style) and SMI ``TrafficSplit``.
+
+:func:`translators` returns the functions ControlPlaneContext.translators runs on each
+applied document; each answers None for documents that are not its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec
+from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.resource import KindRegistry, Resource
+from meshline.policies.translate.common import KnownServices
+from meshline.policies.translate.gateway import GROUP as GATEWAY_GROUP
+from meshline.policies.translate.gateway import is_gateway_route, translate_gateway_route
+from meshline.policies.translate.smi import is_traffic_split, translate_traffic_split
+
+if TYPE_CHECKING:
+    from meshline.controlplane.context import ControlPlaneContext
+
+Translator = Callable[[dict[str, Any]], list[Resource] | None]
+
+
+def services_of(dataplanes: Iterable[Resource]) -> dict[str, str]:
+    """service -> protocol (tcp when its instances disagree, as rendering decides)."""
+    protocols: dict[str, set[str]] = {}
+    for dp in dataplanes:
+        if isinstance(dp.spec, DataplaneSpec):
+            for inbound in dp.spec.inbound:
+                protocols.setdefault(inbound.service, set()).add(inbound.protocol)
+    return {s: (p.pop() if len(p) == 1 else DEFAULT_PROTOCOL) for s, p in protocols.items()}
+
+
+def known_services(resources_by_mesh: Mapping[str, Mapping[Any, Resource]]) -> KnownServices:
+    """Reads the control plane's in-memory resources (Reconciler.resources) when asked."""
+
+    def known(mesh: str) -> Mapping[str, str]:
+        return services_of(r for r in resources_by_mesh.get(mesh, {}).values() if r.kind == "Dataplane")
+
+    return known
+
+
+def translators(kinds: KindRegistry, known: KnownServices) -> list[Translator]:
+    def gateway(doc: dict[str, Any]) -> list[Resource] | None:
+        return translate_gateway_route(doc, kinds, known) if is_gateway_route(doc) else None
+
+    def smi(doc: dict[str, Any]) -> list[Resource] | None:
+        return translate_traffic_split(doc, kinds, known) if is_traffic_split(doc) else None
+
+    def unsupported(doc: dict[str, Any]) -> list[Resource] | None:
+        api = doc.get("apiVersion")
+        group = api.split("/", 1)[0] if isinstance(api, str) else ""
+        if group.endswith(".smi-spec.io") or group == GATEWAY_GROUP:
+            what = "HTTPRoute and GRPCRoute" if group == GATEWAY_GROUP else "split.smi-spec.io TrafficSplit"
+            raise ValidationError([FieldProblem(
+                "kind", f"{api} {doc.get('kind')} cannot be translated; Meshline accepts {what} from this API"
+            )])
+        return None
+
+    return [gateway, smi, unsupported]
+
+
+def install(ctx: ControlPlaneContext) -> None:
+    """Wire routing into a control plane (an Extensions.on_start hook): translators and apply-time checks."""
+    from meshline.policies.httproute.references import check_route_references
+
+    ctx.translators.extend(translators(ctx.kinds, known_services(ctx.reconciler.resources)))
+    ctx.validators.append(check_route_references)

@@ -1,0 +1,186 @@
+"""The render step that makes each sidecar count its HTTP traffic with mesh-level labels.
+
+Envoy's own cluster and listener stats are named after Envoy resources, count retried
+attempts, and cannot say which version answered. So every HTTP connection manager gets
+Envoy's *stats access logger*: once per request, when it ends, it adds 1 to a counter and
+records duration and body sizes in histograms, tagged with values Envoy fills in per
+request (response code, the version and zone of the endpoint that answered, the caller's
+mTLS identity) next to values known here (mesh, this sidecar's service, the destination).
+
+Which side reports what (the ``reporter`` label):
+
+* ``source``: the caller's sidecar, on its outbound listener. It sees every request the
+  app made, including those that never reached an instance (no healthy instance,
+  connection refused, timeouts), and knows the caller's tags exactly and the answering
+  endpoint's version and zone.
+* ``destination``: the callee's sidecar, on its inbound listener. It sees every request
+  that reached this instance, including callers outside the mesh; it knows its own tags,
+  and the caller's service only from its mTLS certificate.
+
+The dataplane agent turns these ``envoy_meshline_*`` stats into the ``meshline_*`` series
+it serves (see :mod:`meshline.agent.metrics`). TCP traffic is counted from Envoy's native
+tcp_proxy and listener stats, which update while a connection is open.
+
+Not a user policy: :data:`PLUGIN` is added to the reconciler by the control plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.extensions.access_loggers.stats.v3 import stats_pb2
+from google.protobuf import json_format, struct_pb2
+from xds.type.v3 import typed_struct_pb2
+
+from meshline.core.dataplane import DataplaneSpec
+from meshline.core.mesh import MeshSpec
+from meshline.core.resource import KindInfo, Resource
+from meshline.render import envoy
+from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.plugins import Plugin
+from meshline.render.sections import HttpChain, InboundSection, OutboundSection
+
+# Envoy stat scope of the logger: Envoy's own Prometheus output shows envoy_meshline_<stat>.
+SCOPE = "meshline"
+REQUESTS = "requests"
+DURATION = "request_duration"  # microseconds
+# First byte received from the downstream to last byte sent back. Microseconds: requests
+# inside a mesh often take well under a millisecond (%DURATION% counts whole milliseconds).
+# A request the caller abandoned mid-response has no end and is left out of the histogram
+# (Envoy logs that it could not compute the value); it is still counted in requests.
+DURATION_FORMAT = "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"
+REQUEST_BYTES = "request_bytes"
+RESPONSE_BYTES = "response_bytes"
+HISTOGRAMS = (DURATION, REQUEST_BYTES, RESPONSE_BYTES)
+
+# Labels, in the order Envoy tags the stats (the agent adds response_code_class).
+REPORTER = "reporter"
+MESH = "mesh"
+SOURCE_SERVICE = "source_service"
+SOURCE_VERSION = "source_version"
+SOURCE_ZONE = "source_zone"
+DESTINATION_SERVICE = "destination_service"
+DESTINATION_VERSION = "destination_version"
+DESTINATION_ZONE = "destination_zone"
+RESPONSE_CODE = "response_code"
+GRPC_STATUS = "grpc_status"
+PROTOCOL = "protocol"
+
+# A caller outside the mesh (or a plaintext one) cannot make a destination sidecar create
+# stats at will: per-request tag values come only from Envoy (codes, endpoint metadata,
+# verified certificates), and each listener's logger is capped anyway; past the cap new
+# label combinations are not counted (traffic is untouched).
+MAX_COUNTERS_PER_LISTENER = 1_000
+MAX_HISTOGRAMS_PER_LISTENER = 3_000  # three per counter
+
+STATS_LOGGER = "envoy.access_loggers.stats"
+STATS_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
+ORDER = 1_000_100  # after every policy; independent of the telemetry step (both only append loggers)
+
+KIND = KindInfo(
+    kind="Metrics",
+    plural="metrics",
+    spec=MeshSpec,
+    summary="Per-request Prometheus stats on every sidecar (not a resource)",
+)
+
+
+def _joined(tag_sets: tuple[Mapping[str, str], ...], name: str) -> str:
+    return ",".join(sorted({tags[name] for tags in tag_sets if tags.get(name)}))
+
+
+def _tags(fixed: Mapping[str, str], per_request: Mapping[str, str]) -> list[stats_pb2.Config.Tag]:
+    """Fixed values are plain text formats; empty ones are left out (the agent shows them as "")."""
+    out = [stats_pb2.Config.Tag(name=k, value_format=v) for k, v in fixed.items() if v]
+    out += [stats_pb2.Config.Tag(name=k, value_format=v) for k, v in per_request.items()]
+    return out
+
+
+def stats_logger(fixed: Mapping[str, str], per_request: Mapping[str, str]) -> accesslog_pb2.AccessLog:
+    """One counter and three histograms per request, all with the same tags."""
+    tags = _tags(fixed, per_request)
+    H = stats_pb2.Config.Histogram
+    cfg = stats_pb2.Config(
+        counters=[stats_pb2.Config.Counter(stat=stats_pb2.Config.Stat(name=REQUESTS, tags=tags))],
+        histograms=[
+            H(stat=stats_pb2.Config.Stat(name=DURATION, tags=tags), unit=H.Microseconds,
+              value_format=DURATION_FORMAT),
+            H(stat=stats_pb2.Config.Stat(name=REQUEST_BYTES, tags=tags), unit=H.Bytes,
+              value_format="%BYTES_RECEIVED%"),
+            H(stat=stats_pb2.Config.Stat(name=RESPONSE_BYTES, tags=tags), unit=H.Bytes, value_format="%BYTES_SENT%"),
+        ],
+    )
+    cfg.counters[0].value_fixed.value = 1
+    # Envoy 1.40 deprecates stat_prefix for stats_scope (prefix and limits), which the
+    # xds-protos package does not have yet: the typed config travels as a TypedStruct
+    # with that one field added, and Envoy decodes it with its own descriptors.
+    value = json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+    value["stats_scope"] = {
+        "prefix": SCOPE,
+        "max_counters": MAX_COUNTERS_PER_LISTENER,
+        "max_histograms": MAX_HISTOGRAMS_PER_LISTENER,
+    }
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    typed = typed_struct_pb2.TypedStruct(type_url=STATS_LOGGER_TYPE, value=struct)
+    return accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=envoy.packed(typed))
+
+
+def _per_request(protocol: str) -> dict[str, str]:
+    out = {RESPONSE_CODE: "%RESPONSE_CODE%"}
+    if protocol == "grpc":
+        out[GRPC_STATUS] = "%GRPC_STATUS_NUMBER%"
+    return out
+
+
+def outbound_logger(mesh: str, source_tags: tuple[Mapping[str, str], ...], service: str,
+                    protocol: str) -> accesslog_pb2.AccessLog:
+    fixed = {
+        REPORTER: "source",
+        MESH: mesh,
+        SOURCE_SERVICE: _joined(source_tags, "service"),
+        SOURCE_VERSION: _joined(source_tags, "version"),
+        SOURCE_ZONE: _joined(source_tags, "zone"),
+        DESTINATION_SERVICE: service,
+        PROTOCOL: protocol,
+    }
+    per_request = {
+        # the endpoint that answered (tags the base generator puts in endpoint metadata)
+        DESTINATION_VERSION: "%UPSTREAM_METADATA(envoy.lb:version)%",
+        DESTINATION_ZONE: "%UPSTREAM_METADATA(envoy.lb:zone)%",
+        **_per_request(protocol),
+    }
+    return stats_logger(fixed, per_request)
+
+
+def inbound_logger(mesh: str, tags: Mapping[str, str], protocol: str) -> accesslog_pb2.AccessLog:
+    fixed = {
+        REPORTER: "destination",
+        MESH: mesh,
+        DESTINATION_SERVICE: tags.get("service", ""),
+        DESTINATION_VERSION: tags.get("version", ""),
+        DESTINATION_ZONE: tags.get("zone", ""),
+        PROTOCOL: protocol,
+    }
+    # The caller's verified SPIFFE identity (empty without mTLS); the agent keeps its service.
+    per_request = {SOURCE_SERVICE: "%DOWNSTREAM_PEER_URI_SAN%", **_per_request(protocol)}
+    return stats_logger(fixed, per_request)
+
+
+def _add(chain: HttpChain | None, logger: accesslog_pb2.AccessLog) -> None:
+    if chain is not None:
+        chain.hcm.access_log.append(logger)
+
+
+def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
+    _add(section.http, outbound_logger(mesh.name, section.source_tags, section.service, section.protocol))
+
+
+def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
+    assert isinstance(dataplane.spec, DataplaneSpec)
+    if section.inbound is not None:
+        _add(section.http, inbound_logger(mesh.name, section.inbound.tags, section.inbound.protocol))
+
+
+PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound, inbound=configure_inbound)

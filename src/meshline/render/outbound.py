@@ -1,0 +1,100 @@
+"""Base generator for outbound traffic: local port -> every healthy instance of a service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+
+from meshline.core.dataplane import Outbound
+from meshline.render import envoy
+from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.sections import HttpChain, OutboundSection
+from meshline.xds import names
+
+DEFAULT_HTTP_TIMEOUT_S = 15  # HTTP/1.1 request timeout; 0 (none) for gRPC/HTTP2 streams
+# Pooled mTLS connections keep the certificates of their handshake. Ending them after a
+# quarter of the certificate lifetime (at most an hour) makes renewed certificates and a
+# rotated CA take effect; Envoy drains the old connection and opens a new one for the
+# next request, so nothing fails. (TCP connections are not cut: they last as the app wants.)
+MAX_CONNECTION_DURATION_S = 3600.0
+
+
+def connection_lifetime(mesh: MeshSnapshot) -> float | None:
+    if mesh.spec.mtls.mode == "disabled":
+        return None
+    return min(mesh.spec.mtls.cert_lifetime.total_seconds() / 4, MAX_CONNECTION_DURATION_S)
+
+
+def service_cluster(
+    mesh: MeshSnapshot, service: str, subset: Mapping[str, str] | None = None
+) -> tuple[cluster_pb2.Cluster, endpoint_pb2.ClusterLoadAssignment]:
+    """The cluster (with mTLS to the service's identity) and endpoints for a service or a tag subset.
+
+    Policies that split traffic by tags (HTTPRoute, TCPRoute) call this for each backend.
+    """
+    name = names.service_cluster(service, subset)
+    protocol = mesh.service_protocol(service)
+    transport = None
+    if mesh.spec.mtls.mode != "disabled":
+        transport = envoy.upstream_mtls(mesh.identity(service), f"{service}.{mesh.name}.mesh", protocol)
+    cluster = envoy.eds_cluster(name, protocol, transport, connection_lifetime(mesh))
+    eps = [
+        e
+        for e in mesh.endpoints.get(service, ())
+        if not subset or all(e.tags.get(k) == v for k, v in subset.items())
+    ]
+    return cluster, envoy.load_assignment(name, eps)
+
+
+# Retried by default because the request never reached the app (safe for any method).
+DEFAULT_RETRY_ON = "connect-failure,refused-stream"
+DEFAULT_RETRIES = 2
+
+
+def default_route(cluster: str, protocol: str) -> route_components_pb2.Route:
+    action = route_components_pb2.RouteAction(cluster=cluster)
+    action.timeout.FromSeconds(0 if protocol in envoy.H2_PROTOCOLS else DEFAULT_HTTP_TIMEOUT_S)
+    action.retry_policy.retry_on = DEFAULT_RETRY_ON
+    action.retry_policy.num_retries.value = DEFAULT_RETRIES
+    return route_components_pb2.Route(
+        name="default", match=route_components_pb2.RouteMatch(prefix="/"), route=action
+    )
+
+
+def outbound_section(
+    source_tags: tuple[Mapping[str, str], ...], outbound: Outbound, mesh: MeshSnapshot
+) -> OutboundSection:
+    service = outbound.service
+    protocol = mesh.service_protocol(service)
+    name = names.outbound_listener(outbound.port)
+    section = OutboundSection(
+        target=f"outbound {service} (port {outbound.port})",
+        listener=envoy.listener(name, outbound.address, outbound.port),
+        outbound=outbound,
+        service=service,
+        protocol=protocol,
+        source_tags=source_tags,
+    )
+    cluster, cla = service_cluster(mesh, service)
+    section.clusters[cluster.name] = cluster
+    section.endpoints[cluster.name] = cla
+    if protocol in envoy.L7_PROTOCOLS:
+        h = envoy.hcm(name)
+        section.route_name = names.outbound_route(outbound.port)
+        h.rds.config_source.CopyFrom(envoy.ads())
+        h.rds.route_config_name = section.route_name
+        section.http = HttpChain(h)
+        section.routes[section.route_name] = route_pb2.RouteConfiguration(
+            name=section.route_name,
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(
+                    name=service, domains=["*"], routes=[default_route(cluster.name, protocol)]
+                )
+            ],
+        )
+    else:
+        section.tcp = envoy.tcp_proxy(name, cluster.name)
+    return section

@@ -1,0 +1,149 @@
+"""``render(dataplane, mesh) -> RenderResult``: the pure function from resources to Envoy config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from meshline.core.dataplane import DataplaneSpec, Inbound
+from meshline.core.errors import MeshlineError
+from meshline.core.resource import Resource
+from meshline.render.inbound import inbound_section
+from meshline.render.mesh_snapshot import Carry, MeshSnapshot
+from meshline.render.outbound import outbound_section
+from meshline.render.plugins import Plugin
+from meshline.render.sections import Applied, Section
+from meshline.xds.snapshot import Packed, Snapshot, TypeSlot
+
+
+class RenderError(MeshlineError):
+    """A generator or policy failed for one dataplane; names which one."""
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    snapshot: Snapshot
+    applied: tuple[Applied, ...]
+    # Services whose endpoints this config read ("*": all of them; "!": something untracked):
+    # when they change, the dataplane needs rendering again.
+    reads: frozenset[str] = frozenset()
+    # The sections it was assembled from (see ``previous`` in :func:`render`).
+    parts: tuple[object, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _Part:
+    resources: dict[str, dict[str, Packed]]  # type -> name -> resource
+    applied: tuple[Applied, ...]
+
+
+def _run(step: str, fn: object, *args: object) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except MeshlineError:
+        raise
+    except Exception as err:
+        raise RenderError(f"{step} failed: {type(err).__name__}: {err}") from err
+
+
+def _finish(section: Section) -> _Part:
+    by_type = {t: {p.name: p for p in items} for t, items in section.finalize().items()}
+    return _Part(by_type, tuple(section.applied))
+
+
+def _outbound_part(
+    source_tags: tuple[dict[str, str], ...], outbound_json: str, mesh: MeshSnapshot, plugins: Sequence[Plugin]
+) -> _Part:
+    from meshline.core.dataplane import Outbound
+
+    outbound = Outbound.model_validate_json(outbound_json)
+    section = outbound_section(source_tags, outbound, mesh)
+    for plugin in plugins:
+        if plugin.outbound is not None:
+            _run(f"policy {plugin.kind.kind} on {section.target}", plugin.outbound, section, mesh)
+    return _finish(section)
+
+
+def _inbound_part(dataplane: Resource, inbound: Inbound, mesh: MeshSnapshot, plugins: Sequence[Plugin]) -> _Part:
+    section = inbound_section(dataplane, inbound, mesh)
+    for plugin in plugins:
+        if plugin.inbound is not None:
+            _run(f"policy {plugin.kind.kind} on {section.target}", plugin.inbound, section, dataplane, mesh)
+    return _finish(section)
+
+
+def _outbound_keys(spec: DataplaneSpec) -> tuple[tuple[dict[str, str], ...], str, tuple[str, ...]]:
+    source_tags = tuple(dict(sorted(t.items())) for t in spec.tag_sets())
+    return source_tags, json.dumps(source_tags, sort_keys=True), tuple(o.model_dump_json() for o in spec.outbound)
+
+
+def render(
+    dataplane: Resource,
+    mesh: MeshSnapshot,
+    plugins: Sequence[Plugin] = (),
+    previous: RenderResult | None = None,
+) -> RenderResult:
+    """``previous``: this dataplane's last result. Only saves work: when every section is the
+    same as then, it is returned as is; a type whose resources are unchanged keeps its slot."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    parts: list[_Part] = []
+    with mesh.recording() as reads:
+        # Sections are memoized with a carry: a later snapshot reuses them while the dataplane,
+        # the policies selecting their service and the endpoints they read are unchanged.
+        owner = (dataplane.name, dataplane.version)
+        configurers = tuple(map(id, plugins))  # a piece is only valid for the plugins that made it
+        for index, inbound in enumerate(spec.inbound):
+            parts.append(
+                mesh.memoize(
+                    ("inbound", owner, index, configurers),
+                    lambda inbound=inbound: _inbound_part(dataplane, inbound, mesh, plugins),  # type: ignore[misc]
+                    Carry(frozenset({inbound.service}), owner),
+                )
+            )
+
+        # Outbound config depends only on the caller's tags and the outbound itself, so
+        # every caller with the same tags shares one rendering.
+        source_tags, tags_key, outbounds = mesh.memoize(
+            ("outbound keys", owner), lambda: _outbound_keys(spec), Carry(frozenset(), owner)
+        )
+        for outbound, ob_json in zip(spec.outbound, outbounds, strict=True):
+            parts.append(
+                mesh.memoize(
+                    ("outbound", tags_key, ob_json, configurers),
+                    lambda ob_json=ob_json: _outbound_part(source_tags, ob_json, mesh, plugins),  # type: ignore[misc]
+                    Carry(frozenset({outbound.service})),
+                )
+            )
+
+    if (
+        previous is not None
+        and len(previous.parts) == len(parts)
+        and all(a is b for a, b in zip(previous.parts, parts, strict=True))
+        and previous.reads == reads
+    ):
+        return previous
+    merged: dict[str, dict[str, Packed]] = {}
+    applied: list[Applied] = []
+    for part in parts:
+        applied.extend(part.applied)
+        for type_url, items in part.resources.items():
+            slot = merged.get(type_url)
+            if slot is None:
+                merged[type_url] = dict(items)
+                continue
+            if not slot.keys().isdisjoint(items):  # sections may share a resource, if equal
+                for name in slot.keys() & items.keys():
+                    if slot[name].digest != items[name].digest:
+                        raise RenderError(
+                            f"two sections of {dataplane.name} render different '{name}' resources;"
+                            " check for outbounds to one service with conflicting policies"
+                        )
+            slot.update(items)
+    before = previous.snapshot.slots if previous is not None else {}
+    slots: dict[str, TypeSlot] = {}
+    for type_url, resources in merged.items():
+        last = before.get(type_url)
+        slots[type_url] = last if last is not None and last.holds(resources) else TypeSlot.of(resources.values())
+    return RenderResult(Snapshot(slots), tuple(applied), frozenset(reads), tuple(parts))

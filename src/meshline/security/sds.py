@@ -1,0 +1,169 @@
+"""The agent's SDS server: serves the workload's certificate and the mesh's trust bundle
+to its Envoy (``SecretDiscoveryService``, state of the world) on a Unix socket.
+
+Two secrets, named in :mod:`meshline.xds.names`: ``identity_cert`` (a
+``tls_certificate``: chain + private key) and ``mesh_trust_bundle`` (a
+``validation_context`` with the mesh's roots). The socket is created mode 0600 in
+the agent's work dir (0700): only the agent's user can fetch the private key.
+
+The protocol (nonces, ACK/NACK, answering only open requests, by-name subscriptions)
+is :class:`meshline.xds.stream.AdsStream`, the same state machine as ADS: SDS
+secrets are just one more by-name type in a :class:`~meshline.xds.snapshot.Snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from meshline.xds import names
+from meshline.xds.snapshot import SECRET, Snapshot, pack
+from meshline.xds.stream import AdsStream, Nack
+
+log = logging.getLogger("meshline.security.sds")
+
+
+@dataclass(frozen=True)
+class IdentityMaterial:
+    """What the agent holds for its workload: never leaves the host (the key was made here)."""
+
+    identity: str
+    key_pem: str
+    cert_chain_pem: str
+    trust_bundle_pem: str
+    expires_at: float
+    issued_at: float
+    ca_id: str
+    bundle_version: str
+
+
+def identity_secret(m: IdentityMaterial) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=names.IDENTITY_SECRET,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=m.cert_chain_pem.encode()),
+            private_key=base_pb2.DataSource(inline_bytes=m.key_pem.encode()),
+        ),
+    )
+
+
+def bundle_secret(m: IdentityMaterial) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=names.TRUST_BUNDLE_SECRET,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=m.trust_bundle_pem.encode())
+        ),
+    )
+
+
+def secrets_snapshot(m: IdentityMaterial) -> Snapshot:
+    return Snapshot.build(
+        {SECRET: [pack(names.IDENTITY_SECRET, identity_secret(m)), pack(names.TRUST_BUNDLE_SECRET, bundle_secret(m))]}
+    )
+
+
+class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.snapshot: Snapshot | None = None
+        self.material: IdentityMaterial | None = None
+        self._watchers: set[Callable[[Snapshot], None]] = set()
+        self._server: grpc.aio.Server | None = None
+        self.last_nack: str = ""
+        self.streams = 0
+
+    # -- content ---------------------------------------------------------------------
+    def update(self, material: IdentityMaterial) -> None:
+        """Serve new secrets; every open stream gets the ones that changed."""
+        self.material = material
+        self.snapshot = secrets_snapshot(material)
+        for notify in list(self._watchers):
+            notify(self.snapshot)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of a previous agent (the agent holds a lock)
+        server = grpc.aio.server()
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server)
+        old_umask = os.umask(0o177)  # the socket is born 0600
+        try:
+            if server.add_insecure_port(f"unix:{path}") == 0:
+                raise OSError(f"cannot listen on {path}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._server = server
+        log.debug("SDS listening on %s", path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=0.2)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    # -- gRPC ------------------------------------------------------------------------
+    async def StreamSecrets(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = AdsStream()
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | Snapshot | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    inbox.put_nowait(req)
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                pass
+            finally:
+                inbox.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        self._watchers.add(inbox.put_nowait)
+        self.streams += 1
+        try:
+            if self.snapshot is not None:
+                stream.update(self.snapshot)
+            while True:
+                item = await inbox.get()
+                if item is None:
+                    return
+                out = stream.update(item) if isinstance(item, Snapshot) else stream.receive(item)
+                for ev in out.events:
+                    if isinstance(ev, Nack):
+                        self.last_nack = ev.message
+                        log.warning("Envoy rejected its secrets (version %s): %s", ev.version, ev.message)
+                for resp in out.responses:
+                    yield resp
+        finally:
+            self.streams -= 1
+            self._watchers.discard(inbox.put_nowait)
+            reader.cancel()
+
+    async def FetchSecrets(
+        self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext
+    ) -> discovery_pb2.DiscoveryResponse:
+        if self.snapshot is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no certificate yet")
+        assert self.snapshot is not None
+        slot = self.snapshot.slot(SECRET)
+        resp = discovery_pb2.DiscoveryResponse(version_info=slot.version, type_url=SECRET)
+        resp.resources.extend(slot.subset(sorted(request.resource_names)))
+        return resp

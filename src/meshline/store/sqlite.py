@@ -1,0 +1,171 @@
+"""SQLite backend: the embedded default, one file in the data directory.
+
+One process owns the file (several control-plane replicas need PostgreSQL).
+Calls are short and local, so they run on the event loop's thread under a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from meshline.core.errors import Conflict, NotFound
+from meshline.core.resource import KindRegistry, Resource, ResourceKey
+from meshline.store.base import Change, Store
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL,
+    version INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (kind, mesh, name)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
+"""
+
+
+class SQLiteStore(Store):
+    def __init__(self, kinds: KindRegistry, path: str | Path) -> None:
+        super().__init__(kinds)
+        self.path = str(path)
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        await self._stop_delivery()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("store not started")
+        return self._db
+
+    def _row(self, row: tuple[str, str, str, int, float, float, str]) -> Resource:
+        kind, mesh, name, version, created, updated, spec = row
+        return self.kinds.load(
+            {
+                "kind": kind,
+                "mesh": mesh,
+                "name": name,
+                "version": version,
+                "createdAt": created,
+                "updatedAt": updated,
+                "spec": json.loads(spec),
+            }
+        )
+
+    async def get(self, key: ResourceKey) -> Resource:
+        row = self.db.execute(
+            "SELECT kind, mesh, name, version, created_at, updated_at, spec FROM resources"
+            " WHERE kind=? AND mesh=? AND name=?",
+            (key.kind, key.mesh, key.name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"{key} not found; `meshline get {key.kind.lower()}s` lists what exists")
+        return self._row(row)
+
+    async def list(self, kind: str | None = None, mesh: str | None = None) -> list[Resource]:
+        sql = "SELECT kind, mesh, name, version, created_at, updated_at, spec FROM resources WHERE 1=1"
+        args: list[str] = []
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind)
+        if mesh is not None:
+            sql += " AND mesh=?"
+            args.append(mesh)
+        sql += " ORDER BY kind, mesh, name"
+        return [self._row(r) for r in self.db.execute(sql, args).fetchall()]
+
+    async def revision(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
+
+    def _next_revision(self) -> int:
+        self.db.execute("UPDATE meta SET value = value + 1 WHERE key='revision'")
+        return int(self.db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
+
+    def _stored_version(self, key: ResourceKey) -> tuple[int, float] | None:
+        row = self.db.execute(
+            "SELECT version, created_at FROM resources WHERE kind=? AND mesh=? AND name=?",
+            (key.kind, key.mesh, key.name),
+        ).fetchone()
+        return (int(row[0]), float(row[1])) if row else None
+
+    @contextlib.asynccontextmanager
+    async def _write_txn(self) -> AsyncIterator[None]:
+        """One writer at a time, in an immediate transaction rolled back on any error."""
+        async with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    async def create(self, resource: Resource) -> Resource:
+        async with self._write_txn():
+            if self._stored_version(resource.key) is not None:
+                raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
+            rev = self._next_revision()
+            now = time.time()
+            stored = Resource(resource.kind, resource.name, resource.spec, resource.mesh, rev, now, now)
+            self.db.execute(
+                "INSERT INTO resources VALUES (?,?,?,?,?,?,?)",
+                (stored.kind, stored.mesh, stored.name, rev, now, now, json.dumps(stored.spec.to_json())),
+            )
+        await self._emit(Change("put", stored.key, rev, stored))
+        return stored
+
+    async def update(self, resource: Resource, expected_version: int | None = None) -> Resource:
+        async with self._write_txn():
+            current = self._stored_version(resource.key)
+            if current is None:
+                raise NotFound(f"{resource.key} not found")
+            if expected_version is not None and expected_version != current[0]:
+                raise Conflict(
+                    f"{resource.key} changed since you read it (version {expected_version}, now"
+                    f" {current[0]}); read it again and retry"
+                )
+            rev = self._next_revision()
+            now = time.time()
+            stored = Resource(
+                resource.kind, resource.name, resource.spec, resource.mesh, rev, current[1], now
+            )
+            self.db.execute(
+                "UPDATE resources SET version=?, updated_at=?, spec=? WHERE kind=? AND mesh=? AND name=?",
+                (rev, now, json.dumps(stored.spec.to_json()), stored.kind, stored.mesh, stored.name),
+            )
+        await self._emit(Change("put", stored.key, rev, stored))
+        return stored
+
+    async def delete(self, key: ResourceKey, expected_version: int | None = None) -> None:
+        async with self._write_txn():
+            current = self._stored_version(key)
+            if current is None:
+                raise NotFound(f"{key} not found")
+            if expected_version is not None and expected_version != current[0]:
+                raise Conflict(f"{key} changed since you read it; read it again and retry")
+            rev = self._next_revision()
+            self.db.execute(
+                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=?", (key.kind, key.mesh, key.name)
+            )
+        await self._emit(Change("delete", key, rev, None))

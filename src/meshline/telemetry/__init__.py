@@ -1,0 +1,46 @@
+"""Observability: every request counted, timed, traceable and, when it fails, explained.
+
+* :mod:`.render_step` tells every sidecar to log (and trace) each request;
+* :mod:`.als` receives the streamed entries, :mod:`.convert` flattens them into
+  :class:`~.record.LogRecord`, :mod:`.explain` says why failures failed;
+* :mod:`.intake` keeps recent records and rolling golden signals per mesh;
+* :mod:`.api` serves stats, live taps and explanations to the CLI (`meshline stat/top/edges/tap/explain`).
+
+:func:`install` wires all of it into a control plane (called by ``controlplane.factory``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshline.controlplane.app import ControlPlane
+    from meshline.telemetry.intake import TelemetryIntake
+
+
+def install(cp: ControlPlane) -> TelemetryIntake:
+    """Add the render step, the AccessLogService, the API routes and the intake to ``cp``."""
+    from meshline.controlplane.context import ControlPlaneContext
+    from meshline.core.resource import ResourceKey
+    from meshline.telemetry.als import AccessLogServicer, add_to_server
+    from meshline.telemetry.api import TelemetryApi
+    from meshline.telemetry.context import context_from
+    from meshline.telemetry.intake import TelemetryIntake
+    from meshline.telemetry.render_step import PLUGIN
+
+    reconciler = cp.reconciler
+    intake = TelemetryIntake(context_for=lambda r: context_from(reconciler, r))
+
+    def known(mesh: str, dataplane: str) -> bool:
+        return ResourceKey("Dataplane", mesh, dataplane) in reconciler.resources.get(mesh, {})
+
+    def on_start(ctx: ControlPlaneContext) -> None:
+        ctx.services["telemetry"] = intake
+        intake.start()
+
+    reconciler.plugins = sorted([*reconciler.plugins, PLUGIN], key=lambda p: p.order)
+    cp.ext.grpc_services.append(add_to_server(AccessLogServicer(intake, known)))
+    cp.ext.routes.append(TelemetryApi(intake).install)
+    cp.ext.on_start.append(on_start)
+    cp.ext.on_stop.append(intake.stop)
+    return intake

@@ -1,0 +1,124 @@
+"""REST routes of the telemetry intake:
+
+* ``GET /api/v1/meshes/{mesh}/stats?window=1m|5m&service=&paths=N``: golden signals of
+  services and edges (and the N busiest paths);
+* ``GET /api/v1/meshes/{mesh}/tap?service=&path=&status=&replay=N``: a live stream of
+  requests as JSON lines (``application/x-ndjson``); the first line confirms the tap is on;
+* ``GET /api/v1/meshes/{mesh}/requests/{id}``: both halves of one request (by x-request-id,
+  or every entry of a trace id) with the explanation.
+
+Registered through ``Extensions.routes``, ahead of the API's generic resource routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from meshline.api.server import principal
+from meshline.core.errors import FieldProblem, NotFound, ValidationError
+from meshline.telemetry.explain import explain_request
+from meshline.telemetry.intake import TapFilter, TelemetryIntake
+
+KEEPALIVE_S = 10.0
+MAX_REPLAY = 1000
+
+
+
+def _int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise ValidationError([FieldProblem(name, f"must be a whole number from 0 to {high}")])
+    return int(raw)
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+class TelemetryApi:
+    def __init__(self, intake: TelemetryIntake) -> None:
+        self.intake = intake
+
+    async def stats(self, request: web.Request, mesh: str) -> web.StreamResponse:
+        data = self.intake.stats(
+            mesh,
+            window=request.query.get("window", "1m"),
+            service=request.query.get("service", ""),
+            paths=_int(request, "paths", 0, 1000),
+        )
+        return web.Response(body=_dumps(data), content_type="application/json")
+
+    async def tap(self, request: web.Request, mesh: str) -> web.StreamResponse:
+        flt = TapFilter(
+            service=request.query.get("service", ""),
+            path=request.query.get("path", ""),
+            status=request.query.get("status", ""),
+        )
+        replay = _int(request, "replay", 0, MAX_REPLAY)
+        sub = self.intake.subscribe(mesh, flt)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        try:
+            await resp.prepare(request)
+            await resp.write(_dumps({"tap": {"mesh": mesh, "service": flt.service, "path": flt.path,
+                                              "status": flt.status}}))
+            for r in self.intake.recent(mesh, flt, replay):
+                await resp.write(_dumps(r.to_json()))
+            last_write = time.monotonic()
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), 1.0)
+                except TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        break  # the client went away
+                    if time.monotonic() - last_write >= KEEPALIVE_S:
+                        await resp.write(b"\n")  # keeps proxies from closing an idle stream
+                        last_write = time.monotonic()
+                    continue
+                if item is None:
+                    break  # the control plane is stopping
+                await resp.write(_dumps(item.to_json()))
+                last_write = time.monotonic()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.intake.unsubscribe(sub)
+        return resp
+
+    async def request(self, request: web.Request, mesh: str, request_id: str) -> web.StreamResponse:
+        records = self.intake.request(mesh, request_id)
+        if not records:
+            kept = self.intake.keep
+            raise NotFound(
+                f"no request '{request_id}' among the last {kept} entries of mesh '{mesh}';"
+                " find ids with `meshline tap` (entries are kept in the control plane's memory only)"
+            )
+        data = {"requestId": request_id, "explanation": explain_request(records),
+                "records": [r.to_json() for r in records]}
+        return web.Response(body=_dumps(data), content_type="application/json")
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        return await self.stats(request, mesh)
+
+    async def _tap(self, request: web.Request) -> web.StreamResponse:
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        return await self.tap(request, mesh)
+
+    async def _request(self, request: web.Request) -> web.StreamResponse:
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        return await self.request(request, mesh, request.match_info["id"])
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/meshes/{mesh}/stats", self._stats)
+        app.router.add_get("/api/v1/meshes/{mesh}/tap", self._tap)
+        app.router.add_get("/api/v1/meshes/{mesh}/requests/{id}", self._request)

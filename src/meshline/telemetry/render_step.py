@@ -1,0 +1,172 @@
+"""The render step that makes every request visible: access loggers, tracing and the
+context logs need (who called, which policies shaped the traffic).
+
+Runs after every policy plugin (highest ``order``) on each section:
+
+* outbound HTTP routes set ``x-meshline-source: <caller's service>`` so the callee's sidecar
+  can name the caller even without mTLS;
+* clusters and routes get ``meshline`` metadata: the policies applied to the section (from
+  its Applied records) and the route timeout; logs and spans
+  pick these up, so an entry explains itself without the control plane;
+* every HTTP connection manager and TCP proxy gets the mesh's access loggers (gRPC stream
+  to the control plane and/or a JSON-lines file) and, when the mesh traces, the
+  OpenTelemetry tracer plus the collector's cluster.
+
+It is not a user policy (no kind users apply): :data:`PLUGIN` is added to the reconciler by
+``controlplane.factory`` together with the telemetry intake it streams to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_pb2
+
+from meshline.core.dataplane import DataplaneSpec
+from meshline.core.mesh import MeshLogging, MeshSpec
+from meshline.core.resource import KindInfo, Resource
+from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.plugins import Plugin
+from meshline.render.sections import InboundSection, OutboundSection, Section
+from meshline.telemetry import envoy_config as cfg
+from meshline.telemetry import tags as t
+from meshline.xds import names
+
+# After every policy (they add Applied records and routes this step annotates).
+ORDER = 1_000_000
+DEFAULT_ROUTE_TIMEOUT_MS = 15_000  # Envoy's route timeout when a route sets none
+
+# Names this step in render errors ("policy Telemetry on outbound ... failed"); never registered
+# as a resource kind.
+KIND = KindInfo(
+    kind="Telemetry",
+    plural="telemetry",
+    spec=MeshLogging,
+    summary="Access logs and tracing from the Mesh's logging/tracing settings (not a resource)",
+)
+
+
+def _enabled(spec: MeshSpec) -> bool:
+    return bool(spec.logging.stream or spec.logging.file or spec.tracing)
+
+
+def _services(tag_sets: tuple[Mapping[str, str], ...]) -> str:
+    return ",".join(sorted({tags["service"] for tags in tag_sets if "service" in tags}))
+
+
+def _tag(tag_sets: tuple[Mapping[str, str], ...], name: str) -> str:
+    return ",".join(sorted({tags[name] for tags in tag_sets if name in tags}))
+
+
+def _policies(section: Section) -> str:
+    return ",".join(sorted({f"{a.kind}/{a.name}" for a in section.applied}))
+
+
+def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str) -> None:
+    for vhost in rc.virtual_hosts:
+        for route in vhost.routes:
+            meta: dict[str, str] = {}
+            if policies:
+                meta[t.META_POLICIES] = policies
+            if route.HasField("route"):
+                action = route.route
+                timeout = action.timeout.ToMilliseconds() if action.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS
+                meta[t.META_TIMEOUT_MS] = str(timeout)
+                retry = action.retry_policy if action.HasField("retry_policy") else vhost.retry_policy
+                if retry.HasField("per_try_timeout"):
+                    meta[t.META_PER_TRY_TIMEOUT_MS] = str(retry.per_try_timeout.ToMilliseconds())
+            if meta:
+                route.metadata.filter_metadata[t.META].update(meta)
+
+
+def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration]) -> None:
+    policies = _policies(section)
+    for cluster in section.clusters.values():
+        meta: dict[str, str] = {}
+        if policies:
+            meta[t.META_POLICIES] = policies
+        if meta:
+            cluster.metadata.filter_metadata[t.META].update(meta)
+    for rc in routes:
+        _annotate_routes(rc, policies)
+
+
+def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> None:
+    loggers = []
+    if spec.logging.stream:
+        loggers.append(cfg.grpc_access_log(info))
+    if spec.logging.file:
+        loggers.append(cfg.file_access_log(spec.logging.file, info))
+    if section.http is not None:
+        section.http.hcm.access_log.extend(loggers)
+        if spec.tracing is not None:
+            section.http.hcm.tracing.CopyFrom(cfg.tracing(info, spec.tracing))
+            section.clusters[names.TRACING_CLUSTER] = cfg.tracing_cluster(spec.tracing)
+            # Envoy names spans and picks their kind (client/server) from the listener direction.
+            section.listener.traffic_direction = (
+                base_pb2.OUTBOUND if info.direction == "outbound" else base_pb2.INBOUND
+            )
+    elif section.tcp is not None:
+        section.tcp.access_log.extend(loggers)
+
+
+def _source_header(section: OutboundSection) -> None:
+    source = _services(section.source_tags)
+    if not source:
+        return
+    for rc in section.routes.values():
+        rc.request_headers_to_add.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=t.SOURCE_HEADER, value=source),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        )
+
+
+def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
+    if section.http is not None:
+        _source_header(section)
+    spec = mesh.spec
+    if not _enabled(spec):
+        return
+    _annotate(section, list(section.routes.values()))
+    source = _services(section.source_tags)
+    info = cfg.SectionInfo(
+        listener=section.listener.name,
+        direction="outbound",
+        protocol="http" if section.http is not None else "tcp",
+        section=section.target,
+        mesh=mesh.name,
+        service=source,
+        version=_tag(section.source_tags, "version"),
+        source=source,
+        destination=section.service,
+    )
+    _add_observers(section, info, spec)
+
+
+def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
+    spec = mesh.spec
+    inbound = section.inbound
+    if not _enabled(spec) or inbound is None:
+        return
+    assert isinstance(dataplane.spec, DataplaneSpec)
+    _annotate(section, [section.route] if section.route is not None else [])
+    info = cfg.SectionInfo(
+        listener=section.listener.name,
+        direction="inbound",
+        protocol="http" if section.http is not None else "tcp",
+        section=section.target,
+        mesh=mesh.name,
+        service=inbound.service,
+        version=inbound.tags.get("version", ""),
+        destination=inbound.service,
+        destination_version=inbound.tags.get("version", ""),
+        destination_zone=inbound.tags.get("zone", ""),
+        destination_instance=dataplane.name,
+    )
+    _add_observers(section, info, spec)
+
+
+PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound, inbound=configure_inbound)

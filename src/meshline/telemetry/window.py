@@ -1,0 +1,145 @@
+"""Rolling golden signals: requests, failures and latency percentiles over the last N seconds.
+
+Each key (a service, an edge, a path) keeps one bucket per second for the longest window
+(5 minutes): a count, a failure count and a sparse log-scale latency histogram. Memory is
+bounded by the number of distinct latencies buckets per second, not by the request rate.
+Percentiles are the upper bound of the histogram bucket holding the rank (buckets grow by
+4 %, so a reported p99 is at most 4 % above the true one, never below it), clipped to the
+largest latency seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+LONGEST_WINDOW_S = 300
+WINDOWS = {"1m": 60, "5m": 300}
+_GROWTH = 1.04
+_BASE_MS = 0.01  # bucket 0 holds everything up to 10 µs
+
+
+def bucket_of(latency_ms: float) -> int:
+    if latency_ms <= _BASE_MS:
+        return 0
+    return max(0, math.ceil(math.log(latency_ms / _BASE_MS, _GROWTH) - 1e-9))
+
+
+def bucket_upper(index: int) -> float:
+    return _BASE_MS * _GROWTH**index
+
+
+@dataclass
+class _Second:
+    second: int
+    count: int = 0
+    failures: int = 0
+    hist: dict[int, int] = field(default_factory=dict)
+    max_ms: float = 0.0
+    min_ms: float = math.inf
+
+
+@dataclass(frozen=True)
+class Summary:
+    requests: int
+    failures: int
+    seconds: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        return (self.requests - self.failures) / self.requests if self.requests else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "failures": self.failures,
+            "rps": round(self.rps, 3),
+            "successRate": None if self.success_rate is None else round(self.success_rate, 5),
+            "latencyMs": {"p50": self.p50, "p95": self.p95, "p99": self.p99},
+        }
+
+
+class RollingStats:
+    """Per-second buckets for the last :data:`LONGEST_WINDOW_S` seconds, plus totals since start."""
+
+    def __init__(self) -> None:
+        self._seconds: deque[_Second] = deque()
+        self.total = 0
+        self.total_failures = 0
+        self.last_seen = 0.0
+
+    def add(self, at: float, failed: bool, latency_ms: float) -> None:
+        second = int(at)
+        self.total += 1
+        self.total_failures += failed
+        self.last_seen = max(self.last_seen, at)
+        bucket = self._bucket(second)
+        bucket.count += 1
+        bucket.failures += failed
+        idx = bucket_of(latency_ms)
+        bucket.hist[idx] = bucket.hist.get(idx, 0) + 1
+        bucket.max_ms = max(bucket.max_ms, latency_ms)
+        bucket.min_ms = min(bucket.min_ms, latency_ms)
+        self._prune(max(second, self._seconds[-1].second) - LONGEST_WINDOW_S)
+
+    def _bucket(self, second: int) -> _Second:
+        if not self._seconds or self._seconds[-1].second < second:
+            self._seconds.append(_Second(second))
+            return self._seconds[-1]
+        # Entries arrive in batches, slightly out of order: find the second (usually the last few).
+        for b in reversed(self._seconds):
+            if b.second == second:
+                return b
+            if b.second < second:
+                break
+        new = _Second(second)
+        items = sorted([*self._seconds, new], key=lambda b: b.second)
+        self._seconds = deque(items)
+        return new
+
+    def _prune(self, before: int) -> None:
+        while self._seconds and self._seconds[0].second <= before:
+            self._seconds.popleft()
+
+    def summary(self, now: float, seconds: int) -> Summary:
+        since = int(now) - seconds
+        count = failures = 0
+        hist: dict[int, int] = {}
+        hi, lo = 0.0, math.inf
+        for b in self._seconds:
+            if b.second <= since:
+                continue
+            count += b.count
+            failures += b.failures
+            hi, lo = max(hi, b.max_ms), min(lo, b.min_ms)
+            for k, v in b.hist.items():
+                hist[k] = hist.get(k, 0) + v
+        return Summary(
+            requests=count,
+            failures=failures,
+            seconds=seconds,
+            p50=_percentile(hist, count, 0.50, lo, hi),
+            p95=_percentile(hist, count, 0.95, lo, hi),
+            p99=_percentile(hist, count, 0.99, lo, hi),
+        )
+
+
+def _percentile(hist: dict[int, int], count: int, q: float, lo: float, hi: float) -> float | None:
+    if not count:
+        return None
+    rank = max(1, math.ceil(q * count))
+    seen = 0
+    for idx in sorted(hist):
+        seen += hist[idx]
+        if seen >= rank:
+            return round(min(max(bucket_upper(idx), lo), hi), 3)
+    return round(hi, 3)

@@ -1,0 +1,108 @@
+"""Every Envoy resource name Meshline generates is built here.
+
+Names end up in Envoy stats and therefore in users' dashboards and alerts:
+renaming one is a breaking change. Names never contain '.', which Envoy's stat
+tag extraction treats as a separator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Static clusters in the bootstrap the agent writes.
+XDS_CLUSTER = "meshline_xds"
+SDS_CLUSTER = "meshline_sds"
+# Secrets the agent serves over SDS on its local socket.
+IDENTITY_SECRET = "identity_cert"
+TRUST_BUNDLE_SECRET = "mesh_trust_bundle"
+# The OpenTelemetry (OTLP/gRPC) collector of a mesh's tracing settings, in every sidecar.
+TRACING_CLUSTER = "meshline_tracing"
+
+
+def access_log_name(listener: str) -> str:
+    """The log name a listener's access-log stream identifies itself with to the control plane."""
+    return f"meshline_{listener}"
+
+
+def node_id(mesh: str, dataplane: str) -> str:
+    return f"{mesh}.{dataplane}"
+
+
+def parse_node_id(node: str) -> tuple[str, str]:
+    mesh, sep, name = node.partition(".")
+    if not sep or not mesh or not name:
+        raise ValueError(f"node id '{node}' is not <mesh>.<dataplane>")
+    return mesh, name
+
+
+def inbound_listener(port: int) -> str:
+    return f"inbound_{port}"
+
+
+def inbound_cluster(port: int) -> str:
+    """The local app behind inbound port ``port``."""
+    return f"localhost_{port}"
+
+
+def inbound_route(port: int) -> str:
+    return f"inbound_{port}"
+
+
+def outbound_listener(port: int) -> str:
+    return f"outbound_{port}"
+
+
+def outbound_route(port: int) -> str:
+    return f"outbound_{port}"
+
+
+def service_cluster(service: str, subset: Mapping[str, str] | None = None) -> str:
+    """``orders`` for the whole service; ``orders_version-v2`` for a tag subset."""
+    if not subset:
+        return service
+    parts = "_".join(f"{k}-{v}".replace(".", "-").replace("/", "-") for k, v in sorted(subset.items()))
+    return f"{service}_{parts}"
+
+
+def stat_prefix(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def route_rule(policy: str, rule: int, match: int) -> str:
+    """One Envoy route of an HTTPRoute: rule ``rule`` (0-based), request match ``match`` of that rule."""
+    return f"{policy}_rule{rule}_match{match}"
+
+
+def ratelimit_cluster() -> str:
+    """The cluster sidecars reach the global rate-limit service through.
+
+    The service runs on the control plane's gRPC server next to ADS, so this is the
+    bootstrap's ADS cluster: it already points at the control plane's address as this
+    sidecar knows it, with the same DNS and TLS settings.
+    """
+    return XDS_CLUSTER
+
+
+def ratelimit_domain(mesh: str) -> str:
+    """The rate-limit service domain: counters of different meshes never mix."""
+    return f"meshline_{mesh}"
+
+
+def ratelimit_stat_prefix(port: int) -> str:
+    """Stat prefix of the rate-limit filters on inbound ``port`` (``<prefix>.http_local_rate_limit.*``)."""
+    return f"inbound_{port}_ratelimit"
+
+
+# TrafficPermission: the RBAC policy that refuses what no permission allows in a deny-by-default
+# mesh ('_' cannot occur in resource names, so it never collides with a TrafficPermission).
+DEFAULT_PERMISSION_POLICY = "mesh_default"
+
+
+def permission_policy(name: str) -> str:
+    """The Envoy RBAC policy of TrafficPermission ``name``: in 403 bodies and ``rbac.policy.<name>.*`` stats."""
+    return name
+
+
+def inbound_rbac_stat_prefix(port: int) -> str:
+    """Stat prefix of the L4 (TCP) RBAC filter on inbound ``port``: ``inbound_<port>.rbac.denied``."""
+    return f"inbound_{port}."

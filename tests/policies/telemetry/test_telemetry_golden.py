@@ -1,0 +1,112 @@
+"""Golden files for the telemetry render step (access loggers, tracing, source header,
+policy metadata), each also accepted by the real Envoy (``--mode validate``).
+
+UPDATE_GOLDEN=1 rewrites the golden files; review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import json_format
+
+from meshline.policies import plugins
+from meshline.render import envoy
+from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.render import RenderResult, render
+from meshline.telemetry import render_step
+from meshline.testing.golden import load_resources, to_yaml
+from meshline.xds import names
+from meshline.xds.snapshot import CLUSTER, LISTENER, ROUTE
+from tests.policies.httproute.envoy_check import envoy_binary, static_bootstrap
+
+HERE = Path(__file__).parent
+CASES: dict[str, dict[str, Any]] = yaml.safe_load((HERE / "cases.yaml").read_text())
+DATAPLANES = ["web-1", "orders-v1", "payments-1"]
+
+
+def rendered(case: str, dataplane: str) -> RenderResult:
+    spec = CASES[case]
+    docs = (HERE / "mesh.input.yaml").read_text() + "\n---\n" + spec.get("policies", "")
+    resources = load_resources(docs)
+    mesh = load_resources(yaml.safe_dump({"kind": "Mesh", "name": "default", "spec": spec["mesh"]}))[0]
+    snapshot = MeshSnapshot.build(mesh, resources, revision=1)
+    return render(snapshot.dataplanes[dataplane], snapshot, [*plugins(), render_step.PLUGIN])
+
+
+def envoy_accepts(result: RenderResult, work: Path) -> None:
+    # Envoy refuses a listener whose access-log file it cannot open: the directory must exist.
+    Path("/tmp/meshline-telemetry-golden/default").mkdir(parents=True, exist_ok=True)
+    boot = static_bootstrap(result)
+    boot.node.id, boot.node.cluster = "default.web-1", "web"
+    # The agent's bootstrap has the control plane's cluster; the gRPC access logger uses it.
+    boot.static_resources.clusters.append(envoy.static_cluster(names.XDS_CLUSTER, "127.0.0.1", 15678, "grpc"))
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "validate.json"
+    path.write_text(json_format.MessageToJson(boot))
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("dataplane", DATAPLANES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str, dataplane: str, tmp_path: Path) -> None:
+    result = rendered(case, dataplane)
+    golden = HERE / "golden" / f"{case}.{dataplane}.golden.yaml"
+    actual = to_yaml(result)
+    if os.environ.get("UPDATE_GOLDEN") == "1" or not golden.exists():
+        golden.write_text(actual)
+        assert os.environ.get("UPDATE_GOLDEN") == "1", f"{golden} did not exist; wrote it. Review it and re-run."
+    assert actual == golden.read_text(), f"{golden} differs; if intended, re-run with UPDATE_GOLDEN=1 and review"
+    envoy_accepts(result, tmp_path)
+
+
+def _unpacked(result: RenderResult, type_url: str, name: str, cls: type) -> Any:
+    msg = cls()
+    result.snapshot.slots[type_url].resources[name].any.Unpack(msg)
+    return msg
+
+
+def _hcm(result: RenderResult, listener: str) -> hcm_pb2.HttpConnectionManager:
+    lst = _unpacked(result, LISTENER, listener, listener_pb2.Listener)
+    h = hcm_pb2.HttpConnectionManager()
+    lst.filter_chains[0].filters[-1].typed_config.Unpack(h)
+    return h
+
+
+def test_every_http_side_streams_its_log_and_traces() -> None:
+    web = rendered("file-and-tracing", "web-1")
+    for listener in ("outbound_15001", "inbound_18080"):
+        h = _hcm(web, listener)
+        assert [a.name for a in h.access_log] == ["envoy.access_loggers.http_grpc", "envoy.access_loggers.file"]
+        assert h.tracing.provider.name == "envoy.tracers.opentelemetry"
+        assert h.tracing.random_sampling.value == 10
+    assert names.TRACING_CLUSTER in web.snapshot.slots[CLUSTER].resources
+
+
+def test_the_caller_names_itself_and_policies_travel_in_metadata() -> None:
+    web = rendered("file-and-tracing", "web-1")
+    rc = _unpacked(web, ROUTE, "outbound_15001", route_pb2.RouteConfiguration)
+    assert [(h.header.key, h.header.value) for h in rc.request_headers_to_add] == [("x-meshline-source", "web")]
+    meta = rc.virtual_hosts[0].routes[0].metadata.filter_metadata["meshline"]
+    assert meta["policies"] == "Timeout/orders-timeouts" and meta["timeoutMs"] == "2000"
+    orders = _unpacked(web, CLUSTER, "orders", cluster_pb2.Cluster)
+    assert orders.metadata.filter_metadata["meshline"]["policies"] == "Timeout/orders-timeouts"
+
+
+def test_logging_off_adds_no_logger() -> None:
+    web = rendered("logging-off", "web-1")
+    assert not _hcm(web, "outbound_15001").access_log
+    assert not _hcm(web, "outbound_15001").HasField("tracing")

@@ -1,0 +1,112 @@
+"""Bad input at the CLI: one line that says what is wrong and what to do, a non-zero exit, nothing changed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshline.controlplane.settings import Settings
+from meshline.testing.mesh import ControlPlaneThread
+from meshline.testing.servers import free_port
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("cp")
+    cp = ControlPlaneThread(Settings(data_dir=data, store_url=f"sqlite:///{data / 'db'}", auth=False,
+                                     api_address=f"127.0.0.1:{free_port()}",
+                                     xds_address=f"127.0.0.1:{free_port()}"))
+    cp.start()
+    yield cp.cp.api_url
+    cp.stop()
+
+
+def meshline(api: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESHLINE_API": api, "MESHLINE_TOKEN": ""}
+    return subprocess.run([sys.executable, "-m", "meshline", *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_invalid_yaml(api: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Mesh\nname: [unclosed\n")
+    err = one_line_error(meshline(api, "apply", "-f", str(bad)))
+    assert "is not valid YAML at line 3" in err  # where the parser gave up
+
+
+def test_unknown_kind_lists_the_known_ones(api: str) -> None:
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin="kind: Gizmo\nname: x\n"))
+    assert "unknown kind 'Gizmo'" in err and "Dataplane" in err
+
+
+def test_missing_field_and_wrong_type_name_the_path(api: str) -> None:
+    doc = "kind: Dataplane\nmesh: default\nname: a\nspec: {address: 10.0.0.1, inbound: [{port: http, tags: {}}]}\n"
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin=doc))
+    assert "spec.inbound[0].port: must be an integer" in err
+    assert "spec.inbound[0].tags: must include 'service'" in err
+
+
+def test_one_bad_document_applies_nothing(api: str) -> None:
+    docs = """
+kind: Mesh
+name: staging
+---
+kind: Dataplane
+mesh: staging
+name: ok-1
+spec: {address: 10.0.0.1, inbound: [{port: 80, servicePort: 8080, tags: {service: ok}}]}
+---
+kind: Dataplane
+mesh: staging
+name: bad-1
+spec: {address: nope, inbound: [{port: 80, servicePort: 8080, tags: {service: ok}}]}
+"""
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin=docs))
+    assert "nothing was applied" in err and "spec.address" in err
+    assert "staging" not in meshline(api, "get", "meshes").stdout
+
+
+def test_duplicate_names_in_one_apply(api: str) -> None:
+    doc = "kind: Mesh\nname: twice\n---\nkind: Mesh\nname: twice\n"
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin=doc))
+    assert "appears more than once" in err
+
+
+def test_unknown_mesh_says_how_to_create_it(api: str) -> None:
+    doc = "kind: Dataplane\nmesh: nowhere\nname: a\nspec: {address: 10.0.0.1, inbound: [{port: 1, servicePort: 2, tags: {service: a}}]}\n"
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin=doc))
+    assert "mesh 'nowhere' does not exist; create it first" in err
+
+
+def test_missing_resource(api: str) -> None:
+    err = one_line_error(meshline(api, "get", "dataplane", "ghost"))
+    assert "not found" in err
+
+
+def test_unreachable_control_plane(tmp_path: Path) -> None:
+    err = one_line_error(meshline(f"http://127.0.0.1:{free_port()}", "get", "meshes"))
+    assert "cannot reach the control plane" in err and "meshline control-plane" in err
+
+
+def test_port_in_use_for_the_control_plane(api: str, tmp_path: Path) -> None:
+    port = api.rsplit(":", 1)[1]
+    env = {**os.environ, "MESHLINE_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "meshline", "control-plane", "--api-address",
+                             f"127.0.0.1:{port}", "--xds-address", f"127.0.0.1:{free_port()}"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    err = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and err, result.stderr
+    assert "cannot listen for the API" in err[0] and "--api-address" in err[0]

@@ -1,0 +1,131 @@
+"""The dashboard's files through a real control plane with authentication on: served without a
+token, with headers that stop framing, sniffing and foreign scripts, while the API they call
+still needs one; `meshline dashboard` prints the signed-in address. No browser here (see
+tests/e2e/test_dashboard.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from meshline.cli.main import cli
+from meshline.controlplane.settings import Settings
+from meshline.dashboard import STATIC_DIR, dashboard_url
+from meshline.testing.mesh import ControlPlaneThread
+from meshline.testing.servers import free_port
+
+
+class Running:
+    def __init__(self, thread: ControlPlaneThread, data_dir: Path) -> None:
+        self.thread = thread
+        self.data_dir = data_dir
+        self.url = thread.cp.api_url
+        self.admin = (data_dir / "admin.token").read_text().strip()
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    data_dir = tmp_path_factory.mktemp("dashboard-cp")
+    settings = Settings(
+        data_dir=data_dir,
+        store_url=f"sqlite:///{data_dir / 'meshline.db'}",
+        api_address=f"127.0.0.1:{free_port()}",
+        xds_address=f"127.0.0.1:{free_port()}",
+        auth=True,
+        debounce=0.001,
+    )
+    thread = ControlPlaneThread(settings)
+    thread.start()
+    running = Running(thread, data_dir)
+    try:
+        yield running
+    finally:
+        running.http.close()
+        thread.stop()
+
+
+def static_files() -> list[str]:
+    return sorted(p.name for p in STATIC_DIR.iterdir() if p.suffix in (".js", ".css", ".svg"))
+
+
+def test_the_page_and_its_files_need_no_token_and_carry_the_security_headers(cp: Running) -> None:
+    for path, kind in [("/", "text/html"), ("/dashboard/", "text/html"), *(
+            (f"/dashboard/{name}", {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}[name.rsplit(".", 1)[1]])
+            for name in static_files())]:
+        r = cp.http.get(path)
+        assert r.status_code == 200, path
+        assert r.headers["content-type"].startswith(kind), (path, r.headers["content-type"])
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "no-referrer"
+    index = cp.http.get("/").text
+    assert "<title>Meshline</title>" in index and 'src="/dashboard/app.js"' in index
+
+
+def test_the_api_the_page_calls_still_needs_a_token(cp: Running) -> None:
+    for path in ["/api/v1/meshes", "/api/v1/meshes/default/dataplanes", "/api/v1/meshes/default/stats",
+                 "/api/v1/kinds"]:
+        assert cp.http.get(path).status_code == 401, path
+        assert cp.http.get(path, headers={"Authorization": f"Bearer {cp.admin}"}).status_code == 200, path
+
+
+def test_only_files_of_the_dashboard_folder_are_served(cp: Running) -> None:
+    for path in ["/dashboard/routes.py", "/dashboard/__init__.py", "/dashboard/missing.js", "/dashboard/..%2Froutes.py",
+                 "/dashboard/%2e%2e%2f__init__.py", "/dashboard/.hidden.js", "/dashboard/../api/v1/meshes"]:
+        r = cp.http.get(path)
+        assert r.status_code in (401, 404), (path, r.status_code)
+        assert "import" not in r.text and "def " not in r.text, path
+
+
+def test_a_cached_file_is_revalidated_not_sent_again(cp: Running) -> None:
+    first = cp.http.get("/dashboard/app.js")
+    again = cp.http.get("/dashboard/app.js", headers={"If-None-Match": first.headers["etag"]})
+    assert first.headers["cache-control"] == "no-cache"
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_the_page_has_no_inline_code_and_every_file_it_loads_exists() -> None:
+    index = (STATIC_DIR / "index.html").read_text()
+    assert re.search(r"<script(?![^>]*\bsrc=)", index) is None, "inline <script>: the CSP would block it"
+    assert re.search(r"\sstyle=|\son[a-z]+=", index) is None, "inline style/handler: the CSP would block it"
+    referenced = set(re.findall(r'(?:src|href)="/dashboard/([^"]+)"', index))
+    for js in STATIC_DIR.glob("*.js"):
+        text = js.read_text()
+        code = re.sub(r"^\s*//.*$", "", text, flags=re.M)  # comments may name what the code avoids
+        assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|\beval\(|new Function", code), js.name
+        referenced |= set(re.findall(r'from "\./([^"]+)"', text))
+    assert referenced, "no files referenced"
+    assert {name for name in referenced if not (STATIC_DIR / name).is_file()} == set()
+    assert referenced >= set(static_files())  # nothing shipped unused
+
+
+def test_dashboard_command_prints_the_address_with_the_local_admin_token(cp: Running,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHLINE_TOKEN", raising=False)
+    monkeypatch.delenv("MESHLINE_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("MESHLINE_DATA_DIR", str(cp.data_dir))
+    result = CliRunner().invoke(cli, ["--api", cp.url, "dashboard"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    url = result.stdout.strip()
+    assert url == dashboard_url(cp.url, cp.admin) and url.startswith(cp.url + "/#token=")
+    assert unquote(url.split("#token=", 1)[1]) == cp.admin
+    # without a token the address is bare and the page will ask
+    bare = CliRunner().invoke(cli, ["--api", cp.url, "dashboard", "--no-token"], catch_exceptions=False)
+    assert bare.exit_code == 0 and bare.stdout.strip() == cp.url + "/" and "needs a token" in bare.stderr
+    refused = CliRunner().invoke(cli, ["--api", cp.url, "--token", "garbage", "dashboard"])
+    assert refused.exit_code != 0 and "refused" in str(refused.exception)
+
+
+def test_dashboard_command_says_how_to_start_a_missing_control_plane() -> None:
+    result = CliRunner().invoke(cli, ["--api", f"http://127.0.0.1:{free_port()}", "dashboard"])
+    assert result.exit_code != 0 and "meshline control-plane" in str(result.exception)

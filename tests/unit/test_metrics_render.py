@@ -1,0 +1,172 @@
+"""The render step that counts HTTP requests on every sidecar, and the Dataplane metrics field."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import json_format
+from xds.type.v3 import typed_struct_pb2
+
+from meshline.agent.metrics import stats_config
+from meshline.core.errors import ValidationError
+from meshline.kinds import default_kinds
+from meshline.policies import plugins
+from meshline.render import metrics as step
+from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.render import RenderResult, render
+from meshline.testing.golden import load_resources
+from meshline.xds.snapshot import LISTENER
+from tests.policies.httproute.envoy_check import envoy_accepts, envoy_binary, static_bootstrap
+
+MESH = """
+kind: Mesh
+name: default
+spec: {mtls: {mode: disabled}}
+---
+kind: Dataplane
+mesh: default
+name: web-1
+spec:
+  address: 127.0.0.1
+  inbound: [{port: 18080, servicePort: 8080, tags: {service: web, version: v9, zone: z1, protocol: http}}]
+  outbound:
+  - {port: 15001, service: orders}
+  - {port: 15002, service: db}
+  - {port: 15003, service: echo}
+  metrics: {port: 19090}
+---
+kind: Dataplane
+mesh: default
+name: orders-1
+spec:
+  address: 127.0.0.2
+  inbound: [{port: 18080, servicePort: 8080, tags: {service: orders, version: v1, protocol: http}}]
+---
+kind: Dataplane
+mesh: default
+name: db-1
+spec:
+  address: 127.0.0.3
+  inbound: [{port: 18080, servicePort: 5432, tags: {service: db, protocol: tcp}}]
+---
+kind: Dataplane
+mesh: default
+name: echo-1
+spec:
+  address: 127.0.0.4
+  inbound: [{port: 18080, servicePort: 9000, tags: {service: echo, protocol: grpc}}]
+"""
+
+
+def rendered(name: str = "web-1") -> RenderResult:
+    resources = load_resources(MESH)
+    mesh = next(r for r in resources if r.kind == "Mesh")
+    snap = MeshSnapshot.build(mesh, [r for r in resources if r.mesh == "default"], revision=1)
+    return render(snap.dataplanes[name], snap, [*plugins(), step.PLUGIN])
+
+
+def stats_loggers(result: RenderResult) -> dict[str, list[dict[str, Any]]]:
+    """listener name -> the stats access loggers' configs (as Envoy will decode them)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, packed in result.snapshot.slots[LISTENER].resources.items():
+        lst = listener_pb2.Listener()
+        packed.any.Unpack(lst)
+        found: list[dict[str, Any]] = []
+        for f in lst.filter_chains[0].filters:
+            if f.name != "envoy.filters.network.http_connection_manager":
+                continue
+            h = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(h)
+            for log in h.access_log:
+                if log.name == step.STATS_LOGGER:
+                    typed = typed_struct_pb2.TypedStruct()
+                    log.typed_config.Unpack(typed)
+                    assert typed.type_url == step.STATS_LOGGER_TYPE
+                    found.append(json_format.MessageToDict(typed.value))
+        out[name] = found
+    return out
+
+
+def tags(cfg: dict[str, Any]) -> dict[str, str]:
+    return {t["name"]: t["value_format"] for t in cfg["counters"][0]["stat"]["tags"]}
+
+
+def test_outbound_http_counts_each_request_with_the_callers_tags_and_the_answering_endpoint() -> None:
+    loggers = stats_loggers(rendered())
+    (cfg,) = loggers["outbound_15001"]
+    assert tags(cfg) == {
+        "reporter": "source", "mesh": "default", "source_service": "web", "source_version": "v9",
+        "source_zone": "z1", "destination_service": "orders", "protocol": "http",
+        "destination_version": "%UPSTREAM_METADATA(envoy.lb:version)%",
+        "destination_zone": "%UPSTREAM_METADATA(envoy.lb:zone)%",
+        "response_code": "%RESPONSE_CODE%",
+    }
+    assert cfg["counters"][0]["stat"]["name"] == "requests" and cfg["counters"][0]["value_fixed"] == "1"
+    hists = {h["stat"]["name"]: (h["unit"], h["value_format"]) for h in cfg["histograms"]}
+    assert hists == {
+        "request_duration": ("Microseconds", "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"),
+        "request_bytes": ("Bytes", "%BYTES_RECEIVED%"),
+        "response_bytes": ("Bytes", "%BYTES_SENT%"),
+    }
+    assert all(h["stat"]["tags"] == cfg["counters"][0]["stat"]["tags"] for h in cfg["histograms"])
+    assert cfg["stats_scope"]["prefix"] == "meshline" and cfg["stats_scope"]["max_counters"] > 0
+
+
+def test_inbound_names_the_caller_by_certificate_and_grpc_adds_its_status() -> None:
+    (inbound,) = stats_loggers(rendered())["inbound_18080"]
+    assert tags(inbound) == {
+        "reporter": "destination", "mesh": "default", "destination_service": "web", "destination_version": "v9",
+        "destination_zone": "z1", "protocol": "http", "source_service": "%DOWNSTREAM_PEER_URI_SAN%",
+        "response_code": "%RESPONSE_CODE%",
+    }
+    (grpc,) = stats_loggers(rendered())["outbound_15003"]
+    assert tags(grpc)["grpc_status"] == "%GRPC_STATUS_NUMBER%" and tags(grpc)["protocol"] == "grpc"
+
+
+def test_tcp_listeners_get_no_stats_logger() -> None:
+    assert stats_loggers(rendered())["outbound_15002"] == []
+    assert stats_loggers(rendered("db-1"))["inbound_18080"] == []
+
+
+def test_envoy_accepts_the_rendered_config_and_the_bucket_settings(tmp_path: Path) -> None:
+    result = rendered()
+    envoy_accepts(result, tmp_path)
+    # and with the agent's bootstrap stats settings
+    boot = static_bootstrap(result)
+    boot.stats_config.CopyFrom(stats_config())
+    path = tmp_path / "with-stats.json"
+    path.write_text(json_format.MessageToJson(boot))
+    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path),
+                           "--disable-hot-restart", "-l", "critical"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def dataplane(**metrics: object) -> dict[str, Any]:
+    return {
+        "kind": "Dataplane", "mesh": "default", "name": "web-1",
+        "spec": {"address": "127.0.0.1", "adminPort": 9901,
+                 "inbound": [{"port": 18080, "servicePort": 8080, "tags": {"service": "web"}}],
+                 "metrics": metrics},
+    }
+
+
+def test_dataplane_metrics_field_is_validated_with_field_paths() -> None:
+    kinds = default_kinds()
+    ok = kinds.decode(dataplane(port=19090))
+    assert ok.spec.metrics.port == 19090 and ok.spec.metrics.path == "/metrics"  # type: ignore[attr-defined]
+    for bad, where in (
+        ({"port": 70000}, "spec.metrics.port"),
+        ({"port": 19090, "path": "metrics"}, "spec.metrics.path"),
+        ({"port": 19090, "path": "/m?x=1"}, "spec.metrics.path"),
+        ({"port": 18080}, "spec.metrics.port"),  # taken by the inbound listener
+        ({"port": 9901}, "spec.metrics.port"),  # taken by Envoy's admin
+        ({"port": 19090, "scheme": "https"}, "spec.metrics.scheme"),
+    ):
+        with pytest.raises(ValidationError) as err:
+            kinds.decode(dataplane(**bad))
+        assert any(p.path == where for p in err.value.problems), (bad, err.value.problems)
