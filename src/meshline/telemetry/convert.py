@@ -67,7 +67,9 @@ def _common(
         if common.HasField("duration")
         else common.time_to_last_downstream_tx_byte.ToNanoseconds() / 1e6
     )
-    policies = [p for p in (tags.get(t.T_POLICIES, "") or tags.get(t.T_ROUTE_POLICIES, "")).split(",") if p]
+    # The route names every policy of an HTTP section, its cluster the cluster-level ones (TCP: all).
+    named = f"{tags.get(t.T_POLICIES, '')},{tags.get(t.T_ROUTE_POLICIES, '')}".split(",")
+    policies = sorted({p for p in named if p})
     r = LogRecord(
         time=common.start_time.ToNanoseconds() / 1e9,
         mesh=mesh,

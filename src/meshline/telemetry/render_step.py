@@ -6,7 +6,8 @@ Runs after every policy plugin (highest ``order``) on each section:
 * outbound HTTP routes set ``x-meshline-source: <caller's service>`` so the callee's sidecar
   can name the caller even without mTLS;
 * clusters and routes get ``meshline`` metadata: the policies applied to the section (from
-  its Applied records) and the route timeout; logs and spans
+  its Applied records; a cluster behind routes names only the cluster-level ones) and the
+  route timeout; logs and spans
   pick these up, so an entry explains itself without the control plane;
 * every HTTP connection manager and TCP proxy gets the mesh's access loggers (gRPC stream
   to the control plane and/or a JSON-lines file) and, when the mesh traces, the
@@ -59,8 +60,12 @@ def _tag(tag_sets: tuple[Mapping[str, str], ...], name: str) -> str:
     return ",".join(sorted({tags[name] for tags in tag_sets if name in tags}))
 
 
-def _policies(section: Section) -> str:
-    return ",".join(sorted({f"{a.kind}/{a.name}" for a in section.applied}))
+# Kinds that shape routes and HTTP filters, never clusters.
+ROUTE_LEVEL_KINDS = frozenset({"HTTPRoute", "FaultInjection", "RateLimit", "TrafficPermission"})
+
+
+def _policies(section: Section, skip: frozenset[str] = frozenset()) -> str:
+    return ",".join(sorted({f"{a.kind}/{a.name}" for a in section.applied if a.kind not in skip}))
 
 
 def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str) -> None:
@@ -82,12 +87,13 @@ def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str) -> None:
 
 def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration]) -> None:
     policies = _policies(section)
+    # With routes (HTTP), a request's log names the route's policies too, so a cluster names
+    # only those that configure clusters: adding an HTTPRoute or a fault then changes routes
+    # alone, and does not re-push (and re-warm, dropping pooled connections) every caller's cluster.
+    cluster_policies = _policies(section, skip=ROUTE_LEVEL_KINDS) if routes else policies
     for cluster in section.clusters.values():
-        meta: dict[str, str] = {}
-        if policies:
-            meta[t.META_POLICIES] = policies
-        if meta:
-            cluster.metadata.filter_metadata[t.META].update(meta)
+        if cluster_policies:
+            cluster.metadata.filter_metadata[t.META].update({t.META_POLICIES: cluster_policies})
     for rc in routes:
         _annotate_routes(rc, policies)
 

@@ -110,3 +110,34 @@ def test_logging_off_adds_no_logger() -> None:
     web = rendered("logging-off", "web-1")
     assert not _hcm(web, "outbound_15001").access_log
     assert not _hcm(web, "outbound_15001").HasField("tracing")
+
+
+ROUTE_FOR_ORDERS = """
+kind: HTTPRoute
+mesh: default
+name: orders-canary
+spec:
+  destinations: [{match: {service: orders}}]
+  rules:
+  - matches: [{headers: [{name: x-canary, exact: "1"}]}]
+    timeout: 3s
+"""
+
+
+def test_a_route_change_leaves_the_callers_clusters_alone() -> None:
+    # The route names every policy (what a request's log reports); clusters only cluster-level
+    # ones, so adding an HTTPRoute re-pushes routes, not every caller's clusters.
+    CASES["with-route"] = {**CASES["file-and-tracing"],
+                           "policies": CASES["file-and-tracing"]["policies"] + "\n---\n" + ROUTE_FOR_ORDERS}  # fmt: skip
+    try:
+        before, after = rendered("file-and-tracing", "web-1"), rendered("with-route", "web-1")
+    finally:
+        del CASES["with-route"]
+    assert after.snapshot.version(CLUSTER) == before.snapshot.version(CLUSTER)
+    assert after.snapshot.version(ROUTE) != before.snapshot.version(ROUTE)
+    rc = _unpacked(after, ROUTE, "outbound_15001", route_pb2.RouteConfiguration)
+    assert {r.metadata.filter_metadata["meshline"]["policies"] for r in rc.virtual_hosts[0].routes} == {
+        "HTTPRoute/orders-canary,Timeout/orders-timeouts"
+    }
+    orders = _unpacked(after, CLUSTER, "orders", cluster_pb2.Cluster)
+    assert orders.metadata.filter_metadata["meshline"]["policies"] == "Timeout/orders-timeouts"
