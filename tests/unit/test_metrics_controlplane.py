@@ -84,6 +84,18 @@ def test_push_latency_runs_from_the_change_to_the_last_type_acked() -> None:
     assert value(text, "meshline_xds_push_latency_seconds_bucket", le="1.0") == 1
 
 
+def test_a_route_the_sidecar_has_not_asked_for_does_not_hold_the_push_open() -> None:
+    # A new route config (a new service) changes the RDS version, but the stream sends RDS only
+    # when a route it subscribed to changed: the push is complete once the listener is ACKed.
+    rec, status, m = FakeReconciler(), StatusRegistry(), ControlPlaneMetrics()
+    m.watch(rec, status)  # type: ignore[arg-type]
+    connected(status, NODE, LDS="l1", RDS="r1")
+    rec.config(NODE, LDS="l2", RDS="r2")
+    m.on_push("default", [NODE], time.monotonic())
+    ack(status, NODE, time.time(), LDS="l2")  # RDS stays at r1: sent r1, acked r1
+    assert value(m.render(ctx(rec, status, m)), "meshline_xds_push_latency_seconds_count") == 1
+
+
 def test_a_push_superseded_before_its_ack_is_observed_with_the_later_ack() -> None:
     rec, status, m = FakeReconciler(), StatusRegistry(), ControlPlaneMetrics()
     m.watch(rec, status)  # type: ignore[arg-type]

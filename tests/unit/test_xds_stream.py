@@ -111,3 +111,25 @@ def test_warming_trap_eds_is_resent_after_a_cluster_change() -> None:
     out = s.receive(req(ENDPOINT, e.version_info, e.nonce, names=("orders",)))  # looks like an ACK
     assert [r.type_url for r in out.responses] == [ENDPOINT]
     assert out.responses[0].version_info == e.version_info
+
+
+def test_by_name_types_are_resent_only_when_a_subscribed_resource_changes() -> None:
+    """A new ClusterLoadAssignment Envoy has not asked for yet does not resend the ones it has;
+    a change to one it asked for does."""
+    def with_extra(extra: int, orders_endpoints: int = 1) -> Snapshot:
+        base = snap(endpoints=orders_endpoints)
+        extras = [pack(f"new-{i}", endpoint_pb2.ClusterLoadAssignment(cluster_name=f"new-{i}")) for i in range(extra)]
+        return Snapshot.build({CLUSTER: list(base.slot(CLUSTER).resources.values()),
+                               ENDPOINT: [*base.slot(ENDPOINT).resources.values(), *extras]})  # fmt: skip
+
+    s = AdsStream()
+    s.update(with_extra(0))
+    e = s.receive(req(ENDPOINT, names=("orders",))).responses[0]
+    s.receive(req(ENDPOINT, e.version_info, e.nonce, names=("orders",)))
+    assert s.update(with_extra(1)).responses == []  # type version changed, "orders" did not
+    out = s.update(with_extra(1, orders_endpoints=2))
+    assert [r.type_url for r in out.responses] == [ENDPOINT]
+    assert len(out.responses[0].resources) == 1
+    r = out.responses[0]
+    out = s.receive(req(ENDPOINT, r.version_info, r.nonce, names=("orders", "new-0")))  # now it asks for it
+    assert [len(x.resources) for x in out.responses] == [2]

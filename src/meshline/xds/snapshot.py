@@ -112,6 +112,11 @@ class TypeSlot:
     def all(self) -> list[any_pb2.Any]:
         return [self.resources[n].any for n in sorted(self.resources)]
 
+    def digests(self, names: Iterable[str]) -> tuple[bytes, ...]:
+        """Content of the named resources (b"" for a missing one), to tell whether any changed."""
+        res = self.resources
+        return tuple(p.digest if (p := res.get(n)) is not None else b"" for n in names)
+
     def encoded(self, names: Iterable[str] | None = None) -> tuple[bytes, int]:
         """(``resources`` entries on the wire, how many) for ``names`` in order, or all (sorted).
 

@@ -11,8 +11,9 @@ Rules (see ENVOY-NOTES.md):
   ``error_detail`` is empty, a NACK otherwise. After a NACK the rejected version is
   not sent again; Envoy keeps its last good config until the snapshot changes.
 * We answer a type only when Envoy has a request open for it, and only with
-  something new (a changed version, or changed subscribed names). Otherwise the
-  request waits until the next snapshot.
+  something new (a changed version; for types subscribed by name, changed names or a
+  change in one of the named resources). Otherwise the request waits until the next
+  snapshot.
 * Warming trap: after sending clusters, the next EDS request is answered even if
   nothing changed (Envoy re-asks with the same version for a changed cluster and
   would otherwise wait ``initial_fetch_timeout``); likewise RDS after listeners.
@@ -67,6 +68,7 @@ class TypeState:
     nonce: str = ""
     sent_version: str | None = None
     sent_names: frozenset[str] | None = None
+    sent_digests: tuple[bytes, ...] = ()  # by-name types: what the subscribed resources were when sent
     acked_version: str = ""
     names: frozenset[str] = frozenset()
     open_request: bool = False  # Envoy is waiting for a response of this type
@@ -165,10 +167,22 @@ class AdsStream:
         slot = self.snapshot.slot(type_url)
         by_name = type_url in BY_NAME
         names = st.names if by_name else None
-        changed = slot.version != st.sent_version or (by_name and names != st.sent_names)
+        if by_name:
+            # Only the subscribed resources matter: a new route or cluster that this Envoy has
+            # not asked for yet (it will, after the listener or cluster that names it) is no
+            # reason to resend the ones it has.
+            ordered = sorted(st.names)
+            digests = slot.digests(ordered)
+            changed = names != st.sent_names or digests != st.sent_digests
+        else:
+            changed = slot.version != st.sent_version
         if not changed and not (st.due and answer_due):
             return
-        resources, count = slot.encoded(sorted(st.names)) if by_name else slot.encoded()
+        if by_name:
+            resources, count = slot.encoded(ordered)
+            st.sent_digests = digests
+        else:
+            resources, count = slot.encoded()
         self._nonce += 1
         st.nonce = str(self._nonce)
         st.sent_version = slot.version
