@@ -12,12 +12,13 @@ import ctypes
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from meshline.testing.servers import free_port as testing_free_port
 
 _PR_SET_PDEATHSIG = 1
 
@@ -122,11 +123,12 @@ class ProcessGroup:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1, below the ephemeral range and never handed out twice.
+
+    A port the kernel picked (bind to 0) is in the ephemeral range, which it also hands out as
+    source ports of outgoing connections: with 50 sidecars starting, one was taken before the
+    Envoy that was to listen on it bound it, and that Envoy rejected its listeners."""
+    return testing_free_port()
 
 
 def wait_http_ok(

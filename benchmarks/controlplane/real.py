@@ -74,6 +74,10 @@ def many_sidecars(procs: ProcessGroup, workdir: Path, count: int, progress: Prog
             break
         time.sleep(0.2)
     synced = time.monotonic() - began
+    for a, st in zip(agents, statuses, strict=True):
+        if not _in_sync(st):  # say why, for the record
+            nack = (st.get("lastNack") or {}).get("message", "")
+            progress(f"  {a.name} not in sync: {st.get('state')} {nack[:300]}")
     connected_at = [s.get("connectedAt", 0.0) - began_wall for s in statuses]
     converged_at = [max((t.get("ackedAt", 0.0) for t in s.get("types", {}).values()), default=0.0) - began_wall
                     for s in statuses]  # fmt: skip

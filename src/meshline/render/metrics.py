@@ -26,6 +26,7 @@ Not a user policy: :data:`PLUGIN` is added to the reconciler by the control plan
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -98,8 +99,16 @@ def _tags(fixed: Mapping[str, str], per_request: Mapping[str, str]) -> list[stat
 
 
 def stats_logger(fixed: Mapping[str, str], per_request: Mapping[str, str]) -> accesslog_pb2.AccessLog:
-    """One counter and three histograms per request, all with the same tags."""
-    tags = _tags(fixed, per_request)
+    """One counter and three histograms per request, all with the same tags.
+
+    The same logger is shared (appending it to an HCM copies it): building one goes through
+    JSON and a Struct, which was ~15% of the control plane's CPU rendering 5,000 dataplanes."""
+    return _stats_logger(tuple(fixed.items()), tuple(per_request.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _stats_logger(fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[str, str], ...]) -> accesslog_pb2.AccessLog:
+    tags = _tags(dict(fixed), dict(per_request))
     H = stats_pb2.Config.Histogram
     cfg = stats_pb2.Config(
         counters=[stats_pb2.Config.Counter(stat=stats_pb2.Config.Stat(name=REQUESTS, tags=tags))],
