@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meshline.testing.servers import free_port as testing_free_port
+from meshline.testing.servers import free_ports as free_ports
 
 _PR_SET_PDEATHSIG = 1
 

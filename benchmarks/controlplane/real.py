@@ -29,7 +29,7 @@ from typing import Any
 from benchmarks import measure, mesh, stats
 from benchmarks.controlplane.harness import seed_store
 from benchmarks.controlplane.topology import MESH, address, mesh_doc
-from benchmarks.procs import ProcessError, ProcessGroup, free_port
+from benchmarks.procs import ProcessError, ProcessGroup, free_port, free_ports
 
 Progress = Callable[[str], None]
 
@@ -131,10 +131,8 @@ def _first_request_through_demo(port: int) -> bool:
 
 def meshline_up(procs: ProcessGroup, workdir: Path, timeout: float = 120) -> float:
     """Seconds from running ``meshline up`` to the demo's first answer through web -> orders -> inventory."""
-    web = free_port()
-    base = free_port()
-    while not all(_port_free(p) for p in (web + 1, web + 2, web + 3, base + 1, base + 2)):
-        web, base = free_port(), free_port()
+    web = free_ports(4)  # web and the demo apps at web+1..web+3
+    base = free_ports(3)  # orders' outbound ports at base+1, base+2
     argv = mesh.meshline_argv(
         "up", "--port", str(web), "--outbound-base", str(base), "--data-dir", str(workdir / "up"),
         "--api-address", f"127.0.0.1:{free_port()}", "--xds-address", f"127.0.0.1:{free_port()}",
@@ -154,15 +152,6 @@ def meshline_up(procs: ProcessGroup, workdir: Path, timeout: float = 120) -> flo
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def startup(procs: ProcessGroup, workdir: Path, runs: int, progress: Progress) -> dict[str, float]:
