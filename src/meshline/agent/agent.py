@@ -243,10 +243,10 @@ class Agent:
 
         self.phase = Phase.REGISTERING
         if self._api is None:
-            from meshline.api.client import AsyncApiClient
+            from meshline.agent.api import AgentApi
 
             verify: bool | str = str(cfg.ca_file) if cfg.ca_file else True
-            self._api = AsyncApiClient(cfg.api_url, token=cfg.token or "", timeout=5.0, verify=verify)
+            self._api = AgentApi(cfg.api_url, token=cfg.token or "", timeout=5.0, verify=verify)
         await self._until_stopped(
             register(self._api, dataplane_doc(cfg, ready=False), cfg.register_timeout, self.report)
         )

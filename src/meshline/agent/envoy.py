@@ -14,10 +14,9 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
-import httpx
-
-from meshline.agent import process
+from meshline.agent import http, process
 from meshline.agent.config import AgentConfig
 from meshline.core.errors import MeshlineError
 
@@ -93,7 +92,7 @@ class Envoy:
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self.starts = 0
-        self._admin = httpx.AsyncClient(base_url=config.admin_url, trust_env=False, timeout=1.0)
+        self._admin = config.admin_url.rstrip("/")
 
     @property
     def pid(self) -> int | None:
@@ -130,15 +129,16 @@ class Envoy:
 
     async def ready_state(self) -> ReadyState:
         try:
-            resp = await self._admin.get("/ready")
-        except httpx.HTTPError:
+            resp = await http.request("GET", f"{self._admin}/ready", timeout=1.0)
+        except http.HttpError:
             return ReadyState(None)
-        state = resp.text.strip() or f"HTTP {resp.status_code}"
-        if resp.status_code == 200 and state == "LIVE":
+        state = resp.text.strip() or f"HTTP {resp.status}"
+        if resp.status == 200 and state == "LIVE":
             return ReadyState("LIVE", True)
         connected: bool | None = None
-        with contextlib.suppress(httpx.HTTPError):
-            stats = await self._admin.get("/stats", params={"filter": r"^control_plane\.connected_state$"})
+        with contextlib.suppress(http.HttpError):
+            query = urlencode({"filter": r"^control_plane\.connected_state$"})
+            stats = await http.request("GET", f"{self._admin}/stats?{query}", timeout=1.0)
             m = re.search(r"connected_state:\s*(\d+)", stats.text)
             connected = bool(int(m.group(1))) if m else None
         return ReadyState(state, connected)
@@ -148,10 +148,10 @@ class Envoy:
         if not self.running:
             return False
         try:
-            resp = await self._admin.post("/drain_listeners", params={"graceful": "", "skip_exit": ""})
-        except httpx.HTTPError:
+            resp = await http.request("POST", f"{self._admin}/drain_listeners?graceful&skip_exit", timeout=1.0)
+        except http.HttpError:
             return False
-        return resp.status_code == 200
+        return resp.status == 200
 
     async def stop(self, timeout: float) -> int | None:
         if self.proc is None:
@@ -162,7 +162,7 @@ class Envoy:
         return rc
 
     async def close(self) -> None:
-        await self._admin.aclose()
+        """Nothing held open: one admin connection per request."""
 
     def log_tail(self, lines: int = 40) -> list[str]:
         try:

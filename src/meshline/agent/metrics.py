@@ -19,6 +19,7 @@ Each scrape asks Envoy's admin ``/stats/prometheus`` and translates (pure functi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -26,11 +27,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
-from aiohttp import web
 from envoy.config.metrics.v3 import stats_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from meshline.agent import http
 from meshline.agent.config import AgentConfig
 from meshline.core.dataplane import DataplaneMetrics
 from meshline.core.errors import MeshlineError
@@ -370,44 +370,35 @@ class MetricsService:
     def __init__(self, port: int, app_url: str | None = None) -> None:
         self.port = port
         self.app_url = app_url
-        self._runner: web.AppRunner | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._server: asyncio.Server | None = None
         self._workload: Workload | None = None
         self._admin_url = ""
 
     async def start(self, config: AgentConfig) -> None:
         self._workload = Workload.of(config)
         self._admin_url = config.admin_url
-        self._client = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
-        app = web.Application()
-        app.router.add_get(PATH, self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, config.address, self.port).start()
+            self._server = await http.serve(config.address, self.port, self._handle)
         except OSError as err:
-            await self.stop()
             raise MeshlineError(
                 f"cannot serve metrics on {config.address}:{self.port} ({err.strerror});"
                 " pick another --metrics-port or 0 for none"
             ) from None
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
     async def _get(self, url: str) -> str | None:
-        assert self._client is not None
         try:
-            resp = await self._client.get(url, headers={"Accept": "text/plain;version=0.0.4"})
-        except httpx.HTTPError as err:
+            resp = await http.request("GET", url, headers={"Accept": "text/plain;version=0.0.4"},
+                                      timeout=SCRAPE_TIMEOUT_S)  # fmt: skip
+        except http.HttpError as err:
             log.debug("scraping %s failed: %s", url, err)
             return None
-        return resp.text if resp.status_code == 200 else None
+        return resp.text if resp.status == 200 else None
 
     async def scrape(self) -> str:
         assert self._workload is not None
@@ -421,9 +412,12 @@ class MetricsService:
             families.append(_gauge("meshline_dataplane_app_metrics_up", 1.0 if fetched is not None else 0.0))
         return render(families) + app_text
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await self.scrape()
-        return web.Response(body=body.encode(), headers={"Content-Type": TEXT_FORMAT})
+    async def _handle(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if path != PATH:
+            return 404, "text/plain", b"not found: the agent serves " + PATH.encode() + b"\n"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"GET only\n"
+        return 200, TEXT_FORMAT, (await self.scrape()).encode()
 
 
 def service_for(config: AgentConfig) -> list[MetricsService]:

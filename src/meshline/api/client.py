@@ -1,69 +1,35 @@
-"""API client used by the CLI and the dataplane agent (synchronous and asynchronous)."""
+"""API clients on httpx, used by the CLI and tests (synchronous and asynchronous)."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import ssl
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from meshline.controlplane.settings import DEFAULT_API_PORT
-from meshline.core.errors import (
-    Conflict,
-    FieldProblem,
-    Forbidden,
-    MeshlineError,
-    NotFound,
-    Unauthorized,
-    Unavailable,
-    ValidationError,
+from meshline.api.common import (
+    DEFAULT_URL,
+    default_token,
+    default_url,
+    default_verify,
+    error_for,
+    is_local,
+    resource_path,
+    unreachable,
 )
 
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"
-_BY_STATUS: dict[int, type[MeshlineError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict}
+__all__ = [
+    "DEFAULT_URL",
+    "ApiClient",
+    "AsyncApiClient",
+    "default_token",
+    "default_url",
+    "default_verify",
+    "resource_path",
+]
 
-
-def default_url() -> str:
-    return os.environ.get("MESHLINE_API", DEFAULT_URL)
-
-
-def default_token(url: str | None = None) -> str | None:
-    """MESHLINE_TOKEN, else MESHLINE_TOKEN_FILE, else (only for a control plane on this host,
-    ``url`` on loopback) the admin token it wrote: $MESHLINE_DATA_DIR/admin.token or
-    ~/.meshline/admin.token. A local admin token is never sent to a remote URL."""
-    token = os.environ.get("MESHLINE_TOKEN")
-    if token:
-        return token
-    path = os.environ.get("MESHLINE_TOKEN_FILE")
-    if path and os.path.exists(path):
-        return open(path).read().strip() or None
-    if url is not None and _is_local(url):
-        dirs = [os.environ.get("MESHLINE_DATA_DIR"), os.path.join(os.path.expanduser("~"), ".meshline")]
-        for d in dirs:
-            admin = os.path.join(d, "admin.token") if d else ""
-            if admin and os.path.exists(admin):
-                try:
-                    return open(admin).read().strip() or None
-                except OSError:  # another user's control plane: not ours to use
-                    continue
-    return None
-
-
-def default_verify(url: str) -> bool | str:
-    """How to check an https control plane: MESHLINE_CA_FILE, else (on this host) the CA the
-    local control plane wrote, else the system's CAs."""
-    explicit = os.environ.get("MESHLINE_CA_FILE")
-    if explicit:
-        return explicit
-    if url.startswith("https://") and _is_local(url):
-        for d in (os.environ.get("MESHLINE_DATA_DIR"), os.path.join(os.path.expanduser("~"), ".meshline")):
-            path = os.path.join(d, "cp-ca.pem") if d else ""
-            if path and os.path.exists(path):
-                return path
-    return True
+_is_local = is_local
+_unreachable = unreachable
 
 
 def _verify_arg(verify: bool | str) -> bool | ssl.SSLContext:
@@ -71,37 +37,10 @@ def _verify_arg(verify: bool | str) -> bool | ssl.SSLContext:
     return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
-def _is_local(url: str) -> bool:
-    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        body = resp.json()
-    except ValueError:
-        body = {"message": resp.text.strip() or resp.reason_phrase}
-    message = str(body.get("message", resp.reason_phrase))
-    if resp.status_code == 422:
-        problems = [FieldProblem(p.get("path", ""), p.get("message", "")) for p in body.get("problems", [])]
-        err = ValidationError(problems or [FieldProblem("", message)])
-        err.args = (message,)
+    err = error_for(resp.status_code, resp.reason_phrase, resp.content)
+    if err is not None:
         raise err
-    raise _BY_STATUS.get(resp.status_code, MeshlineError)(message)
-
-
-def _unreachable(url: str, err: Exception) -> Unavailable:
-    return Unavailable(
-        f"cannot reach the control plane at {url} ({type(err).__name__}); start it with"
-        " `meshline control-plane` or point MESHLINE_API / --api at it"
-    )
 
 
 def _connection(url: str | None, token: str | None, verify: bool | str) -> dict[str, Any]:
@@ -182,13 +121,3 @@ class AsyncApiClient:
 
     async def delete(self, kind: str, mesh: str | None, name: str) -> Any:
         return await self.request("DELETE", resource_path(kind, mesh, name))
-
-
-PLURALS = {"Mesh": "meshes", "Dataplane": "dataplanes"}
-
-
-def resource_path(kind: str, mesh: str | None, name: str, plural: str | None = None) -> str:
-    if kind == "Mesh":
-        return f"/api/v1/meshes/{name}"
-    plural = plural or PLURALS.get(kind) or kind.lower() + "s"
-    return f"/api/v1/meshes/{mesh}/{plural}/{name}"

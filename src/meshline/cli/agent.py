@@ -24,10 +24,9 @@ from meshline.agent.config import (
 )
 from meshline.agent.metrics import check_app_metrics_url
 from meshline.agent.process import AppStartError
-from meshline.api.client import DEFAULT_URL, default_token
+from meshline.api.common import DEFAULT_URL, default_token, local_cp_ca_file
 from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS
 from meshline.core.errors import MeshlineError
-from meshline.security.xds_auth import local_cp_ca_file
 
 F = Callable[..., Any]
 

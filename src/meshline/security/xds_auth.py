@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshline.api.common import CP_CA_FILE
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, NotFound, Unauthorized
 from meshline.core.resource import Resource, ResourceKey
@@ -49,7 +50,6 @@ from meshline.xds.server import StreamRefused
 log = logging.getLogger("meshline.security.xds")
 
 CP_CA_NAME = "xds-ca"
-CP_CA_FILE = "cp-ca.pem"
 SERVER_CERT_LIFETIME = dt.timedelta(days=730)
 SANS_ENV = "MESHLINE_XDS_CERT_SANS"
 
@@ -157,21 +157,6 @@ def write_ca_file(data_dir: Path, ca_pem: str) -> Path:
     if not path.exists() or path.read_text() != ca_pem:
         crypto.write_public(path, ca_pem)
     return path
-
-
-def local_cp_ca_file(api_url: str) -> Path | None:
-    """For an agent talking to a control plane on this host: the CA it wrote, if any.
-
-    Only for a loopback API URL: a remote control plane's CA must be given explicitly
-    (``--ca-file``), never picked up from whatever is on this disk.
-    """
-    from meshline.api.client import _is_local
-    from meshline.controlplane.settings import default_data_dir
-
-    if not _is_local(api_url):
-        return None
-    path = default_data_dir() / CP_CA_FILE
-    return path if path.exists() else None
 
 
 # -- who may stream as which node -----------------------------------------------------

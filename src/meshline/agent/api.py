@@ -1,0 +1,62 @@
+"""The agent's client of the control-plane API (register, deregister, certificates), on
+:mod:`meshline.agent.http`. Same errors as the CLI's client (:mod:`meshline.api.client`)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+from meshline.agent import http
+from meshline.api.common import (
+    default_token,
+    default_url,
+    default_verify,
+    error_for,
+    resource_path,
+    unreachable,
+)
+
+
+class AgentApi:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 5.0,
+                 verify: bool | str = True) -> None:  # fmt: skip
+        self.url = (url or default_url()).rstrip("/")
+        token = token if token is not None else default_token(self.url)
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = timeout
+        self._tls: ssl.SSLContext | None = None
+        if self.url.startswith("https://"):
+            ca = default_verify(self.url) if verify is True else verify
+            self._tls = ssl.create_default_context(cafile=ca if isinstance(ca, str) else None)
+
+    async def request(self, method: str, path: str, json: Any = None) -> Any:
+        headers = dict(self._headers)
+        body = b""
+        if json is not None:
+            body = _dumps(json)
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = await http.request(method, self.url + path, headers=headers, body=body, tls=self._tls,
+                                      timeout=self._timeout)  # fmt: skip
+        except http.HttpError as err:
+            raise unreachable(self.url, err) from None
+        failed = error_for(resp.status, resp.reason, resp.body)
+        if failed is not None:
+            raise failed
+        return resp.json()
+
+    async def put(self, doc: dict[str, Any]) -> Any:
+        return await self.request("PUT", resource_path(doc["kind"], doc.get("mesh"), doc["name"]), json=doc)
+
+    async def delete(self, kind: str, mesh: str | None, name: str) -> Any:
+        return await self.request("DELETE", resource_path(kind, mesh, name))
+
+    async def close(self) -> None:
+        """Nothing to close: one connection per request."""
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
