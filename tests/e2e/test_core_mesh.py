@@ -148,3 +148,21 @@ def test_rejected_config_is_shown_and_last_good_one_keeps_serving(breakable_mesh
         # fixing the cause brings the dataplane back in sync
         mesh.api.request("DELETE", f"/api/v1/meshes/default/dataplanes/{TRIGGER}")
         wait_until(lambda: mesh.dataplane_status("web-1")["state"] == "in-sync", 10, what="web-1 back in sync")
+
+
+def test_a_deleted_dataplane_is_registered_again_and_serves(mesh: MeshHarness) -> None:
+    with HttpTestServer("orders-app") as app:
+        mesh.sidecar("orders", app.port, env={"MESHLINE_REGISTRATION_CHECK_S": "0.3"})
+        web = mesh.sidecar("web", 1, upstreams=["orders"])
+        mesh.wait_in_sync()
+        mesh.api.request("DELETE", "/api/v1/meshes/default/dataplanes/orders-1")
+
+        def serving_again() -> bool:
+            doc = mesh.api.get("/api/v1/meshes/default/dataplanes/orders-1")  # 404 raises: retried
+            return bool(doc["spec"].get("ready")) and doc["status"]["state"] == "in-sync"
+
+        wait_until(serving_again, 15, what="orders-1 registered again, ready and in sync")
+        resp = wait_until(lambda: (r := httpx.get(web.url("orders") + "/", timeout=5)).status_code == 200 and r,
+                          10, what="web reaching orders again")  # fmt: skip
+        assert resp.json()["instance"] == "orders-app"
+        assert "was deleted from the control plane; registered it again" in mesh.sidecars[0].log()

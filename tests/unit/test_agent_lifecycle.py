@@ -82,6 +82,9 @@ class FakeApi:
         self._log("api:delete")
         return {"deleted": name}
 
+    async def get(self, kind: str, mesh: str | None, name: str) -> Any:
+        return self.docs[-1] if self.docs else None
+
 
 class Unreachable(FakeApi):
     async def put(self, doc: dict[str, Any]) -> Any:

@@ -41,7 +41,7 @@ from meshline.agent.config import (
 )
 from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
 from meshline.agent.registration import Api, deregister, register
-from meshline.core.errors import MeshlineError
+from meshline.core.errors import MeshlineError, NotFound
 
 log = logging.getLogger("meshline.agent")
 Report = Callable[[str], None]
@@ -51,6 +51,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PROGRESS_AFTER = 1.0  # say what we wait for once Envoy takes longer than this to be ready
 PROGRESS_EVERY = 5.0
+# How often a running agent checks that its Dataplane still exists (seconds).
+REGISTRATION_CHECK_ENV = "MESHLINE_REGISTRATION_CHECK_S"
+REGISTRATION_CHECK_S = 15.0
 
 
 class Phase(enum.Enum):
@@ -155,6 +158,9 @@ class Agent:
         self._started_services: list[LocalService] = []
         self._supervisor: asyncio.Task[None] | None = None
         self._readiness: asyncio.Task[None] | None = None
+        self._registration: asyncio.Task[None] | None = None
+        self._ready_for_traffic = False
+        self.registration_check_every = float(self.environ.get(REGISTRATION_CHECK_ENV, REGISTRATION_CHECK_S))
         self._lock_fd: int | None = None
 
     # -- control ------------------------------------------------------------------------
@@ -277,6 +283,7 @@ class Agent:
             )
             self.report(f"started the app (pid {self.app.pid}): {' '.join(self.command)}")
         self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
+        self._registration = asyncio.create_task(self._stay_registered(), name="stay-registered")
 
     async def _announce_ready(self) -> None:
         """Once the app accepts connections, tell the control plane this instance can take traffic."""
@@ -293,12 +300,38 @@ class Agent:
                 said = True
                 self.report(f"waiting for the app to listen on {cfg.app_address}:{cfg.app_port} before taking traffic")
         assert self._api is not None
+        self._ready_for_traffic = True
         try:
             await register(self._api, dataplane_doc(cfg, ready=True), cfg.register_timeout, self.report)
         except MeshlineError as err:
             self.report(f"could not mark {cfg.name} ready: {err}")
             return
         self.report(f"{cfg.name} is ready for traffic")
+
+    async def _stay_registered(self) -> None:
+        """Register again if the Dataplane is deleted while this agent runs (by hand, or a store
+        restored from a backup): without it the control plane refuses this Envoy's stream and
+        callers drop the instance until the agent restarts. Stopping the agent deregisters."""
+        cfg = self.config
+        api = self._api
+        assert api is not None
+        while self.phase is Phase.RUNNING:
+            await asyncio.sleep(self.registration_check_every)
+            try:
+                await api.get("Dataplane", cfg.mesh, cfg.name)
+                continue
+            except NotFound:
+                pass
+            except MeshlineError:
+                continue  # unreachable, say: look again next time
+            if self.phase is not Phase.RUNNING:
+                return
+            try:
+                await api.put(dataplane_doc(cfg, ready=self._ready_for_traffic))
+            except MeshlineError as err:
+                self.report(f"dataplane {cfg.name} was deleted from the control plane; registering it again failed: {err}")
+                continue
+            self.report(f"dataplane {cfg.name} was deleted from the control plane; registered it again")
 
     def _prepare_work_dir(self) -> None:
         cfg = self.config
@@ -403,9 +436,10 @@ class Agent:
         cfg = self.config
         was_running = self.phase is Phase.RUNNING
         self.phase = Phase.STOPPING
-        if self._readiness is not None:
-            self._readiness.cancel()
-            await asyncio.wait({self._readiness}, timeout=2.0)  # it also stops on its own (phase)
+        for task in (self._readiness, self._registration):  # before deregistering: no re-register
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task}, timeout=2.0)  # it also stops on its own (phase)
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -54,6 +54,9 @@ class AgentApi:
     async def delete(self, kind: str, mesh: str | None, name: str) -> Any:
         return await self.request("DELETE", resource_path(kind, mesh, name))
 
+    async def get(self, kind: str, mesh: str | None, name: str) -> Any:
+        return await self.request("GET", resource_path(kind, mesh, name))
+
     async def close(self) -> None:
         """Nothing to close: one connection per request."""
 

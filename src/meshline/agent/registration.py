@@ -24,6 +24,8 @@ class Api(Protocol):
 
     async def delete(self, kind: str, mesh: str | None, name: str) -> Any: ...
 
+    async def get(self, kind: str, mesh: str | None, name: str) -> Any: ...
+
 
 async def register(
     api: Api,
