@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,9 @@ def test_dataplane_token_works_and_a_revoked_one_is_refused(mesh: MeshHarness, o
     assert api.status_code == 401 and "revoked" in api.json()["message"]
     again = mesh.sidecar("orders", app_port=orders.port, name="orders-2", wait=False, env={"MESHLINE_TOKEN": token})
     assert exited(again) != 0 and "revoked" in again.log()
+    # the xDS stream the running sidecar opened with that token ends, and its reconnects are refused
+    wait_until(lambda: not mesh.dataplane_status(sc.name)["connected"], 10, what="the revoked stream to end")
+    time.sleep(2)  # Envoy retries meanwhile
+    assert not mesh.dataplane_status(sc.name)["connected"]
+    refused = sc.stats("control_plane.connected_state")
+    assert refused.get("control_plane.connected_state") == 0

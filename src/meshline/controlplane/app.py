@@ -28,7 +28,7 @@ from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
 from meshline.xds.cache import SnapshotCache
-from meshline.xds.server import AdsServicer, start_server
+from meshline.xds.server import AdsServicer, Authorizer, start_server
 
 log = logging.getLogger("meshline.controlplane")
 
@@ -39,7 +39,7 @@ class Extensions:
 
     authenticator: Authenticator | None = None
     xds_credentials: grpc.ServerCredentials | None = None
-    xds_authorize: Callable[[str, grpc.aio.ServicerContext], None] | None = None
+    xds_authorize: Authorizer | None = None
     grpc_services: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
     routes: list[Callable[[web.Application], None]] = field(default_factory=list)
     on_start: list[Callable[[ControlPlaneContext], object]] = field(default_factory=list)

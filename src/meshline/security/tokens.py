@@ -207,6 +207,7 @@ class TokenService:
         self.clock = clock
         self._codec: TokenCodec | None = None
         self._revoked: dict[str, float] = {}  # id -> revoked at
+        self.on_revoked: list[Callable[[str], None]] = []  # called with a token id once revoked
         self._verified: OrderedDict[str, Claims] = OrderedDict()  # token text -> claims (signature ok)
         self._unsubscribe: Callable[[], None] | None = None
         self._writes: set[asyncio.Task[Resource]] = set()
@@ -265,7 +266,11 @@ class TokenService:
         spec = r.spec
         assert isinstance(spec, IssuedTokenSpec)
         if spec.revoked_at is not None:
+            newly = r.name not in self._revoked
             self._revoked[r.name] = spec.revoked_at
+            if newly:
+                for notify in list(self.on_revoked):
+                    notify(r.name)
         else:
             self._revoked.pop(r.name, None)
 

@@ -45,7 +45,7 @@ from meshline.security.kinds import ControlPlaneKeySpec
 from meshline.security.tokens import Claims, TokenService
 from meshline.store.base import Store
 from meshline.xds import names
-from meshline.xds.server import StreamRefused
+from meshline.xds.server import Grant, StreamRefused
 
 log = logging.getLogger("meshline.security.xds")
 
@@ -192,13 +192,36 @@ def check_node(claims: Claims, node: str, lookup: Callable[[str, str], Resource 
 
 
 class XdsAuthorizer:
-    """``Extensions.xds_authorize``: called with the node id on a stream's first request."""
+    """``Extensions.xds_authorize``: called with the node id on a stream's first request.
+    A stream lives as long as its token: revoking the token ends the streams opened with it
+    (Envoy reconnects, and is refused)."""
 
     def __init__(self, tokens: TokenService, lookup: Callable[[str, str], Resource | None]) -> None:
         self.tokens = tokens
         self.lookup = lookup
+        self._streams: dict[str, set[Callable[[str], None]]] = {}  # token id -> end(reason)
+        tokens.on_revoked.append(self._end_streams_of)
 
-    def __call__(self, node: str, context: grpc.aio.ServicerContext) -> None:
+    def _end_streams_of(self, token_id: str) -> None:
+        for end in list(self._streams.pop(token_id, ())):
+            end(f"token {token_id} was revoked; issue a new dataplane token and restart the agent with it")
+
+    def _grant(self, token_id: str) -> Grant:
+        def watch(end: Callable[[str], None]) -> Callable[[], None]:
+            self._streams.setdefault(token_id, set()).add(end)
+
+            def cancel() -> None:
+                ends = self._streams.get(token_id)
+                if ends is not None:
+                    ends.discard(end)
+                    if not ends:
+                        del self._streams[token_id]
+
+            return cancel
+
+        return watch
+
+    def __call__(self, node: str, context: grpc.aio.ServicerContext) -> Grant:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         raw = metadata.get("authorization")
         token = bearer(raw if isinstance(raw, str) else None)
@@ -219,6 +242,7 @@ class XdsAuthorizer:
         why = check_node(claims, node, self.lookup)
         if why is not None:
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, why)
+        return self._grant(claims.id)
 
     def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, why: str) -> None:
         log.warning("xDS stream for %s from %s refused: %s", node, context.peer(), why)

@@ -32,8 +32,11 @@ class StreamRefused(Exception):
         self.message = message
 
 
+# Given a callback that ends the stream with a reason, arranges for it to be called if the
+# stream's credentials stop being valid (a revoked token); returns the cancel of that.
+Grant = Callable[[Callable[[str], None]], Callable[[], None]]
 # Called with a node id when a stream identifies itself; raises StreamRefused to refuse it.
-Authorizer = Callable[[str, grpc.aio.ServicerContext], None]
+Authorizer = Callable[[str, grpc.aio.ServicerContext], Grant | None]
 
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -93,14 +96,21 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node = stream.node_id
         if not node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+        grant: Grant | None = None
         if self.authorize is not None:
             try:
-                self.authorize(node, context)
+                grant = self.authorize(node, context)
             except StreamRefused as refused:
                 await context.abort(refused.code, refused.message)
         outbox: deque[bytes] = deque()
         wake = asyncio.Event()
         ended = False
+        revoked = ""
+
+        def end_revoked(reason: str) -> None:
+            nonlocal ended, revoked
+            revoked, ended = reason, True
+            wake.set()
 
         def emit(out: Output) -> None:
             self._record(node, out)
@@ -132,6 +142,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if self.on_connect is not None:
             self.on_connect(node)
         cancel_watch = self.cache.watch(node, on_snapshot)
+        cancel_grant = grant(end_revoked) if grant is not None else None
         reader = asyncio.create_task(read())
         try:
             snap = self.cache.get(node)
@@ -141,12 +152,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 while outbox:
                     yield outbox.popleft()
                 if ended:
+                    if revoked:
+                        log.warning("xDS stream for %s ended: %s", node, revoked)
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, revoked)
                     return
                 wake.clear()  # nothing awaited since the checks above: no wake-up is lost
                 await wake.wait()
         finally:
             reader.cancel()
             cancel_watch()
+            if cancel_grant is not None:
+                cancel_grant()
             self.status.disconnected(node)
 
 
