@@ -22,6 +22,7 @@ from aiohttp import web
 from meshline import __version__
 from meshline.core.dataplane import DataplaneSpec
 from meshline.xds import names
+from meshline.xds.snapshot import BY_NAME, SHORT
 
 if TYPE_CHECKING:
     from meshline.controlplane.context import ControlPlaneContext
@@ -326,4 +327,7 @@ async def prometheus_targets_handler(request: web.Request) -> web.Response:
 def _nothing_to_send(type_name: str, sent: str, acked: str, version: str) -> bool:
     """A type subscribed by name is not sent when only resources the sidecar has not asked for
     changed (xds.stream): its newest version never goes out, and the push is complete without it."""
-    return type_name in ("EDS", "RDS") and sent == acked and sent != version
+    return type_name in _BY_NAME and sent == acked and sent != version
+
+
+_BY_NAME = frozenset(SHORT[t] for t in BY_NAME)

@@ -21,6 +21,7 @@ token) and a message that says why.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import logging
 import os
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshline.api.common import CP_CA_FILE
+from meshline.core.callbacks import KeyedCallbacks
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, NotFound, Unauthorized
 from meshline.core.resource import Resource, ResourceKey
@@ -199,27 +201,12 @@ class XdsAuthorizer:
     def __init__(self, tokens: TokenService, lookup: Callable[[str, str], Resource | None]) -> None:
         self.tokens = tokens
         self.lookup = lookup
-        self._streams: dict[str, set[Callable[[str], None]]] = {}  # token id -> end(reason)
+        self._streams: KeyedCallbacks[Callable[[str], None]] = KeyedCallbacks()  # token id -> end(reason)
         tokens.on_revoked.append(self._end_streams_of)
 
     def _end_streams_of(self, token_id: str) -> None:
-        for end in list(self._streams.pop(token_id, ())):
+        for end in self._streams.pop(token_id):
             end(f"token {token_id} was revoked; issue a new dataplane token and restart the agent with it")
-
-    def _grant(self, token_id: str) -> Grant:
-        def watch(end: Callable[[str], None]) -> Callable[[], None]:
-            self._streams.setdefault(token_id, set()).add(end)
-
-            def cancel() -> None:
-                ends = self._streams.get(token_id)
-                if ends is not None:
-                    ends.discard(end)
-                    if not ends:
-                        del self._streams[token_id]
-
-            return cancel
-
-        return watch
 
     def __call__(self, node: str, context: grpc.aio.ServicerContext) -> Grant:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
@@ -242,7 +229,7 @@ class XdsAuthorizer:
         why = check_node(claims, node, self.lookup)
         if why is not None:
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, why)
-        return self._grant(claims.id)
+        return functools.partial(self._streams.add, claims.id)
 
     def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, why: str) -> None:
         log.warning("xDS stream for %s from %s refused: %s", node, context.peer(), why)

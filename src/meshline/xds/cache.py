@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Callable
 
+from meshline.core.callbacks import KeyedCallbacks
 from meshline.xds.snapshot import Snapshot
 
 
 class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
-        self._watchers: dict[str, set[Callable[[Snapshot], None]]] = defaultdict(set)
+        self._watchers: KeyedCallbacks[Callable[[Snapshot], None]] = KeyedCallbacks()
 
     def get(self, node_id: str) -> Snapshot | None:
         return self._snapshots.get(node_id)
@@ -27,7 +27,7 @@ class SnapshotCache:
         ):
             return False
         self._snapshots[node_id] = snapshot
-        for notify in list(self._watchers.get(node_id, ())):
+        for notify in self._watchers.get(node_id):
             notify(snapshot)
         return True
 
@@ -38,19 +38,10 @@ class SnapshotCache:
         return list(self._snapshots)
 
     def watch(self, node_id: str, notify: Callable[[Snapshot], None]) -> Callable[[], None]:
-        self._watchers[node_id].add(notify)
-
-        def cancel() -> None:
-            watchers = self._watchers.get(node_id)
-            if watchers is not None:
-                watchers.discard(notify)
-                if not watchers:
-                    del self._watchers[node_id]
-
-        return cancel
+        return self._watchers.add(node_id, notify)
 
     def watched(self, node_id: str) -> bool:
-        return bool(self._watchers.get(node_id))
+        return node_id in self._watchers
 
 
 async def wait_for(cache: SnapshotCache, node_id: str, timeout: float) -> Snapshot | None:

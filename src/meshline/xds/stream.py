@@ -167,20 +167,20 @@ class AdsStream:
         slot = self.snapshot.slot(type_url)
         by_name = type_url in BY_NAME
         names = st.names if by_name else None
-        if by_name:
-            # Only the subscribed resources matter: a new route or cluster that this Envoy has
-            # not asked for yet (it will, after the listener or cluster that names it) is no
-            # reason to resend the ones it has.
-            ordered = sorted(st.names)
-            digests = slot.digests(ordered)
-            changed = names != st.sent_names or digests != st.sent_digests
-        else:
-            changed = slot.version != st.sent_version
+        changed = slot.version != st.sent_version or (by_name and names != st.sent_names)
+        digests: tuple[bytes, ...] | None = None
+        if by_name and changed and names == st.sent_names:
+            # The type changed, but only the subscribed resources matter: a new route or cluster
+            # this Envoy has not asked for yet (it will, after the listener or cluster that names
+            # it) is no reason to resend the ones it has. (Digests only when the version moved.)
+            digests = slot.digests(sorted(st.names))
+            changed = digests != st.sent_digests
         if not changed and not (st.due and answer_due):
             return
         if by_name:
+            ordered = sorted(st.names)
             resources, count = slot.encoded(ordered)
-            st.sent_digests = digests
+            st.sent_digests = digests if digests is not None else slot.digests(ordered)
         else:
             resources, count = slot.encoded()
         self._nonce += 1
