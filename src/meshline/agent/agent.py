@@ -463,7 +463,6 @@ class Agent:
                 process.signal_group(self.app, signal.SIGKILL)  # whatever it left behind
             if envoy is not None:
                 await envoy.stop(cfg.stop_timeout)
-                await envoy.close()
             for svc in reversed(self._started_services):
                 try:
                     await svc.stop()

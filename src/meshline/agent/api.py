@@ -57,9 +57,6 @@ class AgentApi:
     async def get(self, kind: str, mesh: str | None, name: str) -> Any:
         return await self.request("GET", resource_path(kind, mesh, name))
 
-    async def close(self) -> None:
-        """Nothing to close: one connection per request."""
-
 
 def _dumps(doc: Any) -> bytes:
     return json.dumps(doc).encode()

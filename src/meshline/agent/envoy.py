@@ -161,9 +161,6 @@ class Envoy:
             self.config.envoy_pid_path.unlink()
         return rc
 
-    async def close(self) -> None:
-        """Nothing held open: one admin connection per request."""
-
     def log_tail(self, lines: int = 40) -> list[str]:
         try:
             with open(self.config.envoy_log_path, "rb") as f:
