@@ -18,7 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from meshline.testing.servers import free_port as testing_free_port
+# Ports below the kernel's ephemeral range, never handed out twice: a port the kernel picked
+# (bind to 0) can be taken as the source port of an outgoing connection before the process
+# meant to listen on it binds it (with 50 sidecars starting, one Envoy lost its listener so).
+from meshline.testing.servers import free_port as free_port
 from meshline.testing.servers import free_ports as free_ports
 
 _PR_SET_PDEATHSIG = 1
@@ -121,15 +124,6 @@ class ProcessGroup:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1, below the ephemeral range and never handed out twice.
-
-    A port the kernel picked (bind to 0) is in the ephemeral range, which it also hands out as
-    source ports of outgoing connections: with 50 sidecars starting, one was taken before the
-    Envoy that was to listen on it bound it, and that Envoy rejected its listeners."""
-    return testing_free_port()
 
 
 def wait_http_ok(
