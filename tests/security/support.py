@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -35,12 +35,26 @@ def require_attacker() -> pwd.struct_passwd:
     return user
 
 
-def run_as_attacker(code: str, *, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def system_python() -> str:
+    """A Python every local user can run (ours may sit under root's 0700 home)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""):
+        if candidate and os.access(candidate, os.X_OK) and os.stat(candidate).st_mode & 0o001:
+            return candidate
+    why = "no world-executable python3 for the attacker process"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def run_as_attacker(
+    code: str, *, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a Python snippet as the unprivileged attacker (standard library only: the attacker
     has no access to our virtualenv's secrets, only to what any local user can run)."""
     user = require_attacker()
+    python = system_python()
     return subprocess.run(
-        [sys.executable, "-I", "-c", code],
+        [python, "-I", "-c", code],
         user=user.pw_uid,
         group=user.pw_gid,
         extra_groups=[],
