@@ -1,7 +1,7 @@
 """A tiny HTTP/1.1 keep-alive server that freezes once, to check a load generator's tail.
 
 It answers every request with a 1 KB body. ``--stall-after`` seconds after the first
-request it blocks its whole event loop for ``--stall-ms`` (like a stop-the-world GC pause),
+request (``GET /ready``, a readiness probe, does not count) it blocks its whole event loop for ``--stall-ms`` (like a stop-the-world GC pause),
 then carries on. An open-loop generator at 1,000 req/s must report a max latency of at
 least the stall and about ``rate * stall`` delayed requests; a closed-loop one sees only
 the ~N requests in flight at that moment.
@@ -17,6 +17,7 @@ import contextlib
 import time
 
 BODY = b"x" * 1024
+PROBE = b"GET /ready "
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
 
 
@@ -29,7 +30,9 @@ class StallServer:
         self.first_request: float | None = None
         self.stalled = False
 
-    def _maybe_stall(self) -> None:
+    def _maybe_stall(self, head: bytes) -> None:
+        if head.startswith(PROBE):
+            return  # the clock starts with the load, however long after the probe it comes
         now = time.monotonic()
         if self.first_request is None:
             self.first_request = now
@@ -40,8 +43,8 @@ class StallServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                await reader.readuntil(b"\r\n\r\n")
-                self._maybe_stall()
+                head = await reader.readuntil(b"\r\n\r\n")
+                self._maybe_stall(head)
                 writer.write(RESPONSE)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -41,7 +41,7 @@ def test_open_loop_sees_a_stall(tmp_path: Path) -> None:
              "--stall-after", "0.8", "--stall-ms", "200"],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
-        wait_http_ok("127.0.0.1", port, "/", timeout=15, group=procs)
+        wait_http_ok("127.0.0.1", port, "/ready", timeout=15, group=procs)
         result = openloop.run(
             f"http://127.0.0.1:{port}/", openloop.OpenLoopSettings(rate=1000, seconds=2.5, warmup=0.2)
         )
