@@ -108,6 +108,7 @@ class Behaviour:
 class HttpTestServer:
     name: str
     port: int = 0
+    host: str = "127.0.0.1"  # where it listens ("0.0.0.0": every interface, like many real apps)
     behaviour: Behaviour = field(default_factory=Behaviour)
     requests: list[dict[str, Any]] = field(default_factory=list)
     _loop: _LoopThread | None = None
@@ -132,7 +133,7 @@ class HttpTestServer:
         if b.fail_ratio and self._rng.random() < b.fail_ratio:
             status = b.fail_status
         payload = {"instance": self.name, "method": request.method, "path": request.path_qs,
-                   "headers": dict(request.headers), "status": status}
+                   "headers": dict(request.headers), "status": status, "remote": request.remote}
         if b.body_size:
             payload["pad"] = "x" * b.body_size
         return web.json_response(payload, status=status, headers={"x-instance": self.name})
@@ -146,7 +147,7 @@ class HttpTestServer:
             app.router.add_route("*", "/{tail:.*}", self._handle)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(self._runner, self.host, self.port).start()
 
         self._loop.run(up())
         return self
@@ -172,9 +173,10 @@ class HttpTestServer:
 class GrpcTestServer:
     """Answers GRPC_ECHO_METHOD with b"<name>:<request bytes>"; optional status to fail with."""
 
-    def __init__(self, name: str, port: int = 0) -> None:
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
         self.name = name
         self.port = port or free_port()
+        self.host = host
         self.calls = 0
         self.fail_code: grpc.StatusCode | None = None
         self._server: grpc.Server | None = None
@@ -191,7 +193,7 @@ class GrpcTestServer:
             "meshline.test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(self._echo)}
         )
         server.add_generic_rpc_handlers((handler,))
-        server.add_insecure_port(f"127.0.0.1:{self.port}")
+        server.add_insecure_port(f"{self.host}:{self.port}")
         server.start()
         self._server = server
         return self
@@ -218,9 +220,10 @@ def grpc_echo(target: str, payload: bytes = b"ping", timeout: float = 5.0,
 class TcpEchoServer:
     """Echoes each line back prefixed with the instance name: b"<name>:<line>"."""
 
-    def __init__(self, name: str, port: int = 0) -> None:
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
         self.name = name
         self.port = port or free_port()
+        self.host = host
         self.connections = 0
         self._loop: _LoopThread | None = None
         self._server: asyncio.Server | None = None
@@ -245,7 +248,7 @@ class TcpEchoServer:
         self._loop = _LoopThread()
 
         async def up() -> None:
-            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+            self._server = await asyncio.start_server(self._client, self.host, self.port)
 
         self._loop.run(up())
         return self
