@@ -87,7 +87,7 @@ class Installed:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Installed:
-        conf = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()}
+        conf: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()}
         return cls(data["backend"], int(data["ownerPid"]), str(data["namespace"]), CaptureConfig(**conf),
                    float(data["installedAt"]))  # fmt: skip
 
