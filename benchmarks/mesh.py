@@ -119,12 +119,26 @@ def wait_api_ready(cp: ControlPlaneProc, procs: ProcessGroup, timeout: float) ->
     raise ProcessError(f"control plane API {cp.api_url} not ready after {timeout:.0f}s: {last}")
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: Envoy's admin API is one (mode 0600, in the agent's work dir)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("envoy", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.path))
+        self.sock = sock
+
+
 @dataclass
 class AgentProc:
     name: str  # dataplane name
     service: str
     pid: int
-    admin_port: int
+    work_dir: Path
     inbound_port: int
     outbounds: dict[str, int] = field(default_factory=dict)  # service -> local port
 
@@ -139,7 +153,9 @@ class AgentProc:
         raise ProcessError(f"agent {self.name} started no Envoy within {timeout:.0f}s")
 
     def admin(self, path: str, timeout: float = 5) -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
+        from meshline.agent.config import socket_path  # where the agent puts it
+
+        conn = _UnixHTTPConnection(socket_path(self.work_dir, "admin"), timeout)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -179,12 +195,12 @@ def spawn_agent(
 ) -> AgentProc:
     """Start ``meshline dataplane`` for one workload (its app already listening on ``app_port``)."""
     ups = dict(upstreams) if isinstance(upstreams, Mapping) else {u: free_port() for u in upstreams}
-    agent = AgentProc(name, service, 0, free_port(), free_port(), ups)
+    agent = AgentProc(name, service, 0, workdir / "dp" / f"{mesh}.{name}", free_port(), ups)
     argv = meshline_argv(
         "dataplane", "--service", service, "--port", str(app_port), "--name", name, "--mesh", mesh,
-        "--inbound-port", str(agent.inbound_port), "--admin-port", str(agent.admin_port),
+        "--inbound-port", str(agent.inbound_port),
         "--protocol", protocol, "--api", cp.api_url, "--xds-address", cp.xds_address,
-        "--work-dir", str(workdir / "dp" / f"{mesh}.{name}"),
+        "--work-dir", str(agent.work_dir),
     )  # fmt: skip
     for key, value in (tags or {}).items():
         argv += ["--tag", f"{key}={value}"]

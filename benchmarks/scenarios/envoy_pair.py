@@ -72,16 +72,17 @@ def _cluster(name: str, port: int, transport_socket: str = "") -> str:
 {transport_socket}"""
 
 
-def _bootstrap(admin_port: int, listener: str, cluster: str) -> str:
+def _bootstrap(admin_socket: Path, listener: str, cluster: str) -> str:
+    # admin on a 0600 Unix socket, as Meshline's sidecars have it (a TCP admin is open to every local user)
     return f"""admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+  address: {{pipe: {{path: "{admin_socket}", mode: 384}}}}
 static_resources:
   listeners:
 {listener}  clusters:
 {cluster}"""
 
 
-def outbound_bootstrap(port: int, admin_port: int, peer_port: int, certs: CertFiles, peer_id: str) -> str:
+def outbound_bootstrap(port: int, admin_socket: Path, peer_port: int, certs: CertFiles, peer_id: str) -> str:
     """Envoy A: plain HTTP in, mTLS out to the peer sidecar."""
     upstream_tls = f"""    transport_socket:
       name: envoy.transport_sockets.tls
@@ -90,13 +91,13 @@ def outbound_bootstrap(port: int, admin_port: int, peer_port: int, certs: CertFi
         {_tls_context(certs, peer_id)}
 """
     return _bootstrap(
-        admin_port,
+        admin_socket,
         _listener("outbound", port, "peer_sidecar"),
         _cluster("peer_sidecar", peer_port, upstream_tls),
     )
 
 
-def inbound_bootstrap(port: int, admin_port: int, app_port: int, certs: CertFiles, peer_id: str) -> str:
+def inbound_bootstrap(port: int, admin_socket: Path, app_port: int, certs: CertFiles, peer_id: str) -> str:
     """Envoy B: mTLS in (client certificate required), plain HTTP to the local app."""
     downstream_tls = f"""      transport_socket:
         name: envoy.transport_sockets.tls
@@ -106,7 +107,7 @@ def inbound_bootstrap(port: int, admin_port: int, app_port: int, certs: CertFile
           {_tls_context(certs, peer_id).replace(chr(10), chr(10) + "  ")}
 """
     return _bootstrap(
-        admin_port,
+        admin_socket,
         _listener("inbound", port, "local_app", downstream_tls),
         _cluster("local_app", app_port),
     )
@@ -127,9 +128,9 @@ def start(env: ScenarioEnv) -> Target:
     client, server = ca.issue("client"), ca.issue("server")
     port_a, port_b = free_port(), free_port()
     config_b = env.workdir / "envoy-b.yaml"
-    config_b.write_text(inbound_bootstrap(port_b, free_port(), env.upstream.port, server, client.spiffe_id))
+    config_b.write_text(inbound_bootstrap(port_b, env.workdir / "envoy-b.admin.sock", env.upstream.port, server, client.spiffe_id))
     config_a = env.workdir / "envoy-a.yaml"
-    config_a.write_text(outbound_bootstrap(port_a, free_port(), port_b, client, server.spiffe_id))
+    config_a.write_text(outbound_bootstrap(port_a, env.workdir / "envoy-a.admin.sock", port_b, client, server.spiffe_id))
     pid_b = spawn_envoy(env.procs, "envoy-b", config_b)
     pid_a = spawn_envoy(env.procs, "envoy-a", config_a)
     wait_http_ok("127.0.0.1", port_a, env.upstream.path, timeout=30, group=env.procs)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshline.agent.config import socket_path
 from meshline.core.errors import NotFound
 from meshline.testing.mesh import MeshHarness, wait_until
 from meshline.testing.servers import free_port
@@ -32,14 +33,14 @@ class AgentRun:
     def __init__(self, mesh: MeshHarness | None, tmp: Path, sub: str, app: list[str] | None = None,
                  name: str = "orders-1", extra: list[str] | None = None) -> None:
         self.name = name
-        self.admin_port = free_port()
         self.upstream_port = free_port()
         self.work_dir = tmp / "work"
+        self.admin_socket = socket_path(self.work_dir, "admin")
         self.out = tmp / "agent.out"
         api = mesh.api_url if mesh else f"http://127.0.0.1:{free_port()}"
         xds = f"127.0.0.1:{mesh.xds_port}" if mesh else f"127.0.0.1:{free_port()}"
         cmd = [sys.executable, "-m", "meshline", sub, "--service", "orders", "--port", str(free_port()),
-               "--name", name, "--api", api, "--xds-address", xds, "--admin-port", str(self.admin_port),
+               "--name", name, "--api", api, "--xds-address", xds,
                "--work-dir", str(self.work_dir), "--upstream", f"payments={self.upstream_port}",
                "--drain-seconds", "0.2", *(extra or [])]
         if app is not None:
@@ -65,7 +66,8 @@ class AgentRun:
         if self.proc.poll() is not None:
             raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.output()}")
         try:
-            r = httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1, trust_env=False)
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.admin_socket)), trust_env=False) as c:
+                r = c.get("http://envoy/ready", timeout=1)
         except httpx.HTTPError:
             return False
         return r.status_code == 200
@@ -153,10 +155,15 @@ def test_the_app_starts_only_once_its_sidecar_is_ready(
     mesh: MeshHarness, tmp_path: Path, agents: list[AgentRun]
 ) -> None:
     app = py("""
-        import os, socket, sys, urllib.request
-        admin = os.environ["MESHLINE_ADMIN"]
-        with urllib.request.urlopen(f"http://{admin}/ready", timeout=2) as r:
-            assert r.status == 200 and r.read().strip() == b"LIVE", r.status
+        import http.client, os, socket, sys
+        class Admin(http.client.HTTPConnection):  # Envoy's admin API is a Unix socket
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(os.environ["MESHLINE_ADMIN_SOCKET"])
+        admin = Admin("envoy", timeout=2)
+        admin.request("GET", "/ready")
+        r = admin.getresponse()
+        assert r.status == 200 and r.read().strip() == b"LIVE", r.status
         host, port = os.environ["MESHLINE_OUTBOUND_PAYMENTS"].rsplit(":", 1)
         socket.create_connection((host, int(port)), timeout=2).close()  # Envoy's outbound listener
         assert "MESHLINE_TOKEN" not in os.environ

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +68,43 @@ def run_as_attacker(
         timeout=timeout,
         check=False,
     )
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes: set[str] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir() if fd_dir.exists() else ():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _hex_address(text: str) -> tuple[str, int]:
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
+
+
+def listening_sockets(pid: int) -> list[dict[str, Any]]:
+    """Every socket ``pid`` listens on (TCP and Unix, abstract ones included), from /proc:
+    what an attacker on this host could try to connect to."""
+    inodes = _socket_inodes(pid)
+    found: list[dict[str, Any]] = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                host, port = _hex_address(cols[1])
+                found.append({"kind": "tcp", "host": host, "port": port})
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 8 and cols[6] in inodes and int(cols[3], 16) & 0x10000:  # __SO_ACCEPTCON
+            found.append({"kind": "unix", "path": "\0" + cols[7][1:] if cols[7].startswith("@") else cols[7]})
+    return found

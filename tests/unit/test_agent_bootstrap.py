@@ -20,7 +20,7 @@ from meshline.xds import names
 def config(tmp_path: Path, **kw: object) -> AgentConfig:
     base: dict[str, object] = dict(
         mesh="default", name="orders-1", service="orders", address="127.0.0.1", app_port=8080,
-        inbound_port=18080, admin_port=19000, work_dir=tmp_path, api_url="http://127.0.0.1:15681",
+        inbound_port=18080, work_dir=tmp_path, api_url="http://127.0.0.1:15681",
         xds_host="127.0.0.1", xds_port=15678, tags={"version": "v1", "zone": "eu-1"},
         upstreams=[Upstream("payments", 9001)],
     )
@@ -50,7 +50,9 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
 def test_envoy_accepts_the_bootstrap_with_token_tls_and_a_hostname(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_bytes(self_signed_ca())
-    validate(config(tmp_path, token="s3cret", ca_file=ca, xds_host="localhost"))
+    cfg = config(tmp_path, token="s3cret", ca_file=ca, xds_host="localhost")
+    validate(cfg)
+    assert "s3cret" not in cfg.bootstrap_path.read_text()  # the agent's xDS proxy holds the token
 
 
 def test_identity_admin_and_ads(tmp_path: Path) -> None:
@@ -58,8 +60,8 @@ def test_identity_admin_and_ads(tmp_path: Path) -> None:
     assert b.node.id == names.node_id("default", "orders-1") == "default.orders-1"
     assert b.node.cluster == "orders"
     assert b.node.locality.zone == "eu-1"
-    assert (b.admin.address.socket_address.address, b.admin.address.socket_address.port_value) == (
-        "127.0.0.1", 19000)
+    assert not b.admin.address.HasField("socket_address")  # no TCP port any local user could reach
+    assert (b.admin.address.pipe.path, b.admin.address.pipe.mode) == (str(tmp_path / "admin.sock"), 0o600)
     ads = b.dynamic_resources.ads_config
     assert ads.api_type == config_source_pb2.ApiConfigSource.GRPC
     assert ads.transport_api_version == config_source_pb2.V3
@@ -70,17 +72,18 @@ def test_identity_admin_and_ads(tmp_path: Path) -> None:
         assert source.HasField("ads") and source.resource_api_version == config_source_pb2.V3
 
 
-def test_xds_cluster(tmp_path: Path) -> None:
-    xds = clusters(config(tmp_path, xds_host="10.1.2.3", xds_port=25678))[names.XDS_CLUSTER]
-    assert xds.type == cluster_pb2.Cluster.STATIC
-    addr = xds.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
-    assert (addr.address, addr.port_value) == ("10.1.2.3", 25678)
-    assert xds.connect_timeout.ToMilliseconds() <= 2000
-    assert xds.upstream_connection_options.tcp_keepalive.keepalive_time.value > 0
+def test_xds_cluster_is_the_agents_proxy_whatever_the_control_plane(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(self_signed_ca())
+    for cfg in (config(tmp_path, xds_host="10.1.2.3", xds_port=25678),
+                config(tmp_path, xds_host="cp.example.internal", ca_file=ca, token="s3cret")):
+        xds = clusters(cfg)[names.XDS_CLUSTER]
+        assert xds.type == cluster_pb2.Cluster.STATIC
+        pipe = xds.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.pipe
+        assert pipe.path == str(cfg.xds_socket) == str(tmp_path / "xds.sock")
+        assert xds.connect_timeout.ToMilliseconds() <= 2000
+        assert not xds.HasField("transport_socket")  # TLS to the control plane is the proxy's
     assert "http2_protocol_options" in to_yaml(build_bootstrap(config(tmp_path)))
-    assert not xds.HasField("transport_socket")
-    named = clusters(config(tmp_path, xds_host="cp.example.internal"))[names.XDS_CLUSTER]
-    assert named.type == cluster_pb2.Cluster.STRICT_DNS
 
 
 def test_sds_cluster_points_at_the_socket_in_the_work_dir(tmp_path: Path) -> None:
@@ -93,10 +96,10 @@ def test_sds_cluster_points_at_the_socket_in_the_work_dir(tmp_path: Path) -> Non
     assert pipe.path == "/run/x/sds.sock"
 
 
-def test_token_goes_to_the_control_plane_as_a_bearer_header(tmp_path: Path) -> None:
+def test_the_token_never_reaches_envoy(tmp_path: Path) -> None:
     b = build_bootstrap(config(tmp_path, token="s3cret"))
-    md = b.dynamic_resources.ads_config.grpc_services[0].initial_metadata
-    assert [(h.key, h.value) for h in md] == [("authorization", "Bearer s3cret")]
+    assert not b.dynamic_resources.ads_config.grpc_services[0].initial_metadata
+    assert "s3cret" not in to_yaml(b)  # (the proxy sends it: test_agent_xds_proxy.py)
 
 
 def test_written_file_is_private_yaml(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from meshline.agent.config import (
     outbound_env_name,
     parse_tags,
     parse_upstreams,
-    sds_socket_path,
+    socket_path,
     xds_from_api,
 )
 from meshline.agent.envoy import ReadyState, diagnose
@@ -34,7 +34,7 @@ from meshline.kinds import default_kinds
 def config(tmp_path: Path, **kw: Any) -> AgentConfig:
     base: dict[str, Any] = dict(
         mesh="default", name="orders-1", service="orders", address="127.0.0.1", app_port=8080,
-        inbound_port=18080, admin_port=19000, work_dir=tmp_path, api_url="http://127.0.0.1:15681",
+        inbound_port=18080, work_dir=tmp_path, api_url="http://127.0.0.1:15681",
         xds_host="127.0.0.1", xds_port=15678,
     )
     base.update(kw)
@@ -77,7 +77,7 @@ def test_app_env_adds_upstreams_and_drops_secrets(tmp_path: Path) -> None:
     env = app_env(base, cfg)
     assert env["PATH"] == "/bin"
     assert env["MESHLINE_OUTBOUND_PAYMENTS"] == "127.0.0.1:9001"
-    assert env["MESHLINE_ADMIN"] == "127.0.0.1:19000"
+    assert env["MESHLINE_ADMIN_SOCKET"] == str(tmp_path / "admin.sock")
     assert env["MESHLINE_SERVICE"] == "orders"
     assert "MESHLINE_TOKEN" not in env and "MESHLINE_TOKEN_FILE" not in env
     assert "MESHLINE_OUTBOUND_STALE" not in env
@@ -91,7 +91,6 @@ def test_dataplane_doc_is_a_valid_dataplane(tmp_path: Path) -> None:
         "inbound": [{"port": 18080, "servicePort": 8080, "serviceAddress": "127.0.0.1",
                      "tags": {"version": "v2", "service": "orders", "protocol": "http"}}],
         "outbound": [{"port": 9001, "service": "payments", "address": "127.0.0.1"}],
-        "adminPort": 19000,
         "ready": False,
     }
     res = default_kinds().decode(doc)
@@ -104,8 +103,8 @@ def test_check_config_names_the_option(tmp_path: Path) -> None:
         check_config(config(tmp_path, name="Orders_1"))
     with pytest.raises(MeshlineError, match="--upstream payments 18080 is also the --inbound-port"):
         check_config(config(tmp_path, upstreams=[Upstream("payments", 18080)]))
-    with pytest.raises(MeshlineError, match="--port 19000 is also the --admin-port"):
-        check_config(config(tmp_path, app_port=19000))
+    with pytest.raises(MeshlineError, match="--port 18080 is also the --inbound-port"):
+        check_config(config(tmp_path, app_port=18080))
 
 
 def test_default_name_is_stable_and_valid() -> None:
@@ -119,12 +118,15 @@ def test_default_work_dir(tmp_path: Path) -> None:
     assert default_work_dir("default", "orders-1", tmp_path) == tmp_path / "dataplanes" / "default.orders-1"
 
 
-def test_sds_socket_falls_back_to_a_short_path(tmp_path: Path) -> None:
-    assert sds_socket_path(Path("/w")) == Path("/w/sds.sock")
+def test_sockets_fall_back_to_a_short_path(tmp_path: Path) -> None:
+    assert socket_path(Path("/w"), "sds") == Path("/w/sds.sock")
     deep = Path("/" + "d" * 120)
-    short = sds_socket_path(deep)
-    assert len(str(short)) <= MAX_SOCKET_PATH and short.name.endswith(".sds.sock")
-    assert sds_socket_path(deep) == short  # stable for the same work dir
+    for name in ("sds", "admin", "xds"):
+        short = socket_path(deep, name)
+        assert len(str(short)) <= MAX_SOCKET_PATH and short.name.endswith(f".{name}.sock")
+        assert socket_path(deep, name) == short  # stable for the same work dir
+    cfg = config(deep)
+    assert {cfg.sds_path, cfg.admin_socket, cfg.xds_socket} == {socket_path(deep, n) for n in ("sds", "admin", "xds")}
 
 
 def test_xds_address() -> None:
@@ -146,7 +148,7 @@ def test_build_config_from_cli_options(tmp_path: Path, monkeypatch: pytest.Monke
     opts: dict[str, Any] = dict(
         service="orders", app_port=8080, mesh="default", name=None, api=None, token=None,
         token_file=token_file, ca_file=None, xds_address=None, address="127.0.0.1", inbound_port=None,
-        protocol="http", tags=("version=v1",), upstreams=("payments=9001",), admin_port=None, work_dir=None,
+        protocol="http", tags=("version=v1",), upstreams=("payments=9001",), work_dir=None,
         envoy_concurrency=1, envoy_log_level="warn", envoy_binary=None, drain_seconds=1.0,
         register_timeout=30.0, ready_timeout=60.0,
     )
@@ -156,7 +158,7 @@ def test_build_config_from_cli_options(tmp_path: Path, monkeypatch: pytest.Monke
     assert cfg.token == "tok"
     assert cfg.name.startswith("orders-") and cfg.name.endswith("-8080")
     assert cfg.work_dir == tmp_path / "dataplanes" / f"default.{cfg.name}"
-    assert cfg.inbound_port and cfg.admin_port and cfg.inbound_port != cfg.admin_port
+    assert cfg.inbound_port and cfg.admin_socket == socket_path(cfg.work_dir, "admin")
     assert cfg.inbound_tags() == {"version": "v1", "service": "orders", "protocol": "http"}
     check_config(cfg)
     token_file.write_text("")
@@ -189,6 +191,7 @@ def test_summary_and_progress(tmp_path: Path) -> None:
     text = "\n".join(summary_lines(cfg))
     assert "127.0.0.1:18080 -> app 127.0.0.1:8080 (tcp)" in text
     assert "payments -> 127.0.0.1:9001 ($MESHLINE_OUTBOUND_PAYMENTS)" in text
-    assert "http://127.0.0.1:19000" in text and str(cfg.envoy_log_path) in text
+    assert f"curl --unix-socket {tmp_path / 'admin.sock'} http://envoy/ready" in text
+    assert str(cfg.envoy_log_path) in text
     assert "not connected" in progress_message(2, ReadyState("PRE_INITIALIZING", False), "cp:1")
     assert "waiting for its configuration" in progress_message(2, ReadyState("INITIALIZING", True), "cp:1")

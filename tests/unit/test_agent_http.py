@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,24 @@ async def test_reads_a_chunked_body_as_envoys_admin_sends_it() -> None:
         resp = await http.request("GET", f"http://127.0.0.1:{port}/ready?x=1", headers={"X-A": "b"})
     assert (resp.status, resp.body) == (200, b"LIVE\nabc")
     assert seen[0].startswith(b"GET /ready?x=1 HTTP/1.1\r\n") and b"\r\nX-A: b\r\n" in seen[0]
+
+
+async def test_talks_to_a_unix_socket_as_to_envoys_admin(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLIVE\n")
+        await writer.drain()
+        writer.close()
+
+    path = tmp_path / "admin.sock"
+    async with await asyncio.start_unix_server(on_connection, path):
+        resp = await http.request("GET", "http://envoy/ready", uds=path)
+    assert (resp.status, resp.body) == (200, b"LIVE\n")
+    assert seen[0].startswith(b"GET /ready HTTP/1.1\r\nHost: envoy:80\r\n")
+    with pytest.raises(http.HttpError, match=f"via {tmp_path / 'gone.sock'}.*FileNotFoundError"):
+        await http.request("GET", "http://envoy/ready", uds=tmp_path / "gone.sock")
 
 
 async def test_reads_content_length_and_until_close() -> None:

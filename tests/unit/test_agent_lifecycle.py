@@ -18,7 +18,7 @@ from meshline.core.errors import Forbidden, MeshlineError, NotFound, Unavailable
 
 FAKE_ENVOY = textwrap.dedent(
     """
-    import http.server, os, signal, sys, threading, yaml
+    import http.server, os, signal, socketserver, sys, threading, yaml
     events = open(os.environ["FAKE_ENVOY_EVENTS"], "a", buffering=1)
     mode = os.environ.get("FAKE_ENVOY_MODE", "ok")
     if mode == "fail":
@@ -26,7 +26,7 @@ FAKE_ENVOY = textwrap.dedent(
               "cannot bind '127.0.0.1:1': Address already in use", file=sys.stderr)
         sys.exit(1)
     boot = yaml.safe_load(open(sys.argv[sys.argv.index("-c") + 1]))
-    port = boot["admin"]["address"]["socket_address"]["port_value"]
+    admin = boot["admin"]["address"]["pipe"]
 
     class Admin(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a): pass
@@ -46,7 +46,10 @@ FAKE_ENVOY = textwrap.dedent(
             events.write("envoy:" + self.path.split("?")[0].strip("/") + "\\n")
             self.reply(200, "OK\\n")
 
-    server = http.server.HTTPServer(("127.0.0.1", port), Admin)
+    if os.path.exists(admin["path"]):
+        os.unlink(admin["path"])
+    server = socketserver.UnixStreamServer(admin["path"], Admin)
+    os.chmod(admin["path"], admin["mode"])
     def term(*_):
         events.write("envoy:sigterm\\n")
         os._exit(0)
@@ -126,7 +129,7 @@ def fake_envoy(tmp_path: Path) -> str:
 def make_config(tmp_path: Path, envoy: str, **kw: Any) -> AgentConfig:
     base: dict[str, Any] = dict(
         mesh="default", name="orders-1", service="orders", address="127.0.0.1", app_port=free_port(),
-        inbound_port=free_port(), admin_port=free_port(), work_dir=tmp_path / "work",
+        inbound_port=free_port(), work_dir=tmp_path / "work",
         api_url=FakeApi.url, xds_host="127.0.0.1", xds_port=15678, envoy_path=envoy,
         drain_seconds=0.05, ready_timeout=5.0, stop_timeout=2.0,
     )
@@ -217,8 +220,8 @@ async def test_port_in_use_is_reported_before_starting(tmp_path: Path, events: P
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        cfg = make_config(tmp_path, fake_envoy, admin_port=s.getsockname()[1])
-        with pytest.raises(MeshlineError, match="Envoy cannot listen on 127.0.0.1:.*change --admin-port"):
+        cfg = make_config(tmp_path, fake_envoy, inbound_port=s.getsockname()[1])
+        with pytest.raises(MeshlineError, match="Envoy cannot listen on 127.0.0.1:.*change --inbound-port"):
             await Agent(cfg, api=FakeApi(events), report=lambda m: None, handle_signals=False).run()
 
 

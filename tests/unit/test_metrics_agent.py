@@ -36,14 +36,15 @@ def free_port() -> int:
 def config(tmp_path: Path, **kw: Any) -> AgentConfig:
     base: dict[str, Any] = dict(
         mesh="default", name="web-1", service="web", address="127.0.0.1", app_port=8080,
-        inbound_port=18080, admin_port=free_port(), work_dir=tmp_path, api_url="http://127.0.0.1:15681",
+        inbound_port=18080, work_dir=tmp_path, api_url="http://127.0.0.1:15681",
         xds_host="127.0.0.1", xds_port=15678, upstreams=[Upstream("orders", 15001)], metrics_port=free_port(),
     )
     base.update(kw)
     return AgentConfig(**base)
 
 
-async def serve(port: int, path: str, text: str) -> web.AppRunner:
+async def serve(where: int | Path, path: str, text: str) -> web.AppRunner:
+    """An HTTP endpoint on a loopback port, or on a Unix socket (Envoy's admin API)."""
     app = web.Application()
 
     async def handle(request: web.Request) -> web.Response:
@@ -52,14 +53,15 @@ async def serve(port: int, path: str, text: str) -> web.AppRunner:
     app.router.add_get(path, handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    site = web.UnixSite(runner, str(where)) if isinstance(where, Path) else web.TCPSite(runner, "127.0.0.1", where)
+    await site.start()
     return runner
 
 
 async def test_scrape_translates_envoy_and_merges_the_app(tmp_path: Path) -> None:
     app_port = free_port()
     cfg = config(tmp_path, app_metrics_url=f"http://127.0.0.1:{app_port}/metrics")
-    envoy = await serve(cfg.admin_port, "/stats/prometheus", ENVOY)
+    envoy = await serve(cfg.admin_socket, "/stats/prometheus", ENVOY)
     app = await serve(app_port, "/metrics", APP)
     (svc,) = service_for(cfg)
     assert isinstance(svc, MetricsService)
@@ -112,7 +114,7 @@ def _opts(tmp_path: Path, **kw: Any) -> dict[str, Any]:
     return dict(
         service="web", app_port=8080, mesh="default", name="web-1", api="http://127.0.0.1:15681", token="t",
         token_file=None, ca_file=None, xds_address=None, address="127.0.0.1", inbound_port=18080,
-        protocol="http", tags=(), upstreams=(), admin_port=19000, work_dir=tmp_path, envoy_concurrency=1,
+        protocol="http", tags=(), upstreams=(), work_dir=tmp_path, envoy_concurrency=1,
         envoy_log_level="warn", envoy_binary=None, drain_seconds=1.0, register_timeout=30.0, ready_timeout=60.0,
         metrics_port=None, app_metrics_url=None,
     ) | kw

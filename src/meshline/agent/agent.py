@@ -40,8 +40,9 @@ from meshline.agent.config import (
     port_in_use,
 )
 from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
-from meshline.agent.registration import Api, deregister, register
-from meshline.core.errors import MeshlineError, NotFound
+from meshline.agent.registration import Api, deregister, no_token_message, register, token_kind
+from meshline.agent.sockets import private_dir
+from meshline.core.errors import MeshlineError, NotFound, Unauthorized
 
 log = logging.getLogger("meshline.agent")
 Report = Callable[[str], None]
@@ -89,7 +90,7 @@ def summary_lines(config: AgentConfig) -> list[str]:
     ]
     for u in config.upstreams:
         lines.append(f"outbound  {u.service} -> 127.0.0.1:{u.port} (${u.env_name})")
-    lines.append(f"admin     {config.admin_url}")
+    lines.append(f"admin     {config.admin_socket} (curl --unix-socket {config.admin_socket} http://envoy/ready)")
     if config.metrics_port:
         host = f"[{config.address}]" if ":" in config.address else config.address
         lines.append(f"metrics   http://{host}:{config.metrics_port}/metrics")
@@ -110,7 +111,7 @@ def progress_message(elapsed: float, state: ReadyState, xds: str) -> str:
 def not_ready_error(timeout: float, state: ReadyState, config: AgentConfig) -> EnvoyError:
     xds = f"{config.xds_host}:{config.xds_port}"
     if state.state is None:
-        why = f"its admin endpoint 127.0.0.1:{config.admin_port} never answered"
+        why = f"its admin endpoint {config.admin_socket} never answered"
     elif state.xds_connected is False:
         why = f"it cannot reach the control plane's xDS server at {xds}; check --xds-address and the network"
     else:
@@ -238,6 +239,10 @@ class Agent:
     async def _startup(self) -> None:
         cfg = self.config
         check_config(cfg)
+        kind = token_kind(cfg.token)
+        if kind not in (None, "dataplane"):
+            self.report(f"warning: this agent was given a {kind} token; a sidecar needs only a dataplane token"
+                        f" (`meshline token issue --kind dataplane --mesh {cfg.mesh} --service {cfg.service}`)")
         self._prepare_work_dir()
         stale = kill_stale(cfg)
         if stale is not None:
@@ -252,10 +257,13 @@ class Agent:
             from meshline.agent.api import AgentApi
 
             verify: bool | str = str(cfg.ca_file) if cfg.ca_file else True
-            self._api = AgentApi(cfg.api_url, token=cfg.token or "", timeout=5.0, verify=verify)
-        await self._until_stopped(
-            register(self._api, dataplane_doc(cfg, ready=False), cfg.register_timeout, self.report)
-        )
+            self._api = AgentApi(cfg.api_url, token=cfg.token, timeout=5.0, verify=verify)
+        try:
+            await self._until_stopped(
+                register(self._api, dataplane_doc(cfg, ready=False), cfg.register_timeout, self.report)
+            )
+        except Unauthorized as err:
+            raise Unauthorized(no_token_message(cfg) if cfg.token is None else str(err)) from None
         self._registered = True
         self.report(f"registered dataplane {cfg.name} in mesh {cfg.mesh} at {self._api.url}")
 
@@ -335,8 +343,8 @@ class Agent:
 
     def _prepare_work_dir(self) -> None:
         cfg = self.config
-        cfg.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cfg.sds_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for directory in {cfg.work_dir, *(path.parent for path in cfg.private_sockets())}:
+            private_dir(directory)
         fd = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,7 +9,6 @@ from typing import Any
 
 from meshline.agent import http
 from meshline.api.common import (
-    default_token,
     default_url,
     default_verify,
     error_for,
@@ -22,7 +21,7 @@ class AgentApi:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 5.0,
                  verify: bool | str = True) -> None:  # fmt: skip
         self.url = (url or default_url()).rstrip("/")
-        token = token if token is not None else default_token(self.url)
+        # Only the token the agent was given: no fallback to the host's admin token.
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"

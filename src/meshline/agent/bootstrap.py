@@ -1,13 +1,13 @@
 """Envoy's bootstrap for one dataplane: a pure function from the agent's config to typed protos.
 
 The bootstrap holds only what Envoy needs before it can talk to the control plane:
-its identity (node), its admin endpoint, two static clusters (the control plane's ADS
-server and the agent's local SDS socket) and limits. Everything else arrives over ADS.
+its identity (node), its admin endpoint (a 0600 Unix socket), two static clusters (the
+agent's xDS proxy and SDS server, both Unix sockets in the work dir) and limits. Everything
+else arrives over ADS. It holds no credential: the agent's xDS proxy adds the dataplane token.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from pathlib import Path
@@ -19,9 +19,8 @@ from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
 from google.protobuf.message import Message
 
 from meshline.agent import metrics
@@ -41,19 +40,8 @@ def _packed(msg: Message) -> any_pb2.Any:
     return a
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _http2_options() -> dict[str, any_pb2.Any]:
     h2 = protocol_pb2.Http2ProtocolOptions()
-    # HTTP/2 PINGs notice a dead control plane behind a NAT or a crashed host.
-    h2.connection_keepalive.interval.FromSeconds(30)
-    h2.connection_keepalive.timeout.FromSeconds(5)
     opts = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=h2
@@ -75,65 +63,35 @@ def _load_assignment(cluster: str, address: address_pb2.Address) -> endpoint_pb2
     )
 
 
-def xds_cluster(config: AgentConfig) -> cluster_pb2.Cluster:
-    """The control plane's ADS server: HTTP/2, TCP keepalive, a short connect timeout."""
+def _local_cluster(name: str, socket: Path, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+    """A static HTTP/2 cluster of one Unix socket of the agent's."""
     c = cluster_pb2.Cluster(
-        name=names.XDS_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC if _is_ip(config.xds_host) else cluster_pb2.Cluster.STRICT_DNS,
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
         typed_extension_protocol_options=_http2_options(),
-        load_assignment=_load_assignment(
-            names.XDS_CLUSTER,
-            address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address=config.xds_host, port_value=config.xds_port)
-            ),
-        ),
-        upstream_connection_options=cluster_pb2.UpstreamConnectionOptions(
-            tcp_keepalive=address_pb2.TcpKeepalive(
-                keepalive_probes=wrappers_pb2.UInt32Value(value=3),
-                keepalive_time=wrappers_pb2.UInt32Value(value=30),
-                keepalive_interval=wrappers_pb2.UInt32Value(value=5),
-            )
-        ),
+        load_assignment=_load_assignment(name, address_pb2.Address(pipe=address_pb2.Pipe(path=str(socket)))),
     )
-    c.connect_timeout.FromMilliseconds(XDS_CONNECT_TIMEOUT_MS)
-    if not _is_ip(config.xds_host):
-        c.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-    if config.ca_file is not None:
-        tls = tls_pb2.UpstreamTlsContext(
-            sni=config.xds_host,
-            common_tls_context=tls_pb2.CommonTlsContext(
-                alpn_protocols=["h2"],
-                validation_context=common_pb2.CertificateValidationContext(
-                    trusted_ca=base_pb2.DataSource(filename=str(config.ca_file.resolve()))
-                ),
-            ),
-        )
-        c.transport_socket.CopyFrom(
-            base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_packed(tls))
-        )
+    c.connect_timeout.FromMilliseconds(connect_timeout_ms)
     return c
+
+
+def xds_cluster(config: AgentConfig) -> cluster_pb2.Cluster:
+    """The control plane, as Envoy reaches it: the agent's xDS proxy on a Unix socket in the
+    work dir. The proxy holds the dataplane token and the TLS connection to the control plane,
+    so neither the bootstrap nor a config dump carries a credential (ADS, access logs and
+    global rate limits all go this way)."""
+    return _local_cluster(names.XDS_CLUSTER, config.xds_socket, XDS_CONNECT_TIMEOUT_MS)
 
 
 def sds_cluster(config: AgentConfig) -> cluster_pb2.Cluster:
     """The agent's local SDS server, on a Unix socket in the work dir (HTTP/2 gRPC)."""
-    c = cluster_pb2.Cluster(
-        name=names.SDS_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC,
-        typed_extension_protocol_options=_http2_options(),
-        load_assignment=_load_assignment(
-            names.SDS_CLUSTER, address_pb2.Address(pipe=address_pb2.Pipe(path=str(config.sds_path)))
-        ),
-    )
-    c.connect_timeout.FromMilliseconds(SDS_CONNECT_TIMEOUT_MS)
-    return c
+    return _local_cluster(names.SDS_CLUSTER, config.sds_path, SDS_CONNECT_TIMEOUT_MS)
 
 
-def ads_config(config: AgentConfig) -> config_source_pb2.ApiConfigSource:
+def ads_config() -> config_source_pb2.ApiConfigSource:
     grpc = grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=names.XDS_CLUSTER)
     )
-    if config.token:
-        grpc.initial_metadata.append(base_pb2.HeaderValue(key="authorization", value=f"Bearer {config.token}"))
     return config_source_pb2.ApiConfigSource(
         api_type=config_source_pb2.ApiConfigSource.GRPC,
         transport_api_version=config_source_pb2.V3,
@@ -168,12 +126,10 @@ def build_bootstrap(config: AgentConfig) -> bootstrap_pb2.Bootstrap:
     return bootstrap_pb2.Bootstrap(
         node=node,
         admin=bootstrap_pb2.Admin(
-            address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=config.admin_port)
-            )
+            address=address_pb2.Address(pipe=address_pb2.Pipe(path=str(config.admin_socket), mode=0o600))
         ),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
-            ads_config=ads_config(config), cds_config=_ads_source(), lds_config=_ads_source()
+            ads_config=ads_config(), cds_config=_ads_source(), lds_config=_ads_source()
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
             clusters=[xds_cluster(config), sds_cluster(config)]
@@ -191,7 +147,7 @@ def to_yaml(bootstrap: bootstrap_pb2.Bootstrap) -> str:
 
 
 def write_bootstrap(path: Path, bootstrap: bootstrap_pb2.Bootstrap) -> None:
-    """Write atomically, readable only by us: it may hold the dataplane token."""
+    """Write atomically, readable only by us (it holds no secret, but says where our sockets are)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -68,7 +68,6 @@ class AgentConfig:
     address: str  # where other hosts reach this workload's sidecar
     app_port: int  # inbound servicePort: where the app listens (on app_address)
     inbound_port: int  # where the sidecar accepts mesh traffic (on address)
-    admin_port: int  # Envoy admin, on 127.0.0.1
     work_dir: Path
     api_url: str
     xds_host: str
@@ -89,7 +88,7 @@ class AgentConfig:
     ready_timeout: float = 60.0  # give up waiting for Envoy's first config after this long
     stop_timeout: float = 5.0  # SIGTERM -> SIGKILL for Envoy and the app
     # The Unix socket Envoy's SDS cluster points at (see names.SDS_CLUSTER). The agent
-    # only reserves it; an SDS LocalService listens on it. None: sds_socket_path(work_dir).
+    # only reserves it; an SDS LocalService listens on it. None: socket_path(work_dir, "sds").
     sds_socket: Path | None = None
     # Started in order before Envoy, stopped in reverse order after it.
     local_services: list[LocalService] = field(default_factory=list)
@@ -100,7 +99,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if self.sds_socket is None:
-            self.sds_socket = sds_socket_path(self.work_dir)
+            self.sds_socket = socket_path(self.work_dir, "sds")
 
     @property
     def node_id(self) -> str:
@@ -110,6 +109,20 @@ class AgentConfig:
     def sds_path(self) -> Path:
         assert self.sds_socket is not None
         return self.sds_socket
+
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin API: a 0600 Unix socket, never a TCP port (any local user could reach
+        that one and read the config or stop Envoy)."""
+        return socket_path(self.work_dir, "admin")
+
+    @property
+    def xds_socket(self) -> Path:
+        """Where the agent's xDS proxy listens for its Envoy (see :mod:`meshline.agent.xds_proxy`)."""
+        return socket_path(self.work_dir, "xds")
+
+    def private_sockets(self) -> list[Path]:
+        return [self.sds_path, self.admin_socket, self.xds_socket]
 
     @property
     def bootstrap_path(self) -> Path:
@@ -126,10 +139,6 @@ class AgentConfig:
     @property
     def lock_path(self) -> Path:
         return self.work_dir / "agent.lock"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
 
     def inbound_tags(self) -> dict[str, str]:
         return {**self.tags, "service": self.service, "protocol": self.protocol}
@@ -153,7 +162,6 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
         "address": config.address,
         "inbound": [inbound],
         "outbound": [{"port": u.port, "service": u.service, "address": "127.0.0.1"} for u in config.upstreams],
-        "adminPort": config.admin_port,
         "ready": ready,
     }
     if config.metrics_port:
@@ -191,10 +199,7 @@ def check_config(config: AgentConfig) -> None:
 
 
 def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
-    claims = [
-        (config.address, config.inbound_port, "--inbound-port"),
-        ("127.0.0.1", config.admin_port, "--admin-port"),
-    ]
+    claims = [(config.address, config.inbound_port, "--inbound-port")]
     claims += [("127.0.0.1", u.port, f"--upstream {u.service}") for u in config.upstreams]
     if config.metrics_port:
         claims.append((config.address, config.metrics_port, "--metrics-port"))
@@ -205,10 +210,7 @@ def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
 
 def listen_ports(config: AgentConfig) -> list[tuple[str, int, str]]:
     """(address, port, option) for every socket Envoy will listen on."""
-    out = [
-        ("127.0.0.1", config.admin_port, "--admin-port"),
-        (config.address, config.inbound_port, "--inbound-port"),
-    ]
+    out = [(config.address, config.inbound_port, "--inbound-port")]
     out += [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     return out
 
@@ -294,14 +296,15 @@ def default_work_dir(mesh: str, name: str, data_dir: Path | None = None) -> Path
     return (data_dir or default_data_dir()) / "dataplanes" / names.node_id(mesh, name)
 
 
-def sds_socket_path(work_dir: Path) -> Path:
-    """``<work_dir>/sds.sock``, or a short path in the runtime dir if that one is too long."""
-    path = work_dir / "sds.sock"
+def socket_path(work_dir: Path, name: str) -> Path:
+    """``<work_dir>/<name>.sock``, or a short path in the runtime dir if that one is too long
+    (a directory of our own there: see :func:`meshline.agent.sockets.private_dir`)."""
+    path = work_dir / f"{name}.sock"
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(work_dir).encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    return base / f"meshline-{os.getuid()}" / f"{digest}.sds.sock"
+    return base / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -348,5 +351,5 @@ def app_env(base: Mapping[str, str], config: AgentConfig) -> dict[str, str]:
     env["MESHLINE_MESH"] = config.mesh
     env["MESHLINE_DATAPLANE"] = config.name
     env["MESHLINE_SERVICE"] = config.service
-    env["MESHLINE_ADMIN"] = f"127.0.0.1:{config.admin_port}"
+    env["MESHLINE_ADMIN_SOCKET"] = str(config.admin_socket)
     return env

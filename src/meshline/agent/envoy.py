@@ -21,6 +21,8 @@ from meshline.agent.config import AgentConfig
 from meshline.core.errors import MeshlineError
 
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
+# Requests to the admin API go to its Unix socket; the host part only fills the Host header.
+ADMIN_URL = "http://envoy-admin"
 
 
 class EnvoyError(MeshlineError):
@@ -46,7 +48,7 @@ def envoy_args(binary: str, config: AgentConfig) -> list[str]:
 # Envoy log lines worth quoting when it fails, and what to do about them.
 _HINTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"cannot bind '([^']+)'|Address already in use"),
-     "a port Envoy needs is in use; stop what uses it or pick other ports (--admin-port, --inbound-port)"),
+     "a port Envoy needs is in use; stop what uses it or pick other ports (--inbound-port, --upstream)"),
     (re.compile(r"unable to parse|Unable to parse|INVALID_ARGUMENT|Proto constraint validation failed"),
      "Envoy rejected its bootstrap; this is a Meshline bug, please report it with the log"),
     (re.compile(r"PARSE ERROR|Couldn't find match for argument|error: "),
@@ -92,7 +94,6 @@ class Envoy:
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self.starts = 0
-        self._admin = config.admin_url.rstrip("/")
 
     @property
     def pid(self) -> int | None:
@@ -127,9 +128,13 @@ class Envoy:
         assert self.proc is not None
         return await self.proc.wait()
 
+    async def admin(self, method: str, path: str, timeout: float = 1.0) -> http.Response:
+        """One call to Envoy's admin API, on its Unix socket; raises :class:`http.HttpError`."""
+        return await http.request(method, ADMIN_URL + path, uds=self.config.admin_socket, timeout=timeout)
+
     async def ready_state(self) -> ReadyState:
         try:
-            resp = await http.request("GET", f"{self._admin}/ready", timeout=1.0)
+            resp = await self.admin("GET", "/ready")
         except http.HttpError:
             return ReadyState(None)
         state = resp.text.strip() or f"HTTP {resp.status}"
@@ -138,7 +143,7 @@ class Envoy:
         connected: bool | None = None
         with contextlib.suppress(http.HttpError):
             query = urlencode({"filter": r"^control_plane\.connected_state$"})
-            stats = await http.request("GET", f"{self._admin}/stats?{query}", timeout=1.0)
+            stats = await self.admin("GET", f"/stats?{query}")
             m = re.search(r"connected_state:\s*(\d+)", stats.text)
             connected = bool(int(m.group(1))) if m else None
         return ReadyState(state, connected)
@@ -148,7 +153,7 @@ class Envoy:
         if not self.running:
             return False
         try:
-            resp = await http.request("POST", f"{self._admin}/drain_listeners?graceful&skip_exit", timeout=1.0)
+            resp = await self.admin("POST", "/drain_listeners?graceful&skip_exit")
         except http.HttpError:
             return False
         return resp.status == 200

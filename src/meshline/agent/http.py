@@ -1,7 +1,8 @@
 """A small HTTP/1.1 client and server on asyncio streams: all the HTTP a sidecar's agent does.
 
-The agent asks Envoy's admin API whether it is ready, scrapes its stats, calls the control
-plane's API a few times an hour (register, certificates) and answers Prometheus scrapes. A
+The agent asks Envoy's admin API (on a Unix socket, ``uds=``) whether it is ready, scrapes its
+stats, calls the control plane's API a few times an hour (register, certificates) and answers
+Prometheus scrapes. A
 general HTTP library (httpx for the client, aiohttp for the server) cost 15 MB of private
 memory per sidecar for that; this costs nothing measurable. One request per connection
 (``Connection: close``), bodies read whole; responses may be chunked (Envoy's admin API).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,8 +50,12 @@ async def request(
     body: bytes = b"",
     tls: ssl.SSLContext | None = None,
     timeout: float = 5.0,
+    uds: str | os.PathLike[str] | None = None,
 ) -> Response:
-    """One request; raises :class:`HttpError` on a connection, TLS, timeout or protocol error."""
+    """One request; raises :class:`HttpError` on a connection, TLS, timeout or protocol error.
+
+    ``uds``: connect to this Unix socket instead of the URL's host and port (the URL still
+    gives the scheme, the Host header and the path)."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -59,10 +65,16 @@ async def request(
     host = parts.hostname
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
              f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]  # fmt: skip
+    where = f" (via {os.fspath(uds)})" if uds is not None else ""
     try:
         async with asyncio.timeout(timeout):
             context = (tls or ssl.create_default_context()) if https else None
-            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            if uds is not None:
+                reader, writer = await asyncio.open_unix_connection(
+                    uds, ssl=context, server_hostname=host if https else None
+                )
+            else:
+                reader, writer = await asyncio.open_connection(host, port, ssl=context)
             try:
                 writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
                 await writer.drain()
@@ -72,9 +84,9 @@ async def request(
                 with contextlib.suppress(OSError, ssl.SSLError):
                     await writer.wait_closed()
     except TimeoutError:
-        raise HttpError(f"{method} {url}: no answer within {timeout:g} s") from None
+        raise HttpError(f"{method} {url}{where}: no answer within {timeout:g} s") from None
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as err:
-        raise HttpError(f"{method} {url}: {type(err).__name__}: {err}") from None
+        raise HttpError(f"{method} {url}{where}: {type(err).__name__}: {err}") from None
 
 
 async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:

@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from envoy.config.metrics.v3 import stats_pb2
@@ -32,6 +33,7 @@ from envoy.type.matcher.v3 import string_pb2
 
 from meshline.agent import http
 from meshline.agent.config import AgentConfig
+from meshline.agent.envoy import ADMIN_URL
 from meshline.core.dataplane import DataplaneMetrics
 from meshline.core.errors import MeshlineError
 from meshline.render import metrics as m
@@ -372,11 +374,11 @@ class MetricsService:
         self.app_url = app_url
         self._server: asyncio.Server | None = None
         self._workload: Workload | None = None
-        self._admin_url = ""
+        self._admin_socket: Path | None = None
 
     async def start(self, config: AgentConfig) -> None:
         self._workload = Workload.of(config)
-        self._admin_url = config.admin_url
+        self._admin_socket = config.admin_socket
         try:
             self._server = await http.serve(config.address, self.port, self._handle)
         except OSError as err:
@@ -391,10 +393,10 @@ class MetricsService:
             await self._server.wait_closed()
             self._server = None
 
-    async def _get(self, url: str) -> str | None:
+    async def _get(self, url: str, uds: Path | None = None) -> str | None:
         try:
             resp = await http.request("GET", url, headers={"Accept": "text/plain;version=0.0.4"},
-                                      timeout=SCRAPE_TIMEOUT_S)  # fmt: skip
+                                      timeout=SCRAPE_TIMEOUT_S, uds=uds)  # fmt: skip
         except http.HttpError as err:
             log.debug("scraping %s failed: %s", url, err)
             return None
@@ -402,7 +404,7 @@ class MetricsService:
 
     async def scrape(self) -> str:
         assert self._workload is not None
-        envoy_text = await self._get(f"{self._admin_url}/stats/prometheus")
+        envoy_text = await self._get(f"{ADMIN_URL}/stats/prometheus", self._admin_socket)
         families = translate(parse(envoy_text or ""), self._workload)
         families.append(_gauge("meshline_dataplane_envoy_up", 1.0 if envoy_text is not None else 0.0))
         app_text = ""

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meshline.agent.backoff import Deadline
 from meshline.core.errors import MeshlineError, NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from meshline.agent.config import AgentConfig
 
 Report = Callable[[str], None]
 # How often to repeat "still retrying" while the control plane stays unreachable.
@@ -25,6 +30,29 @@ class Api(Protocol):
     async def delete(self, kind: str, mesh: str | None, name: str) -> Any: ...
 
     async def get(self, kind: str, mesh: str | None, name: str) -> Any: ...
+
+
+def no_token_message(config: AgentConfig) -> str:
+    return (
+        f"the control plane at {config.api_url} needs a dataplane token and this agent was given none"
+        " (it never uses the host's admin token): issue one with `meshline token issue --kind dataplane"
+        f" --mesh {config.mesh} --service {config.service} [--name {config.name}] > {config.service}.token`"
+        f" and pass --token-file {config.service}.token (or MESHLINE_TOKEN_FILE / MESHLINE_TOKEN)"
+    )
+
+
+def token_kind(token: str | None) -> str | None:
+    """The ``kind`` claim of a Meshline token, read without verifying it (the control plane
+    verifies); None for no token or one that does not decode."""
+    if not token or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kind = claims.get("kind") if isinstance(claims, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 async def register(

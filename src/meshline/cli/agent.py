@@ -24,11 +24,20 @@ from meshline.agent.config import (
 )
 from meshline.agent.metrics import check_app_metrics_url
 from meshline.agent.process import AppStartError
-from meshline.api.common import DEFAULT_URL, default_token, local_cp_ca_file
+from meshline.api.common import DEFAULT_URL, local_cp_ca_file
 from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS
 from meshline.core.errors import MeshlineError
 
 F = Callable[..., Any]
+
+
+def _no_admin_port(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.BadParameter(
+            "Envoy's admin API no longer listens on a TCP port (every local user could reach it);"
+            " it is the Unix socket admin.sock in the agent's --work-dir (mode 0600), e.g."
+            " `curl --unix-socket <work dir>/admin.sock http://envoy/ready`; drop --admin-port / MESHLINE_ADMIN_PORT"
+        )
 
 
 def _options(f: F) -> F:
@@ -42,7 +51,8 @@ def _options(f: F) -> F:
                      help="dataplane name [default: <service>-<hostname>-<port>]"),
         click.option("--api", default=None, envvar="MESHLINE_API",
                      help=f"control-plane API URL [default: {DEFAULT_URL}]"),
-        click.option("--token", default=None, envvar="MESHLINE_TOKEN", help="dataplane token (Bearer)"),
+        click.option("--token", default=None, envvar="MESHLINE_TOKEN",
+                     help="dataplane token (`meshline token issue --kind dataplane ...`); prefer --token-file"),
         click.option("--token-file", type=click.Path(path_type=Path), default=None, envvar="MESHLINE_TOKEN_FILE",
                      help="file holding the dataplane token"),
         click.option("--ca-file", "--cp-ca-file", "ca_file", type=click.Path(path_type=Path, exists=True,
@@ -61,8 +71,8 @@ def _options(f: F) -> F:
         click.option("--upstream", "upstreams", multiple=True, envvar="MESHLINE_UPSTREAMS",
                      metavar="SERVICE=LOCALPORT",
                      help="reach SERVICE at 127.0.0.1:LOCALPORT (repeatable)"),
-        click.option("--admin-port", type=click.IntRange(1, 65535), default=None, envvar="MESHLINE_ADMIN_PORT",
-                     help="Envoy admin port on 127.0.0.1 [default: a free port]"),
+        click.option("--admin-port", default=None, envvar="MESHLINE_ADMIN_PORT", hidden=True, expose_value=False,
+                     callback=_no_admin_port),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="MESHLINE_METRICS_PORT",
                      help="serve Prometheus metrics on --address:PORT/metrics; 0 for none [default: a free port]"),
         click.option("--app-metrics-url", default=None, envvar="MESHLINE_APP_METRICS_URL", metavar="URL",
@@ -91,12 +101,14 @@ def _options(f: F) -> F:
 
 
 def local_services(config: AgentConfig) -> list[LocalService]:
-    """Services the agent starts before Envoy and stops after it (e.g. the SDS server that
-    listens on ``config.sds_path`` and serves the workload certificate). Add them here."""
+    """Services the agent starts before Envoy and stops after it: the SDS server that listens
+    on ``config.sds_path`` and serves the workload certificate, the xDS proxy Envoy reaches the
+    control plane through, the metrics endpoint. Add them here."""
     from meshline.agent.metrics import service_for
+    from meshline.agent.xds_proxy import XdsProxy
     from meshline.security.workload_identity import SdsService
 
-    return [SdsService(), *service_for(config)]
+    return [SdsService(), XdsProxy(), *service_for(config)]
 
 
 def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> AgentConfig:
@@ -114,7 +126,9 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
             raise MeshlineError(f"cannot read --token-file {opts['token_file']}: {err.strerror}") from None
         if token is None:
             raise MeshlineError(f"--token-file {opts['token_file']} is empty; put the dataplane token in it")
-    token = token or group.get("token") or default_token(api_url)
+    # Only a token given to this agent: never the host's admin token (<data dir>/admin.token),
+    # which would run a sidecar with admin rights without anyone choosing it.
+    token = token or group.get("token")
     xds_host, xds_port = xds_from_api(api_url, opts["xds_address"])
     name = opts["name"] or default_name(service, app_port)
     address: str = opts["address"]
@@ -125,7 +139,6 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
         address=address,
         app_port=app_port,
         inbound_port=opts["inbound_port"] or free_port(address),
-        admin_port=opts["admin_port"] or free_port("127.0.0.1"),
         work_dir=opts["work_dir"] or default_work_dir(mesh, name),
         api_url=api_url,
         xds_host=xds_host,

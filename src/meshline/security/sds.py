@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
+from meshline.agent.sockets import serve_grpc
 from meshline.xds import names
 from meshline.xds.snapshot import SECRET, Snapshot, pack
 from meshline.xds.stream import AdsStream, Nack
@@ -93,22 +93,11 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        path = self.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket of a previous agent (the agent holds a lock)
         server = grpc.aio.server()
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server)
-        old_umask = os.umask(0o177)  # the socket is born 0600
-        try:
-            if server.add_insecure_port(f"unix:{path}") == 0:
-                raise OSError(f"cannot listen on {path}")
-            await server.start()
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
+        await serve_grpc(server, self.socket_path)
         self._server = server
-        log.debug("SDS listening on %s", path)
+        log.debug("SDS listening on %s", self.socket_path)
 
     async def stop(self) -> None:
         if self._server is not None:

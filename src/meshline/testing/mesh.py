@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
+from meshline.agent.config import socket_path
 from meshline.api.client import ApiClient
 from meshline.controlplane.settings import Settings
 from meshline.testing.servers import free_port
@@ -110,12 +111,17 @@ class Sidecar:
     service: str
     mesh: str
     inbound_port: int
-    admin_port: int
     app_port: int
     outbounds: dict[str, int]
     work_dir: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    token: str | None = None  # the dataplane token the harness issued it (auth on)
+
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin API (a 0600 Unix socket in the work dir, as the agent puts it)."""
+        return socket_path(self.work_dir, "admin")
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.outbounds[service]}"
@@ -123,8 +129,9 @@ class Sidecar:
     def port(self, service: str) -> int:
         return self.outbounds[service]
 
-    def admin(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
+    def admin(self, path: str, method: str = "GET") -> httpx.Response:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.admin_socket)), timeout=5) as client:
+            return client.request(method, f"http://envoy{path}")
 
     def stats(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
@@ -162,15 +169,20 @@ class Sidecar:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
         # Envoy dies a little after the agent (the kernel tears down its threads and sockets
-        # asynchronously): a crash is complete once its ports stop accepting connections.
+        # asynchronously): a crash is complete once its sockets stop accepting connections.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_accepts(p) for p in (self.inbound_port, self.admin_port)):
+        while time.monotonic() < deadline and (_accepts(self.inbound_port) or _accepts_unix(self.admin_socket)):
             time.sleep(0.05)
 
 
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _accepts_unix(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        return s.connect_ex(str(path)) == 0
 
 
 @dataclass
@@ -226,6 +238,13 @@ class MeshHarness:
         path = self.data_dir / "admin.token"
         return path.read_text().strip() if self.auth and path.exists() else None
 
+    def dataplane_token(self, service: str, mesh: str = "default", name: str | None = None) -> str:
+        """A dataplane token for one sidecar, as an operator would issue it (agents never
+        fall back to the admin token)."""
+        body = {"kind": "dataplane", "mesh": mesh, "service": service, "dataplane": name, "ttl": "24h",
+                "description": "test harness"}
+        return str(self.api.request("POST", "/api/v1/tokens", json=body)["token"])
+
     def restart_control_plane(self, down_for: float = 0.0) -> None:
         assert self.control_plane is not None
         self.control_plane.stop()
@@ -237,12 +256,12 @@ class MeshHarness:
         items = [d for d in yaml.safe_load_all(docs) if d] if isinstance(docs, str) else list(docs)
         return self.api.apply(items)
 
-    def agent_command(self, service: str, app_port: int, *, name: str, inbound_port: int, admin_port: int,
+    def agent_command(self, service: str, app_port: int, *, name: str, inbound_port: int,
                       protocol: str, tags: Mapping[str, str], upstreams: Mapping[str, int], mesh: str,
                       work_dir: Path, extra: Iterable[str] = ()) -> list[str]:
         cmd = [sys.executable, "-m", "meshline", "dataplane", "--service", service, "--port", str(app_port),
-               "--name", name, "--mesh", mesh, "--inbound-port", str(inbound_port), "--admin-port",
-               str(admin_port), "--protocol", protocol, "--api", self.api_url,
+               "--name", name, "--mesh", mesh, "--inbound-port", str(inbound_port),
+               "--protocol", protocol, "--api", self.api_url,
                "--xds-address", f"127.0.0.1:{self.xds_port}", "--work-dir", str(work_dir)]
         for k, v in tags.items():
             cmd += ["--tag", f"{k}={v}"]
@@ -255,17 +274,20 @@ class MeshHarness:
                 wait: bool = True, extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> Sidecar:
         name = name or f"{service}-{len([s for s in self.sidecars if s.service == service]) + 1}"
         ups = dict(upstreams) if isinstance(upstreams, Mapping) else {u: free_port() for u in upstreams}
-        inbound_port, admin_port = free_port(), free_port()
+        inbound_port = free_port()
         work_dir = self.tmp / "dp" / f"{mesh}.{name}"
-        work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = work_dir / "agent.log"
-        cmd = self.agent_command(service, app_port, name=name, inbound_port=inbound_port, admin_port=admin_port,
+        cmd = self.agent_command(service, app_port, name=name, inbound_port=inbound_port,
                                  protocol=protocol, tags=tags or {}, upstreams=ups, mesh=mesh, work_dir=work_dir,
                                  extra=extra_args)
         proc_env = {**os.environ, "MESHLINE_DATA_DIR": str(self.data_dir), **self.env, **(env or {})}
+        token = None
+        if self.auth and not (proc_env.get("MESHLINE_TOKEN") or proc_env.get("MESHLINE_TOKEN_FILE")):
+            token = proc_env["MESHLINE_TOKEN"] = self.dataplane_token(service, mesh, name)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=proc_env, start_new_session=True)
-        sc = Sidecar(name, service, mesh, inbound_port, admin_port, app_port, ups, work_dir, proc, log_path)
+        sc = Sidecar(name, service, mesh, inbound_port, app_port, ups, work_dir, proc, log_path, token)
         self.sidecars.append(sc)
         if wait:
             self.wait_ready(sc)
