@@ -87,7 +87,8 @@ class ControlPlane:
         await self.reconciler.start()
         self.offline.start(self.reconciler)
         servicer = AdsServicer(
-            self.cache, self.status, self.ext.xds_authorize, on_connect=self.offline.connected
+            self.cache, self.status, self.ext.xds_authorize,
+            on_connect=self.offline.connected, on_disconnect=self.offline.disconnected,
         )
         extra = self.ext.grpc_services
 
@@ -144,6 +145,7 @@ class ControlPlane:
             await self.store.create(Resource(kind="Mesh", name="default", spec=MeshSpec()))
 
     async def stop(self) -> None:
+        self.offline.stop()  # first: the streams this closes must not mark anything offline
         for hook in self.ext.on_stop:
             result = hook()
             if asyncio.iscoroutine(result):
@@ -154,7 +156,6 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
             self._grpc = None
-        self.offline.stop()
         await self.reconciler.stop()
         await self.store.close()
 

@@ -7,6 +7,7 @@ The control plane runs in this process; each demo service runs under its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -20,9 +21,12 @@ from pathlib import Path
 import httpx
 import yaml
 
+from meshline.agent.backoff import Backoff
 from meshline.controlplane.app import ControlPlane
 from meshline.controlplane.settings import Settings
 from meshline.core.errors import MeshlineError
+
+SUPERVISE_EVERY = 0.5  # seconds between looks at the demo agents once the demo runs
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class Demo:
     token_for: Callable[[str], str | None] = lambda service: None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: Path = Path(".")
+    # restarting crashed agents (see supervise)
+    _spawn: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+    _backoff: dict[str, Backoff] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)
 
     def check_ports(self) -> None:
         wanted = [(s.app_port, f"the {s.name} app") for s in demo_services(self.web_port, self.outbound_base)]
@@ -93,21 +102,45 @@ class Demo:
         for s in demo_services(self.web_port, self.outbound_base):
             # the agents find the control plane's CA (cp-ca.pem) in its data dir
             env = {**os.environ, "MESHLINE_DATA_DIR": str(self.settings.data_dir)}
+            env.pop("MESHLINE_TOKEN", None)  # each agent gets its own dataplane token, or none
             token = self.token_for(s.role)
             if token:
                 env["MESHLINE_TOKEN"] = token
-            with open(self.logs / f"{s.name}.log", "wb") as log:
-                self.procs[s.name] = subprocess.Popen(
-                    self.agent_command(s, api_url, xds), stdout=log, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True,
-                )
+            self._spawn[s.name] = (self.agent_command(s, api_url, xds), env)
+            self._backoff[s.name] = Backoff()
+            self._start(s.name, "wb")
+
+    def _start(self, name: str, mode: str) -> None:
+        cmd, env = self._spawn[name]
+        with open(self.logs / f"{name}.log", mode) as log:
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+        self._started[name] = time.monotonic()
+
+    def exit_line(self, name: str) -> str:
+        p = self.procs[name]
+        tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+        return f"{name} exited with {p.returncode}: " + " | ".join(tail)
 
     def failed(self) -> str | None:
         for name, p in self.procs.items():
             if p.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
-                return f"{name} exited with {p.returncode}: " + " | ".join(tail)
+                return self.exit_line(name)
         return None
+
+    def supervise(self, now: float) -> None:
+        """Once the demo runs: restart an agent that exited, with backoff (a crash of one demo
+        service must not stop the others, nor leave it down)."""
+        for name, p in self.procs.items():
+            if p.poll() is not None and name not in self._due:
+                delay = self._backoff[name].failed(now - self._started[name])
+                self.say(f"warning: {self.exit_line(name)}; restarting it in {delay:g}s")
+                self._due[name] = now + delay
+        for name, when in list(self._due.items()):
+            if now >= when:
+                del self._due[name]
+                self._start(name, "ab")
+                self.say(f"restarted {name} (pid {self.procs[name].pid})")
 
     async def wait_first_request(self, stop: asyncio.Event, timeout: float = 60) -> dict[str, object] | None:
         """The first answer through web -> orders -> inventory; None if asked to stop meanwhile."""
@@ -206,13 +239,10 @@ async def run_up(settings: Settings, web_port: int, outbound_base: int, build: C
         if first is not None and ready is not None:
             ready(cp, demo, first, time.monotonic() - started)
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                err = demo.failed()
-                if err:
-                    say(f"warning: {err}")
-                    break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SUPERVISE_EVERY)
+            if not stop.is_set():
+                demo.supervise(time.monotonic())
     finally:
         status("Stopping the demo and the control plane")
         await asyncio.get_running_loop().run_in_executor(None, demo.stop)

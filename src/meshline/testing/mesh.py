@@ -271,7 +271,10 @@ class MeshHarness:
 
     def sidecar(self, service: str, app_port: int, *, protocol: str = "http", tags: Mapping[str, str] | None = None,
                 upstreams: Iterable[str] | Mapping[str, int] = (), name: str | None = None, mesh: str = "default",
-                wait: bool = True, extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> Sidecar:
+                wait: bool = True, extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None,
+                issue_token: bool = True) -> Sidecar:
+        """Start an agent (and its Envoy) for one workload. With auth on, the agent gets a dataplane
+        token for its service and name, unless ``env`` brings one or ``issue_token`` is false."""
         name = name or f"{service}-{len([s for s in self.sidecars if s.service == service]) + 1}"
         ups = dict(upstreams) if isinstance(upstreams, Mapping) else {u: free_port() for u in upstreams}
         inbound_port = free_port()
@@ -283,7 +286,7 @@ class MeshHarness:
                                  extra=extra_args)
         proc_env = {**os.environ, "MESHLINE_DATA_DIR": str(self.data_dir), **self.env, **(env or {})}
         token = None
-        if self.auth and not (proc_env.get("MESHLINE_TOKEN") or proc_env.get("MESHLINE_TOKEN_FILE")):
+        if self.auth and issue_token and not (proc_env.get("MESHLINE_TOKEN") or proc_env.get("MESHLINE_TOKEN_FILE")):
             token = proc_env["MESHLINE_TOKEN"] = self.dataplane_token(service, mesh, name)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=proc_env, start_new_session=True)

@@ -53,11 +53,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         status: StatusRegistry,
         authorize: Authorizer | None = None,
         on_connect: Callable[[str], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
     ) -> None:
         self.cache = cache
         self.status = status
         self.authorize = authorize
         self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
 
     def _record(self, node: str, out: Output) -> None:
         st = self.status.get(node)
@@ -164,6 +166,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if cancel_grant is not None:
                 cancel_grant()
             self.status.disconnected(node)
+            if self.on_disconnect is not None:
+                self.on_disconnect(node)
 
 
 async def start_server(

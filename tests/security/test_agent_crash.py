@@ -1,0 +1,202 @@
+"""Finding 8: a crashed sidecar. Callers must stop sending to it within about a second, not
+after the 10 s offline timeout, with few failed requests; it is back in service as soon as it
+reconnects; and under ``meshline up`` a killed demo agent is restarted instead of stopping the
+whole demo.
+
+The bounds here are functional (a caller that keeps sending to a dead instance for 10 s is a
+bug), not performance figures: they hold on a loaded 2-core machine with a wide margin.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
+from meshline.testing.servers import HttpTestServer, free_port, free_ports
+
+pytestmark = pytest.mark.e2e
+
+RATE_HZ = 100  # paced load: one request every 10 ms
+STOP_SENDING_WITHIN_S = 3.0
+MAX_FAILED = 10  # requests in flight to the instance when it died, and the few sent before the push
+
+
+@dataclass
+class PacedLoad:
+    """Requests at a fixed pace through the caller's sidecar, each with its outcome and time."""
+
+    url: str
+    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (time, instance name | error)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> PacedLoad:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120  # bounded, whatever happens
+        with httpx.Client(timeout=2) as client:
+            next_at = time.monotonic()
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    r = client.get(self.url)
+                    what = r.json()["instance"] if r.status_code == 200 else f"HTTP {r.status_code}"
+                except (httpx.HTTPError, ValueError, KeyError) as err:
+                    what = type(err).__name__
+                self.outcomes.append((sent, what))
+                next_at += 1 / RATE_HZ
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def since(self, t: float) -> list[tuple[float, str]]:
+        return [(at, what) for at, what in self.outcomes if at >= t]
+
+
+@pytest.fixture
+def apps() -> Iterator[tuple[HttpTestServer, HttpTestServer]]:
+    with HttpTestServer("orders-a") as a, HttpTestServer("orders-b") as b:
+        yield a, b
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[MeshHarness]:
+    spec = {"mtls": {"mode": "strict"}, "defaultPermission": "allow"}
+    with MeshHarness(tmp_path, mtls="strict", auth=True, mesh_spec=spec) as m:
+        yield m
+
+
+def endpoints(caller: Sidecar) -> set[int]:
+    """The orders ports the caller's Envoy would send to now (its EDS view)."""
+    ports = set()
+    for line in caller.admin("/clusters").text.splitlines():
+        if line.startswith("orders::") and "::cx_active::" in line:
+            ports.add(int(line.split("::")[1].rsplit(":", 1)[1]))
+    return ports
+
+
+def pair(mesh: MeshHarness, apps: tuple[HttpTestServer, HttpTestServer]) -> tuple[Sidecar, Sidecar, Sidecar]:
+    a = mesh.sidecar("orders", app_port=apps[0].port, name="orders-1")
+    b = mesh.sidecar("orders", app_port=apps[1].port, name="orders-2")
+    web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
+    wait_until(lambda: endpoints(web) == {a.inbound_port, b.inbound_port}, 15, what="web to see both instances")
+    return a, b, web
+
+
+def test_callers_stop_sending_to_a_killed_sidecar_within_a_second_or_so(
+    mesh: MeshHarness, apps: tuple[HttpTestServer, HttpTestServer]
+) -> None:
+    victim, survivor, web = pair(mesh, apps)
+    load = PacedLoad(web.url("orders") + "/").start()
+    try:
+        wait_until(lambda: {"orders-a", "orders-b"} <= {w for _, w in load.outcomes}, 10, what="both serving")
+        killed_at = time.monotonic()
+        victim.kill()  # SIGKILL of the agent; its Envoy dies with it: no deregistration, no goodbye
+        gone_at = wait_until(
+            lambda: time.monotonic() if victim.inbound_port not in endpoints(web) else None, 15, interval=0.02,
+            what="web to stop sending to the killed instance",
+        )
+        time.sleep(1.0)  # and keep the load on a little longer
+    finally:
+        load.stop()
+    after = load.since(killed_at)
+    failed = [(at - killed_at, what) for at, what in after if not what.startswith("orders-")]
+    assert gone_at - killed_at <= STOP_SENDING_WITHIN_S, f"callers kept the dead instance {gone_at - killed_at:.1f}s"
+    assert len(failed) <= MAX_FAILED, failed
+    assert all(at <= STOP_SENDING_WITHIN_S for at, _ in failed), failed
+    # then every request goes to the survivor and succeeds
+    settled = [w for at, w in after if at > gone_at + 0.1]
+    assert len(settled) > RATE_HZ / 2 and set(settled) == {"orders-b"}, settled
+    assert endpoints(web) == {survivor.inbound_port}
+    print(f"stopped sending after {gone_at - killed_at:.2f}s; {len(failed)} of {len(after)} requests failed: {failed}")
+
+
+def test_a_restarted_envoy_is_back_in_service_once_it_reconnects(
+    mesh: MeshHarness, apps: tuple[HttpTestServer, HttpTestServer]
+) -> None:
+    victim, _, web = pair(mesh, apps)
+    pid = int((victim.work_dir / "envoy.pid").read_text())
+    load = PacedLoad(web.url("orders") + "/").start()
+    try:
+        wait_until(lambda: {"orders-a", "orders-b"} <= {w for _, w in load.outcomes}, 10, what="both serving")
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)  # Envoy only: its agent restarts it
+        wait_until(lambda: victim.inbound_port not in endpoints(web), 5, interval=0.02, what="the dead Envoy left out")
+        wait_until(lambda: "restarted Envoy" in victim.log(), 15, what="the agent to restart Envoy")
+        wait_until(lambda: victim.inbound_port in endpoints(web), 15, what="the new Envoy back in web's endpoints")
+        back_at = time.monotonic()
+        wait_until(lambda: any(w == "orders-a" for at, w in load.since(back_at)), 10, what="traffic to the new Envoy")
+    finally:
+        load.stop()
+    failed = [(at - killed_at, what) for at, what in load.since(killed_at) if not what.startswith("orders-")]
+    assert len(failed) <= MAX_FAILED, failed
+
+
+def _agent_pid(data: Path, name: str) -> int | None:
+    try:
+        return int((data / "dataplanes" / f"default.{name}" / "agent.lock").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_meshline_up_restarts_a_killed_demo_agent(tmp_path: Path) -> None:
+    web_port, outbound_base = free_ports(4), free_ports(3)
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "meshline", "up", "--port", str(web_port), "--outbound-base", str(outbound_base),
+           "--data-dir", str(data), "--api-address", f"127.0.0.1:{free_port()}",
+           "--xds-address", f"127.0.0.1:{free_port()}"]
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "Meshline is up" in log.read_text() or proc.poll() is not None, 90,
+                   what="meshline up to be ready")
+        assert proc.poll() is None, log.read_text()
+        first = _agent_pid(data, "inventory-1")
+        assert first is not None and _alive(first)
+        os.kill(first, signal.SIGKILL)  # its app and Envoy die with it
+        wait_until(lambda: "restarted inventory-1" in log.read_text() or proc.poll() is not None, 30,
+                   what="meshline up to restart the agent")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "warning: inventory-1 exited with -9" in text and "restarting it in" in text
+        wait_until(lambda: (pid := _agent_pid(data, "inventory-1")) not in (None, first) and _alive(pid), 15,
+                   what="a new agent for inventory-1")
+
+        def through() -> bool:  # web -> orders -> inventory, with inventory's new sidecar
+            r = httpx.get(f"http://127.0.0.1:{web_port}/", timeout=5)
+            return r.status_code == 200 and r.json()["upstream"]["upstream"]["service"] == "inventory"
+
+        wait_until(through, 60, interval=0.2, what="the demo to answer through the restarted inventory")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode == 0, log.read_text()[-2000:]
