@@ -9,7 +9,10 @@ bug), not performance figures: they hold on a loaded 2-core machine with a wide 
 
 from __future__ import annotations
 
+import configparser
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import meshline
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
 from meshline.testing.servers import HttpTestServer, free_port, free_ports
 
@@ -109,10 +113,9 @@ def test_callers_stop_sending_to_a_killed_sidecar_within_a_second_or_so(
         wait_until(lambda: {"orders-a", "orders-b"} <= {w for _, w in load.outcomes}, 10, what="both serving")
         killed_at = time.monotonic()
         victim.kill()  # SIGKILL of the agent; its Envoy dies with it: no deregistration, no goodbye
-        gone_at = wait_until(
-            lambda: time.monotonic() if victim.inbound_port not in endpoints(web) else None, 15, interval=0.02,
-            what="web to stop sending to the killed instance",
-        )
+        wait_until(lambda: victim.inbound_port not in endpoints(web), 15, interval=0.02,
+                   what="web to stop sending to the killed instance")
+        gone_at = time.monotonic()
         time.sleep(1.0)  # and keep the load on a little longer
     finally:
         load.stop()
@@ -200,3 +203,45 @@ def test_meshline_up_restarts_a_killed_demo_agent(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     assert proc.returncode == 0, log.read_text()[-2000:]
+
+
+UNITS = Path(meshline.__file__).parent / "deploy" / "systemd"
+
+
+def _unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_shipped_systemd_units_restart_crashed_agents_and_are_hardened(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing; CI must check the shipped units")
+        pytest.skip("no systemd-analyze on this machine")
+    cp_unit, dp_unit = UNITS / "meshline-control-plane.service", UNITS / "meshline-dataplane@.service"
+    for path in (cp_unit, dp_unit):  # systemd's own check, with our binary where the unit expects it
+        (tmp_path / path.name).write_text(path.read_text().replace("/opt/meshline/venv/bin/meshline",
+                                                                   str(Path(sys.executable).parent / "meshline")))
+    out = subprocess.run([analyze, "verify", "./meshline-control-plane.service", "./meshline-dataplane@orders-1.service"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout + out.stderr == "", out.stdout + out.stderr
+
+    from meshline.cli.agent import dataplane
+
+    known = {opt for param in dataplane.params for opt in param.opts}
+    for path in (cp_unit, dp_unit):
+        service = _unit(path)["Service"]
+        assert service["Restart"] == "on-failure" and service["User"] not in ("", "root")
+        assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+        assert service["CapabilityBoundingSet"] == "" and service["UMask"] == "0077"
+        assert service["StateDirectoryMode"] == "0700"
+        assert _unit(path)["Unit"]["StartLimitIntervalSec"] == "0"  # never gives up restarting
+    dp = _unit(dp_unit)["Service"]
+    assert dp["LoadCredential"] == "token:/etc/meshline/dataplanes/%i.token"  # a credential, not the env
+    argv = shlex.split(dp["ExecStart"])
+    assert argv[1] == "dataplane" and argv[argv.index("--token-file") + 1] == "${CREDENTIALS_DIRECTORY}/token"
+    assert {a for a in argv if a.startswith("--")} <= known
+    assert dp["User"] != _unit(cp_unit)["Service"]["User"]

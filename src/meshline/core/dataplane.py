@@ -122,7 +122,9 @@ class DataplaneSpec(Spec):
     address: str
     inbound: list[Inbound] = Field(min_length=1)
     outbound: list[Outbound] = Field(default_factory=list)
-    admin_port: int | None = None  # Envoy admin, always on 127.0.0.1; informational
+    # Envoy admin on 127.0.0.1, as agents before the admin socket registered it; informational.
+    # Agents no longer set it: the admin API is a 0600 Unix socket in the agent's work dir.
+    admin_port: int | None = None
     # False while the sidecar or the app cannot take traffic yet: callers get this
     # instance's endpoints only once it is ready. The agent registers with false and
     # sets true when Envoy is ready and the app accepts connections.

@@ -6,8 +6,9 @@ the store, shared by replicas) signs each replica's server certificate at start
 ``MESHLINE_XDS_CERT_SANS``). Its certificate is written to ``<data_dir>/cp-ca.pem``;
 agents pin it (``--cp-ca-file`` / ``MESHLINE_CP_CA_FILE``).
 
-Token: Envoy sends its dataplane token as gRPC metadata (``authorization: Bearer
-...``, the bootstrap's ``initial_metadata``). A stream for node ``<mesh>.<name>`` is
+Token: the agent's xDS proxy, which Envoy reaches the control plane through, sends the
+dataplane token as gRPC metadata (``authorization: Bearer ...``; Envoy itself holds no
+credential, see ``meshline.agent.xds_proxy``). A stream for node ``<mesh>.<name>`` is
 accepted when the token is valid and:
 
 * admin: any node; mesh: any node of its mesh; readonly: never;
@@ -217,8 +218,8 @@ class XdsAuthorizer:
                 context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 node,
-                "no token: the agent must send its dataplane token (authorization: Bearer ...)"
-                " in the bootstrap's initial_metadata",
+                "no token: the agent's xDS proxy must send its dataplane token (authorization: Bearer ...);"
+                " start the agent with --token-file",
             )
         assert token is not None
         try:

@@ -77,8 +77,8 @@ def ratelimit_cluster() -> str:
     """The cluster sidecars reach the global rate-limit service through.
 
     The service runs on the control plane's gRPC server next to ADS, so this is the
-    bootstrap's ADS cluster: it already points at the control plane's address as this
-    sidecar knows it, with the same DNS and TLS settings.
+    bootstrap's ADS cluster: the agent's xDS proxy, which reaches the control plane with the
+    same address, TLS and token as for ADS.
     """
     return XDS_CLUSTER
 
