@@ -12,8 +12,10 @@ answer.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from meshline.agent.sockets import private_dir
+from meshline.core.errors import MeshlineError
 from meshline.security import crypto
 from meshline.security.workload_identity import make_csr
 from meshline.testing.mesh import MeshHarness, Sidecar
@@ -186,3 +190,18 @@ def test_nothing_envoy_holds_can_take_over_the_identity(
         assert signed.status_code in (401, 403), signed.text
         read = httpx.get(f"{mesh.api_url}/api/v1/meshes/default/dataplanes", headers=headers)
         assert read.status_code in (401, 403), read.text
+
+
+def test_a_socket_directory_another_user_owns_is_refused(open_root: Path) -> None:
+    """The sockets' directory is what keeps other users out: one they own (say made in /tmp
+    before the agent, for the short-path fallback) is refused, ours is made 0700."""
+    attacker = require_attacker()
+    planted = open_root / "meshline-0"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, attacker.pw_uid, attacker.pw_gid)
+    with pytest.raises(MeshlineError, match="not a directory owned by this user"):
+        private_dir(planted)
+    ours = open_root / "work"
+    ours.mkdir(mode=0o755)
+    private_dir(ours)
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o700

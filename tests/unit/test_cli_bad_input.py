@@ -110,3 +110,8 @@ def test_port_in_use_for_the_control_plane(api: str, tmp_path: Path) -> None:
     err = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 1 and err, result.stderr
     assert "cannot listen for the API" in err[0] and "--api-address" in err[0]
+
+
+def test_the_old_admin_port_option_says_where_the_admin_api_went(api: str) -> None:
+    err = one_line_error(meshline(api, "dataplane", "--service", "orders", "--port", "8080", "--admin-port", "9901"))
+    assert err.startswith("error: --admin-port:") and "admin.sock" in err and "drop --admin-port" in err

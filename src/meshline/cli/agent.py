@@ -33,9 +33,9 @@ F = Callable[..., Any]
 
 def _no_admin_port(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        raise click.BadParameter(
-            "Envoy's admin API no longer listens on a TCP port (every local user could reach it);"
-            " it is the Unix socket admin.sock in the agent's --work-dir (mode 0600), e.g."
+        raise MeshlineError(
+            "--admin-port: Envoy's admin API no longer listens on a TCP port (every local user could reach"
+            " it); it is the Unix socket admin.sock in the agent's --work-dir (mode 0600), e.g."
             " `curl --unix-socket <work dir>/admin.sock http://envoy/ready`; drop --admin-port / MESHLINE_ADMIN_PORT"
         )
 

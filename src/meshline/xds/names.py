@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# Static clusters in the bootstrap the agent writes.
+# Static clusters in the bootstrap the agent writes. XDS_CLUSTER is the agent's xDS proxy: a
+# gRPC service Envoy calls through it must be listed in meshline.agent.xds_proxy.FORWARDED.
 XDS_CLUSTER = "meshline_xds"
 SDS_CLUSTER = "meshline_sds"
 # Secrets the agent serves over SDS on its local socket.
