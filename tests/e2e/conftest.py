@@ -16,12 +16,6 @@ def _envoy_available() -> bool:
     return bool(shutil.which("envoy") or (Path(sys.executable).parent / "envoy").exists())
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if "e2e" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[MeshHarness]:
     """A running control plane with the default mesh (mTLS disabled unless a test says otherwise)."""

@@ -22,6 +22,7 @@ def _app(host: netns.Host, name: str, port: int, bind: str) -> netns.HostProcess
 
 
 def test_hosts_talk_over_the_subnet_and_are_removed_afterwards(tmp_path: Path) -> None:
+    netns.require_netns("curl")
     net = TestNetwork(tmp_path)
     try:
         a, b = net.host("a"), net.host("b")

@@ -18,7 +18,7 @@ import pytest
 
 from meshline.agent.capture.rules import CaptureConfig
 from meshline.testing.mesh import wait_until
-from meshline.testing.netns import Host, HostProcess, TestNetwork
+from meshline.testing.netns import Host, HostProcess, TestNetwork, require_netns
 from tests.security.support import system_python
 
 PROXY_GID = 5678
@@ -91,6 +91,7 @@ def _serve(host: Host, name: str, args: list[str]) -> HostProcess:
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_capture_rules_send_connections_to_the_proxy_and_leave_nothing_behind(tmp_path: Path, backend: str) -> None:
+    require_netns("nft", "iptables", "iptables-save")
     state = tmp_path / "state"
     with TestNetwork(tmp_path) as net:
         a, b = net.host("a"), net.host("b")
@@ -129,6 +130,7 @@ def test_capture_rules_send_connections_to_the_proxy_and_leave_nothing_behind(tm
 
 
 def test_rules_of_a_dead_agent_are_replaced_and_a_live_owner_is_respected(tmp_path: Path) -> None:
+    require_netns("nft")
     state = tmp_path / "state"
     with TestNetwork(tmp_path) as net:
         a = net.host("a")
@@ -153,6 +155,7 @@ def test_rules_of_a_dead_agent_are_replaced_and_a_live_owner_is_respected(tmp_pa
 
 
 def test_with_an_app_user_only_it_is_captured_and_only_it_reaches_the_app_over_loopback(tmp_path: Path) -> None:
+    require_netns("nft")
     state = tmp_path / "state"
     with TestNetwork(tmp_path) as net:
         a, b = net.host("a"), net.host("b")

@@ -57,9 +57,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def require_netns() -> None:
-    """Skip a test that needs test hosts where they cannot be made; under CI, fail instead."""
+def require_netns(*programs: str) -> None:
+    """Skip a test that needs test hosts (and ``programs`` in them, e.g. ``nft``) where they
+    cannot be had; under CI, fail instead."""
     why = unavailable_reason()
+    missing = [p for p in programs if shutil.which(p) is None and not Path(f"/usr/sbin/{p}").exists()]
+    if why is None and missing:
+        why = f"needs {', '.join(missing)} (scripts/test installs them as root)"
     if why is None:
         return
     if os.environ.get("CI"):

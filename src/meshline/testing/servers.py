@@ -35,8 +35,19 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-_LOW = 20000
-_HIGH = max(_LOW + 1000, _ephemeral_low())
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """Parallel test workers (pytest-xdist) each take their own slice of the range, so two
+    workers never hand out the same port before its owner binds it."""
+    try:
+        index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+        count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    except ValueError:
+        return low, high
+    size = (high - low) // count
+    return low + index % count * size, low + (index % count + 1) * size
+
+
+_LOW, _HIGH = _worker_slice(20000, max(21000, _ephemeral_low()))
 _handed_out: set[int] = set()
 _next = [random.Random(os.getpid() ^ time.time_ns()).randrange(_LOW, _HIGH)]
 _port_lock = threading.Lock()
