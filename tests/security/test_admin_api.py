@@ -33,8 +33,6 @@ from meshline.testing.mesh import MeshHarness, Sidecar
 from meshline.testing.servers import HttpTestServer
 from tests.security.support import listening_sockets, require_attacker, run_as_attacker
 
-pytestmark = pytest.mark.e2e
-
 ADMIN_MARKER = "type.googleapis.com/envoy.admin.v3."  # in every config dump
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 

@@ -29,8 +29,6 @@ import meshline
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
 from meshline.testing.servers import HttpTestServer, free_port, free_ports
 
-pytestmark = pytest.mark.e2e
-
 RATE_HZ = 100  # paced load: one request every 10 ms
 STOP_SENDING_WITHIN_S = 3.0
 MAX_FAILED = 10  # requests in flight to the instance when it died, and the few sent before the push

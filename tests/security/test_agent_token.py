@@ -25,8 +25,6 @@ from meshline.core.errors import NotFound
 from meshline.testing.mesh import MeshHarness, wait_until
 from meshline.testing.servers import HttpTestServer, free_port, free_ports
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture
 def orders() -> Iterator[HttpTestServer]:
