@@ -14,7 +14,7 @@ from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
 from meshline.telemetry import tags as t
 from meshline.telemetry.convert import flag_codes, from_http, from_tcp, trace_id
-from meshline.telemetry.intake import Subscription, TapFilter, TelemetryIntake, parse_status
+from meshline.telemetry.intake import Subscription, TapFilter, TelemetryIntake, TelemetryLimits, parse_status
 from meshline.telemetry.record import LogRecord, is_counted
 from meshline.telemetry.window import RollingStats, bucket_of, bucket_upper
 
@@ -197,7 +197,7 @@ async def test_each_request_counts_once_per_edge() -> None:
     sub = intake.subscribe("default", TapFilter(service="orders"))
     intake.ingest([record("outbound", "a"), record("inbound", "a", mtls=True)])
     intake.ingest([record("inbound", "b", source="external", status=500)])  # a caller without sidecar
-    stats = intake.stats("default")
+    stats = await intake.stats("default")
     assert [(s["service"], s["total"], s["totalFailures"]) for s in stats["services"]] == [("orders", 2, 1)]
     edges = {(e["source"], e["destination"]): (e["total"], e["mtls"]) for e in stats["edges"]}
     assert edges == {("web", "orders"): (1, "yes"), ("external", "orders"): (1, "unknown")}
@@ -277,7 +277,7 @@ def test_tap_filters() -> None:
 
 
 def test_request_lookup_by_id_and_by_trace_and_bounded_memory() -> None:
-    intake = TelemetryIntake(clock=Clock(), keep=3)
+    intake = TelemetryIntake(clock=Clock(), limits=TelemetryLimits(records=3))
     intake.ingest([record("outbound", "a", trace_id="t1"), record("inbound", "a", trace_id="t1")])
     assert [r.direction for r in intake.request("default", "a")] == ["outbound", "inbound"]
     assert len(intake.request("default", "t1")) == 2
@@ -287,27 +287,27 @@ def test_request_lookup_by_id_and_by_trace_and_bounded_memory() -> None:
     assert intake.request("default", "a") == [] and "a" not in intake.mesh("default").by_request
 
 
-def test_stats_filters_windows_and_busiest_paths() -> None:
+async def test_stats_filters_windows_and_busiest_paths() -> None:
     intake = TelemetryIntake(clock=Clock())
     intake.ingest([record("outbound", str(i), path=f"/p{i % 3}") for i in range(9)])
     intake.ingest([record("outbound", "o", source="orders", destination="inventory", path="/stock")])
-    data = intake.stats("default", window="5m", service="inventory", paths=2)
+    data = await intake.stats("default", window="5m", service="inventory", paths=2)
     assert [s["service"] for s in data["services"]] == ["inventory"]
     assert [(e["source"], e["destination"]) for e in data["edges"]] == [("orders", "inventory")]
     assert [p["path"] for p in data["paths"]] == ["/stock"]
-    everything = intake.stats("default", paths=2)
+    everything = await intake.stats("default", paths=2)
     assert [p["requests"] for p in everything["paths"]] == [3, 3]
     with pytest.raises(ValidationError, match="window"):
-        intake.stats("default", window="1h")
+        await intake.stats("default", window="1h")
 
 
-def test_a_broken_context_never_loses_the_record() -> None:
+async def test_a_broken_context_never_loses_the_record() -> None:
     def broken(r: LogRecord) -> Any:
         raise RuntimeError("boom")
 
     intake = TelemetryIntake(context_for=broken, clock=Clock())
     intake.ingest([record("outbound", "e", status=503, flags=["UH"])])
-    assert intake.stats("default")["services"][0]["totalFailures"] == 1
+    assert (await intake.stats("default"))["services"][0]["totalFailures"] == 1
     assert intake.request("default", "e")[0].explanation.startswith("(no explanation: RuntimeError")
 
 

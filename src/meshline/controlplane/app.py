@@ -14,8 +14,10 @@ from aiohttp import web
 
 from meshline.api.auth import Authenticator
 from meshline.api.server import build_app
+from meshline.api.site import ConnectionGuard, start_site
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.health import OfflineTracker
+from meshline.controlplane.limits import ConnectionLimits, QuietConnectionErrors, raise_fd_limit
 from meshline.controlplane.metrics import TARGETS_PATH, metrics_text, prometheus_targets_handler
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
@@ -28,7 +30,7 @@ from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
 from meshline.xds.cache import SnapshotCache
-from meshline.xds.server import AdsServicer, Authorizer, start_server
+from meshline.xds.server import AdsServicer, Authorizer, CallAuthenticator, start_server
 
 log = logging.getLogger("meshline.controlplane")
 
@@ -39,6 +41,8 @@ class Extensions:
 
     authenticator: Authenticator | None = None
     xds_credentials: grpc.ServerCredentials | None = None
+    # Runs on every call of every service on the xDS port (see xds.server.AuthenticatingInterceptor).
+    grpc_authenticate: CallAuthenticator | None = None
     xds_authorize: Authorizer | None = None
     grpc_services: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
     routes: list[Callable[[web.Application], None]] = field(default_factory=list)
@@ -68,6 +72,9 @@ class ControlPlane:
         self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._api_server: asyncio.Server | None = None
+        self._quiet: QuietConnectionErrors | None = None
+        self.api_connections: ConnectionGuard | None = None
         self.api_port = 0
         self.xds_port = 0
         self.started_at = 0.0
@@ -77,6 +84,13 @@ class ControlPlane:
         api_host, api_port = split_address(self.settings.api_address, "API address")
         xds_host, xds_port = split_address(self.settings.xds_address, "xDS address")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        limits = ConnectionLimits.from_settings(self.settings, raise_fd_limit())
+        log.info(
+            "connections: at most %d per port; %gs for a handshake, %gs without a request",
+            limits.max_connections, limits.handshake_timeout, limits.idle_timeout,
+        )  # fmt: skip
+        self._quiet = QuietConnectionErrors(asyncio.get_running_loop())
+        self._quiet.install()
         await self.store.start()
         if self.settings.create_default_mesh:
             await self._ensure_default_mesh()
@@ -98,7 +112,12 @@ class ControlPlane:
 
         try:
             self._grpc, self.xds_port = await start_server(
-                servicer, f"{xds_host}:{xds_port}", self.ext.xds_credentials, add_services
+                servicer,
+                f"{xds_host}:{xds_port}",
+                self.ext.xds_credentials,
+                add_services,
+                authenticate=self.ext.grpc_authenticate,
+                options=limits.grpc_options(),
             )
         except (OSError, RuntimeError) as err:
             await self.stop()
@@ -111,19 +130,26 @@ class ControlPlane:
 
         app = build_app(self.ctx, self.ext.authenticator, [core_extras, *self.ext.routes])
         self.ctx.metrics.known_routes = frozenset(r.canonical for r in app.router.resources())
-        self._runner = web.AppRunner(app, access_log=None)
+        # keepalive_timeout: a connection must complete a request head this soon after it
+        # opens or after its previous response (aiohttp closes it otherwise)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, api_host, api_port, reuse_address=True, ssl_context=self.ext.api_ssl)
         try:
-            await site.start()
+            self._api_server, self.api_connections = await start_site(
+                self._runner,
+                api_host,
+                api_port,
+                ssl_context=self.ext.api_ssl,
+                handshake_timeout=limits.handshake_timeout,
+                max_connections=limits.max_connections,
+            )
         except OSError as err:
             await self.stop()
             raise MeshlineError(
                 f"cannot listen for the API on {api_host}:{api_port} ({err.strerror});"
                 " stop what uses it or pass --api-address"
             ) from None
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
+        sockets = self._api_server.sockets
         self.api_port = sockets[0].getsockname()[1] if sockets else api_port
         log.info(
             "control plane ready: API on %s:%d, xDS on %s:%d",
@@ -150,14 +176,22 @@ class ControlPlane:
             result = hook()
             if asyncio.iscoroutine(result):
                 await result
+        if self._api_server is not None:
+            self._api_server.close()  # no new connections; cleanup() below closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._api_server is not None:
+            await self._api_server.wait_closed()
+            self._api_server = None
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
             self._grpc = None
         await self.reconciler.stop()
         await self.store.close()
+        if self._quiet is not None:
+            self._quiet.uninstall()
+            self._quiet = None
 
     @property
     def api_url(self) -> str:

@@ -16,6 +16,24 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("MESHLINE_DATA_DIR", Path.home() / ".meshline"))
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise MeshlineError(f"{name} '{raw}' must be a number of seconds (e.g. {default:g})") from None
+    if value <= 0:
+        raise MeshlineError(f"{name} '{raw}' must be more than 0 seconds (e.g. {default:g})")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw and not raw.isdigit():
+        raise MeshlineError(f"{name} '{raw}' must be a whole number (0: derived from the open-file limit)")
+    return int(raw) if raw else default
+
+
 def split_address(value: str, what: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -54,3 +72,11 @@ class Settings:
     redis_url: str = field(
         default_factory=lambda: os.environ.get("MESHLINE_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
+    # Connections to the API and xDS ports (see controlplane.limits and docs/security.md):
+    # seconds a client may take for its TLS handshake (API) / gRPC handshake (xDS);
+    handshake_timeout: float = field(default_factory=lambda: _env_float("MESHLINE_HANDSHAKE_TIMEOUT_S", 10.0))
+    # seconds a connection may sit without a request: API, before its (next) request head is
+    # complete; xDS, without any call;
+    idle_timeout: float = field(default_factory=lambda: _env_float("MESHLINE_IDLE_TIMEOUT_S", 30.0))
+    # connections each port holds at most (0: derived from the open-file limit).
+    max_connections: int = field(default_factory=lambda: _env_int("MESHLINE_MAX_CONNECTIONS", 0))

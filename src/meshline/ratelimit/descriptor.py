@@ -8,11 +8,17 @@ service counts whatever it is asked about under a key made of all entries, so:
   policies that could lag behind an xDS push);
 * several control-plane replicas answer alike without sharing anything but Redis;
 * changing a policy's limit starts a fresh counter.
+
+What a descriptor may say is not up to the caller, though: the service counts only
+descriptors of the shape a RateLimit policy of the caller's mesh makes its sidecars send
+(:class:`Shape`, derived by ``policies.ratelimit.plugin.global_shapes``), for the caller's
+own service; anything else is refused before Redis is touched, so a caller cannot create
+counters (Redis keys) of its choosing or drain another service's limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +33,7 @@ HEADER_KEY_PREFIX = "header_"
 
 Algorithm = Literal["fixed", "sliding"]
 ALGORITHMS: tuple[str, ...] = ("fixed", "sliding")
+ANY_CALLER = "*"  # source_service of the rule for every caller a policy does not name
 
 _Unit = rls_pb2.RateLimitResponse.RateLimit
 # Envoy reports a limit as "N per unit" (x-ratelimit-limit's window), so a window is one unit.
@@ -78,3 +85,41 @@ class Limit:
 def window_name(seconds: int) -> str | None:
     """``1s``/``1m``/``1h``/``1d`` for a supported window length, else None."""
     return _NAME_OF_SECONDS.get(seconds)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The descriptors one global RateLimit policy makes sidecars send, entry by entry:
+    ``meshline_policy``, ``destination_service``, ``source_service``, then ``header_<name>``
+    and ``path`` when the policy counts per header / per path (each left out when the request
+    has none), and ``meshline_limit`` last."""
+
+    policy: str
+    destinations: frozenset[str] | None  # services its destinations select; None: any
+    sources: frozenset[str]  # source_service values: named callers, ANY_CALLER for the rest
+    limit: str  # Limit.encode()
+    per_header: str | None = None
+    per_path: bool = False
+
+    def problem(self, entries: Sequence[tuple[str, str]], service: str | None) -> str | None:
+        """Why ``entries`` are not a descriptor of this shape for a caller of ``service``
+        (None: any service, an admin or mesh credential); None when they are."""
+        optional = ([HEADER_KEY_PREFIX + self.per_header] if self.per_header else []) + (
+            [PATH_KEY] if self.per_path else []
+        )
+        keys = [k for k, _ in entries]
+        inner = keys[3:-1]
+        head_ok = keys[:3] == [POLICY_KEY, DESTINATION_KEY, SOURCE_KEY] and keys[-1:] == [LIMIT_KEY]
+        if not head_ok or inner != [k for k in optional if k in inner]:
+            return f"its entries ({', '.join(keys)}) are not those RateLimit '{self.policy}' sends"
+        values = dict(entries)
+        destination = values[DESTINATION_KEY]
+        if service is not None and destination != service:
+            return f"it counts for service '{destination}', not the caller's own '{service}'"
+        if self.destinations is not None and destination not in self.destinations:
+            return f"RateLimit '{self.policy}' does not apply to service '{destination}'"
+        if values[SOURCE_KEY] not in self.sources:
+            return f"RateLimit '{self.policy}' has no rule for caller '{values[SOURCE_KEY]}'"
+        if values[LIMIT_KEY] != self.limit:
+            return f"RateLimit '{self.policy}' limits to {self.limit}, not {values[LIMIT_KEY]}"
+        return None

@@ -6,8 +6,8 @@
   token endpoints, a validator for ``spec.mtls.ca`` of Mesh resources, a validator
   refusing the internal kinds in ``apply``, ``certExpiresAt`` in dataplane status and
   certificate-expiry metrics;
-* with ``Settings.auth`` (the default): token authentication of the API, ADS over TLS
-  with a token per stream, and ``<data_dir>/admin.token`` + ``<data_dir>/cp-ca.pem``.
+* with ``Settings.auth`` (the default): token authentication of the API, the xDS port over
+  TLS with a token on every call (ADS, rate limits, access logs), and ``<data_dir>/admin.token`` + ``<data_dir>/cp-ca.pem``.
   Without it the API lets everyone in as admin and ADS is plaintext (local demo, tests).
 """
 
@@ -38,6 +38,7 @@ from meshline.security.routes import SecurityApi
 from meshline.security.tokens import TokenService
 from meshline.security.xds_auth import (
     CP_CA_FILE,
+    DataplaneAuthenticator,
     XdsAuthorizer,
     api_ssl_context,
     control_plane_ca,
@@ -137,7 +138,10 @@ class Security:
         self.api = SecurityApi(ctx, self.tokens, self.ca)
         if self.settings.auth:
             self.ext.authenticator = TokenAuthenticator(self.tokens)
-            self.ext.xds_authorize = XdsAuthorizer(self.tokens, lambda mesh, name: self._dataplane(ctx, mesh, name))
+            self.ext.grpc_authenticate = DataplaneAuthenticator(
+                self.tokens, lambda mesh, name: self._dataplane(ctx, mesh, name)
+            )  # every call on the xDS port: ADS, rate limits, access logs
+            self.ext.xds_authorize = XdsAuthorizer(self.tokens)
             ca_cert, ca_key = await control_plane_ca(ctx.store, kek)
             host, _ = split_address(self.settings.xds_address, "xDS address")
             tls = server_tls(ca_cert, ca_key, host)

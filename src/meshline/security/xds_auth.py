@@ -17,6 +17,12 @@ accepted when the token is valid and:
 
 Refusals end the stream with PERMISSION_DENIED (UNAUTHENTICATED for a missing or bad
 token) and a message that says why.
+
+Every other service on the xDS port (rate limits, access logs, any added later) goes
+through the same :class:`DataplaneAuthenticator`: the server's interceptor
+(:class:`~meshline.xds.server.AuthenticatingInterceptor`) runs it on every call, and the
+services ask the :class:`DataplaneCaller` it returns what the caller may speak for. Envoy
+sends the token on every stream to the control plane (the bootstrap's xDS cluster adds it).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from meshline.api.common import CP_CA_FILE
 from meshline.core.callbacks import KeyedCallbacks
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, NotFound, Unauthorized
+from meshline.core.ratelog import RateLimitedLog
 from meshline.core.resource import Resource, ResourceKey
 from meshline.security import crypto
 from meshline.security.authn import bearer
@@ -48,7 +55,7 @@ from meshline.security.kinds import ControlPlaneKeySpec
 from meshline.security.tokens import Claims, TokenService
 from meshline.store.base import Store
 from meshline.xds import names
-from meshline.xds.server import Grant, StreamRefused
+from meshline.xds.server import Grant, StreamRefused, current_caller
 
 log = logging.getLogger("meshline.security.xds")
 
@@ -194,14 +201,79 @@ def check_node(claims: Claims, node: str, lookup: Callable[[str, str], Resource 
     return None
 
 
-class XdsAuthorizer:
-    """``Extensions.xds_authorize``: called with the node id on a stream's first request.
-    A stream lives as long as its token: revoking the token ends the streams opened with it
-    (Envoy reconnects, and is refused)."""
+@dataclass(frozen=True)
+class DataplaneCaller:
+    """A :class:`~meshline.xds.server.Caller` proven by a token (admin, mesh or dataplane)."""
+
+    claims: Claims
+    tokens: TokenService
+    lookup: Callable[[str, str], Resource | None]
+
+    @property
+    def mesh(self) -> str | None:
+        return self.claims.mesh
+
+    @property
+    def service(self) -> str | None:
+        return self.claims.service
+
+    def describe(self) -> str:
+        return self.claims.describe()
+
+    def refusal_for(self, node: str) -> str | None:
+        return check_node(self.claims, node, self.lookup)
+
+    def lapsed(self) -> str | None:
+        if self.tokens.is_revoked(self.claims.id):
+            return f"{self.claims.describe()} was revoked; issue a new dataplane token and restart the agent with it"
+        if self.claims.expires_at <= self.tokens.clock():
+            return f"{self.claims.describe()} expired; issue a new dataplane token and restart the agent with it"
+        return None
+
+
+NO_TOKEN = (
+    "no token: the agent must send its dataplane token (authorization: Bearer ...) on every"
+    " call to the control plane (the bootstrap's xDS cluster adds it)"
+)
+
+
+class DataplaneAuthenticator:
+    """``Extensions.grpc_authenticate``: who a call on the xDS port comes from, from its
+    ``authorization: Bearer <token>`` metadata. Run on every call of every service there
+    (ADS included) before its handler; read-only tokens are refused outright."""
 
     def __init__(self, tokens: TokenService, lookup: Callable[[str, str], Resource | None]) -> None:
         self.tokens = tokens
         self.lookup = lookup
+        self._log = RateLimitedLog(log)  # a flood of refused calls is a few lines, not one each
+
+    def __call__(self, context: grpc.aio.ServicerContext) -> DataplaneCaller:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        raw = metadata.get("authorization")
+        token = bearer(raw if isinstance(raw, str) else None)
+        if token is None:
+            raise self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "no-token", NO_TOKEN)
+        try:
+            claims = self.tokens.verify(token)
+        except Unauthorized as err:
+            raise self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "bad-token", str(err)) from None
+        if claims.kind == "readonly":
+            why = f"{claims.describe()} is read-only; it cannot connect a sidecar"
+            raise self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "read-only", why)
+        return DataplaneCaller(claims, self.tokens, self.lookup)
+
+    def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: str, why: str) -> XdsRefused:
+        self._log.warning(kind, "call on the xDS port from %s refused: %s", context.peer(), why)
+        return XdsRefused(code, why)
+
+
+class XdsAuthorizer:
+    """``Extensions.xds_authorize``: called with the node id on a stream's first request, after
+    the port's :class:`DataplaneAuthenticator` admitted the call. A stream lives as long as
+    its token: revoking the token ends the streams opened with it (Envoy reconnects, and is
+    refused)."""
+
+    def __init__(self, tokens: TokenService) -> None:
         self._streams: KeyedCallbacks[Callable[[str], None]] = KeyedCallbacks()  # token id -> end(reason)
         tokens.on_revoked.append(self._end_streams_of)
 
@@ -210,28 +282,11 @@ class XdsAuthorizer:
             end(f"token {token_id} was revoked; issue a new dataplane token and restart the agent with it")
 
     def __call__(self, node: str, context: grpc.aio.ServicerContext) -> Grant:
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        raw = metadata.get("authorization")
-        token = bearer(raw if isinstance(raw, str) else None)
-        if token is None:
-            self._refuse(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
-                node,
-                "no token: the agent's xDS proxy must send its dataplane token (authorization: Bearer ...);"
-                " start the agent with --token-file",
-            )
-        assert token is not None
-        try:
-            claims = self.tokens.verify(token)
-        except Unauthorized as err:
-            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, node, str(err))
-            raise  # unreachable; for the type checker
-        why = check_node(claims, node, self.lookup)
+        caller = current_caller()
+        if not isinstance(caller, DataplaneCaller):
+            raise RuntimeError("XdsAuthorizer needs the xDS port's DataplaneAuthenticator (Extensions.grpc_authenticate)")
+        why = caller.refusal_for(node)
         if why is not None:
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, why)
-        return functools.partial(self._streams.add, claims.id)
-
-    def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, node: str, why: str) -> None:
-        log.warning("xDS stream for %s from %s refused: %s", node, context.peer(), why)
-        raise XdsRefused(code, why)
+            log.warning("xDS stream for %s from %s refused: %s", node, context.peer(), why)
+            raise XdsRefused(grpc.StatusCode.PERMISSION_DENIED, why)
+        return functools.partial(self._streams.add, caller.claims.id)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 def install(cp: ControlPlane) -> TelemetryIntake:
     """Add the render step, the AccessLogService, the API routes and the intake to ``cp``."""
     from meshline.controlplane.context import ControlPlaneContext
+    from meshline.core.dataplane import DataplaneSpec
     from meshline.core.resource import ResourceKey
     from meshline.telemetry.als import AccessLogServicer, add_to_server
     from meshline.telemetry.api import TelemetryApi
@@ -31,15 +32,16 @@ def install(cp: ControlPlane) -> TelemetryIntake:
     reconciler = cp.reconciler
     intake = TelemetryIntake(context_for=lambda r: context_from(reconciler, r))
 
-    def known(mesh: str, dataplane: str) -> bool:
-        return ResourceKey("Dataplane", mesh, dataplane) in reconciler.resources.get(mesh, {})
+    def services_of(mesh: str, dataplane: str) -> frozenset[str] | None:
+        dp = reconciler.resources.get(mesh, {}).get(ResourceKey("Dataplane", mesh, dataplane))
+        return frozenset(dp.spec.services()) if dp is not None and isinstance(dp.spec, DataplaneSpec) else None
 
     def on_start(ctx: ControlPlaneContext) -> None:
         ctx.services["telemetry"] = intake
         intake.start()
 
     reconciler.plugins = sorted([*reconciler.plugins, PLUGIN], key=lambda p: p.order)
-    cp.ext.grpc_services.append(add_to_server(AccessLogServicer(intake, known)))
+    cp.ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
     cp.ext.routes.append(TelemetryApi(intake).install)
     cp.ext.on_start.append(on_start)
     cp.ext.on_stop.append(intake.stop)

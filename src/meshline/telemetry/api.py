@@ -21,6 +21,7 @@ from aiohttp import web
 
 from meshline.api.server import principal
 from meshline.core.errors import FieldProblem, NotFound, ValidationError
+from meshline.core.slices import Slices
 from meshline.telemetry.explain import explain_request
 from meshline.telemetry.intake import TapFilter, TelemetryIntake
 
@@ -42,18 +43,35 @@ def _dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
+async def _dumps_in_slices(data: dict[str, Any]) -> bytes:
+    """:func:`_dumps` of a dict whose lists may be long (stats rows), a row at a time with the
+    loop given back every few milliseconds."""
+    slices = Slices()
+    parts = []
+    for key, value in data.items():
+        if not isinstance(value, list):
+            parts.append(f"{json.dumps(key)}:{json.dumps(value, separators=(',', ':'))}")
+            continue
+        rows = []
+        for row in value:
+            rows.append(json.dumps(row, separators=(",", ":")))
+            await slices.tick()
+        parts.append(f"{json.dumps(key)}:[{','.join(rows)}]")
+    return ("{" + ",".join(parts) + "}\n").encode()
+
+
 class TelemetryApi:
     def __init__(self, intake: TelemetryIntake) -> None:
         self.intake = intake
 
     async def stats(self, request: web.Request, mesh: str) -> web.StreamResponse:
-        data = self.intake.stats(
+        data = await self.intake.stats(
             mesh,
             window=request.query.get("window", "1m"),
             service=request.query.get("service", ""),
             paths=_int(request, "paths", 0, 1000),
         )
-        return web.Response(body=_dumps(data), content_type="application/json")
+        return web.Response(body=await _dumps_in_slices(data), content_type="application/json")
 
     async def tap(self, request: web.Request, mesh: str) -> web.StreamResponse:
         flt = TapFilter(
@@ -94,7 +112,7 @@ class TelemetryApi:
     async def request(self, request: web.Request, mesh: str, request_id: str) -> web.StreamResponse:
         records = self.intake.request(mesh, request_id)
         if not records:
-            kept = self.intake.keep
+            kept = self.intake.limits.records
             raise NotFound(
                 f"no request '{request_id}' among the last {kept} entries of mesh '{mesh}';"
                 " find ids with `meshline tap` (entries are kept in the control plane's memory only)"

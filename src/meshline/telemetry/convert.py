@@ -9,7 +9,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 
 from meshline.telemetry import tags as t
 from meshline.telemetry.explain import FLAGS
-from meshline.telemetry.record import EXTERNAL, INBOUND, LogRecord
+from meshline.telemetry.record import EXTERNAL, INBOUND, LogRecord, clip
 
 
 def flag_codes(flags: accesslog_pb2.ResponseFlags) -> list[str]:
@@ -117,7 +117,7 @@ def from_http(entry: accesslog_pb2.HTTPAccessLogEntry, mesh: str, dataplane: str
     r.grpc_status = int(grpc) if grpc and grpc.isdigit() else None
     tags = entry.common_properties.custom_tags
     r.trace_id = trace_id(tags.get(t.T_TRACEPARENT, ""), tags.get(t.T_B3, ""))
-    return r
+    return clip(r)
 
 
 def _method(req: accesslog_pb2.HTTPRequestProperties) -> str:
@@ -130,4 +130,4 @@ def from_tcp(entry: accesslog_pb2.TCPAccessLogEntry, mesh: str, dataplane: str) 
     r.bytes_in = entry.connection_properties.received_bytes
     r.bytes_out = entry.connection_properties.sent_bytes
     r.details = entry.common_properties.connection_termination_details
-    return r
+    return clip(r)

@@ -1,9 +1,12 @@
 """The telemetry intake: access-log records in; golden signals, live taps and explanations out.
 
-Per mesh it keeps (all in memory, bounded):
+Per mesh it keeps, in memory and bounded (see :class:`TelemetryLimits`, docs/observability.md):
 
-* the last ``keep`` records of both sides, indexed by request id (for ``explain``);
-* rolling stats per destination service, per edge (source -> destination) and per path;
+* the last records of both sides (by count and by bytes), indexed by request id (for
+  ``explain``): the oldest go first;
+* rolling stats per destination service, per edge (source -> destination) and per path, each
+  index bounded by its number of keys, all three together by their histogram cells: the
+  least recently updated key goes first;
 * the mTLS seen on each edge (from the callee's side: did the caller present a certificate).
 
 Which side counts: see :func:`meshline.telemetry.record.is_counted` (the caller's side, or
@@ -11,29 +14,46 @@ the callee's when the caller has no sidecar), so each request is counted once pe
 
 A failed request whose caller only saw an error status come back is held back from taps
 for up to ``join_window`` seconds waiting for the callee's half, which knows why (a denial,
-a refused connection to the app); both halves share the x-request-id.
+a refused connection to the app); both halves share the x-request-id. At most
+``TelemetryLimits.pending`` wait: past that the oldest goes out without its other half.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.errors import FieldProblem, Unavailable, ValidationError
+from meshline.core.slices import Slices
 from meshline.telemetry.explain import EMPTY, ExplainContext, explain, explain_pair, explain_request
-from meshline.telemetry.record import OUTBOUND, LogRecord, is_counted
+from meshline.telemetry.record import MAX_TEXT, OUTBOUND, LogRecord, is_counted, record_bytes
 from meshline.telemetry.window import WINDOWS, RollingStats
 
 ContextFor = Callable[[LogRecord], ExplainContext]
-DEFAULT_KEEP = 10_000
-MAX_PATHS = 500  # distinct (service, method, path) keys per mesh; least recently seen dropped
 TLS_SAMPLE = 100  # inbound entries per edge remembered for the mTLS column
-TAP_QUEUE = 10_000
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class TelemetryLimits:
+    """What the intake keeps per mesh at most (taps: in all); docs/observability.md explains each."""
+
+    records: int = 10_000  # recent entries (explain, tap replay)
+    record_bytes: int = 32 * 2**20  # their approximate size
+    services: int = 1_000  # golden-signal keys per index...
+    edges: int = 2_000
+    paths: int = 500
+    cells: int = 200_000  # ...and their histogram cells together (about 100 bytes each)
+    pending: int = 10_000  # failed requests waiting for their other half
+    taps: int = 64  # live taps, all meshes together
+    tap_queue: int = 1_000  # records waiting for a slow tap reader
 
 
 def parse_status(text: str) -> Callable[[int], bool]:
@@ -78,7 +98,9 @@ class Subscription:
     mesh: str
     filter: TapFilter
     # None: the intake is stopping, end the tap
-    queue: asyncio.Queue[LogRecord | None] = field(default_factory=lambda: asyncio.Queue(TAP_QUEUE))
+    queue: asyncio.Queue[LogRecord | None] = field(
+        default_factory=lambda: asyncio.Queue(TelemetryLimits.tap_queue)
+    )
     dropped: int = 0  # records a slow reader missed
 
     def offer(self, r: LogRecord) -> None:
@@ -103,25 +125,34 @@ class _Pending:
 
 
 class MeshTelemetry:
-    def __init__(self, keep: int) -> None:
-        self.recent: deque[LogRecord] = deque()
-        self.keep = keep
+    def __init__(self, limits: TelemetryLimits) -> None:
+        self.limits = limits
+        self.recent: deque[tuple[LogRecord, int]] = deque()  # (record, its bytes), oldest first
+        self.record_bytes = 0
         self.by_request: dict[str, list[LogRecord]] = {}
-        self.services: dict[str, RollingStats] = {}
-        self.edges: dict[tuple[str, str], RollingStats] = {}
+        # least recently updated first
+        self.services: OrderedDict[str, RollingStats] = OrderedDict()
+        self.edges: OrderedDict[tuple[str, str], RollingStats] = OrderedDict()
         self.paths: OrderedDict[tuple[str, str, str], RollingStats] = OrderedDict()
-        self.edge_tls: dict[tuple[str, str], deque[bool]] = {}
-        self.edge_protocol: dict[tuple[str, str], str] = {}
+        self.cells = 0  # of all three
+        self._stamp = itertools.count()
+        self.edge_tls: OrderedDict[tuple[str, str], deque[bool]] = OrderedDict()
+        self.edge_protocol: dict[tuple[str, str], str] = {}  # keys: those of edges
         self.pending: dict[tuple[str, str, str], _Pending] = {}  # (request id, source, destination)
         self.received = 0
+        self.evicted = 0  # golden-signal keys dropped to stay within the limits
+        self.dropped: dict[str, int] = {}  # entries refused at the door, by reason
 
     def remember(self, r: LogRecord) -> None:
         self.received += 1
-        self.recent.append(r)
+        size = record_bytes(r)
+        self.recent.append((r, size))
+        self.record_bytes += size
         if r.request_id:
             self.by_request.setdefault(r.request_id, []).append(r)
-        while len(self.recent) > self.keep:
-            old = self.recent.popleft()
+        while len(self.recent) > self.limits.records or self.record_bytes > self.limits.record_bytes:
+            old, old_size = self.recent.popleft()
+            self.record_bytes -= old_size
             halves = self.by_request.get(old.request_id)
             if halves is not None:
                 if old in halves:
@@ -131,20 +162,40 @@ class MeshTelemetry:
 
     def count(self, r: LogRecord) -> None:
         failed = r.failed
-        self.services.setdefault(r.destination, RollingStats()).add(r.time, failed, r.duration_ms)
-        self.edges.setdefault(r.edge, RollingStats()).add(r.time, failed, r.duration_ms)
+        self._add(self.services, self.limits.services, r.destination, r, failed)
+        self._add(self.edges, self.limits.edges, r.edge, r, failed)
         self.edge_protocol[r.edge] = r.protocol
         if r.protocol == "http":
             key = (r.destination, r.method, r.path.split("?", 1)[0])
-            stats = self.paths.pop(key, None) or RollingStats()
-            self.paths[key] = stats
-            stats.add(r.time, failed, r.duration_ms)
-            while len(self.paths) > MAX_PATHS:
-                self.paths.popitem(last=False)
+            self._add(self.paths, self.limits.paths, key, r, failed)
+        indexes: tuple[OrderedDict[Any, RollingStats], ...] = (self.services, self.edges, self.paths)
+        while self.cells > self.limits.cells:  # the least recently updated key of any index goes
+            self._evict(min((i for i in indexes if i), key=lambda i: next(iter(i.values())).touched))
+
+    def _add(self, index: OrderedDict[K, RollingStats], limit: int, key: K, r: LogRecord, failed: bool) -> None:
+        stats = index.pop(key, None) or RollingStats()
+        index[key] = stats
+        before = stats.cells
+        stats.add(r.time, failed, r.duration_ms)
+        self.cells += stats.cells - before
+        stats.touched = next(self._stamp)
+        while len(index) > limit:
+            self._evict(index)
+
+    def _evict(self, index: OrderedDict[K, RollingStats]) -> None:
+        key, stats = index.popitem(last=False)
+        self.cells -= stats.cells
+        self.evicted += 1
+        if index is self.edges:
+            self.edge_protocol.pop(cast(tuple[str, str], key), None)
 
     def observe_tls(self, r: LogRecord) -> None:
         if r.mtls is not None:
-            self.edge_tls.setdefault(r.edge, deque(maxlen=TLS_SAMPLE)).append(r.mtls)
+            seen = self.edge_tls.pop(r.edge, None) or deque(maxlen=TLS_SAMPLE)
+            self.edge_tls[r.edge] = seen
+            seen.append(r.mtls)
+            while len(self.edge_tls) > self.limits.edges:
+                self.edge_tls.popitem(last=False)
 
     def mtls(self, edge: tuple[str, str]) -> str:
         seen = self.edge_tls.get(edge)
@@ -156,6 +207,14 @@ class MeshTelemetry:
 
     def halves(self, request_id: str) -> list[LogRecord]:
         return list(self.by_request.get(request_id, ()))
+
+    def hold(self, key: tuple[str, str, str], pending: _Pending) -> _Pending | None:
+        """Hold a record for its other half; returns the oldest one pushed out, if any."""
+        self.pending[key] = pending
+        if len(self.pending) <= self.limits.pending:
+            return None
+        oldest = next(iter(self.pending))
+        return self.pending.pop(oldest)
 
 
 def same_hop(a: LogRecord, b: LogRecord) -> bool:
@@ -179,12 +238,12 @@ class TelemetryIntake:
     def __init__(
         self,
         context_for: ContextFor | None = None,
-        keep: int = DEFAULT_KEEP,
+        limits: TelemetryLimits | None = None,
         join_window: float = 1.5,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.context_for = context_for or (lambda r: EMPTY)
-        self.keep = keep
+        self.limits = limits or TelemetryLimits()
         self.join_window = join_window
         self.clock = clock
         self.meshes: dict[str, MeshTelemetry] = {}
@@ -193,10 +252,21 @@ class TelemetryIntake:
         self._task: asyncio.Task[None] | None = None
 
     def mesh(self, name: str) -> MeshTelemetry:
+        """A mesh's telemetry, made on its first entry (the access-log service lets in only
+        entries of registered dataplanes, so meshes are bounded by the store's)."""
         m = self.meshes.get(name)
         if m is None:
-            m = self.meshes[name] = MeshTelemetry(self.keep)
+            m = self.meshes[name] = MeshTelemetry(self.limits)
         return m
+
+    def _view(self, name: str) -> MeshTelemetry:
+        """For reading: an empty view of a mesh without entries (reading never adds a mesh)."""
+        return self.meshes.get(name) or MeshTelemetry(self.limits)
+
+    def note_dropped(self, mesh: str, reason: str, n: int) -> None:
+        """Entries refused at the door (see telemetry.als), counted in their mesh's stats."""
+        m = self.mesh(mesh)
+        m.dropped[reason] = m.dropped.get(reason, 0) + n
 
     # -- in ------------------------------------------------------------------------
     def ingest(self, records: Iterable[LogRecord]) -> None:
@@ -222,7 +292,9 @@ class TelemetryIntake:
             if r.direction == OUTBOUND and inbound is not None:
                 r.explanation = explain_pair(r, inbound)
             elif _needs_other_half(r):
-                m.pending[key] = _Pending(r, self.clock() + self.join_window)
+                pushed_out = m.hold(key, _Pending(r, self.clock() + self.join_window))
+                if pushed_out is not None:
+                    self._publish(pushed_out.record)
                 return
             self._publish(r)
             return
@@ -251,7 +323,7 @@ class TelemetryIntake:
             # Deeper hops of the same request (apps passing x-request-id on) that already
             # came in may say where the failure started.
             chain = sorted(
-                (o for o in self.mesh(r.mesh).halves(r.request_id) if o.time >= r.time),
+                (o for o in self._view(r.mesh).halves(r.request_id) if o.time >= r.time),
                 key=lambda o: (o.time, o.direction != OUTBOUND),
             )
             if any(not same_hop(o, r) for o in chain):
@@ -263,7 +335,12 @@ class TelemetryIntake:
 
     # -- taps ----------------------------------------------------------------------
     def subscribe(self, mesh: str, flt: TapFilter) -> Subscription:
-        sub = Subscription(mesh, flt)
+        if len(self.subscriptions) >= self.limits.taps:
+            raise Unavailable(
+                f"{len(self.subscriptions)} taps are open, the most this control plane serves at once;"
+                " stop one (end another `meshline tap`) and retry"
+            )
+        sub = Subscription(mesh, flt, asyncio.Queue(self.limits.tap_queue))
         self.subscriptions.append(sub)
         return sub
 
@@ -272,52 +349,67 @@ class TelemetryIntake:
             self.subscriptions.remove(sub)
 
     # -- out -----------------------------------------------------------------------
-    def stats(self, mesh: str, window: str = "1m", service: str = "", paths: int = 0) -> dict[str, Any]:
+    async def stats(self, mesh: str, window: str = "1m", service: str = "", paths: int = 0) -> dict[str, Any]:
+        """Golden signals of a mesh. Computed a key at a time, giving the loop back every few
+        milliseconds (the indexes are bounded, but summing up to their cell budget takes longer
+        than a handler may hold the loop); keys evicted meanwhile are left out."""
         if window not in WINDOWS:
             raise ValidationError([FieldProblem("window", f"'{window}' is not a window; use {', '.join(WINDOWS)}")])
         seconds = WINDOWS[window]
         now = self.clock()
-        m = self.mesh(mesh)
+        m = self._view(mesh)
+        slices = Slices()
 
         def row(stats: RollingStats) -> dict[str, Any]:
             return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures}
 
-        services = [
-            {"service": name, **row(s)}
-            for name, s in sorted(m.services.items())
-            if not service or name == service
-        ]
-        edges = [
-            {"source": src, "destination": dst, "protocol": m.edge_protocol.get((src, dst), ""),
-             "mtls": m.mtls((src, dst)), **row(s)}
-            for (src, dst), s in sorted(m.edges.items())
-            if not service or service in (src, dst)
-        ]
+        services = []
+        for name in sorted(m.services):
+            s = m.services.get(name)
+            if s is not None and (not service or name == service):
+                services.append({"service": name, **row(s)})
+                await slices.tick()
+        edges = []
+        for src, dst in sorted(m.edges):
+            s = m.edges.get((src, dst))
+            if s is not None and (not service or service in (src, dst)):
+                edges.append({"source": src, "destination": dst, "protocol": m.edge_protocol.get((src, dst), ""),
+                              "mtls": m.mtls((src, dst)), **row(s)})
+                await slices.tick()
         out: dict[str, Any] = {"mesh": mesh, "window": window, "at": now, "services": services, "edges": edges,
-                               "received": m.received}
+                               "received": m.received, "evicted": m.evicted, "dropped": dict(m.dropped)}
         if paths:
-            rows = [
-                {"service": svc, "method": method, "path": path, **row(s)}
-                for (svc, method, path), s in m.paths.items()
-                if not service or svc == service
-            ]
+            rows = []
+            for svc, method, path in list(m.paths):
+                s = m.paths.get((svc, method, path))
+                if s is not None and (not service or svc == service):
+                    rows.append({"service": svc, "method": method, "path": path, **row(s)})
+                    await slices.tick()
             rows.sort(key=lambda x: (-x["requests"], x["service"], x["path"]))
             out["paths"] = rows[:paths]
         return out
 
+    def sizes(self, mesh: str) -> dict[str, int]:
+        """How much of each bound a mesh uses (for tests and the docs' figures)."""
+        m = self._view(mesh)
+        return {"records": len(m.recent), "recordBytes": m.record_bytes, "requestIds": len(m.by_request),
+                "services": len(m.services), "edges": len(m.edges), "paths": len(m.paths), "cells": m.cells,
+                "edgeTls": len(m.edge_tls), "edgeProtocols": len(m.edge_protocol), "pending": len(m.pending),
+                "taps": len(self.subscriptions)}
+
     def request(self, mesh: str, request_id: str) -> list[LogRecord]:
         """Every entry of one request, by x-request-id (or of a trace id), in call order:
         both halves of each hop; more hops when the apps pass the id or the trace on."""
-        m = self.mesh(mesh)
-        halves = m.halves(request_id)
+        m = self._view(mesh)
+        halves = m.halves(request_id[:MAX_TEXT])
         if not halves:
-            halves = [r for r in m.recent if r.trace_id and r.trace_id == request_id]
+            halves = [r for r, _ in m.recent if r.trace_id and r.trace_id == request_id]
         return sorted(halves, key=lambda r: (r.time, r.direction != OUTBOUND))
 
     def recent(self, mesh: str, flt: TapFilter, limit: int) -> list[LogRecord]:
         if limit <= 0:
             return []
-        out = [r for r in reversed(self.mesh(mesh).recent) if is_counted(r) and flt.matches(r)]
+        out = [r for r, _ in reversed(self._view(mesh).recent) if is_counted(r) and flt.matches(r)]
         return list(reversed(out[:limit]))
 
     # -- lifecycle (on the control plane's loop) --------------------------------------

@@ -6,7 +6,7 @@ Both sides of a meshed call log it: the caller's sidecar (``outbound``) and the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 OUTBOUND = "outbound"
@@ -81,6 +81,30 @@ class LogRecord:
         names = set(cls.__dataclass_fields__)
         kwargs = {_snake(k): v for k, v in data.items() if _snake(k) in names}
         return cls(**kwargs)
+
+
+# What one entry may make the intake keep: its fields come from a sidecar, which may lie.
+MAX_TEXT = 1024  # characters of any text field (paths, names, details)
+MAX_POLICIES = 32
+_TEXT_FIELDS = tuple(f.name for f in fields(LogRecord) if f.type == "str")
+_RECORD_BYTES = 600  # a record's own size (slots, numbers) before its texts
+
+
+def clip(r: LogRecord) -> LogRecord:
+    """Cut ``r``'s texts to :data:`MAX_TEXT` and its policies to :data:`MAX_POLICIES` (in place)."""
+    for name in _TEXT_FIELDS:
+        value = getattr(r, name)
+        if len(value) > MAX_TEXT:
+            setattr(r, name, value[:MAX_TEXT])
+    r.flags = r.flags[:MAX_POLICIES]
+    r.policies = [p[:MAX_TEXT] for p in r.policies[:MAX_POLICIES]]
+    return r
+
+
+def record_bytes(r: LogRecord) -> int:
+    """About how much memory ``r`` holds (for the intake's byte bounds)."""
+    texts = sum(len(getattr(r, name)) for name in _TEXT_FIELDS)
+    return _RECORD_BYTES + texts + sum(56 + len(p) for p in (*r.flags, *r.policies))
 
 
 def is_failure(r: LogRecord) -> bool:

@@ -2,7 +2,9 @@
 
 Each key (a service, an edge, a path) keeps one bucket per second for the longest window
 (5 minutes): a count, a failure count and a sparse log-scale latency histogram. Memory is
-bounded by the number of distinct latencies buckets per second, not by the request rate.
+bounded by the number of distinct latencies buckets per second, not by the request rate;
+``cells`` counts them (seconds plus histogram cells, about 100 bytes each) so the intake can
+hold all keys of a mesh within one budget.
 Percentiles are the upper bound of the histogram bucket holding the rank (buckets grow by
 4 %, so a reported p99 is at most 4 % above the true one, never below it), clipped to the
 largest latency seen.
@@ -76,6 +78,8 @@ class RollingStats:
         self.total = 0
         self.total_failures = 0
         self.last_seen = 0.0
+        self.cells = 0  # seconds kept + histogram cells in them
+        self.touched = 0  # its owner's stamp of the last update (for least-recently-updated eviction)
 
     def add(self, at: float, failed: bool, latency_ms: float) -> None:
         second = int(at)
@@ -86,7 +90,9 @@ class RollingStats:
         bucket.count += 1
         bucket.failures += failed
         idx = bucket_of(latency_ms)
-        bucket.hist[idx] = bucket.hist.get(idx, 0) + 1
+        seen = bucket.hist.get(idx, 0)
+        self.cells += not seen
+        bucket.hist[idx] = seen + 1
         bucket.max_ms = max(bucket.max_ms, latency_ms)
         bucket.min_ms = min(bucket.min_ms, latency_ms)
         self._prune(max(second, self._seconds[-1].second) - LONGEST_WINDOW_S)
@@ -94,6 +100,7 @@ class RollingStats:
     def _bucket(self, second: int) -> _Second:
         if not self._seconds or self._seconds[-1].second < second:
             self._seconds.append(_Second(second))
+            self.cells += 1
             return self._seconds[-1]
         # Entries arrive in batches, slightly out of order: find the second (usually the last few).
         for b in reversed(self._seconds):
@@ -102,13 +109,14 @@ class RollingStats:
             if b.second < second:
                 break
         new = _Second(second)
+        self.cells += 1
         items = sorted([*self._seconds, new], key=lambda b: b.second)
         self._seconds = deque(items)
         return new
 
     def _prune(self, before: int) -> None:
         while self._seconds and self._seconds[0].second <= before:
-            self._seconds.popleft()
+            self.cells -= 1 + len(self._seconds.popleft().hist)
 
     def summary(self, now: float, seconds: int) -> Summary:
         since = int(now) - seconds

@@ -84,9 +84,18 @@ def ratelimit_cluster() -> str:
     return XDS_CLUSTER
 
 
+RATELIMIT_DOMAIN_PREFIX = "meshline_"
+
+
 def ratelimit_domain(mesh: str) -> str:
     """The rate-limit service domain: counters of different meshes never mix."""
-    return f"meshline_{mesh}"
+    return RATELIMIT_DOMAIN_PREFIX + mesh
+
+
+def ratelimit_domain_mesh(domain: str) -> str | None:
+    """The mesh of a rate-limit domain (None: not one :func:`ratelimit_domain` makes)."""
+    mesh = domain.removeprefix(RATELIMIT_DOMAIN_PREFIX)
+    return mesh if mesh and mesh != domain else None
 
 
 def ratelimit_stat_prefix(port: int) -> str:

@@ -8,10 +8,13 @@ instead of the generated servicer's ``DiscoveryResponse.SerializeToString``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -22,6 +25,7 @@ from meshline.xds.snapshot import Snapshot
 from meshline.xds.stream import Ack, AdsStream, Nack, Output, Sent
 
 log = logging.getLogger("meshline.xds")
+
 
 class StreamRefused(Exception):
     """Raised by an :data:`Authorizer` to end a stream with a gRPC status Envoy logs as is."""
@@ -40,6 +44,105 @@ Authorizer = Callable[[str, grpc.aio.ServicerContext], Grant | None]
 
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+# -- who calls: one check for every service on the xDS port ------------------------------
+
+
+class Caller(Protocol):
+    """Who a call on the xDS port comes from, as its credential proves."""
+
+    @property
+    def mesh(self) -> str | None: ...  # None: any mesh (an admin credential)
+
+    @property
+    def service(self) -> str | None: ...  # None: any service of its mesh
+
+    def describe(self) -> str: ...
+
+    def refusal_for(self, node: str) -> str | None:
+        """Why this caller may not speak for dataplane ``node`` (None: it may)."""
+
+    def lapsed(self) -> str | None:
+        """Why its credential stopped being valid since the call began (None: still valid)."""
+
+
+# Maps a call (its metadata, peer and TLS session) to its caller; raises StreamRefused.
+CallAuthenticator = Callable[[grpc.aio.ServicerContext], Caller]
+
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("meshline_xds_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The caller of the call being handled (each call runs in its own task), as
+    :class:`AuthenticatingInterceptor` found it; None on a server without authentication
+    (``Settings.auth`` off: the local demo)."""
+    return _CALLER.get()
+
+
+class AuthenticatingInterceptor(grpc.aio.ServerInterceptor):
+    """Every method of every service on the server authenticates its caller before its
+    handler runs: a service added later cannot forget to. Refusals end the call with the
+    authenticator's status (UNAUTHENTICATED / PERMISSION_DENIED) before a message is read."""
+
+    def __init__(self, authenticate: CallAuthenticator) -> None:
+        self.authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler  # an unknown method: gRPC answers UNIMPLEMENTED
+        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        behaviour = getattr(handler, kind)
+        return _MAKERS[kind](
+            self._guard(behaviour),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        admit = self._admit
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await admit(context)
+                async for item in behaviour(request, context):
+                    yield item
+
+            return stream
+        if not inspect.iscoroutinefunction(behaviour):
+            raise TypeError(f"{behaviour!r}: handlers on the xDS port must be coroutines or async generators")
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            return await behaviour(request, context)
+
+        return call
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        try:
+            caller = self.authenticate(context)
+        except StreamRefused as refused:
+            await context.abort(refused.code, refused.message)
+        _CALLER.set(caller)
+
+
+_KINDS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+_MAKERS: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
 
 
 def _as_is(data: bytes) -> bytes:
@@ -170,25 +273,27 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self.on_disconnect(node)
 
 
+BASE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.max_pings_without_data", 0),
+    # TLS records of at most 4 KB: the per-connection frame buffers shrink from 2 x 16 KB,
+    # about 18 KB less per sidecar (measured with 1,000 streams); xDS messages are small.
+    ("grpc.tsi.max_frame_size", 4096),
+)
+
+
 async def start_server(
     servicer: AdsServicer,
     address: str,
     credentials: grpc.ServerCredentials | None = None,
     extra: Callable[[grpc.aio.Server], None] | None = None,
+    *,
+    authenticate: CallAuthenticator | None = None,
+    options: Sequence[tuple[str, int]] = (),
 ) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.max_concurrent_streams", 100_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            # Agents' xDS proxies PING every 30 s to notice a vanished control plane; without
-            # this, gRPC answers pings on idle streams more often than every 5 min with GOAWAY.
-            ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-            # TLS records of at most 4 KB: the per-connection frame buffers shrink from 2 x 16 KB,
-            # about 18 KB less per sidecar (measured with 1,000 streams); xDS messages are small.
-            ("grpc.tsi.max_frame_size", 4096),
-        ]
-    )
+    """The xDS port: ADS plus the services ``extra`` adds, all behind ``authenticate`` when
+    set; ``options`` are the connection limits (see ``controlplane.limits``)."""
+    interceptors = [AuthenticatingInterceptor(authenticate)] if authenticate is not None else []
+    server = grpc.aio.server(interceptors=interceptors, options=[*BASE_OPTIONS, *options])
     handler = grpc.method_handlers_generic_handler(
         ADS_SERVICE,
         {

@@ -25,12 +25,13 @@ from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
 from meshline.core.resource import Resource
+from meshline.core.selectors import ANY
 from meshline.policies.faultinjection.callers import CallerRule, caller_rules
 from meshline.policies.ratelimit.api import KIND, ConnectionRate, GlobalConf, RateLimitSpec, RequestRate
 from meshline.ratelimit import descriptor as d
 from meshline.ratelimit.descriptor import Limit
 from meshline.render import envoy
-from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.mesh_snapshot import MeshSnapshot, destination_services
 from meshline.render.plugins import Plugin
 from meshline.render.sections import ORDER_RATELIMIT, Applied, InboundSection
 from meshline.xds import names
@@ -160,6 +161,28 @@ def global_http_filter(
         # the limiter is unavailable, not the caller over its limit: 503, not 429
         f.status_on_error.CopyFrom(http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable))
     return f
+
+
+def global_shapes(mesh: MeshSnapshot) -> dict[str, d.Shape]:
+    """Per policy name, the descriptors :func:`global_http_filter` makes this mesh's sidecars
+    send (what the rate-limit service accepts)."""
+    out: dict[str, d.Shape] = {}
+    for policy in mesh.of_kind(KIND.kind):
+        spec = policy.spec
+        assert isinstance(spec, RateLimitSpec)
+        glob = spec.conf.global_
+        if glob is None:
+            continue
+        named = {sel.match.get("service", ANY) for sel in spec.sources}
+        out[policy.name] = d.Shape(
+            policy=policy.name,
+            destinations=destination_services(policy),
+            sources=frozenset(d.ANY_CALLER if s == ANY else s for s in named),
+            limit=global_limit(glob).encode(),
+            per_header=glob.per_header,
+            per_path=glob.per_path,
+        )
+    return out
 
 
 def local_tcp_filter(rate: ConnectionRate, port: int) -> tcp_local_pb2.LocalRateLimit:
