@@ -300,8 +300,20 @@ spec:
 def test_every_metric_the_dashboards_query_is_scraped(setup: tuple[MeshHarness, Sidecar, Prometheus]) -> None:
     """Envoy's raw names (not derivable from Meshline's code) against the real scrape; the
     meshline_* names too, except TCP ones (this mesh has no TCP service; the unit test checks
-    them against the agent's code)."""
-    _, _, prom = setup
+    them against the agent's code). It makes its own traffic and push: parallel workers may run
+    it apart from the tests above, on a mesh of its own."""
+    mesh, web, prom = setup
+    send(web, 1, 1, 1)
+    mesh.apply("""
+kind: Timeout
+mesh: default
+name: dashboard-check-timeouts
+spec:
+  sources: [{match: {service: web}}]
+  destinations: [{match: {service: inventory}}]
+  conf: {http: {requestTimeout: 7s}}
+""")
+    mesh.wait_in_sync()
     names = set()
     variables = {"$__rate_interval": "1m", "$mesh": "default", "$service": "orders", "$dataplane": "web-1"}
     for path in DASHBOARDS:
@@ -315,8 +327,14 @@ def test_every_metric_the_dashboards_query_is_scraped(setup: tuple[MeshHarness, 
                 prom.query(expr)  # Prometheus parses and runs every panel's query (raises on an error)
     wanted = {n for n in names if not n.startswith("meshline_tcp_")}
     assert {n for n in names if n.startswith("envoy_")}, "the dataplane dashboard shows some raw Envoy stats"
-    missing = {n for n in wanted if not prom.query(f'count({{__name__="{n}"}})')}
-    assert not missing, f"dashboards query metrics no scrape has: {missing}"
+
+    def missing() -> set[str]:
+        return {n for n in wanted if not prom.query(f'count({{__name__="{n}"}})')}
+
+    try:
+        wait_until(lambda: not missing(), 20, what="a scrape of every metric the dashboards query")
+    except TimeoutError:
+        raise AssertionError(f"dashboards query metrics no scrape has: {missing()}\n{prom.diagnose()}") from None
     # target labels from discovery are on every series; no clash renamed anything
     assert prom.query('meshline_requests_total{dataplane="web-1",service="web",mesh="default"}')
     assert not prom.query('{exported_mesh!=""}')

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 ATTACKER = "nobody"
+_SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"  # util-linux
 
 
 def require_attacker() -> pwd.struct_passwd:
@@ -56,11 +57,20 @@ def run_as_attacker(
     has no access to our virtualenv's secrets, only to what any local user can run)."""
     user = require_attacker()
     python = system_python()
+    # setpriv drops privileges after exec: subprocess's own user=/group= forks without vfork,
+    # which runs gRPC's fork handlers in the child while our gRPC threads run (it crashed in CI).
     return subprocess.run(
-        [python, "-I", "-c", code],
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=[],
+        [
+            _SETPRIV,
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--clear-groups",
+            "--",
+            python,
+            "-I",
+            "-c",
+            code,
+        ],
         cwd="/",
         env={"PATH": "/usr/bin:/bin", **(env or {})},
         capture_output=True,

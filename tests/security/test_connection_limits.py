@@ -19,6 +19,7 @@ import errno
 import logging
 import resource
 import selectors
+import shutil
 import socket
 import ssl
 import subprocess
@@ -151,9 +152,11 @@ def test_the_open_file_limit_is_raised_at_start() -> None:
         "import resource; from meshline.controlplane.limits import raise_fd_limit;"
         "print(raise_fd_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
     )
+    # prlimit, not preexec_fn: Python code between fork and exec can deadlock on gRPC's threads.
+    prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        [prlimit, f"--nofile=256:{hard}", "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, check=True,
     )
     assert out.stdout.split() == [str(hard)] * 3
 
