@@ -19,6 +19,8 @@ from meshline.xds import names
 Translator = Callable[[dict[str, Any]], list[Resource] | None]
 # Checks a resource against the others (e.g. references to unknown services).
 ContextValidator = Callable[[Resource, "ControlPlaneContext", Sequence[Resource]], None]
+# Turns a resource into what may be stored (e.g. seals a secret in it), given the stored one.
+Sealer = Callable[[Resource, Resource | None], Resource]
 
 
 @dataclass
@@ -30,6 +32,7 @@ class ControlPlaneContext:
     metrics: ControlPlaneMetrics = field(default_factory=ControlPlaneMetrics)
     translators: list[Translator] = field(default_factory=list)
     validators: list[ContextValidator] = field(default_factory=list)
+    sealers: list[Sealer] = field(default_factory=list)
     version: str = __version__
     # filled by optional subsystems (CA, tokens, telemetry) for the API to reach
     services: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +54,12 @@ class ControlPlaneContext:
                 problems.extend(err.problems)
         if problems:
             raise ValidationError(problems, context=str(res.key))
+
+    def for_storage(self, res: Resource, prior: Resource | None) -> Resource:
+        """``res`` as the store may hold it: every API write goes through this."""
+        for seal in self.sealers:
+            res = seal(res, prior)
+        return res
 
     def dataplane_status(self, r: Resource) -> dict[str, Any]:
         node = names.node_id(r.mesh, r.name)

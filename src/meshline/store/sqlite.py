@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from meshline.controlplane.datadir import create_private, secure_file
 from meshline.core.errors import Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.store.base import Change, Store
@@ -39,7 +40,11 @@ class SQLiteStore(Store):
 
     async def start(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(self.path)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            create_private(path)  # SQLite gives -wal and -shm the database file's mode
+            for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+                secure_file(f)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
