@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshline import __version__
+from meshline.api.request_input import ApplyLimits
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.status import StatusRegistry
@@ -33,6 +34,7 @@ class ControlPlaneContext:
     translators: list[Translator] = field(default_factory=list)
     validators: list[ContextValidator] = field(default_factory=list)
     sealers: list[Sealer] = field(default_factory=list)
+    apply_limits: ApplyLimits = field(default_factory=ApplyLimits)
     version: str = __version__
     # filled by optional subsystems (CA, tokens, telemetry) for the API to reach
     services: dict[str, Any] = field(default_factory=dict)

@@ -14,7 +14,6 @@ already routes every GET of that shape to a resource kind.)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from meshline.api.auth import Principal
+from meshline.api.request_input import json_body
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core.dataplane import DataplaneSpec
@@ -43,10 +43,7 @@ def _principal(request: web.Request) -> Principal:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValidationError([FieldProblem("", f"request body is not valid JSON: {err}")]) from None
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise ValidationError([FieldProblem("", "request body must be a JSON object")])
     return body
