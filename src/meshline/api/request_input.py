@@ -102,7 +102,7 @@ def _too_large(what: str, size: int | None, limit: int) -> str:
 def if_match(request: web.Request) -> int | None:
     """The ``If-Match`` header as a resource version (an ETag-style quoted one too)."""
     raw = request.headers.get("If-Match")
-    if raw is None or not raw.strip():
+    if raw is None:
         return None
     text = raw.strip().removeprefix("W/").strip('"')
     if not text.isdigit() or len(text) > MAX_INT_DIGITS:
