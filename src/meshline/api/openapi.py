@@ -16,7 +16,7 @@ def _q(name: str, schema: dict[str, Any], description: str = "") -> dict[str, An
 
 
 _OPT_STR = {"type": ["string", "null"]}  # null or "": not given
-_WHOLE = {"type": "string", "pattern": "^[0-9]{1,4}$"}
+_WHOLE = {"type": "string", "pattern": "^[0-9]{0,4}$"}  # empty: the default
 _TOKEN_BODY = {
     "type": "object",
     "properties": {
@@ -39,7 +39,7 @@ SUBSYSTEM_ROUTES: tuple[tuple[str, str, str, list[dict[str, Any]], dict[str, Any
      [], _CSR_BODY, (404, 422)),
     ("/api/v1/ca/{mesh}", "get", "The mesh's certificate authorities and their state", [], None, (404,)),
     ("/api/v1/ca/{mesh}/trust-bundle", "get", "The mesh's trust bundle (long-polled by agents)",
-     [_q("version", {"type": "string"}), _q("wait", {"type": "number", "minimum": 0, "maximum": 30}, "seconds")],
+     [_q("version", {"type": "string"}), _q("wait", {"type": "number", "minimum": 0}, "seconds to wait for a change (at most 30 are waited)")],
      None, (404, 422)),
     ("/api/v1/ca/{mesh}/rotate", "post", "Rotate a builtin CA: new root trusted first, signing later", [], None,
      (404, 409)),
@@ -115,7 +115,10 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
             schemas.setdefault(name, sub)
         schemas[f"{info.kind}Spec"] = spec_schema
         schemas[info.kind] = _envelope(info.kind, f"#/components/schemas/{info.kind}Spec", info.mesh_scoped)
+        # a PUT body may leave out kind, name and mesh: the URL says them
+        schemas[f"{info.kind}Write"] = {**schemas[info.kind], "required": []}
         ref = {"$ref": f"#/components/schemas/{info.kind}"}
+        write_ref = {"$ref": f"#/components/schemas/{info.kind}Write"}
         one = {"description": info.kind, "content": {"application/json": {"schema": ref}}}
         many = {
             "description": f"{info.plural}",
@@ -160,7 +163,7 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
                 "summary": f"Create or update a {info.kind}",
                 "tags": [info.kind],
                 "parameters": [*params, if_match],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
+                "requestBody": {"required": True, "content": {"application/json": {"schema": write_ref}}},
                 "responses": {"200": one, "201": one, **errors(404, 409, 422)},
             },
             "delete": {

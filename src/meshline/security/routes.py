@@ -220,9 +220,12 @@ class SecurityApi:
         _principal(request).check_read(mesh)
         version = request.query.get("version", "")
         try:
-            wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "0"))))
+            wait = float(request.query.get("wait", "0"))
         except ValueError:
-            raise ValidationError([FieldProblem("wait", "must be a number of seconds")]) from None
+            wait = -1.0
+        if not wait >= 0:  # negative, NaN
+            raise ValidationError([FieldProblem("wait", "must be a number of seconds from 0 (at most 30 are waited)")])
+        wait = min(MAX_WAIT, wait)
         if version and wait > 0:
             roots, current, signer = await self.ca.wait_bundle(mesh, version, wait)
         else:
