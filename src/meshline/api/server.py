@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -297,8 +298,7 @@ class Api:
                     for pr in err.problems
                 )
             await slices.tick()
-        keys = [r.key for r in decoded]
-        dupes = {k for k in keys if keys.count(k) > 1} if len(set(keys)) != len(keys) else set()
+        dupes = {k for k, n in Counter(r.key for r in decoded).items() if n > 1}
         for k in sorted(dupes):
             problems.append(FieldProblem(str(k), "appears more than once in this apply; keep one"))
         new_meshes = {r.name for r in decoded if r.kind == "Mesh"}

@@ -27,7 +27,7 @@ from aiohttp import web
 from meshline.controlplane.app import Extensions
 from meshline.controlplane.context import ContextValidator, ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
-from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.errors import Conflict, FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.security import crypto, provided_key
@@ -95,7 +95,10 @@ async def seal_stored_keys(store: Store, kek: crypto.KeyEncryptor) -> None:
         assert isinstance(res.spec, MeshSpec)
         key = res.spec.mtls.ca.key
         if key and not provided_key.is_sealed(key):
-            await store.update(provided_key.seal_mesh(kek, res, None), res.version)
+            try:
+                await store.update(provided_key.seal_mesh(kek, res, None), res.version)
+            except Conflict:
+                continue  # changed meanwhile (another replica sealed it, or a new apply): sealed by that write
             log.warning(
                 "mesh %s: its provided CA key was stored in clear; sealed it now. Copies made before"
                 " (backups, old database pages) still hold it: treat that key as exposed and rotate the CA",
