@@ -9,11 +9,11 @@ from typing import Any
 from meshline import __version__
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
-from meshline.controlplane.status import StatusRegistry
 from meshline.core.errors import ValidationError
 from meshline.core.resource import KindRegistry, Resource
 from meshline.store.base import Store
 from meshline.xds import names
+from meshline.xds.status import StatusRegistry
 
 # Turns one user document (maybe Gateway API / SMI) into native resources.
 Translator = Callable[[dict[str, Any]], list[Resource] | None]

@@ -7,13 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshline.core.errors import MeshlineError
+from meshline.core.locations import DEFAULT_API_PORT, DEFAULT_XDS_PORT, default_data_dir
 
-DEFAULT_API_PORT = 15681
-DEFAULT_XDS_PORT = 15678
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("MESHLINE_DATA_DIR", Path.home() / ".meshline"))
+__all__ = ["DEFAULT_API_PORT", "DEFAULT_XDS_PORT", "Settings", "default_data_dir", "split_address"]
 
 
 def _env_float(name: str, default: float) -> float:

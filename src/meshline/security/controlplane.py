@@ -1,6 +1,6 @@
 """Wires the security subsystem into a control plane through its ``Extensions``.
 
-``install(ext, settings)`` (called by ``controlplane.factory``) adds:
+``install(ext, settings)`` (called by ``server.factory``) adds:
 
 * always: the per-mesh CA (``CAManager``), the CSR / trust-bundle / CA endpoints, the
   token endpoints, a validator for ``spec.mtls.ca`` of Mesh resources, a validator
@@ -24,12 +24,12 @@ from typing import Any
 
 from aiohttp import web
 
-from meshline.controlplane.app import Extensions
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
+from meshline.extensions import Extensions
 from meshline.security import crypto
 from meshline.security.authn import TokenAuthenticator, redact_ca_keys, write_admin_token
 from meshline.security.ca import DEFAULT_PROPAGATION, CAManager, parse_provided

@@ -63,7 +63,7 @@ class ControlPlaneThread:
         ready = threading.Event()
 
         async def main() -> None:
-            from meshline.controlplane.factory import build_control_plane
+            from meshline.server.factory import build_control_plane
 
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
@@ -197,7 +197,7 @@ class MeshHarness:
     sidecars: list[Sidecar] = field(default_factory=list)
     control_plane: ControlPlaneThread | None = None
     api_scheme: str = "http"  # "https" when the control plane serves its API over TLS
-    # Builds the control plane from settings (default: controlplane.factory.build_control_plane).
+    # Builds the control plane from settings (default: server.factory.build_control_plane).
     build: Callable[[Settings], Any] | None = None
     _api: ApiClient | None = None
 

@@ -4,52 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
 
-from meshline.api.auth import Authenticator
+from meshline.api.prometheus import TARGETS_PATH, prometheus_targets_handler
 from meshline.api.server import build_app
 from meshline.api.site import ConnectionGuard, start_site
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.health import OfflineTracker
 from meshline.controlplane.limits import ConnectionLimits, QuietConnectionErrors, raise_fd_limit
-from meshline.controlplane.metrics import TARGETS_PATH, metrics_text, prometheus_targets_handler
+from meshline.controlplane.metrics import metrics_text
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
-from meshline.controlplane.status import StatusRegistry
 from meshline.core.errors import MeshlineError, NotFound
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
+from meshline.extensions import Extensions
 from meshline.kinds import default_kinds
 from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
 from meshline.xds.cache import SnapshotCache
-from meshline.xds.server import AdsServicer, Authorizer, CallAuthenticator, start_server
+from meshline.xds.server import AdsServicer, start_server
+from meshline.xds.status import StatusRegistry
 
 log = logging.getLogger("meshline.controlplane")
-
-
-@dataclass
-class Extensions:
-    """Optional subsystems hook in here (security, telemetry, rate limiting)."""
-
-    authenticator: Authenticator | None = None
-    xds_credentials: grpc.ServerCredentials | None = None
-    # Runs on every call of every service on the xDS port (see xds.server.AuthenticatingInterceptor).
-    grpc_authenticate: CallAuthenticator | None = None
-    xds_authorize: Authorizer | None = None
-    grpc_services: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
-    routes: list[Callable[[web.Application], None]] = field(default_factory=list)
-    on_start: list[Callable[[ControlPlaneContext], object]] = field(default_factory=list)
-    on_stop: list[Callable[[], object]] = field(default_factory=list)
-    # Serves the REST API over HTTPS when set (see Settings.api_tls).
-    api_ssl: ssl.SSLContext | None = None
 
 
 class ControlPlane:
@@ -64,7 +45,8 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.store,
             self.cache,
-            [*default_plugins(), metrics_step.PLUGIN],  # + per-request Prometheus stats on every sidecar
+            # + per-request Prometheus stats on every sidecar, + the subsystems' steps
+            [*default_plugins(), metrics_step.PLUGIN, *self.ext.render_steps],
             settings.debounce,
             offline=self.offline.offline_in,
         )
