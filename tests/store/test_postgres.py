@@ -22,7 +22,14 @@ from meshline.core.resource import Resource
 from meshline.store.base import Change
 from meshline.store.factory import open_store
 from meshline.store.postgres import PostgresStore
-from tests.store.conformance import KINDS, Recorder, StoreConformance, StoreFactory, a_dataplane, a_mesh
+from meshline.testing.store_conformance import (
+    KINDS,
+    Recorder,
+    StoreConformance,
+    StoreFactory,
+    a_dataplane,
+    a_mesh,
+)
 
 pytestmark = pytest.mark.postgres
 

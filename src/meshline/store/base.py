@@ -12,6 +12,15 @@ each change to every listener before the next change goes to any. A listener may
 after the write that caused it has returned (always so for other replicas' writes, and
 for a write made while a delivery is already running, e.g. by a listener). A listener
 that raises is logged and does not fail the write or stop delivery to the others.
+
+Status (what is *observed* about a resource, e.g. a dataplane's xDS state and certificate,
+as opposed to its spec, what is *wanted*) is kept next to each resource, in named parts that
+different writers own (the replica holding a sidecar's ADS stream writes ``xds``, the one
+that signed its certificate writes ``certificate``). Status writes take no revision, send no
+change event and never conflict: they are frequent, batched, and readers poll them (``meshline
+get``, the dashboard). A resource's status goes with it when it is deleted, and status for a
+resource that does not exist is dropped. Replicas announce themselves with :meth:`Store.beat`;
+a status part that names a replica whose beat is old describes a stream that is gone.
 """
 
 from __future__ import annotations
@@ -22,13 +31,14 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 
 log = logging.getLogger("meshline.store")
+REPLICA_FORGOTTEN_AFTER = 3600.0  # seconds without a beat before a replica's row is pruned
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,12 @@ class Change:
 
 
 Listener = Callable[[Change], Awaitable[None] | None]
+# A resource's status: part name ("xds", "certificate") -> that part (JSON-compatible).
+Status = dict[str, Any]
 
 
 class Store(abc.ABC):
-    """Async resource store. Implementations must pass ``tests/store/conformance.py``."""
+    """Async resource store. Implementations must pass :mod:`meshline.testing.store_conformance`."""
 
     def __init__(self, kinds: KindRegistry) -> None:
         self.kinds = kinds
@@ -85,6 +97,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: ResourceKey, expected_version: int | None = None) -> None:
         """NotFound if absent; Conflict on a stale ``expected_version``."""
+
+    # -- status ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
+        """In one transaction, for each key, set the given parts of its status (replacing each
+        named part whole; parts not named are kept). Keys with no resource are skipped."""
+
+    @abc.abstractmethod
+    async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
+        """The status of every resource of ``kind`` (in ``mesh``; None: every mesh) that has one."""
+
+    @abc.abstractmethod
+    async def beat(self, replica: str) -> None:
+        """Record that control-plane replica ``replica`` is alive now (by the store's clock)."""
+
+    @abc.abstractmethod
+    async def replica_ages(self) -> dict[str, float]:
+        """Seconds since each replica's last beat, measured by the store's clock (so replicas
+        need not agree on the time). Replicas silent for an hour are forgotten."""
+
+    @abc.abstractmethod
+    async def forget_replica(self, replica: str) -> None:
+        """A replica that stops says goodbye: its status parts read as offline at once."""
 
     async def put(self, resource: Resource, expected_version: int | None = None) -> Resource:
         """Create or update (what ``meshline apply`` does)."""

@@ -27,7 +27,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ from psycopg.types.json import Jsonb
 
 from meshline.core.errors import Conflict, NotFound, Unavailable
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
-from meshline.store.base import Change, Store
+from meshline.store.base import REPLICA_FORGOTTEN_AFTER, Change, Status, Store
 
 log = logging.getLogger("meshline.store.postgres")
 
@@ -66,6 +66,22 @@ CREATE TABLE IF NOT EXISTS resource_changes (
     created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, spec JSONB,  -- NULL for deletes
     committed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
+CREATE TABLE IF NOT EXISTS statuses (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, status JSONB NOT NULL,
+    PRIMARY KEY (kind, mesh, name),
+    FOREIGN KEY (kind, mesh, name) REFERENCES resources (kind, mesh, name) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at TIMESTAMPTZ NOT NULL);
+"""
+
+# One statement for a whole batch of status parts: rows whose resource is gone are skipped
+# (and a delete racing the batch makes the foreign key refuse it: it is retried once).
+_PUT_STATUS = """
+INSERT INTO statuses (kind, mesh, name, status)
+SELECT v.kind, v.mesh, v.name, v.status
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[]) AS v(kind, mesh, name, status)
+WHERE EXISTS (SELECT 1 FROM resources r WHERE r.kind = v.kind AND r.mesh = v.mesh AND r.name = v.name)
+ON CONFLICT (kind, mesh, name) DO UPDATE SET status = statuses.status || excluded.status
 """
 
 _COLUMNS = "kind, mesh, name, version, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, spec"
@@ -228,6 +244,59 @@ class PostgresStore(Store):
             await conn.execute(f"DELETE FROM resources WHERE {_KEY}", _key(key))
             await self._log_change(conn, "delete", key, rev)
         await self._after_commit(Change("delete", key, rev, None))
+
+    # -- status ----------------------------------------------------------------------
+    async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
+        if not parts:
+            return
+        keys = builtins.list(parts)
+        args = (
+            [k.kind for k in keys], [k.mesh for k in keys], [k.name for k in keys],
+            [Jsonb(parts[k]) for k in keys],
+        )  # fmt: skip
+        for attempt in (1, 2):
+            try:
+                async with self._session() as conn:
+                    await conn.execute(_PUT_STATUS, args)
+                return
+            except psycopg.errors.ForeignKeyViolation:
+                if attempt == 2:
+                    raise
+
+    async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
+        query = "SELECT kind, mesh, name, status FROM statuses WHERE kind = %s"
+        args = [kind]
+        if mesh is not None:
+            query += " AND mesh = %s"
+            args.append(mesh)
+        async with self._session() as conn:
+            cur = await conn.execute(query, args)
+            rows = await cur.fetchall()
+        return {ResourceKey(k, m, n): body for k, m, n, body in rows}
+
+    async def beat(self, replica: str) -> None:
+        async with self._session() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO replicas VALUES (%s, clock_timestamp())"
+                " ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+                (replica,),
+            )
+            await conn.execute(
+                "DELETE FROM replicas WHERE beat_at < clock_timestamp() - make_interval(secs => %s)",
+                (REPLICA_FORGOTTEN_AFTER,),
+            )
+
+    async def replica_ages(self) -> dict[str, float]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                "SELECT id, greatest(0, extract(epoch FROM clock_timestamp() - beat_at))::float8 FROM replicas"
+            )
+            rows = await cur.fetchall()
+        return {r: float(age) for r, age in rows}
+
+    async def forget_replica(self, replica: str) -> None:
+        async with self._session() as conn:
+            await conn.execute("DELETE FROM replicas WHERE id = %s", (replica,))
 
     async def _next_revision(self, conn: Connection) -> tuple[int, datetime]:
         """The write's revision and timestamp. The counter row stays locked until commit:

@@ -11,12 +11,12 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from meshline.core.errors import Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
-from meshline.store.base import Change, Store
+from meshline.store.base import REPLICA_FORGOTTEN_AFTER, Change, Status, Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -27,6 +27,11 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
+CREATE TABLE IF NOT EXISTS statuses (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
+    PRIMARY KEY (kind, mesh, name)
+);
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at REAL NOT NULL);
 """
 
 
@@ -165,7 +170,46 @@ class SQLiteStore(Store):
             if expected_version is not None and expected_version != current[0]:
                 raise Conflict(f"{key} changed since you read it; read it again and retry")
             rev = self._next_revision()
-            self.db.execute(
-                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=?", (key.kind, key.mesh, key.name)
-            )
+            for table in ("resources", "statuses"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE kind=? AND mesh=? AND name=?", (key.kind, key.mesh, key.name)
+                )
         await self._emit(Change("delete", key, rev, None))
+
+    # -- status ----------------------------------------------------------------------
+    async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
+        if not parts:
+            return
+        async with self._write_txn():
+            for key, new in parts.items():
+                where = (key.kind, key.mesh, key.name)
+                if self._stored_version(key) is None:
+                    continue
+                row = self.db.execute(
+                    "SELECT status FROM statuses WHERE kind=? AND mesh=? AND name=?", where
+                ).fetchone()
+                merged = {**(json.loads(row[0]) if row else {}), **new}
+                self.db.execute("INSERT OR REPLACE INTO statuses VALUES (?,?,?,?)", (*where, json.dumps(merged)))
+
+    async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
+        sql = "SELECT kind, mesh, name, status FROM statuses WHERE kind=?"
+        args = [kind]
+        if mesh is not None:
+            sql += " AND mesh=?"
+            args.append(mesh)
+        rows = self.db.execute(sql, args).fetchall()
+        return {ResourceKey(k, m, n): json.loads(body) for k, m, n, body in rows}
+
+    async def beat(self, replica: str) -> None:
+        now = time.time()
+        async with self._write_txn():
+            self.db.execute("INSERT OR REPLACE INTO replicas VALUES (?, ?)", (replica, now))
+            self.db.execute("DELETE FROM replicas WHERE beat_at < ?", (now - REPLICA_FORGOTTEN_AFTER,))
+
+    async def replica_ages(self) -> dict[str, float]:
+        now = time.time()
+        return {r: max(0.0, now - t) for r, t in self.db.execute("SELECT id, beat_at FROM replicas").fetchall()}
+
+    async def forget_replica(self, replica: str) -> None:
+        async with self._write_txn():
+            self.db.execute("DELETE FROM replicas WHERE id=?", (replica,))

@@ -1,6 +1,7 @@
 """The store conformance suite: the behaviour every :class:`~meshline.store.base.Store` owes.
 
-A backend's test module subclasses :class:`StoreConformance` and provides one fixture,
+Public (``meshline.testing``) so that a new backend, here or outside (a Kubernetes API, a
+remote zone), proves itself with the same tests: a backend's test module subclasses :class:`StoreConformance` and provides one fixture,
 ``store_factory``: a callable that returns a new, not yet started store on the *same*
 backing storage each time (so the suite can reopen it and run two instances).
 """
@@ -330,6 +331,52 @@ class StoreConformance:
             await recorder.wait_for(1)
         assert await store.get(created.key) == created
         assert "listener bug" in caplog.text
+
+    # -- status ----------------------------------------------------------------------------
+    async def test_status_parts_merge_without_revisions_or_events(self, store: Store) -> None:
+        dp = await store.create(a_dataplane("a", "web"))
+        other = await store.create(a_dataplane("a", "api"))
+        recorder = Recorder()
+        store.subscribe(recorder)
+        await store.put_status({dp.key: {"xds": {"connected": True, "replica": "r1"}}})
+        await store.put_status({dp.key: {"certificate": {"serial": "ab"}}, other.key: {"xds": {"connected": False}}})
+        await store.put_status({dp.key: {"xds": {"connected": False}}})  # a part is replaced whole
+        assert await store.list_status("Dataplane") == {
+            dp.key: {"xds": {"connected": False}, "certificate": {"serial": "ab"}},
+            other.key: {"xds": {"connected": False}},
+        }
+        assert await store.list_status("Dataplane", mesh="b") == {}
+        assert await store.list_status("Mesh") == {}
+        assert await store.revision() == other.version  # status is not a write of the resource
+        assert await store.get(dp.key) == dp
+        await asyncio.sleep(0.05)
+        assert [c for c in recorder.changes if c.revision > other.version] == []
+
+    async def test_status_goes_with_its_resource_and_needs_one(self, store: Store) -> None:
+        dp = await store.create(a_dataplane("a", "web"))
+        await store.put_status({dp.key: {"xds": {"connected": True}}})
+        await store.delete(dp.key)
+        ghost = ResourceKey("Dataplane", "a", "ghost")
+        await store.put_status({dp.key: {"xds": {"connected": False}}, ghost: {"xds": {}}})  # late writers
+        assert await store.list_status("Dataplane") == {}
+        again = await store.create(a_dataplane("a", "web"))
+        assert await store.list_status("Dataplane") == {}  # a new resource starts without status
+        await store.put_status({again.key: {"xds": {"connected": True}}})
+        assert await store.list_status("Dataplane", "a") == {again.key: {"xds": {"connected": True}}}
+
+    async def test_replica_beats_and_goodbyes(self, open_store: Opener) -> None:
+        one, two = await open_store(), await open_store()
+        assert await one.replica_ages() == {}
+        await one.beat("r1")
+        await two.beat("r2")
+        ages = await two.replica_ages()
+        assert set(ages) == {"r1", "r2"} and all(0 <= age < 5 for age in ages.values())
+        await asyncio.sleep(0.2)
+        await one.beat("r1")
+        ages = await one.replica_ages()
+        assert ages["r2"] > ages["r1"]  # the store's clock says who beat last
+        await two.forget_replica("r2")
+        assert set(await one.replica_ages()) == {"r1"}
 
     # -- persistence -----------------------------------------------------------------------
     async def test_persists_across_close_and_reopen(self, open_store: Opener) -> None:
