@@ -118,19 +118,27 @@ class Api:
             }
         )
 
-    def _item(self, r: Resource) -> dict[str, Any]:
-        out = r.to_json()
-        info = self.kinds.find(r.kind)
-        if info is not None and info.columns:
-            out["columns"] = {h: get(r) for h, get in info.columns.items()}
-        if r.kind == "Dataplane":
-            out["status"] = self.ctx.dataplane_status(r)
+    async def _items(self, resources: Sequence[Resource]) -> list[dict[str, Any]]:
+        """Resources as the API shows them; dataplanes with the status every replica shares."""
+        statuses = await self.ctx.dataplane_statuses([r for r in resources if r.kind == "Dataplane"])
+        out = []
+        for r in resources:
+            item = r.to_json()
+            info = self.kinds.find(r.kind)
+            if info is not None and info.columns:
+                item["columns"] = {h: get(r) for h, get in info.columns.items()}
+            if r.key in statuses:
+                item["status"] = statuses[r.key]
+            out.append(item)
         return out
+
+    async def _item(self, r: Resource) -> dict[str, Any]:
+        return (await self._items([r]))[0]
 
     async def list_meshes(self, request: web.Request) -> web.Response:
         p = principal(request)
         items = [r for r in await self.ctx.store.list("Mesh") if p.mesh is None or r.name == p.mesh]
-        return _json({"items": [self._item(r) for r in items]})
+        return _json({"items": await self._items(items)})
 
     async def list_resources(self, request: web.Request) -> web.Response:
         mesh = request.match_info["mesh"]
@@ -138,12 +146,12 @@ class Api:
         info = self.kind(request.match_info["plural"])
         await self._mesh_exists(mesh)
         items = await self.ctx.store.list(info.kind, mesh)
-        return _json({"items": [self._item(r) for r in items]})
+        return _json({"items": await self._items(items)})
 
     async def get_resource(self, request: web.Request) -> web.Response:
         key = self._key(request)
         principal(request).check_read(key.mesh or key.name)
-        return _json(self._item(await self.ctx.store.get(key)))
+        return _json(await self._item(await self.ctx.store.get(key)))
 
     def _key(self, request: web.Request) -> ResourceKey:
         if "plural" not in request.match_info:
@@ -194,7 +202,7 @@ class Api:
             )
         expected = request.headers.get("If-Match")
         stored, created = await self._write(res, principal(request), int(expected) if expected else None)
-        return _json(self._item(stored), status=201 if created else 200)
+        return _json(await self._item(stored), status=201 if created else 200)
 
     async def delete_resource(self, request: web.Request) -> web.Response:
         key = self._key(request)
@@ -283,7 +291,7 @@ class Api:
                 ]
         return _json(
             {
-                "dataplane": self._item(res),
+                "dataplane": await self._item(res),
                 "renderError": self.ctx.reconciler.errors.get(node),
                 "versions": result.snapshot.versions() if result else {},
                 "policies": [a.to_json() for a in result.applied] if result else [],

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshline import __version__
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
+from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublisher, merged_status
 from meshline.core.errors import ValidationError
-from meshline.core.resource import KindRegistry, Resource
-from meshline.store.base import Store
+from meshline.core.resource import KindRegistry, Resource, ResourceKey
+from meshline.store.base import Status, Store
 from meshline.xds import names
 from meshline.xds.status import StatusRegistry
 
@@ -33,6 +34,9 @@ class ControlPlaneContext:
     version: str = __version__
     # filled by optional subsystems (CA, tokens, telemetry) for the API to reach
     services: dict[str, Any] = field(default_factory=dict)
+    # Shared status (see shared_status): this replica's writer, and when another's goes silent.
+    publisher: StatusPublisher | None = None
+    replica_ttl: float = 15.0
 
     def translate(self, doc: object) -> list[Resource]:
         if isinstance(doc, dict):
@@ -52,10 +56,25 @@ class ControlPlaneContext:
         if problems:
             raise ValidationError(problems, context=str(res.key))
 
-    def dataplane_status(self, r: Resource) -> dict[str, Any]:
+    async def dataplane_statuses(self, dataplanes: Sequence[Resource]) -> dict[ResourceKey, dict[str, Any]]:
+        """What every replica agrees on about these dataplanes (one store read per mesh)."""
+        if not dataplanes:
+            return {}
+        stored: dict[ResourceKey, Status] = {}
+        for mesh in sorted({r.mesh for r in dataplanes}):
+            stored.update(await self.store.list_status("Dataplane", mesh))
+        ages = await self.store.replica_ages()
+        return {r.key: self.dataplane_status(r, stored.get(r.key), ages) for r in dataplanes}
+
+    def dataplane_status(
+        self, r: Resource, stored: Status | None = None, ages: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
         node = names.node_id(r.mesh, r.name)
-        st = self.status.find(node)
-        out: dict[str, Any] = st.to_json() if st else {"node": node, "state": "offline", "connected": False}
+        me = self.publisher.replica if self.publisher is not None else ""
+        out, replica = merged_status(node, self.status.find(node), stored, ages or {}, me, self.replica_ttl)
+        out["replica"] = replica
+        if stored and stored.get(CERTIFICATE_PART):
+            out.update(stored[CERTIFICATE_PART])
         err = self.reconciler.errors.get(node)
         if err:
             out["state"] = "render-error"

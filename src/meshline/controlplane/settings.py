@@ -76,3 +76,13 @@ class Settings:
     idle_timeout: float = field(default_factory=lambda: _env_float("MESHLINE_IDLE_TIMEOUT_S", 30.0))
     # connections each port holds at most (0: derived from the open-file limit).
     max_connections: int = field(default_factory=lambda: _env_int("MESHLINE_MAX_CONNECTIONS", 0))
+    # Dataplane status shared through the store (controlplane.shared_status): this replica's
+    # name (default: host-pid-random), seconds between status batches, seconds between its
+    # heartbeats; a replica silent for three heartbeats counts as gone (its sidecars offline).
+    replica_id: str = field(default_factory=lambda: os.environ.get("MESHLINE_REPLICA_ID", ""))
+    status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 0.25))
+    replica_beat: float = field(default_factory=lambda: _env_float("MESHLINE_REPLICA_BEAT_S", 5.0))
+
+    @property
+    def replica_ttl(self) -> float:
+        return 3 * self.replica_beat

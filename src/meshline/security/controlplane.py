@@ -198,13 +198,7 @@ class Security:
         cert = self.ca.signed.get((r.mesh, r.name))
         if cert is None:
             return {}
-        return {
-            "certExpiresAt": cert.expires_at,
-            "certIssuedAt": cert.issued_at,
-            "certIdentity": cert.identity,
-            "certSerial": format(cert.serial, "x"),
-            "certAuthority": cert.ca_id,
-        }
+        return cert.to_status()
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}

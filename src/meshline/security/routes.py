@@ -24,6 +24,7 @@ from aiohttp import web
 from meshline.api.auth import Principal
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.shared_status import CERTIFICATE_PART
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import FieldProblem, Forbidden, MeshlineError, NotFound, ValidationError
 from meshline.core.mesh import MeshSpec
@@ -184,6 +185,11 @@ class SecurityApi:
         if dataplane is not None:
             await self._check_dataplane(mesh, dataplane, service)
         issued = await self.ca.sign(mesh, csr, identity, spec.mtls.cert_lifetime, dataplane)
+        if dataplane is not None and self.ctx.publisher is not None:  # so that every replica shows it
+            signed = self.ca.signed.get((mesh, dataplane))
+            if signed is not None:
+                key = ResourceKey("Dataplane", mesh, dataplane)
+                self.ctx.publisher.publish(key, CERTIFICATE_PART, signed.to_status())
         log.info(
             "signed %s for dataplane %s (token %s), expires %s",
             identity,

@@ -18,6 +18,7 @@ from meshline.controlplane.limits import ConnectionLimits, QuietConnectionErrors
 from meshline.controlplane.metrics import metrics_text
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
+from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
 from meshline.core.errors import MeshlineError, NotFound
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
@@ -50,7 +51,13 @@ class ControlPlane:
             settings.debounce,
             offline=self.offline.offline_in,
         )
-        self.ctx = ControlPlaneContext(self.kinds, self.store, self.reconciler, self.status)
+        self.publisher = StatusPublisher(
+            self.store, self.status, settings.replica_id or new_replica_id(), settings.status_flush, settings.replica_beat
+        )
+        self.ctx = ControlPlaneContext(
+            self.kinds, self.store, self.reconciler, self.status,
+            publisher=self.publisher, replica_ttl=settings.replica_ttl,
+        )  # fmt: skip
         self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -81,6 +88,7 @@ class ControlPlane:
             if asyncio.iscoroutine(result):
                 await result
         await self.reconciler.start()
+        await self.publisher.start()
         self.offline.start(self.reconciler)
         servicer = AdsServicer(
             self.cache, self.status, self.ext.xds_authorize,
@@ -169,6 +177,7 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
             self._grpc = None
+        await self.publisher.stop()  # after the streams ended: their ends are written, then goodbye
         await self.reconciler.stop()
         await self.store.close()
         if self._quiet is not None:

@@ -40,11 +40,14 @@ def _break_routes(section: OutboundSection, mesh: MeshSnapshot) -> None:
 
 
 def breakable_control_plane(settings: Settings) -> ControlPlane:
-    from meshline.server.factory import build_control_plane
+    from meshline.extensions import Extensions
+    from meshline.server.factory import subsystems
 
-    cp = build_control_plane(settings)
-    cp.reconciler.plugins.append(Plugin(kind=_KIND, order=10_000, outbound=_break_routes))
-    return cp
+    ext = Extensions()
+    for install in subsystems():
+        install(ext, settings)
+    ext.render_steps.append(Plugin(kind=_KIND, order=10_000, outbound=_break_routes))
+    return ControlPlane(settings, ext)
 
 
 def trigger_dataplane(service: str, mesh: str = "default") -> str:

@@ -183,6 +183,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     ev.version,
                     ev.message,
                 )
+        if out.events:
+            self.status.changed(node)
 
     async def StreamAggregatedResources(
         self,
