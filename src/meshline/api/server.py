@@ -183,7 +183,8 @@ class Api:
         if prior is not None and isinstance(prior.spec, DataplaneSpec):
             # a dataplane token may replace only a dataplane of its own service
             p.check_write(res.mesh or None, res.kind, prior.spec.services(), res.name)
-        if prior is not None and prior.spec == res.spec and expected in (None, prior.version):
+        res = self.ctx.store.stamped(res)
+        if prior is not None and (prior.spec, prior.labels) == (res.spec, res.labels) and expected in (None, prior.version):
             return prior, False  # unchanged: no new revision, no push
         return await self.ctx.store.put(res, expected), prior is None
 

@@ -10,7 +10,8 @@ from meshline import __version__
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublisher, merged_status
-from meshline.core.errors import ValidationError
+from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.labels import RESERVED_PREFIX
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.store.base import Status, Store
 from meshline.xds import names
@@ -47,7 +48,7 @@ class ControlPlaneContext:
         return [self.kinds.decode(doc)]
 
     async def validate_in_context(self, res: Resource, pending: Sequence[Resource] = ()) -> None:
-        problems = []
+        problems = reserved_label_problems(res, self.store.stamp_labels)
         for check in self.validators:
             try:
                 check(res, self, pending)
@@ -83,3 +84,14 @@ class ControlPlaneContext:
         if callable(extra):
             out.update(extra(r))
         return out
+
+
+def reserved_label_problems(res: Resource, own: Mapping[str, str]) -> list[FieldProblem]:
+    """Labels under meshline.io/ are the control plane's: a write may repeat them (a resource
+    read and applied again), never change them."""
+    return [
+        FieldProblem(f"labels.{key}", f"is set by the control plane (here: '{own[key]}'); remove it"
+                     if key in own else "is reserved for the control plane; remove it")
+        for key, value in sorted(res.labels.items())
+        if key.startswith(RESERVED_PREFIX) and own.get(key) != value
+    ]  # fmt: skip

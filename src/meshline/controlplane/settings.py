@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshline.core.errors import MeshlineError
+from meshline.core.labels import DEFAULT_ZONE
 from meshline.core.locations import DEFAULT_API_PORT, DEFAULT_XDS_PORT, default_data_dir
 
 __all__ = ["DEFAULT_API_PORT", "DEFAULT_XDS_PORT", "Settings", "default_data_dir", "split_address"]
@@ -79,6 +80,8 @@ class Settings:
     # Dataplane status shared through the store (controlplane.shared_status): this replica's
     # name (default: host-pid-random), seconds between status batches, seconds between its
     # heartbeats; a replica silent for three heartbeats counts as gone (its sidecars offline).
+    # The zone this control plane serves: stamped on everything it stores (label meshline.io/zone).
+    zone: str = field(default_factory=lambda: os.environ.get("MESHLINE_ZONE", DEFAULT_ZONE))
     replica_id: str = field(default_factory=lambda: os.environ.get("MESHLINE_REPLICA_ID", ""))
     status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 0.25))
     replica_beat: float = field(default_factory=lambda: _env_float("MESHLINE_REPLICA_BEAT_S", 5.0))

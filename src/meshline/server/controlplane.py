@@ -20,6 +20,7 @@ from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
 from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
 from meshline.core.errors import MeshlineError, NotFound
+from meshline.core.labels import system_labels
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
@@ -40,6 +41,7 @@ class ControlPlane:
         self.ext = extensions or Extensions()
         self.kinds = default_kinds()
         self.store = open_store(settings.store_url, self.kinds, settings.data_dir)
+        self.store.stamp_labels = system_labels(settings.zone)  # origin and zone on every resource
         self.cache = SnapshotCache()
         self.status = StatusRegistry()
         self.offline = OfflineTracker(self.status, settings.offline_after)

@@ -6,6 +6,9 @@ delete that names an ``expected_version`` other than the stored one is refused w
 :class:`~meshline.core.errors.Conflict` (optimistic concurrency: a stale write is
 refused, never lost).
 
+Versions are opaque outside the store: a watcher compares nothing (see :meth:`Store.watch`);
+only a backend orders revisions.
+
 Change events: :meth:`Store.subscribe` delivers every committed write, including
 writes made by other control-plane replicas on a shared backend, in revision order,
 each change to every listener before the next change goes to any. A listener may run
@@ -50,6 +53,38 @@ class Change:
 
 
 Listener = Callable[[Change], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Every resource as of ``revision``: a watcher replaces whatever it holds with these."""
+
+    resources: list[Resource]
+    revision: int
+
+
+WatchEvent = Change | Resync
+WatchHandler = Callable[[WatchEvent], Awaitable[None] | None]
+_RESYNC = None  # in the delivery queue: send every watcher a fresh Resync here
+
+
+class _Watch:
+    def __init__(self, handler: WatchHandler) -> None:
+        self.handler = handler
+        self.live = False
+        self.held: deque[Change] = deque()  # changes that arrive while a Resync is being made
+
+    async def on_change(self, change: Change) -> None:
+        if self.live:
+            await _call(self.handler, change)
+        else:
+            self.held.append(change)
+
+
+async def _call(handler: Callable[[WatchEvent], Awaitable[None] | None], event: WatchEvent) -> None:
+    result = handler(event)
+    if inspect.isawaitable(result):
+        await result
 # A resource's status: part name ("xds", "certificate") -> that part (JSON-compatible).
 Status = dict[str, Any]
 
@@ -59,8 +94,13 @@ class Store(abc.ABC):
 
     def __init__(self, kinds: KindRegistry) -> None:
         self.kinds = kinds
+        # Labels every write gets unless the resource sets them itself (the control plane
+        # puts its origin and zone here: core.labels.system_labels).
+        self.stamp_labels: dict[str, str] = {}
         self._listeners: list[Listener] = []
-        self._pending: deque[Change] = deque()  # committed, not yet delivered, in revision order
+        # committed, not yet delivered, in revision order (_RESYNC: watchers need a fresh list)
+        self._pending: deque[Change | None] = deque()
+        self._watches: list[_Watch] = []
         self._delivery: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -132,10 +172,53 @@ class Store(abc.ABC):
                 raise
             return await self.create(resource)
 
+    def stamped(self, resource: Resource) -> Resource:
+        """``resource`` as it will be stored: with :attr:`stamp_labels` where it has none of its own."""
+        missing = {k: v for k, v in self.stamp_labels.items() if k not in resource.labels}
+        return resource.with_labels({**resource.labels, **missing}) if missing else resource
+
     # -- change events -------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    async def watch(self, handler: WatchHandler) -> Callable[[], None]:
+        """List and watch in one: ``handler`` gets a :class:`Resync` (every resource as of one
+        revision) before this returns, then every :class:`Change` after that revision, in
+        order, exactly once. It gets another Resync whenever the backend cannot promise it saw
+        every change (PostgreSQL: changes pruned from the log before this replica read them),
+        so a watcher never has to compare versions to stay correct: a Change replaces what it
+        holds for one key, a Resync replaces everything. Returns the cancel."""
+        watch = _Watch(handler)
+        unsubscribe = self.subscribe(watch.on_change)
+        self._watches.append(watch)
+
+        def cancel() -> None:
+            unsubscribe()
+            with contextlib.suppress(ValueError):
+                self._watches.remove(watch)
+
+        try:
+            await self._resync(watch)
+        except BaseException:
+            cancel()
+            raise
+        return cancel
+
+    async def _resync(self, watch: _Watch) -> None:
+        watch.live = False
+        revision = await self.revision()  # before listing: a write in between shows up in both,
+        resources = await self.list()  # and replaying it after the list is harmless
+        await _call(watch.handler, Resync(resources, revision))
+        while watch.held:
+            change = watch.held.popleft()
+            if change.revision > revision:  # ordering is the store's business, nobody else's
+                await _call(watch.handler, change)
+        watch.live = True
+
+    def _need_resync(self) -> None:
+        """Backends call this where continuity broke; watchers get a Resync at that point."""
+        self._pending.append(_RESYNC)
 
     async def _emit(self, change: Change) -> None:
         """Queue ``change`` and deliver it. Call it right after the commit, with no
@@ -160,6 +243,13 @@ class Store(abc.ABC):
     async def _drain(self) -> None:
         while self._pending:
             change = self._pending.popleft()
+            if change is _RESYNC:
+                for watch in list(self._watches):
+                    try:
+                        await self._resync(watch)
+                    except Exception:
+                        log.exception("store watcher %r could not be resynchronised", watch.handler)
+                continue
             for listener in list(self._listeners):
                 try:
                     result = listener(change)

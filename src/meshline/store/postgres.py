@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS resource_changes (
     created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, spec JSONB,  -- NULL for deletes
     committed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
+ALTER TABLE resources ADD COLUMN IF NOT EXISTS labels JSONB NOT NULL DEFAULT '{}';
+ALTER TABLE resource_changes ADD COLUMN IF NOT EXISTS labels JSONB;
 CREATE TABLE IF NOT EXISTS statuses (
     kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, status JSONB NOT NULL,
     PRIMARY KEY (kind, mesh, name),
@@ -78,13 +80,13 @@ CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at TIMESTAMPTZ NO
 # (and a delete racing the batch makes the foreign key refuse it: it is retried once).
 _PUT_STATUS = """
 INSERT INTO statuses (kind, mesh, name, status)
-SELECT v.kind, v.mesh, v.name, v.status
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[]) AS v(kind, mesh, name, status)
+SELECT v.kind, v.mesh, v.name, s.status
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(kind, mesh, name, body), LATERAL (SELECT v.body::jsonb AS status) AS s
 WHERE EXISTS (SELECT 1 FROM resources r WHERE r.kind = v.kind AND r.mesh = v.mesh AND r.name = v.name)
 ON CONFLICT (kind, mesh, name) DO UPDATE SET status = statuses.status || excluded.status
 """
 
-_COLUMNS = "kind, mesh, name, version, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, spec"
+_COLUMNS = "kind, mesh, name, version, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, spec, labels"
 _KEY = "kind = %s AND mesh = %s AND name = %s"
 
 
@@ -155,7 +157,7 @@ class PostgresStore(Store):
 
     # -- reads ---------------------------------------------------------------------
     def _resource(self, row: Sequence[Any]) -> Resource:
-        kind, mesh, name, version, created, updated, spec = row
+        kind, mesh, name, version, created, updated, spec, labels = row
         return self.kinds.load(
             {
                 "kind": kind,
@@ -165,6 +167,7 @@ class PostgresStore(Store):
                 "createdAt": created,
                 "updatedAt": updated,
                 "spec": spec,
+                "labels": labels,
             }
         )
 
@@ -199,13 +202,15 @@ class PostgresStore(Store):
 
     # -- writes --------------------------------------------------------------------
     async def create(self, resource: Resource) -> Resource:
+        resource = self.stamped(resource)
         async with self._session() as conn, conn.transaction():
             rev, now = await self._next_revision(conn)
             if await self._locked_version(conn, resource.key) is not None:
                 raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
             cur = await conn.execute(
-                f"INSERT INTO resources VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (*_key(resource.key), rev, now, now, Jsonb(resource.spec.to_json())),
+                "INSERT INTO resources (kind, mesh, name, version, created_at, updated_at, spec, labels)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (*_key(resource.key), rev, now, now, Jsonb(resource.spec.to_json()), Jsonb(dict(resource.labels))),
             )
             stored = self._resource(await _one(cur))
             await self._log_change(conn, "put", resource.key, rev)
@@ -213,6 +218,7 @@ class PostgresStore(Store):
         return stored
 
     async def update(self, resource: Resource, expected_version: int | None = None) -> Resource:
+        resource = self.stamped(resource)
         async with self._session() as conn, conn.transaction():
             rev, now = await self._next_revision(conn)
             current = await self._locked_version(conn, resource.key)
@@ -224,9 +230,9 @@ class PostgresStore(Store):
                     f" {current}); read it again and retry"
                 )
             cur = await conn.execute(
-                f"UPDATE resources SET version = %s, updated_at = %s, spec = %s WHERE {_KEY}"
+                f"UPDATE resources SET version = %s, updated_at = %s, spec = %s, labels = %s WHERE {_KEY}"
                 f" RETURNING {_COLUMNS}",
-                (rev, now, Jsonb(resource.spec.to_json()), *_key(resource.key)),
+                (rev, now, Jsonb(resource.spec.to_json()), Jsonb(dict(resource.labels)), *_key(resource.key)),
             )
             stored = self._resource(await _one(cur))
             await self._log_change(conn, "put", resource.key, rev)
@@ -249,11 +255,8 @@ class PostgresStore(Store):
     async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
         if not parts:
             return
-        keys = builtins.list(parts)
-        args = (
-            [k.kind for k in keys], [k.mesh for k in keys], [k.name for k in keys],
-            [Jsonb(parts[k]) for k in keys],
-        )  # fmt: skip
+        # Encoded in a worker thread: thousands of records cost the event loop tens of ms.
+        args = await asyncio.to_thread(_status_args, dict(parts))
         for attempt in (1, 2):
             try:
                 async with self._session() as conn:
@@ -317,8 +320,8 @@ class PostgresStore(Store):
     ) -> None:
         if op == "put":
             await conn.execute(
-                "INSERT INTO resource_changes (revision, op, kind, mesh, name, created_at, updated_at, spec)"
-                f" SELECT %s, 'put', kind, mesh, name, created_at, updated_at, spec FROM resources WHERE {_KEY}",
+                "INSERT INTO resource_changes (revision, op, kind, mesh, name, created_at, updated_at, spec, labels)"
+                f" SELECT %s, 'put', kind, mesh, name, created_at, updated_at, spec, labels FROM resources WHERE {_KEY}",
                 (rev, *_key(key)),
             )
         else:
@@ -354,32 +357,37 @@ class PostgresStore(Store):
                 self._pending.append(own)
                 self._seen = own.revision
             elif own is None or own.revision > self._seen:
+                gap = False
                 for change in await self._changes_after(self._seen):
                     if change.revision != self._seen + 1:
+                        gap = True
                         log.error(
                             "missed store changes %d-%d (pruned from the change log before this replica"
-                            " read them); subscribers may be stale until those resources change again",
+                            " read them); watchers get a full resync, plain subscribers may be stale"
+                            " until those resources change again",
                             self._seen + 1,
                             change.revision - 1,
                         )
                     self._pending.append(change)
                     self._seen = change.revision
+                if gap:
+                    self._need_resync()
         await self._deliver()
 
     async def _changes_after(self, revision: int) -> builtins.list[Change]:
         async with self._session() as conn:
             cur = await conn.execute(
                 "SELECT revision, op, kind, mesh, name, extract(epoch FROM created_at)::float8,"
-                " extract(epoch FROM updated_at)::float8, spec"
+                " extract(epoch FROM updated_at)::float8, spec, labels"
                 " FROM resource_changes WHERE revision > %s ORDER BY revision",
                 (revision,),
             )
             rows = await cur.fetchall()
         changes: builtins.list[Change] = []
-        for rev, op, kind, mesh, name, created, updated, spec in rows:
+        for rev, op, kind, mesh, name, created, updated, spec, labels in rows:
             key = ResourceKey(kind, mesh, name)
             if op == "put":
-                res = self._resource((kind, mesh, name, rev, created, updated, spec))
+                res = self._resource((kind, mesh, name, rev, created, updated, spec, labels or {}))
                 changes.append(Change("put", key, rev, res))
             else:
                 changes.append(Change("delete", key, rev, None))
@@ -410,6 +418,14 @@ class PostgresStore(Store):
                 self._listen_conn = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+def _status_args(parts: Mapping[ResourceKey, Status]) -> tuple[builtins.list[str], ...]:
+    keys = builtins.list(parts)
+    return (
+        [k.kind for k in keys], [k.mesh for k in keys], [k.name for k in keys],
+        [json.dumps(parts[k]) for k in keys],
+    )  # fmt: skip
 
 
 def _key(key: ResourceKey) -> tuple[str, str, str]:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from meshline.core.errors import Conflict, NotFound
@@ -22,7 +23,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL,
     version INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
-    spec TEXT NOT NULL,
+    spec TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (kind, mesh, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -41,19 +42,34 @@ class SQLiteStore(Store):
         self.path = str(path)
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._status_db: sqlite3.Connection | None = None  # status batches, written off the loop
+        self._status_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(resources)")}
+        if "labels" not in columns:  # a store written before resources had labels
+            db.execute("ALTER TABLE resources ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
+        self._db = db
+        if self.path != ":memory:":
+            self._status_db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
-        self._db = db
+        return db
 
     async def close(self) -> None:
         await self._stop_delivery()
+        async with self._status_lock:  # a batch in its thread finishes first
+            if self._status_db is not None:
+                self._status_db.close()
+                self._status_db = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -64,8 +80,8 @@ class SQLiteStore(Store):
             raise RuntimeError("store not started")
         return self._db
 
-    def _row(self, row: tuple[str, str, str, int, float, float, str]) -> Resource:
-        kind, mesh, name, version, created, updated, spec = row
+    def _row(self, row: tuple[str, str, str, int, float, float, str, str]) -> Resource:
+        kind, mesh, name, version, created, updated, spec, labels = row
         return self.kinds.load(
             {
                 "kind": kind,
@@ -75,12 +91,13 @@ class SQLiteStore(Store):
                 "createdAt": created,
                 "updatedAt": updated,
                 "spec": json.loads(spec),
+                "labels": json.loads(labels),
             }
         )
 
     async def get(self, key: ResourceKey) -> Resource:
         row = self.db.execute(
-            "SELECT kind, mesh, name, version, created_at, updated_at, spec FROM resources"
+            "SELECT kind, mesh, name, version, created_at, updated_at, spec, labels FROM resources"
             " WHERE kind=? AND mesh=? AND name=?",
             (key.kind, key.mesh, key.name),
         ).fetchone()
@@ -89,7 +106,7 @@ class SQLiteStore(Store):
         return self._row(row)
 
     async def list(self, kind: str | None = None, mesh: str | None = None) -> list[Resource]:
-        sql = "SELECT kind, mesh, name, version, created_at, updated_at, spec FROM resources WHERE 1=1"
+        sql = "SELECT kind, mesh, name, version, created_at, updated_at, spec, labels FROM resources WHERE 1=1"
         args: list[str] = []
         if kind is not None:
             sql += " AND kind=?"
@@ -132,10 +149,11 @@ class SQLiteStore(Store):
                 raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
             rev = self._next_revision()
             now = time.time()
-            stored = Resource(resource.kind, resource.name, resource.spec, resource.mesh, rev, now, now)
+            stored = replace(self.stamped(resource), version=rev, created_at=now, updated_at=now)
             self.db.execute(
-                "INSERT INTO resources VALUES (?,?,?,?,?,?,?)",
-                (stored.kind, stored.mesh, stored.name, rev, now, now, json.dumps(stored.spec.to_json())),
+                "INSERT INTO resources VALUES (?,?,?,?,?,?,?,?)",
+                (stored.kind, stored.mesh, stored.name, rev, now, now, json.dumps(stored.spec.to_json()),
+                 json.dumps(dict(stored.labels))),
             )
         await self._emit(Change("put", stored.key, rev, stored))
         return stored
@@ -152,12 +170,11 @@ class SQLiteStore(Store):
                 )
             rev = self._next_revision()
             now = time.time()
-            stored = Resource(
-                resource.kind, resource.name, resource.spec, resource.mesh, rev, current[1], now
-            )
+            stored = replace(self.stamped(resource), version=rev, created_at=current[1], updated_at=now)
             self.db.execute(
-                "UPDATE resources SET version=?, updated_at=?, spec=? WHERE kind=? AND mesh=? AND name=?",
-                (rev, now, json.dumps(stored.spec.to_json()), stored.kind, stored.mesh, stored.name),
+                "UPDATE resources SET version=?, updated_at=?, spec=?, labels=? WHERE kind=? AND mesh=? AND name=?",
+                (rev, now, json.dumps(stored.spec.to_json()), json.dumps(dict(stored.labels)),
+                 stored.kind, stored.mesh, stored.name),
             )
         await self._emit(Change("put", stored.key, rev, stored))
         return stored
@@ -180,16 +197,38 @@ class SQLiteStore(Store):
     async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
         if not parts:
             return
-        async with self._write_txn():
-            for key, new in parts.items():
-                where = (key.kind, key.mesh, key.name)
-                if self._stored_version(key) is None:
-                    continue
-                row = self.db.execute(
-                    "SELECT status FROM statuses WHERE kind=? AND mesh=? AND name=?", where
-                ).fetchone()
-                merged = {**(json.loads(row[0]) if row else {}), **new}
-                self.db.execute("INSERT OR REPLACE INTO statuses VALUES (?,?,?,?)", (*where, json.dumps(merged)))
+        if self._status_db is None:  # an in-memory database has no second connection
+            async with self._write_txn():
+                self._write_status(self.db, parts)
+            return
+        async with self._status_lock:
+            await asyncio.to_thread(self._status_txn, self._status_db, dict(parts))
+
+    @staticmethod
+    def _write_status(db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
+        # Each named part is replaced whole: cleared (a JSON merge patch of nulls), then merged in.
+        rows = [
+            (k.kind, k.mesh, k.name, json.dumps(body), json.dumps(dict.fromkeys(body)))
+            for k, body in parts.items()
+        ]
+        db.executemany(
+            "INSERT INTO statuses (kind, mesh, name, status) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
+            " (SELECT 1 FROM resources WHERE kind = ?1 AND mesh = ?2 AND name = ?3)"
+            " ON CONFLICT (kind, mesh, name) DO UPDATE SET status = json_patch(json_patch(status, ?5), excluded.status)",
+            rows,
+        )
+
+    @classmethod
+    def _status_txn(cls, db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
+        """In a worker thread, on the status connection: a batch of thousands of rows takes
+        tens of milliseconds, which the event loop (pushes, ACKs) does not wait for."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cls._write_status(db, parts)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
         sql = "SELECT kind, mesh, name, status FROM statuses WHERE kind=?"

@@ -61,7 +61,7 @@ class DataplaneStatus:
         return {
             "node": self.node_id, "connected": self.connected, "connectedAt": self.connected_at,
             "disconnectedAt": self.disconnected_at, "nacks": self.nacks,
-            "types": {name: {f.name: getattr(t, f.name) for f in fields(TypeStatus)} for name, t in self.types.items()},
+            "types": {name: vars(t).copy() for name, t in self.types.items()},  # all of TypeStatus's fields
         }  # fmt: skip
 
     @classmethod
