@@ -7,14 +7,15 @@ subsystems that fill it in and the composition root (:mod:`meshline.server`) tha
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
-from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from meshline.api.auth import Authenticator
+from meshline.api.routes import Route
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings
 from meshline.render.plugins import Plugin
@@ -32,7 +33,10 @@ class Extensions:
     grpc_authenticate: CallAuthenticator | None = None
     xds_authorize: Authorizer | None = None
     grpc_services: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
-    routes: list[Callable[[web.Application], None]] = field(default_factory=list)
+    # API routes, asked for once the control plane started (handlers may need what on_start
+    # made); registered before the generic resource routes and documented in /openapi.json.
+    routes: list[Callable[[], Iterable[Route]]] = field(default_factory=list)
+    middlewares: list[Middleware] = field(default_factory=list)  # inside authentication
     on_start: list[Callable[[ControlPlaneContext], object]] = field(default_factory=list)
     on_stop: list[Callable[[], object]] = field(default_factory=list)
     # Render steps run for every dataplane after the policies (e.g. telemetry's access logs).

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from meshline import __version__
+from meshline.api.routes import Route
 from meshline.core.resource import KindRegistry
-
-# Routes subsystems add through Extensions.routes (security, telemetry, metrics).
-SUBSYSTEM_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("/api/v1/meshes/{mesh}/certificates", "post", "Sign a workload CSR for the token's service (dataplane token)"),
-    ("/api/v1/ca/{mesh}", "get", "The mesh's certificate authorities and their state"),
-    ("/api/v1/ca/{mesh}/trust-bundle", "get", "The mesh's trust bundle (long-polled by agents)"),
-    ("/api/v1/ca/{mesh}/rotate", "post", "Rotate a builtin CA: new root trusted first, signing later"),
-    ("/api/v1/tokens", "get", "Issued tokens (admin)"),
-    ("/api/v1/tokens", "post", "Issue a token (admin)"),
-    ("/api/v1/tokens/{id}/revoke", "post", "Revoke a token (admin)"),
-    ("/api/v1/meshes/{mesh}/stats", "get", "Golden signals per service and edge over recent windows"),
-    ("/api/v1/meshes/{mesh}/tap", "get", "Live requests as JSON lines, failures explained"),
-    ("/api/v1/meshes/{mesh}/requests/{id}", "get", "One recent request (both halves) with its explanation"),
-    ("/api/v1/prometheus/targets", "get", "Prometheus HTTP service discovery for every dataplane"),
-)
 
 
 def _envelope(kind: str, spec_ref: str, mesh_scoped: bool) -> dict[str, Any]:
@@ -37,7 +25,8 @@ def _envelope(kind: str, spec_ref: str, mesh_scoped: bool) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": required}
 
 
-def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
+def openapi_document(kinds: KindRegistry, routes: Iterable[Route] = ()) -> dict[str, Any]:
+    """``routes``: what subsystems added (each documents itself, see api.routes)."""
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -150,11 +139,15 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
         }
     }
     paths["/api/v1/health"] = {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}}
-    for path, method, summary in SUBSYSTEM_ROUTES:
+    for route in routes:
+        if not route.summary:
+            continue
         params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for n in ("mesh", "name", "id") if "{" + n + "}" in path]
-        paths.setdefault(path, {})[method] = {"summary": summary, "tags": ["subsystems"], "parameters": params,
-                                              "responses": {"200": {"description": "ok"}, "401": err, "403": err}}
+                  for n in re.findall(r"\{(\w+)\}", route.path)]
+        paths.setdefault(route.path, {})[route.method.lower()] = {
+            "summary": route.summary, "tags": ["subsystems"], "parameters": params,
+            "responses": {"200": {"description": "ok"}, "401": err, "403": err},
+        }  # fmt: skip
     paths["/api/v1/kinds"] = {
         "get": {"summary": "Resource kinds", "responses": {"200": {"description": "kinds"}}}
     }

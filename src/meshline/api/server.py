@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from google.protobuf import json_format
 
 from meshline.api.auth import AllowAll, Authenticator, Principal
 from meshline.api.openapi import openapi_document
+from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, FieldProblem, MeshlineError, NotFound, ValidationError
@@ -23,7 +25,7 @@ log = logging.getLogger("meshline.api")
 
 CTX: web.AppKey[ControlPlaneContext] = web.AppKey("ctx", ControlPlaneContext)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -301,21 +303,25 @@ class Api:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_document(self.kinds))
+        routes: list[Route] = request.app[ROUTES]
+        return _json(openapi_document(self.kinds, routes))
 
 
 def build_app(
     ctx: ControlPlaneContext,
     auth: Authenticator | None = None,
-    extra_routes: Sequence[Callable[[web.Application], None]] = (),
+    routes: Sequence[Route] = (),
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
-    """The API app. ``extra_routes`` (subsystems' routes) are added before the generic
-    ``/meshes/{mesh}/{plural}`` routes, because aiohttp matches in registration order."""
+    """The API app. ``routes`` (subsystems' routes) are added before the generic
+    ``/meshes/{mesh}/{plural}`` routes, because aiohttp matches in registration order, and
+    documented in /openapi.json; ``middlewares`` run inside authentication."""
     app = web.Application(
-        middlewares=[errors_middleware, make_auth_middleware(auth or AllowAll())],
+        middlewares=[errors_middleware, make_auth_middleware(auth or AllowAll()), *middlewares],
         client_max_size=8 * 1024 * 1024,
     )
     app[CTX] = ctx
+    app[ROUTES] = list(routes)
     api = Api(ctx)
     r = app.router
     r.add_get("/api/v1/health", api.health)
@@ -326,8 +332,8 @@ def build_app(
     r.add_put("/api/v1/meshes/{mesh}", api.put_resource)
     r.add_delete("/api/v1/meshes/{mesh}", api.delete_resource)
     r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", api.inspect_dataplane)
-    for add_routes in extra_routes:
-        add_routes(app)
+    for route in routes:
+        r.add_route(route.method, route.path, route.handler)
     r.add_get("/api/v1/meshes/{mesh}/{plural}", api.list_resources)
     r.add_get("/api/v1/meshes/{mesh}/{plural}/{name}", api.get_resource)
     r.add_put("/api/v1/meshes/{mesh}/{plural}/{name}", api.put_resource)

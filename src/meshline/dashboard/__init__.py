@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from meshline.dashboard.routes import STATIC_DIR, add_routes, dashboard_url
+from meshline.dashboard.routes import STATIC_DIR, dashboard_url, routes
 
 if TYPE_CHECKING:
     from meshline.controlplane.settings import Settings
     from meshline.extensions import Extensions
 
-__all__ = ["STATIC_DIR", "add_routes", "dashboard_url", "install"]
+__all__ = ["STATIC_DIR", "dashboard_url", "install", "routes"]
 
 
 def install(ext: Extensions, settings: Settings) -> None:
     del settings  # nothing to configure
-    ext.routes.append(add_routes)
+    ext.routes.append(routes)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
+from meshline.api.routes import Route
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
 from meshline.core.errors import FieldProblem, ValidationError
@@ -170,10 +169,9 @@ class Security:
         if self.tokens is not None:
             await self.tokens.stop()
 
-    def add_routes(self, app: web.Application) -> None:
-        assert self.api is not None, "routes are added after on_start"
-        self.api.add_routes(app)
-        app.middlewares.append(redact_ca_keys)
+    def routes(self) -> list[Route]:
+        assert self.api is not None, "routes are asked for after on_start"
+        return self.api.routes()
 
     @staticmethod
     def _dataplane(ctx: ControlPlaneContext, mesh: str, name: str) -> Resource | None:
@@ -226,5 +224,6 @@ def install(ext: Extensions, settings: Settings, options: SecurityOptions | None
     sec = Security(settings, ext, options)
     ext.on_start.append(sec.start)
     ext.on_stop.append(sec.stop)
-    ext.routes.append(sec.add_routes)
+    ext.routes.append(sec.routes)
+    ext.middlewares.append(redact_ca_keys)
     return sec

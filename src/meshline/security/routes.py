@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from meshline.api.auth import Principal
+from meshline.api.routes import Route
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.shared_status import CERTIFICATE_PART
@@ -72,15 +73,19 @@ class SecurityApi:
         self.tokens = tokens
         self.ca = ca
 
-    def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/api/v1/tokens", self.issue_token)
-        r.add_get("/api/v1/tokens", self.list_tokens)
-        r.add_post("/api/v1/tokens/{id}/revoke", self.revoke_token)
-        r.add_post("/api/v1/meshes/{mesh}/certificates", self.sign_certificate)
-        r.add_get("/api/v1/ca/{mesh}", self.ca_status)
-        r.add_get("/api/v1/ca/{mesh}/trust-bundle", self.trust_bundle)
-        r.add_post("/api/v1/ca/{mesh}/rotate", self.rotate_ca)
+    def routes(self) -> list[Route]:
+        return [
+            Route("POST", "/api/v1/tokens", self.issue_token, "Issue a token (admin)"),
+            Route("GET", "/api/v1/tokens", self.list_tokens, "Issued tokens (admin)"),
+            Route("POST", "/api/v1/tokens/{id}/revoke", self.revoke_token, "Revoke a token (admin)"),
+            Route("POST", "/api/v1/meshes/{mesh}/certificates", self.sign_certificate,
+                  "Sign a workload CSR for the token's service (dataplane token)"),
+            Route("GET", "/api/v1/ca/{mesh}", self.ca_status, "The mesh's certificate authorities and their state"),
+            Route("GET", "/api/v1/ca/{mesh}/trust-bundle", self.trust_bundle,
+                  "The mesh's trust bundle (long-polled by agents)"),
+            Route("POST", "/api/v1/ca/{mesh}/rotate", self.rotate_ca,
+                  "Rotate a builtin CA: new root trusted first, signing later"),
+        ]  # fmt: skip
 
     # -- tokens ----------------------------------------------------------------------
     def _tokens(self) -> TokenService:

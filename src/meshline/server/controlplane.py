@@ -10,6 +10,7 @@ import grpc
 from aiohttp import web
 
 from meshline.api.prometheus import TARGETS_PATH, prometheus_targets_handler
+from meshline.api.routes import Route
 from meshline.api.server import build_app
 from meshline.api.site import ConnectionGuard, start_site
 from meshline.controlplane.context import ControlPlaneContext
@@ -116,11 +117,13 @@ class ControlPlane:
             raise MeshlineError(
                 f"cannot listen for xDS on {xds_host}:{xds_port} ({err}); stop what uses it or pass --xds-address"
             ) from None
-        def core_extras(app: web.Application) -> None:
-            app.router.add_get("/metrics", self._metrics)
-            app.router.add_get(TARGETS_PATH, prometheus_targets_handler)
-
-        app = build_app(self.ctx, self.ext.authenticator, [core_extras, *self.ext.routes])
+        core = [
+            Route("GET", "/metrics", self._metrics),  # Prometheus text, outside /api (scraped as is)
+            Route("GET", TARGETS_PATH, prometheus_targets_handler,
+                  "Prometheus HTTP service discovery for every dataplane"),
+        ]  # fmt: skip
+        routes = [*core, *(route for provide in self.ext.routes for route in provide())]
+        app = build_app(self.ctx, self.ext.authenticator, routes, self.ext.middlewares)
         self.ctx.metrics.known_routes = frozenset(r.canonical for r in app.router.resources())
         # keepalive_timeout: a connection must complete a request head this soon after it
         # opens or after its previous response (aiohttp closes it otherwise)

@@ -45,7 +45,7 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
 
     ext.render_steps.append(PLUGIN)
     ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
-    ext.routes.append(TelemetryApi(intake).install)
+    ext.routes.append(TelemetryApi(intake).routes)
     ext.on_start.append(on_start)
     ext.on_stop.append(intake.stop)
     return intake

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshline.api.routes import Route
 from meshline.api.server import principal
 from meshline.core.errors import FieldProblem, NotFound, ValidationError
 from meshline.core.slices import Slices
@@ -136,7 +137,11 @@ class TelemetryApi:
         principal(request).check_read(mesh)
         return await self.request(request, mesh, request.match_info["id"])
 
-    def install(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/meshes/{mesh}/stats", self._stats)
-        app.router.add_get("/api/v1/meshes/{mesh}/tap", self._tap)
-        app.router.add_get("/api/v1/meshes/{mesh}/requests/{id}", self._request)
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/api/v1/meshes/{mesh}/stats", self._stats,
+                  "Golden signals per service and edge over recent windows"),
+            Route("GET", "/api/v1/meshes/{mesh}/tap", self._tap, "Live requests as JSON lines, failures explained"),
+            Route("GET", "/api/v1/meshes/{mesh}/requests/{id}", self._request,
+                  "One recent request (both halves) with its explanation"),
+        ]  # fmt: skip
