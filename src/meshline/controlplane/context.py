@@ -62,8 +62,11 @@ class ControlPlaneContext:
         if not dataplanes:
             return {}
         stored: dict[ResourceKey, Status] = {}
-        for mesh in sorted({r.mesh for r in dataplanes}):
-            stored.update(await self.store.list_status("Dataplane", mesh))
+        if len(dataplanes) == 1:  # e.g. an agent's registration check: its own row, not the mesh's
+            stored = await self.store.list_status("Dataplane", dataplanes[0].mesh, dataplanes[0].name)
+        else:
+            for mesh in sorted({r.mesh for r in dataplanes}):
+                stored.update(await self.store.list_status("Dataplane", mesh))
         ages = await self.store.replica_ages()
         return {r.key: self.dataplane_status(r, stored.get(r.key), ages) for r in dataplanes}
 

@@ -141,12 +141,16 @@ class Store(abc.ABC):
     # -- status ----------------------------------------------------------------------
     @abc.abstractmethod
     async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
-        """In one transaction, for each key, set the given parts of its status (replacing each
-        named part whole; parts not named are kept). Keys with no resource are skipped."""
+        """For each key, set the given parts of its status (replacing each named part whole;
+        parts not named are kept), atomically per key (a large batch may commit in chunks, so
+        that resource writes never wait long behind it). Keys with no resource are skipped."""
 
     @abc.abstractmethod
-    async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
-        """The status of every resource of ``kind`` (in ``mesh``; None: every mesh) that has one."""
+    async def list_status(
+        self, kind: str, mesh: str | None = None, name: str | None = None
+    ) -> dict[ResourceKey, Status]:
+        """The status of every resource of ``kind`` (in ``mesh``, named ``name``; None: any)
+        that has one."""
 
     @abc.abstractmethod
     async def beat(self, replica: str) -> None:

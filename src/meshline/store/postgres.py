@@ -68,9 +68,9 @@ CREATE TABLE IF NOT EXISTS resource_changes (
 );
 ALTER TABLE resources ADD COLUMN IF NOT EXISTS labels JSONB NOT NULL DEFAULT '{}';
 ALTER TABLE resource_changes ADD COLUMN IF NOT EXISTS labels JSONB;
-CREATE TABLE IF NOT EXISTS statuses (
-    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, status JSONB NOT NULL,
-    PRIMARY KEY (kind, mesh, name),
+CREATE TABLE IF NOT EXISTS status_parts (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, part TEXT NOT NULL, body JSONB NOT NULL,
+    PRIMARY KEY (kind, mesh, name, part),
     FOREIGN KEY (kind, mesh, name) REFERENCES resources (kind, mesh, name) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at TIMESTAMPTZ NOT NULL);
@@ -79,11 +79,11 @@ CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at TIMESTAMPTZ NO
 # One statement for a whole batch of status parts: rows whose resource is gone are skipped
 # (and a delete racing the batch makes the foreign key refuse it: it is retried once).
 _PUT_STATUS = """
-INSERT INTO statuses (kind, mesh, name, status)
-SELECT v.kind, v.mesh, v.name, s.status
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(kind, mesh, name, body), LATERAL (SELECT v.body::jsonb AS status) AS s
+INSERT INTO status_parts (kind, mesh, name, part, body)
+SELECT v.kind, v.mesh, v.name, v.part, v.body::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS v(kind, mesh, name, part, body)
 WHERE EXISTS (SELECT 1 FROM resources r WHERE r.kind = v.kind AND r.mesh = v.mesh AND r.name = v.name)
-ON CONFLICT (kind, mesh, name) DO UPDATE SET status = statuses.status || excluded.status
+ON CONFLICT (kind, mesh, name, part) DO UPDATE SET body = excluded.body
 """
 
 _COLUMNS = "kind, mesh, name, version, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, spec, labels"
@@ -256,26 +256,33 @@ class PostgresStore(Store):
         if not parts:
             return
         # Encoded in a worker thread: thousands of records cost the event loop tens of ms.
-        args = await asyncio.to_thread(_status_args, dict(parts))
-        for attempt in (1, 2):
-            try:
-                async with self._session() as conn:
-                    await conn.execute(_PUT_STATUS, args)
-                return
-            except psycopg.errors.ForeignKeyViolation:
-                if attempt == 2:
-                    raise
+        chunks = await asyncio.to_thread(_status_args, dict(parts))
+        for args in chunks:  # one statement each; resource reads and writes go in between
+            for attempt in (1, 2):
+                try:
+                    async with self._session() as conn:
+                        await conn.execute(_PUT_STATUS, args)
+                    break
+                except psycopg.errors.ForeignKeyViolation:
+                    if attempt == 2:
+                        raise
 
-    async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
-        query = "SELECT kind, mesh, name, status FROM statuses WHERE kind = %s"
+    async def list_status(
+        self, kind: str, mesh: str | None = None, name: str | None = None
+    ) -> dict[ResourceKey, Status]:
+        query = "SELECT kind, mesh, name, part, body FROM status_parts WHERE kind = %s"
         args = [kind]
-        if mesh is not None:
-            query += " AND mesh = %s"
-            args.append(mesh)
+        for column, value in (("mesh", mesh), ("name", name)):
+            if value is not None:
+                query += f" AND {column} = %s"
+                args.append(value)
         async with self._session() as conn:
             cur = await conn.execute(query, args)
             rows = await cur.fetchall()
-        return {ResourceKey(k, m, n): body for k, m, n, body in rows}
+        out: dict[ResourceKey, Status] = {}
+        for k, m, n, part, body in rows:
+            out.setdefault(ResourceKey(k, m, n), {})[part] = body
+        return out
 
     async def beat(self, replica: str) -> None:
         async with self._session() as conn, conn.transaction():
@@ -420,12 +427,16 @@ class PostgresStore(Store):
             backoff = min(backoff * 2, 5.0)
 
 
-def _status_args(parts: Mapping[ResourceKey, Status]) -> tuple[builtins.list[str], ...]:
-    keys = builtins.list(parts)
-    return (
-        [k.kind for k in keys], [k.mesh for k in keys], [k.name for k in keys],
-        [json.dumps(parts[k]) for k in keys],
-    )  # fmt: skip
+STATUS_CHUNK = 500  # status rows per statement
+
+
+def _status_args(parts: Mapping[ResourceKey, Status]) -> builtins.list[tuple[builtins.list[str], ...]]:
+    rows = [(k, part, json.dumps(body)) for k, named in parts.items() for part, body in named.items()]
+    return [
+        ([k.kind for k, _, _ in chunk], [k.mesh for k, _, _ in chunk], [k.name for k, _, _ in chunk],
+         [part for _, part, _ in chunk], [body for _, _, body in chunk])
+        for chunk in (rows[i : i + STATUS_CHUNK] for i in range(0, len(rows), STATUS_CHUNK))
+    ]  # fmt: skip
 
 
 def _key(key: ResourceKey) -> tuple[str, str, str]:

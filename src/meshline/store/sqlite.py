@@ -28,12 +28,15 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
-CREATE TABLE IF NOT EXISTS statuses (
-    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
-    PRIMARY KEY (kind, mesh, name)
+CREATE TABLE IF NOT EXISTS status_parts (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, part TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (kind, mesh, name, part)
 );
 CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at REAL NOT NULL);
 """
+
+
+STATUS_CHUNK = 250  # status rows per transaction (a few milliseconds of the write lock)
 
 
 class SQLiteStore(Store):
@@ -187,7 +190,7 @@ class SQLiteStore(Store):
             if expected_version is not None and expected_version != current[0]:
                 raise Conflict(f"{key} changed since you read it; read it again and retry")
             rev = self._next_revision()
-            for table in ("resources", "statuses"):
+            for table in ("resources", "status_parts"):
                 self.db.execute(
                     f"DELETE FROM {table} WHERE kind=? AND mesh=? AND name=?", (key.kind, key.mesh, key.name)
                 )
@@ -206,38 +209,42 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _write_status(db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
-        # Each named part is replaced whole: cleared (a JSON merge patch of nulls), then merged in.
-        rows = [
-            (k.kind, k.mesh, k.name, json.dumps(body), json.dumps(dict.fromkeys(body)))
-            for k, body in parts.items()
-        ]
+        rows = [(k.kind, k.mesh, k.name, part, json.dumps(body)) for k, named in parts.items()
+                for part, body in named.items()]  # fmt: skip
         db.executemany(
-            "INSERT INTO statuses (kind, mesh, name, status) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
-            " (SELECT 1 FROM resources WHERE kind = ?1 AND mesh = ?2 AND name = ?3)"
-            " ON CONFLICT (kind, mesh, name) DO UPDATE SET status = json_patch(json_patch(status, ?5), excluded.status)",
+            "INSERT OR REPLACE INTO status_parts SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS"
+            " (SELECT 1 FROM resources WHERE kind = ?1 AND mesh = ?2 AND name = ?3)",
             rows,
         )
 
     @classmethod
     def _status_txn(cls, db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
         """In a worker thread, on the status connection: a batch of thousands of rows takes
-        tens of milliseconds, which the event loop (pushes, ACKs) does not wait for."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            cls._write_status(db, parts)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        tens of milliseconds, which the event loop (pushes, ACKs) does not wait for. Committed
+        in chunks: a resource write (on the loop) waits for one chunk at most, not the batch."""
+        items = list(parts.items())
+        for start in range(0, len(items), STATUS_CHUNK):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cls._write_status(db, dict(items[start : start + STATUS_CHUNK]))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
-    async def list_status(self, kind: str, mesh: str | None = None) -> dict[ResourceKey, Status]:
-        sql = "SELECT kind, mesh, name, status FROM statuses WHERE kind=?"
+    async def list_status(
+        self, kind: str, mesh: str | None = None, name: str | None = None
+    ) -> dict[ResourceKey, Status]:
+        sql = "SELECT kind, mesh, name, part, body FROM status_parts WHERE kind=?"
         args = [kind]
-        if mesh is not None:
-            sql += " AND mesh=?"
-            args.append(mesh)
-        rows = self.db.execute(sql, args).fetchall()
-        return {ResourceKey(k, m, n): json.loads(body) for k, m, n, body in rows}
+        for column, value in (("mesh", mesh), ("name", name)):
+            if value is not None:
+                sql += f" AND {column}=?"
+                args.append(value)
+        out: dict[ResourceKey, Status] = {}
+        for k, m, n, part, body in self.db.execute(sql, args).fetchall():
+            out.setdefault(ResourceKey(k, m, n), {})[part] = json.loads(body)
+        return out
 
     async def beat(self, replica: str) -> None:
         now = time.time()

@@ -412,6 +412,7 @@ class StoreConformance:
             other.key: {"xds": {"connected": False}},
         }
         assert await store.list_status("Dataplane", mesh="b") == {}
+        assert await store.list_status("Dataplane", "a", "api") == {other.key: {"xds": {"connected": False}}}
         assert await store.list_status("Mesh") == {}
         assert await store.revision() == other.version  # status is not a write of the resource
         assert await store.get(dp.key) == dp
