@@ -83,7 +83,7 @@ class Settings:
     # The zone this control plane serves: stamped on everything it stores (label meshline.io/zone).
     zone: str = field(default_factory=lambda: os.environ.get("MESHLINE_ZONE", DEFAULT_ZONE))
     replica_id: str = field(default_factory=lambda: os.environ.get("MESHLINE_REPLICA_ID", ""))
-    status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 0.25))
+    status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 1.0))
     replica_beat: float = field(default_factory=lambda: _env_float("MESHLINE_REPLICA_BEAT_S", 5.0))
 
     @property
