@@ -60,7 +60,7 @@ def components(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def main() -> int:
     type_checking = "--type-checking" in sys.argv
-    g = grimp.build_graph("meshline", exclude_type_checking_imports=not type_checking)
+    g = grimp.build_graph("meshline", exclude_type_checking_imports=not type_checking, cache_dir=None)
     modules = {m: set() for m in g.modules}
     packages: dict[str, set[str]] = {}
 
