@@ -23,7 +23,7 @@ AGENT_IMPORTS = (
     "httpx",
     "envoy.config.bootstrap.v3.bootstrap_pb2",
     "meshline.core.dataplane",
-    "meshline.render.metrics",
+    "meshline.xds.stat_names",
     "meshline.agent.metrics",
     "meshline.agent.agent",
     "meshline.cli.agent",

@@ -8,6 +8,7 @@ Unreachable server: skipped locally, a failure when ``CI=true``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +20,17 @@ from psycopg import sql
 
 from meshline.core.errors import Conflict, Unavailable
 from meshline.core.resource import Resource
-from meshline.store.base import Change
+from meshline.store.base import Change, Resync, WatchEvent
 from meshline.store.factory import open_store
 from meshline.store.postgres import PostgresStore
-from tests.store.conformance import KINDS, Recorder, StoreConformance, StoreFactory, a_dataplane, a_mesh
+from meshline.testing.store_conformance import (
+    KINDS,
+    Recorder,
+    StoreConformance,
+    StoreFactory,
+    a_dataplane,
+    a_mesh,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -196,3 +204,28 @@ async def test_start_fails_clearly_when_the_database_is_unreachable() -> None:
 
 def test_open_store_builds_a_postgres_store() -> None:
     assert isinstance(open_store("postgresql://postgres@127.0.0.1/x", KINDS), PostgresStore)
+
+
+async def test_a_watcher_is_resynchronised_when_changes_were_pruned_before_it_read_them(
+    replicas: tuple[PostgresStore, PostgresStore], database_url: str
+) -> None:
+    a, b = replicas
+    first = await a.create(a_mesh("first"))
+    events: list[WatchEvent] = []
+    await b.watch(events.append)
+    assert isinstance(events[0], Resync) and events[0].resources == [first]
+    assert b._listen_task is not None
+    b._listen_task.cancel()  # B stops listening for a while...
+    with contextlib.suppress(asyncio.CancelledError):
+        await b._listen_task
+    lost = await a.create(a_mesh("lost"))
+    seen = await a.create(a_mesh("seen"))
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute("DELETE FROM resource_changes WHERE revision = %s", (lost.version,))  # ...and it is pruned
+    b._listen_task = asyncio.get_running_loop().create_task(b._listen())
+    async with asyncio.timeout(5):
+        while not any(isinstance(e, Resync) and len(e.resources) == 3 for e in events[1:]):
+            await asyncio.sleep(0.01)
+    resync = next(e for e in events[1:] if isinstance(e, Resync))
+    assert sorted(r.name for r in resync.resources) == ["first", "lost", "seen"]
+    assert resync.revision >= seen.version

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from meshline.store.sqlite import SQLiteStore
-from tests.store.conformance import KINDS, StoreConformance, StoreFactory
+from meshline.testing.store_conformance import KINDS, StoreConformance, StoreFactory
 
 
 class TestSQLiteStore(StoreConformance):

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 from meshline.controlplane.health import OfflineTracker, gone
-from meshline.controlplane.status import StatusRegistry
 from meshline.core.resource import Resource, ResourceKey
 from meshline.kinds import default_kinds
+from meshline.xds.status import StatusRegistry
 
 AFTER = 10.0
 

@@ -14,9 +14,9 @@ from meshline.controlplane.metrics import (
     metrics_text,
     prometheus_targets,
 )
-from meshline.controlplane.status import StatusRegistry
 from meshline.core.resource import ResourceKey
 from meshline.testing.golden import load_resources
+from meshline.xds.status import StatusRegistry
 
 NODE = "default.web-1"
 

@@ -18,8 +18,8 @@ import pytest
 import meshline.telemetry
 from meshline.agent import metrics as agent_metrics
 from meshline.controlplane.metrics import ControlPlaneMetrics
-from meshline.controlplane.status import StatusRegistry
 from meshline.core.resource import ResourceKey
+from meshline.xds.status import StatusRegistry
 
 GRAFANA = Path(meshline.telemetry.__file__).parent / "grafana"
 DASHBOARDS = sorted(GRAFANA.glob("*.json"))

@@ -16,8 +16,8 @@ import pytest
 from redis.exceptions import RedisError
 
 from meshline.ratelimit.counter import KEY_PREFIX, WindowCounter, counter_key
-from meshline.ratelimit.descriptor import Limit
 from meshline.ratelimit.service import redis_client
+from meshline.xds.rls_descriptor import Limit
 
 pytestmark = pytest.mark.redis
 

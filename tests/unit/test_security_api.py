@@ -17,13 +17,13 @@ from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from meshline.controlplane.app import ControlPlane
-from meshline.controlplane.factory import build_control_plane
 from meshline.controlplane.settings import Settings
 from meshline.security import crypto
 from meshline.security.authn import REDACTED
 from meshline.security.tokens import Claims, TokenService
 from meshline.security.workload_identity import make_csr
+from meshline.server.controlplane import ControlPlane
+from meshline.server.factory import build_control_plane
 from meshline.xds.snapshot import CLUSTER
 from tests.unit.test_security_ca import make_ca, pem
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from meshline.controlplane.settings import DEFAULT_XDS_PORT, default_data_dir
 from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS, DataplaneSpec, check_tags
 from meshline.core.errors import FieldProblem, MeshlineError, ValidationError
+from meshline.core.locations import DEFAULT_XDS_PORT, default_data_dir
 from meshline.core.schema import NAME_HINT, NAME_RE, parse_spec
 from meshline.xds import names
 

@@ -5,7 +5,7 @@ Each scrape asks Envoy's admin ``/stats/prometheus`` and translates (pure functi
 :func:`translate`):
 
 * HTTP: the ``envoy_meshline_*`` stats the render step's stats access logger keeps
-  (:mod:`meshline.render.metrics`) become ``meshline_requests_total``,
+  (:mod:`meshline.render.metrics`, names in :mod:`meshline.xds.stat_names`) become ``meshline_requests_total``,
   ``meshline_request_duration_seconds`` (from microseconds), ``meshline_request_bytes`` and
   ``meshline_response_bytes``, every series with the same full label set, plus
   ``response_code_class``; on the destination side the caller's SPIFFE identity becomes its
@@ -36,8 +36,8 @@ from meshline.agent.config import AgentConfig
 from meshline.agent.envoy import ADMIN_URL
 from meshline.core.dataplane import DataplaneMetrics
 from meshline.core.errors import MeshlineError
-from meshline.render import metrics as m
 from meshline.xds import names
+from meshline.xds import stat_names as m
 
 log = logging.getLogger("meshline.agent.metrics")
 

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from meshline.controlplane.settings import DEFAULT_API_PORT, default_data_dir
 from meshline.core.errors import (
     Conflict,
     FieldProblem,
@@ -21,6 +20,7 @@ from meshline.core.errors import (
     Unavailable,
     ValidationError,
 )
+from meshline.core.locations import DEFAULT_API_PORT, default_data_dir
 
 CP_CA_FILE = "cp-ca.pem"  # the CA of the control plane's own TLS certificates, in its data dir
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"

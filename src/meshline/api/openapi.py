@@ -2,62 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from meshline import __version__
+from meshline.api.routes import Route
 from meshline.core.resource import KindRegistry
-
-
-def _q(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
-    if description:
-        out["description"] = description
-    return out
-
-
-_OPT_STR = {"type": ["string", "null"]}  # null or "": not given
-_WHOLE = {"type": "string", "pattern": "^[0-9]{0,4}$"}  # empty: the default
-_TOKEN_BODY = {
-    "type": "object",
-    "properties": {
-        "kind": {"enum": ["admin", "mesh", "readonly", "dataplane"]},
-        "mesh": _OPT_STR, "service": _OPT_STR, "dataplane": _OPT_STR,
-        "ttl": {"type": ["string", "null"], "examples": ["24h", "720h"]}, "description": _OPT_STR,
-    },
-    "required": ["kind"],
-}  # fmt: skip
-_CSR_BODY = {
-    "type": "object",
-    "properties": {"csr": {"type": "string"}, "service": _OPT_STR, "dataplane": _OPT_STR},
-    "required": ["csr"],
-}
-
-# Routes subsystems add through Extensions.routes (security, telemetry, metrics):
-# (path, method, summary, query parameters, request body, status codes besides 200, 401, 403).
-SUBSYSTEM_ROUTES: tuple[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, tuple[int, ...]], ...] = (
-    ("/api/v1/meshes/{mesh}/certificates", "post", "Sign a workload CSR for the token's service (dataplane token)",
-     [], _CSR_BODY, (404, 422)),
-    ("/api/v1/ca/{mesh}", "get", "The mesh's certificate authorities and their state", [], None, (404,)),
-    ("/api/v1/ca/{mesh}/trust-bundle", "get", "The mesh's trust bundle (long-polled by agents)",
-     [_q("version", {"type": "string"}), _q("wait", {"type": "number", "minimum": 0}, "seconds to wait for a change (at most 30 are waited)")],
-     None, (404, 422)),
-    ("/api/v1/ca/{mesh}/rotate", "post", "Rotate a builtin CA: new root trusted first, signing later", [], None,
-     (404, 409)),
-    ("/api/v1/tokens", "get", "Issued tokens (admin)", [_q("all", {"type": "string"})], None, ()),
-    ("/api/v1/tokens", "post", "Issue a token (admin)", [], _TOKEN_BODY, (404, 422)),
-    ("/api/v1/tokens/{id}/revoke", "post", "Revoke a token (admin)", [], None, (404,)),
-    ("/api/v1/meshes/{mesh}/stats", "get", "Golden signals per service and edge over recent windows",
-     [_q("window", {"enum": ["1m", "5m"]}), _q("service", {"type": "string"}), _q("paths", _WHOLE)], None,
-     (404, 422)),
-    ("/api/v1/meshes/{mesh}/tap", "get",
-     "Live requests as JSON lines, failures explained; ends after `idle` seconds (default 300) without one",
-     [_q("service", {"type": "string"}), _q("path", {"type": "string"}), _q("status", {"type": "string"}),
-      _q("replay", _WHOLE), _q("idle", _WHOLE, "seconds without a request before the tap ends (at most 3600)")],
-     None, (404, 422)),
-    ("/api/v1/meshes/{mesh}/requests/{id}", "get", "One recent request (both halves) with its explanation", [],
-     None, (404,)),
-    ("/api/v1/prometheus/targets", "get", "Prometheus HTTP service discovery for every dataplane", [], None, ()),
-)
 
 _REASONS = {
     200: "ok", 201: "created", 401: "no valid token", 403: "the token may not do this",
@@ -81,7 +32,8 @@ def _envelope(kind: str, spec_ref: str, mesh_scoped: bool) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": required}
 
 
-def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
+def openapi_document(kinds: KindRegistry, routes: Iterable[Route] = ()) -> dict[str, Any]:
+    """``routes``: what subsystems added (each documents itself, see api.routes)."""
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -204,15 +156,17 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
     paths["/api/v1/health"] = {
         "get": {"summary": "Liveness (no token needed)", "security": [], "responses": {"200": {"description": "ok"}}}
     }
-    for path, method, summary, query, body, codes in SUBSYSTEM_ROUTES:
+    for route in routes:
+        if not route.summary:
+            continue
         params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for n in ("mesh", "name", "id") if "{" + n + "}" in path]
-        op: dict[str, Any] = {"summary": summary, "tags": ["subsystems"], "parameters": [*params, *query],
-                              "responses": {"200": {"description": "ok"}, **errors(*codes)}}
-        if body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+                  for n in re.findall(r"\{(\w+)\}", route.path)]
+        op: dict[str, Any] = {"summary": route.summary, "tags": ["subsystems"], "parameters": [*params, *route.query],
+                              "responses": {"200": {"description": "ok"}, **errors(*route.codes)}}
+        if route.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
             op["responses"]["201"] = {"description": "created"}
-        paths.setdefault(path, {})[method] = op
+        paths.setdefault(route.path, {})[route.method.lower()] = op  # fmt: skip
     paths["/api/v1/kinds"] = {
         "get": {"summary": "Resource kinds", "responses": {"200": {"description": "kinds"}, **errors()}}
     }

@@ -10,11 +10,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from google.protobuf import json_format
 
 from meshline.api.auth import AllowAll, Authenticator, Principal
 from meshline.api.openapi import openapi_document
 from meshline.api.request_input import if_match, json_body
+from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import (
@@ -34,7 +36,7 @@ log = logging.getLogger("meshline.api")
 
 CTX: web.AppKey[ControlPlaneContext] = web.AppKey("ctx", ControlPlaneContext)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -133,19 +135,27 @@ class Api:
             }
         )
 
-    def _item(self, r: Resource) -> dict[str, Any]:
-        out = r.to_json()
-        info = self.kinds.find(r.kind)
-        if info is not None and info.columns:
-            out["columns"] = {h: get(r) for h, get in info.columns.items()}
-        if r.kind == "Dataplane":
-            out["status"] = self.ctx.dataplane_status(r)
+    async def _items(self, resources: Sequence[Resource]) -> list[dict[str, Any]]:
+        """Resources as the API shows them; dataplanes with the status every replica shares."""
+        statuses = await self.ctx.dataplane_statuses([r for r in resources if r.kind == "Dataplane"])
+        out = []
+        for r in resources:
+            item = r.to_json()
+            info = self.kinds.find(r.kind)
+            if info is not None and info.columns:
+                item["columns"] = {h: get(r) for h, get in info.columns.items()}
+            if r.key in statuses:
+                item["status"] = statuses[r.key]
+            out.append(item)
         return out
+
+    async def _item(self, r: Resource) -> dict[str, Any]:
+        return (await self._items([r]))[0]
 
     async def list_meshes(self, request: web.Request) -> web.Response:
         p = principal(request)
         items = [r for r in await self.ctx.store.list("Mesh") if p.mesh is None or r.name == p.mesh]
-        return _json({"items": [self._item(r) for r in items]})
+        return _json({"items": await self._items(items)})
 
     async def list_resources(self, request: web.Request) -> web.Response:
         mesh = request.match_info["mesh"]
@@ -153,12 +163,12 @@ class Api:
         info = self.kind(request.match_info["plural"])
         await self._mesh_exists(mesh)
         items = await self.ctx.store.list(info.kind, mesh)
-        return _json({"items": [self._item(r) for r in items]})
+        return _json({"items": await self._items(items)})
 
     async def get_resource(self, request: web.Request) -> web.Response:
         key = self._key(request)
         principal(request).check_read(key.mesh or key.name)
-        return _json(self._item(await self.ctx.store.get(key)))
+        return _json(await self._item(await self.ctx.store.get(key)))
 
     def _key(self, request: web.Request) -> ResourceKey:
         if "plural" not in request.match_info:
@@ -190,8 +200,8 @@ class Api:
         if prior is not None and isinstance(prior.spec, DataplaneSpec):
             # a dataplane token may replace only a dataplane of its own service
             p.check_write(res.mesh or None, res.kind, prior.spec.services(), res.name)
-        res = self.ctx.for_storage(res, prior)  # e.g. a provided CA key sealed
-        if prior is not None and prior.spec == res.spec and expected in (None, prior.version):
+        res = self.ctx.store.stamped(self.ctx.for_storage(res, prior))  # e.g. a provided CA key sealed
+        if prior is not None and (prior.spec, prior.labels) == (res.spec, res.labels) and expected in (None, prior.version):
             return prior, False  # unchanged: no new revision, no push
         return await self.ctx.store.put(res, expected), prior is None
 
@@ -209,7 +219,7 @@ class Api:
                 [FieldProblem("", f"the body describes {res.key}, but the URL names {key}")]
             )
         stored, created = await self._write(res, principal(request), if_match(request))
-        return _json(self._item(stored), status=201 if created else 200)
+        return _json(await self._item(stored), status=201 if created else 200)
 
     async def delete_resource(self, request: web.Request) -> web.Response:
         key = self._key(request)
@@ -252,8 +262,8 @@ class Api:
             prior = await self._prior(r.key)
             if prior is not None and isinstance(prior.spec, DataplaneSpec):
                 p.check_write(r.mesh or None, r.kind, prior.spec.services(), r.name)
-            res = self.ctx.for_storage(r, prior)
-            if prior is not None and prior.spec == res.spec:
+            res = self.ctx.store.stamped(self.ctx.for_storage(r, prior))
+            if prior is not None and (prior.spec, prior.labels) == (res.spec, res.labels):
                 results.append({"resource": str(r.key), "result": "configured", "version": prior.version})
             else:  # the version read must still be there at the write (0: must not exist yet)
                 writes.append((res, prior.version if prior else 0))
@@ -335,7 +345,7 @@ class Api:
                 ]
         return _json(
             {
-                "dataplane": self._item(res),
+                "dataplane": await self._item(res),
                 "renderError": self.ctx.reconciler.errors.get(node),
                 "versions": result.snapshot.versions() if result else {},
                 "policies": [a.to_json() for a in result.applied] if result else [],
@@ -344,21 +354,25 @@ class Api:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_document(self.kinds))
+        routes: list[Route] = request.app[ROUTES]
+        return _json(openapi_document(self.kinds, routes))
 
 
 def build_app(
     ctx: ControlPlaneContext,
     auth: Authenticator | None = None,
-    extra_routes: Sequence[Callable[[web.Application], None]] = (),
+    routes: Sequence[Route] = (),
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
-    """The API app. ``extra_routes`` (subsystems' routes) are added before the generic
-    ``/meshes/{mesh}/{plural}`` routes, because aiohttp matches in registration order."""
+    """The API app. ``routes`` (subsystems' routes) are added before the generic
+    ``/meshes/{mesh}/{plural}`` routes, because aiohttp matches in registration order, and
+    documented in /openapi.json; ``middlewares`` run inside authentication."""
     app = web.Application(
-        middlewares=[errors_middleware, make_auth_middleware(auth or AllowAll())],
+        middlewares=[errors_middleware, make_auth_middleware(auth or AllowAll()), *middlewares],
         client_max_size=8 * 1024 * 1024,
     )
     app[CTX] = ctx
+    app[ROUTES] = list(routes)
     api = Api(ctx)
     r = app.router
     r.add_get("/api/v1/health", api.health)
@@ -369,8 +383,8 @@ def build_app(
     r.add_put("/api/v1/meshes/{mesh}", api.put_resource)
     r.add_delete("/api/v1/meshes/{mesh}", api.delete_resource)
     r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", api.inspect_dataplane)
-    for add_routes in extra_routes:
-        add_routes(app)
+    for route in routes:
+        r.add_route(route.method, route.path, route.handler)
     r.add_get("/api/v1/meshes/{mesh}/{plural}", api.list_resources)
     r.add_get("/api/v1/meshes/{mesh}/{plural}/{name}", api.get_resource)
     r.add_put("/api/v1/meshes/{mesh}/{plural}/{name}", api.put_resource)

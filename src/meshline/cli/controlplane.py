@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from meshline.controlplane.app import ControlPlane
 from meshline.controlplane.settings import Settings, default_data_dir
+from meshline.server.controlplane import ControlPlane
 
 
 async def serve(cp: ControlPlane, ready: asyncio.Event | None = None) -> None:
@@ -58,6 +58,6 @@ def control_plane(
         xds_address=xds_address,
         debounce=debounce,
     )
-    from meshline.controlplane.factory import build_control_plane
+    from meshline.server.factory import build_control_plane
 
     asyncio.run(serve(build_control_plane(settings)))

@@ -175,7 +175,8 @@ def inspect(ctx: click.Context, what: str, name: str, mesh: str, show_config: bo
         )
     dp = data["dataplane"]
     st = dp.get("status", {})
-    console.print(f"[bold]Dataplane[/bold] {mesh}/{name}  state: [bold]{st.get('state')}[/bold]")
+    where = f"  on replica {st['replica']}" if st.get("replica") else ""  # the one holding its ADS stream
+    console.print(f"[bold]Dataplane[/bold] {mesh}/{name}  state: [bold]{st.get('state')}[/bold]{where}")
     spec = dp["spec"]
     for i in spec["inbound"]:
         console.print(

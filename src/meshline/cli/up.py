@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from meshline.cli.output import console, err_console
-from meshline.controlplane.app import ControlPlane
 from meshline.controlplane.settings import Settings, default_data_dir
 from meshline.demo.up import Demo, demo_services, run_up
+from meshline.server.controlplane import ControlPlane
 
 
 def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: float) -> None:
@@ -55,7 +55,7 @@ def up(web_port: int, outbound_base: int, data_dir: Path | None, api_address: st
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(data_dir=data_dir or default_data_dir(), api_address=api_address,
                         xds_address=xds_address)
-    from meshline.controlplane.factory import build_control_plane, demo_token
+    from meshline.server.factory import build_control_plane, demo_token
 
     with ExitStack() as stack:
         spinner = stack.enter_context(err_console.status("Starting")) if sys.stderr.isatty() else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,11 +10,13 @@ from meshline import __version__
 from meshline.api.request_input import ApplyLimits
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
-from meshline.controlplane.status import StatusRegistry
-from meshline.core.errors import ValidationError
-from meshline.core.resource import KindRegistry, Resource
-from meshline.store.base import Store
+from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublisher, merged_status
+from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.labels import RESERVED_PREFIX
+from meshline.core.resource import KindRegistry, Resource, ResourceKey
+from meshline.store.base import Status, Store
 from meshline.xds import names
+from meshline.xds.status import StatusRegistry
 
 # Turns one user document (maybe Gateway API / SMI) into native resources.
 Translator = Callable[[dict[str, Any]], list[Resource] | None]
@@ -38,6 +40,9 @@ class ControlPlaneContext:
     version: str = __version__
     # filled by optional subsystems (CA, tokens, telemetry) for the API to reach
     services: dict[str, Any] = field(default_factory=dict)
+    # Shared status (see shared_status): this replica's writer, and when another's goes silent.
+    publisher: StatusPublisher | None = None
+    replica_ttl: float = 15.0
 
     def translate(self, doc: object) -> list[Resource]:
         if isinstance(doc, dict):
@@ -48,7 +53,7 @@ class ControlPlaneContext:
         return [self.kinds.decode(doc)]
 
     async def validate_in_context(self, res: Resource, pending: Sequence[Resource] = ()) -> None:
-        problems = []
+        problems = reserved_label_problems(res, self.store.stamp_labels)
         for check in self.validators:
             try:
                 check(res, self, pending)
@@ -63,10 +68,28 @@ class ControlPlaneContext:
             res = seal(res, prior)
         return res
 
-    def dataplane_status(self, r: Resource) -> dict[str, Any]:
+    async def dataplane_statuses(self, dataplanes: Sequence[Resource]) -> dict[ResourceKey, dict[str, Any]]:
+        """What every replica agrees on about these dataplanes (one store read per mesh)."""
+        if not dataplanes:
+            return {}
+        stored: dict[ResourceKey, Status] = {}
+        if len(dataplanes) == 1:  # e.g. an agent's registration check: its own row, not the mesh's
+            stored = await self.store.list_status("Dataplane", dataplanes[0].mesh, dataplanes[0].name)
+        else:
+            for mesh in sorted({r.mesh for r in dataplanes}):
+                stored.update(await self.store.list_status("Dataplane", mesh))
+        ages = await self.store.replica_ages()
+        return {r.key: self.dataplane_status(r, stored.get(r.key), ages) for r in dataplanes}
+
+    def dataplane_status(
+        self, r: Resource, stored: Status | None = None, ages: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
         node = names.node_id(r.mesh, r.name)
-        st = self.status.find(node)
-        out: dict[str, Any] = st.to_json() if st else {"node": node, "state": "offline", "connected": False}
+        me = self.publisher.replica if self.publisher is not None else ""
+        out, replica = merged_status(node, self.status.find(node), stored, ages or {}, me, self.replica_ttl)
+        out["replica"] = replica
+        if stored and stored.get(CERTIFICATE_PART):
+            out.update(stored[CERTIFICATE_PART])
         err = self.reconciler.errors.get(node)
         if err:
             out["state"] = "render-error"
@@ -75,3 +98,14 @@ class ControlPlaneContext:
         if callable(extra):
             out.update(extra(r))
         return out
+
+
+def reserved_label_problems(res: Resource, own: Mapping[str, str]) -> list[FieldProblem]:
+    """Labels under meshline.io/ are the control plane's: a write may repeat them (a resource
+    read and applied again), never change them."""
+    return [
+        FieldProblem(f"labels.{key}", f"is set by the control plane (here: '{own[key]}'); remove it"
+                     if key in own else "is reserved for the control plane; remove it")
+        for key, value in sorted(res.labels.items())
+        if key.startswith(RESERVED_PREFIX) and own.get(key) != value
+    ]  # fmt: skip

@@ -22,10 +22,10 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from meshline.controlplane.status import StatusRegistry
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.resource import Resource
 from meshline.xds import names
+from meshline.xds.status import StatusRegistry
 
 if TYPE_CHECKING:
     from meshline.controlplane.reconciler import Reconciler

@@ -1,5 +1,5 @@
 """The control plane's own metrics (Prometheus text at /metrics) and Prometheus service
-discovery for every dataplane's metrics endpoint (GET /api/v1/prometheus/targets).
+discovery for every dataplane's metrics endpoint (served at GET /api/v1/prometheus/targets by :mod:`meshline.api.prometheus`).
 
 Push latency is measured from the first store change a config carries to the moment the
 sidecar ACKed every resource type of that config, from the timestamps the ADS server
@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from meshline import __version__
 from meshline.core.dataplane import DataplaneSpec
 from meshline.xds import names
@@ -27,14 +25,13 @@ from meshline.xds.snapshot import BY_NAME, SHORT
 if TYPE_CHECKING:
     from meshline.controlplane.context import ControlPlaneContext
     from meshline.controlplane.reconciler import Reconciler
-    from meshline.controlplane.status import StatusRegistry
+    from meshline.xds.status import StatusRegistry
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A config not ACKed this long after it was pushed is given up on (sidecar gone, or it
 # never subscribed to that type); it is counted in meshline_xds_pushes_unacked_total.
 PENDING_TTL_S = 600.0
 UNMATCHED_ROUTE = "unmatched"  # API requests to no route: one label value, not one per path
-TARGETS_PATH = "/api/v1/prometheus/targets"
 
 HELP = {
     "meshline_control_plane_info": "Always 1; the version label says which Meshline runs",
@@ -309,19 +306,6 @@ def prometheus_targets(reconciler: Reconciler, meshes: Iterable[str] | None = No
             groups.append({"targets": [f"{host}:{spec.metrics.port}"],
                            "labels": {k: v for k, v in labels.items() if v}})
     return groups
-
-
-async def prometheus_targets_handler(request: web.Request) -> web.Response:
-    """GET /api/v1/prometheus/targets[?mesh=NAME]: authenticated like the rest of the API;
-    a token limited to one mesh sees that mesh's dataplanes only."""
-    from meshline.api.server import CTX, principal
-
-    ctx = request.app[CTX]
-    who = principal(request)
-    mesh = request.query.get("mesh")
-    principal(request).check_read(mesh)
-    meshes = [mesh] if mesh else ([who.mesh] if who.mesh is not None else None)
-    return web.json_response(prometheus_targets(ctx.reconciler, meshes))
 
 
 def _nothing_to_send(type_name: str, sent: str, acked: str, version: str) -> bool:

@@ -35,7 +35,7 @@ from meshline.core.resource import Resource, ResourceKey
 from meshline.render.mesh_snapshot import ANY_SERVICE, NOT_CARRIED, Changes, MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.render import RenderResult, render
-from meshline.store.base import Change, Store
+from meshline.store.base import Resync, Store, WatchEvent
 from meshline.xds import names
 from meshline.xds.cache import SnapshotCache
 
@@ -87,12 +87,8 @@ class Reconciler:
 
     async def start(self) -> None:
         tune_gc()
-        self._unsubscribe = self.store.subscribe(self._on_change)
-        for r in await self.store.list():
-            self._apply(r.key, r)
-        self.revision = await self.store.revision()
-        for mesh in list(self.meshes):
-            self._pending.meshes.add(mesh)
+        self._unsubscribe = await self.store.watch(self._on_event)  # the first Resync fills the model
+        self._pending.first_change_at = 0.0  # start-up is not a change to time pushes from
         # The first render runs in the loop's task, not here: start-up goes on to open the
         # xDS and API ports meanwhile (after a restart every sidecar is reconnecting; a stream
         # that connects before its config is rendered gets it the moment it is).
@@ -109,27 +105,40 @@ class Reconciler:
 
     # -- inputs --------------------------------------------------------------------
     def _apply(self, key: ResourceKey, res: Resource | None) -> Resource | None:
+        """Replace what the model holds for ``key`` (the store's watch delivers in order:
+        the last event for a key is the newest, nothing here compares versions)."""
         if key.kind == "Mesh":
-            prior = self.meshes.get(key.name)
-            if res is not None and prior is not None and prior.version > res.version:
-                return prior
-            self.meshes.pop(key.name, None)
+            prior = self.meshes.pop(key.name, None)
             if res is not None:
                 self.meshes[key.name] = res
             return prior
         bucket = self.resources[key.mesh]
-        prior = bucket.get(key)
-        if res is not None and prior is not None and prior.version > res.version:
-            return prior  # an event already delivered something newer than this (start-up listing)
-        bucket.pop(key, None)
+        prior = bucket.pop(key, None)
         if res is not None:
             bucket[key] = res
         return prior
 
-    def _on_change(self, change: Change) -> None:
-        prior = self._apply(change.key, change.resource)
-        self.revision = max(self.revision, change.revision)
-        self.mark(change.key, prior, change.resource)
+    def _on_event(self, event: WatchEvent) -> None:
+        if isinstance(event, Resync):
+            self._resync(event)
+        else:
+            prior = self._apply(event.key, event.resource)
+            self.revision = event.revision
+            self.mark(event.key, prior, event.resource)
+
+    def _resync(self, event: Resync) -> None:
+        """Everything as of ``event.revision``: what is gone is deleted, the rest replaced."""
+        fresh = {r.key: r for r in event.resources}
+        held = [ResourceKey("Mesh", "", name) for name in self.meshes]
+        held += [key for bucket in self.resources.values() for key in bucket]
+        for key in held:
+            if key not in fresh:
+                self.mark(key, self._apply(key, None), None)
+        for key, res in fresh.items():
+            prior = self._apply(key, res)
+            if prior != res:
+                self.mark(key, prior, res)
+        self.revision = event.revision
 
     def mark(self, key: ResourceKey, prior: Resource | None, current: Resource | None) -> None:
         p = self._pending

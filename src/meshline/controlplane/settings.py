@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshline.core.errors import MeshlineError
+from meshline.core.labels import DEFAULT_ZONE
+from meshline.core.locations import DEFAULT_API_PORT, DEFAULT_XDS_PORT, default_data_dir
 
-DEFAULT_API_PORT = 15681
-DEFAULT_XDS_PORT = 15678
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("MESHLINE_DATA_DIR", Path.home() / ".meshline"))
+__all__ = ["DEFAULT_API_PORT", "DEFAULT_XDS_PORT", "Settings", "default_data_dir", "split_address"]
 
 
 def _env_float(name: str, default: float) -> float:
@@ -80,3 +77,15 @@ class Settings:
     idle_timeout: float = field(default_factory=lambda: _env_float("MESHLINE_IDLE_TIMEOUT_S", 30.0))
     # connections each port holds at most (0: derived from the open-file limit).
     max_connections: int = field(default_factory=lambda: _env_int("MESHLINE_MAX_CONNECTIONS", 0))
+    # Dataplane status shared through the store (controlplane.shared_status): this replica's
+    # name (default: host-pid-random), seconds between status batches, seconds between its
+    # heartbeats; a replica silent for three heartbeats counts as gone (its sidecars offline).
+    # The zone this control plane serves: stamped on everything it stores (label meshline.io/zone).
+    zone: str = field(default_factory=lambda: os.environ.get("MESHLINE_ZONE", DEFAULT_ZONE))
+    replica_id: str = field(default_factory=lambda: os.environ.get("MESHLINE_REPLICA_ID", ""))
+    status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 1.0))
+    replica_beat: float = field(default_factory=lambda: _env_float("MESHLINE_REPLICA_BEAT_S", 5.0))
+
+    @property
+    def replica_ttl(self) -> float:
+        return 3 * self.replica_beat

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.labels import label_problems
 from meshline.core.schema import NAME_HINT, NAME_RE, Spec, parse_spec
 
 
@@ -27,9 +28,12 @@ class Resource:
     name: str
     spec: Spec
     mesh: str = ""
-    version: int = 0  # store revision of this resource; 0 means "not stored yet"
+    # Opaque outside the store: compare two for equality only (the store may be a remote API
+    # whose versions are not integers). 0 means "not stored yet".
+    version: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    labels: Mapping[str, str] = field(default_factory=dict)  # see core.labels
 
     @property
     def key(self) -> ResourceKey:
@@ -39,11 +43,16 @@ class Resource:
         now = time.time() if now is None else now
         return replace(self, version=version, created_at=self.created_at or now, updated_at=now)
 
+    def with_labels(self, labels: Mapping[str, str]) -> Resource:
+        return replace(self, labels=dict(labels))
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
         if self.mesh:
             out["mesh"] = self.mesh
         out["name"] = self.name
+        if self.labels:
+            out["labels"] = dict(sorted(self.labels.items()))
         out["spec"] = self.spec.to_json()
         if self.version:
             out["version"] = self.version
@@ -130,11 +139,13 @@ class KindRegistry:
                 problems.append(FieldProblem("mesh", NAME_HINT))
         elif mesh not in (None, ""):
             problems.append(FieldProblem("mesh", f"{info.kind} is not inside a mesh; remove this field"))
-        unknown = set(doc) - {"kind", "mesh", "name", "spec", "version", "createdAt", "updatedAt"}
+        unknown = set(doc) - {"kind", "mesh", "name", "labels", "spec", "version", "createdAt", "updatedAt"}
         for extra in sorted(unknown):
             problems.append(
-                FieldProblem(extra, "is not a known field; a resource has kind, mesh, name and spec")
+                FieldProblem(extra, "is not a known field; a resource has kind, mesh, name, labels and spec")
             )
+        labels = doc.get("labels") or {}
+        problems.extend(label_problems(labels))
         label = f"{info.kind} {name}" if isinstance(name, str) else info.kind
         try:
             spec = parse_spec(info.spec, doc.get("spec"), context="")
@@ -150,6 +161,7 @@ class KindRegistry:
             spec=spec,
             mesh=str(mesh or "") if info.mesh_scoped else "",
             version=version if isinstance(version, int) else 0,
+            labels=dict(labels) if isinstance(labels, Mapping) else {},
         )
         for check in info.validators:
             problems.extend(check(res))
@@ -168,4 +180,5 @@ class KindRegistry:
             version=int(stored.get("version", 0)),
             created_at=float(stored.get("createdAt", 0.0)),
             updated_at=float(stored.get("updatedAt", 0.0)),
+            labels=dict(stored.get("labels") or {}),
         )

@@ -6,20 +6,22 @@ sending the token it was given (``#token=...`` or its sign-in form) as
 ``Authorization: Bearer``. The files themselves are served without authentication: they
 hold no data, and a browser cannot attach a header to the first page load.
 
-:func:`install` adds the routes to a control plane (called by ``controlplane.factory``).
+:func:`install` adds the routes to a control plane (called by ``server.factory``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from meshline.dashboard.routes import STATIC_DIR, add_routes, dashboard_url
+from meshline.dashboard.routes import STATIC_DIR, dashboard_url, routes
 
 if TYPE_CHECKING:
-    from meshline.controlplane.app import Extensions
+    from meshline.controlplane.settings import Settings
+    from meshline.extensions import Extensions
 
-__all__ = ["STATIC_DIR", "add_routes", "dashboard_url", "install"]
+__all__ = ["STATIC_DIR", "dashboard_url", "install", "routes"]
 
 
-def install(ext: Extensions) -> None:
-    ext.routes.append(add_routes)
+def install(ext: Extensions, settings: Settings) -> None:
+    del settings  # nothing to configure
+    ext.routes.append(routes)

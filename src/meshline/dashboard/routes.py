@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from meshline.api.routes import Route
+
 STATIC_DIR = Path(__file__).parent / "static"
 PREFIX = "/dashboard/"
 TYPES = {
@@ -69,10 +71,9 @@ async def asset(request: web.Request) -> web.StreamResponse:
     return _serve(request.match_info["name"])
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", index)
-    app.router.add_get(PREFIX, index)
-    app.router.add_get(PREFIX + "{name}", asset)
+def routes() -> list[Route]:
+    """Static files: not part of the API document."""
+    return [Route("GET", "/", index), Route("GET", PREFIX, index), Route("GET", PREFIX + "{name}", asset)]
 
 
 def dashboard_url(api_url: str, token: str | None = None) -> str:

@@ -22,9 +22,9 @@ import httpx
 import yaml
 
 from meshline.agent.backoff import Backoff
-from meshline.controlplane.app import ControlPlane
 from meshline.controlplane.settings import Settings
 from meshline.core.errors import MeshlineError
+from meshline.server.controlplane import ControlPlane
 
 SUPERVISE_EVERY = 0.5  # seconds between looks at the demo agents once the demo runs
 

@@ -1,5 +1,5 @@
 """Which descriptors the rate-limit service counts: those the caller's mesh's RateLimit
-policies make sidecars send (:class:`~meshline.ratelimit.descriptor.Shape`).
+policies make sidecars send (:class:`~meshline.xds.rls_descriptor.Shape`).
 
 A policy changed or deleted a moment ago is still in sidecars that have not received the
 push yet, so its old shape stays accepted for :data:`GRACE_S`; after that (or for a policy
@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 
 from meshline.policies.ratelimit.plugin import global_shapes
-from meshline.ratelimit.descriptor import Shape
 from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.xds.rls_descriptor import Shape
 
 GRACE_S = 30.0
 MAX_RETIRED = 1000  # per mesh; policy churn faster than that loses the grace of the oldest

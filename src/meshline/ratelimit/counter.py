@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meshline.ratelimit.descriptor import Limit
+from meshline.xds.rls_descriptor import Limit
 
 KEY_PREFIX = "meshline:rl"
 

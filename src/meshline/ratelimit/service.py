@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -32,9 +32,13 @@ from redis.exceptions import RedisError
 from meshline.core.ratelog import RateLimitedLog
 from meshline.ratelimit.allowed import AllowedDescriptors, SnapshotOf
 from meshline.ratelimit.counter import Count, WindowCounter, counter_key
-from meshline.ratelimit.descriptor import LIMIT_KEY, POLICY_KEY, Limit
 from meshline.xds import names
+from meshline.xds.rls_descriptor import LIMIT_KEY, POLICY_KEY, Limit
 from meshline.xds.server import Caller, current_caller
+
+if TYPE_CHECKING:
+    from meshline.controlplane.settings import Settings
+    from meshline.extensions import Extensions
 
 log = logging.getLogger("meshline.ratelimit")
 
@@ -223,8 +227,8 @@ def _safe_url(url: str) -> str:
     return scheme + sep + rest
 
 
-def install(ext: Any, settings: Any) -> None:
-    """Serve rate limits on the control plane's xDS gRPC server (``Extensions``, ``Settings``)."""
+def install(ext: Extensions, settings: Settings) -> None:
+    """Serve rate limits on the control plane's xDS gRPC server."""
     service = RateLimitService(settings.redis_url)
     ext.on_start.append(service.bind)
     ext.grpc_services.append(service.register)

@@ -41,32 +41,25 @@ from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.sections import HttpChain, InboundSection, OutboundSection
-
-# Envoy stat scope of the logger: Envoy's own Prometheus output shows envoy_meshline_<stat>.
-SCOPE = "meshline"
-REQUESTS = "requests"
-DURATION = "request_duration"  # microseconds
-# First byte received from the downstream to last byte sent back. Microseconds: requests
-# inside a mesh often take well under a millisecond (%DURATION% counts whole milliseconds).
-# A request the caller abandoned mid-response has no end and is left out of the histogram
-# (Envoy logs that it could not compute the value); it is still counted in requests.
-DURATION_FORMAT = "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"
-REQUEST_BYTES = "request_bytes"
-RESPONSE_BYTES = "response_bytes"
-HISTOGRAMS = (DURATION, REQUEST_BYTES, RESPONSE_BYTES)
-
-# Labels, in the order Envoy tags the stats (the agent adds response_code_class).
-REPORTER = "reporter"
-MESH = "mesh"
-SOURCE_SERVICE = "source_service"
-SOURCE_VERSION = "source_version"
-SOURCE_ZONE = "source_zone"
-DESTINATION_SERVICE = "destination_service"
-DESTINATION_VERSION = "destination_version"
-DESTINATION_ZONE = "destination_zone"
-RESPONSE_CODE = "response_code"
-GRPC_STATUS = "grpc_status"
-PROTOCOL = "protocol"
+from meshline.xds.stat_names import (  # shared with the agent, which must not load this module
+    DESTINATION_SERVICE,
+    DESTINATION_VERSION,
+    DESTINATION_ZONE,
+    DURATION,
+    DURATION_FORMAT,
+    GRPC_STATUS,
+    MESH,
+    PROTOCOL,
+    REPORTER,
+    REQUEST_BYTES,
+    REQUESTS,
+    RESPONSE_BYTES,
+    RESPONSE_CODE,
+    SCOPE,
+    SOURCE_SERVICE,
+    SOURCE_VERSION,
+    SOURCE_ZONE,
+)
 
 # A caller outside the mesh (or a plaintext one) cannot make a destination sidecar create
 # stats at will: per-request tag values come only from Envoy (codes, endpoint metadata,

@@ -353,6 +353,16 @@ class DataplaneCert:
     serial: int
     ca_id: str = ""
 
+    def to_status(self) -> dict[str, object]:
+        """As a dataplane's status shows it (``meshline get dataplanes``, the dashboard)."""
+        return {
+            "certExpiresAt": self.expires_at,
+            "certIssuedAt": self.issued_at,
+            "certIdentity": self.identity,
+            "certSerial": format(self.serial, "x"),
+            "certAuthority": self.ca_id,
+        }
+
 
 class CAManager:
     """Keeps each mesh's ``MeshCA`` record in step with its Mesh and signs workload CSRs.

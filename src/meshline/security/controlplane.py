@@ -1,6 +1,6 @@
 """Wires the security subsystem into a control plane through its ``Extensions``.
 
-``install(ext, settings)`` (called by ``controlplane.factory``) adds:
+``install(ext, settings)`` (called by ``server.factory``) adds:
 
 * always: the per-mesh CA (``CAManager``), the CSR / trust-bundle / CA endpoints, the
   token endpoints, a validator for ``spec.mtls.ca`` of Mesh resources, a validator
@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from meshline.controlplane.app import Extensions
+from meshline.api.routes import Route
 from meshline.controlplane.context import ContextValidator, ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
 from meshline.core.errors import Conflict, FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
+from meshline.extensions import Extensions
 from meshline.security import crypto, provided_key
 from meshline.security.authn import TokenAuthenticator, redact_ca_keys, write_admin_token
 from meshline.security.ca import DEFAULT_PROPAGATION, CAManager, parse_provided
@@ -193,10 +192,9 @@ class Security:
         if self.tokens is not None:
             await self.tokens.stop()
 
-    def add_routes(self, app: web.Application) -> None:
-        assert self.api is not None, "routes are added after on_start"
-        self.api.add_routes(app)
-        app.middlewares.append(redact_ca_keys)
+    def routes(self) -> list[Route]:
+        assert self.api is not None, "routes are asked for after on_start"
+        return self.api.routes()
 
     @staticmethod
     def _dataplane(ctx: ControlPlaneContext, mesh: str, name: str) -> Resource | None:
@@ -221,13 +219,7 @@ class Security:
         cert = self.ca.signed.get((r.mesh, r.name))
         if cert is None:
             return {}
-        return {
-            "certExpiresAt": cert.expires_at,
-            "certIssuedAt": cert.issued_at,
-            "certIdentity": cert.identity,
-            "certSerial": format(cert.serial, "x"),
-            "certAuthority": cert.ca_id,
-        }
+        return cert.to_status()
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -255,5 +247,6 @@ def install(ext: Extensions, settings: Settings, options: SecurityOptions | None
     sec = Security(settings, ext, options)
     ext.on_start.append(sec.start)
     ext.on_stop.append(sec.stop)
-    ext.routes.append(sec.add_routes)
+    ext.routes.append(sec.routes)
+    ext.middlewares.append(redact_ca_keys)
     return sec

@@ -22,8 +22,10 @@ from aiohttp import web
 
 from meshline.api.auth import Principal
 from meshline.api.request_input import json_body
+from meshline.api.routes import OPTIONAL_STRING, Route, query_param
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.shared_status import CERTIFICATE_PART
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import FieldProblem, Forbidden, MeshlineError, NotFound, ValidationError
 from meshline.core.mesh import MeshSpec
@@ -62,21 +64,45 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+TOKEN_BODY = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["admin", "mesh", "readonly", "dataplane"]},
+        "mesh": OPTIONAL_STRING, "service": OPTIONAL_STRING, "dataplane": OPTIONAL_STRING,
+        "ttl": {"type": ["string", "null"], "examples": ["24h", "720h"]}, "description": OPTIONAL_STRING,
+    },
+    "required": ["kind"],
+}  # fmt: skip
+CSR_BODY = {
+    "type": "object",
+    "properties": {"csr": {"type": "string"}, "service": OPTIONAL_STRING, "dataplane": OPTIONAL_STRING},
+    "required": ["csr"],
+}
+
+
 class SecurityApi:
     def __init__(self, ctx: ControlPlaneContext, tokens: TokenService | None, ca: CAManager) -> None:
         self.ctx = ctx
         self.tokens = tokens
         self.ca = ca
 
-    def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/api/v1/tokens", self.issue_token)
-        r.add_get("/api/v1/tokens", self.list_tokens)
-        r.add_post("/api/v1/tokens/{id}/revoke", self.revoke_token)
-        r.add_post("/api/v1/meshes/{mesh}/certificates", self.sign_certificate)
-        r.add_get("/api/v1/ca/{mesh}", self.ca_status)
-        r.add_get("/api/v1/ca/{mesh}/trust-bundle", self.trust_bundle)
-        r.add_post("/api/v1/ca/{mesh}/rotate", self.rotate_ca)
+    def routes(self) -> list[Route]:
+        wait = query_param("wait", {"type": "number", "minimum": 0}, "seconds to wait for a change (at most 30 are waited)")
+        return [
+            Route("POST", "/api/v1/tokens", self.issue_token, "Issue a token (admin)", body=TOKEN_BODY, codes=(404, 422)),
+            Route("GET", "/api/v1/tokens", self.list_tokens, "Issued tokens (admin)",
+                  query=(query_param("all", {"type": "string"}),)),
+            Route("POST", "/api/v1/tokens/{id}/revoke", self.revoke_token, "Revoke a token (admin)", codes=(404,)),
+            Route("POST", "/api/v1/meshes/{mesh}/certificates", self.sign_certificate,
+                  "Sign a workload CSR for the token's service (dataplane token)", body=CSR_BODY, codes=(404, 422)),
+            Route("GET", "/api/v1/ca/{mesh}", self.ca_status, "The mesh's certificate authorities and their state",
+                  codes=(404,)),
+            Route("GET", "/api/v1/ca/{mesh}/trust-bundle", self.trust_bundle,
+                  "The mesh's trust bundle (long-polled by agents)",
+                  query=(query_param("version", {"type": "string"}), wait), codes=(404, 422)),
+            Route("POST", "/api/v1/ca/{mesh}/rotate", self.rotate_ca,
+                  "Rotate a builtin CA: new root trusted first, signing later", codes=(404, 409)),
+        ]  # fmt: skip
 
     # -- tokens ----------------------------------------------------------------------
     def _tokens(self) -> TokenService:
@@ -181,6 +207,11 @@ class SecurityApi:
         if dataplane is not None:
             await self._check_dataplane(mesh, dataplane, service)
         issued = await self.ca.sign(mesh, csr, identity, spec.mtls.cert_lifetime, dataplane)
+        if dataplane is not None and self.ctx.publisher is not None:  # so that every replica shows it
+            signed = self.ca.signed.get((mesh, dataplane))
+            if signed is not None:
+                key = ResourceKey("Dataplane", mesh, dataplane)
+                self.ctx.publisher.publish(key, CERTIFICATE_PART, signed.to_status())
         log.info(
             "signed %s for dataplane %s (token %s), expires %s",
             identity,

@@ -27,7 +27,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ from psycopg.types.json import Jsonb
 
 from meshline.core.errors import ClientGone, Conflict, NotFound, Unavailable
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
-from meshline.store.base import Abandoned, Change, Store, Write
+from meshline.store.base import REPLICA_FORGOTTEN_AFTER, Abandoned, Change, Status, Store, Write
 
 log = logging.getLogger("meshline.store.postgres")
 
@@ -66,9 +66,27 @@ CREATE TABLE IF NOT EXISTS resource_changes (
     created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, spec JSONB,  -- NULL for deletes
     committed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
+ALTER TABLE resources ADD COLUMN IF NOT EXISTS labels JSONB NOT NULL DEFAULT '{}';
+ALTER TABLE resource_changes ADD COLUMN IF NOT EXISTS labels JSONB;
+CREATE TABLE IF NOT EXISTS status_parts (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, part TEXT NOT NULL, body JSONB NOT NULL,
+    PRIMARY KEY (kind, mesh, name, part),
+    FOREIGN KEY (kind, mesh, name) REFERENCES resources (kind, mesh, name) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at TIMESTAMPTZ NOT NULL);
 """
 
-_COLUMNS = "kind, mesh, name, version, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, spec"
+# One statement for a whole batch of status parts: rows whose resource is gone are skipped
+# (and a delete racing the batch makes the foreign key refuse it: it is retried once).
+_PUT_STATUS = """
+INSERT INTO status_parts (kind, mesh, name, part, body)
+SELECT v.kind, v.mesh, v.name, v.part, v.body::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS v(kind, mesh, name, part, body)
+WHERE EXISTS (SELECT 1 FROM resources r WHERE r.kind = v.kind AND r.mesh = v.mesh AND r.name = v.name)
+ON CONFLICT (kind, mesh, name, part) DO UPDATE SET body = excluded.body
+"""
+
+_COLUMNS = "kind, mesh, name, version, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, spec, labels"
 _KEY = "kind = %s AND mesh = %s AND name = %s"
 
 
@@ -139,7 +157,7 @@ class PostgresStore(Store):
 
     # -- reads ---------------------------------------------------------------------
     def _resource(self, row: Sequence[Any]) -> Resource:
-        kind, mesh, name, version, created, updated, spec = row
+        kind, mesh, name, version, created, updated, spec, labels = row
         return self.kinds.load(
             {
                 "kind": kind,
@@ -149,6 +167,7 @@ class PostgresStore(Store):
                 "createdAt": created,
                 "updatedAt": updated,
                 "spec": spec,
+                "labels": labels,
             }
         )
 
@@ -215,18 +234,21 @@ class PostgresStore(Store):
         return [c.resource for c in changes if c.resource is not None]
 
     async def _create(self, conn: Connection, resource: Resource) -> Change:
+        resource = self.stamped(resource)
         rev, now = await self._next_revision(conn)
         if await self._locked_version(conn, resource.key) is not None:
             raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
         cur = await conn.execute(
-            f"INSERT INTO resources VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-            (*_key(resource.key), rev, now, now, Jsonb(resource.spec.to_json())),
+            "INSERT INTO resources (kind, mesh, name, version, created_at, updated_at, spec, labels)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+            (*_key(resource.key), rev, now, now, Jsonb(resource.spec.to_json()), Jsonb(dict(resource.labels))),
         )
         stored = self._resource(await _one(cur))
         await self._log_change(conn, "put", resource.key, rev)
         return Change("put", stored.key, rev, stored)
 
     async def _update(self, conn: Connection, resource: Resource, expected_version: int | None) -> Change:
+        resource = self.stamped(resource)
         rev, now = await self._next_revision(conn)
         current = await self._locked_version(conn, resource.key)
         if current is None:
@@ -237,9 +259,9 @@ class PostgresStore(Store):
                 f" {current}); read it again and retry"
             )
         cur = await conn.execute(
-            f"UPDATE resources SET version = %s, updated_at = %s, spec = %s WHERE {_KEY}"
+            f"UPDATE resources SET version = %s, updated_at = %s, spec = %s, labels = %s WHERE {_KEY}"
             f" RETURNING {_COLUMNS}",
-            (rev, now, Jsonb(resource.spec.to_json()), *_key(resource.key)),
+            (rev, now, Jsonb(resource.spec.to_json()), Jsonb(dict(resource.labels)), *_key(resource.key)),
         )
         stored = self._resource(await _one(cur))
         await self._log_change(conn, "put", resource.key, rev)
@@ -256,6 +278,63 @@ class PostgresStore(Store):
             await conn.execute(f"DELETE FROM resources WHERE {_KEY}", _key(key))
             await self._log_change(conn, "delete", key, rev)
         await self._after_commit(Change("delete", key, rev, None))
+
+    # -- status ----------------------------------------------------------------------
+    async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
+        if not parts:
+            return
+        # Encoded in a worker thread: thousands of records cost the event loop tens of ms.
+        chunks = await asyncio.to_thread(_status_args, dict(parts))
+        for args in chunks:  # one statement each; resource reads and writes go in between
+            for attempt in (1, 2):
+                try:
+                    async with self._session() as conn:
+                        await conn.execute(_PUT_STATUS, args)
+                    break
+                except psycopg.errors.ForeignKeyViolation:
+                    if attempt == 2:
+                        raise
+
+    async def list_status(
+        self, kind: str, mesh: str | None = None, name: str | None = None
+    ) -> dict[ResourceKey, Status]:
+        query = "SELECT kind, mesh, name, part, body FROM status_parts WHERE kind = %s"
+        args = [kind]
+        for column, value in (("mesh", mesh), ("name", name)):
+            if value is not None:
+                query += f" AND {column} = %s"
+                args.append(value)
+        async with self._session() as conn:
+            cur = await conn.execute(query, args)
+            rows = await cur.fetchall()
+        out: dict[ResourceKey, Status] = {}
+        for k, m, n, part, body in rows:
+            out.setdefault(ResourceKey(k, m, n), {})[part] = body
+        return out
+
+    async def beat(self, replica: str) -> None:
+        async with self._session() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO replicas VALUES (%s, clock_timestamp())"
+                " ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+                (replica,),
+            )
+            await conn.execute(
+                "DELETE FROM replicas WHERE beat_at < clock_timestamp() - make_interval(secs => %s)",
+                (REPLICA_FORGOTTEN_AFTER,),
+            )
+
+    async def replica_ages(self) -> dict[str, float]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                "SELECT id, greatest(0, extract(epoch FROM clock_timestamp() - beat_at))::float8 FROM replicas"
+            )
+            rows = await cur.fetchall()
+        return {r: float(age) for r, age in rows}
+
+    async def forget_replica(self, replica: str) -> None:
+        async with self._session() as conn:
+            await conn.execute("DELETE FROM replicas WHERE id = %s", (replica,))
 
     async def _next_revision(self, conn: Connection) -> tuple[int, datetime]:
         """The write's revision and timestamp. The counter row stays locked until commit:
@@ -276,8 +355,8 @@ class PostgresStore(Store):
     ) -> None:
         if op == "put":
             await conn.execute(
-                "INSERT INTO resource_changes (revision, op, kind, mesh, name, created_at, updated_at, spec)"
-                f" SELECT %s, 'put', kind, mesh, name, created_at, updated_at, spec FROM resources WHERE {_KEY}",
+                "INSERT INTO resource_changes (revision, op, kind, mesh, name, created_at, updated_at, spec, labels)"
+                f" SELECT %s, 'put', kind, mesh, name, created_at, updated_at, spec, labels FROM resources WHERE {_KEY}",
                 (rev, *_key(key)),
             )
         else:
@@ -313,32 +392,37 @@ class PostgresStore(Store):
                 self._pending.append(own)
                 self._seen = own.revision
             elif own is None or own.revision > self._seen:
+                gap = False
                 for change in await self._changes_after(self._seen):
                     if change.revision != self._seen + 1:
+                        gap = True
                         log.error(
                             "missed store changes %d-%d (pruned from the change log before this replica"
-                            " read them); subscribers may be stale until those resources change again",
+                            " read them); watchers get a full resync, plain subscribers may be stale"
+                            " until those resources change again",
                             self._seen + 1,
                             change.revision - 1,
                         )
                     self._pending.append(change)
                     self._seen = change.revision
+                if gap:
+                    self._need_resync()
         await self._deliver()
 
     async def _changes_after(self, revision: int) -> builtins.list[Change]:
         async with self._session() as conn:
             cur = await conn.execute(
                 "SELECT revision, op, kind, mesh, name, extract(epoch FROM created_at)::float8,"
-                " extract(epoch FROM updated_at)::float8, spec"
+                " extract(epoch FROM updated_at)::float8, spec, labels"
                 " FROM resource_changes WHERE revision > %s ORDER BY revision",
                 (revision,),
             )
             rows = await cur.fetchall()
         changes: builtins.list[Change] = []
-        for rev, op, kind, mesh, name, created, updated, spec in rows:
+        for rev, op, kind, mesh, name, created, updated, spec, labels in rows:
             key = ResourceKey(kind, mesh, name)
             if op == "put":
-                res = self._resource((kind, mesh, name, rev, created, updated, spec))
+                res = self._resource((kind, mesh, name, rev, created, updated, spec, labels or {}))
                 changes.append(Change("put", key, rev, res))
             else:
                 changes.append(Change("delete", key, rev, None))
@@ -369,6 +453,18 @@ class PostgresStore(Store):
                 self._listen_conn = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+STATUS_CHUNK = 500  # status rows per statement
+
+
+def _status_args(parts: Mapping[ResourceKey, Status]) -> builtins.list[tuple[builtins.list[str], ...]]:
+    rows = [(k, part, json.dumps(body)) for k, named in parts.items() for part, body in named.items()]
+    return [
+        ([k.kind for k, _, _ in chunk], [k.mesh for k, _, _ in chunk], [k.name for k, _, _ in chunk],
+         [part for _, part, _ in chunk], [body for _, _, body in chunk])
+        for chunk in (rows[i : i + STATUS_CHUNK] for i in range(0, len(rows), STATUS_CHUNK))
+    ]  # fmt: skip
 
 
 def _key(key: ResourceKey) -> tuple[str, str, str]:

@@ -18,26 +18,35 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from meshline.controlplane.datadir import create_private, secure_file
 from meshline.core.errors import ClientGone, Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.core.slices import Slices
-from meshline.store.base import Abandoned, Change, Store, Write
+from meshline.store.base import REPLICA_FORGOTTEN_AFTER, Abandoned, Change, Status, Store, Write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL,
     version INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
-    spec TEXT NOT NULL,
+    spec TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (kind, mesh, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
+CREATE TABLE IF NOT EXISTS status_parts (
+    kind TEXT NOT NULL, mesh TEXT NOT NULL, name TEXT NOT NULL, part TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (kind, mesh, name, part)
+);
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, beat_at REAL NOT NULL);
 """
 SYNCHRONOUS = "FULL"  # see the module docstring
+
+
+STATUS_CHUNK = 250  # status rows per transaction (a few milliseconds of the write lock)
 
 
 class SQLiteStore(Store):
@@ -47,6 +56,8 @@ class SQLiteStore(Store):
         self._db: sqlite3.Connection | None = None
         self._wdb: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._status_db: sqlite3.Connection | None = None  # status batches, written off the loop
+        self._status_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if self.path != ":memory:":
@@ -55,11 +66,18 @@ class SQLiteStore(Store):
             create_private(path)  # SQLite gives -wal and -shm the database file's mode
             for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
                 secure_file(f)
-        self._db = self._open()
-        self._db.executescript(SCHEMA)
-        # a second connection for writes, so readers never see an uncommitted transaction
-        # (":memory:" is one database per connection: there both are the same)
+        db = self._open()
+        db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(resources)")}
+        if "labels" not in columns:  # a store written before resources had labels
+            db.execute("ALTER TABLE resources ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
+        self._db = db
+        # a second connection for writes, so readers never see an uncommitted transaction, and a
+        # third for status batches written off the loop (":memory:" is one database per
+        # connection: there all are the same)
         self._wdb = self._db if self.path == ":memory:" else self._open()
+        if self.path != ":memory:":
+            self._status_db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -70,6 +88,10 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         await self._stop_delivery()
+        async with self._status_lock:  # a batch in its thread finishes first
+            if self._status_db is not None:
+                self._status_db.close()
+                self._status_db = None
         for db in {id(d): d for d in (self._wdb, self._db) if d is not None}.values():
             db.close()
         self._db = self._wdb = None
@@ -80,8 +102,8 @@ class SQLiteStore(Store):
             raise RuntimeError("store not started")
         return self._db
 
-    def _row(self, row: tuple[str, str, str, int, float, float, str]) -> Resource:
-        kind, mesh, name, version, created, updated, spec = row
+    def _row(self, row: tuple[str, str, str, int, float, float, str, str]) -> Resource:
+        kind, mesh, name, version, created, updated, spec, labels = row
         return self.kinds.load(
             {
                 "kind": kind,
@@ -91,12 +113,13 @@ class SQLiteStore(Store):
                 "createdAt": created,
                 "updatedAt": updated,
                 "spec": json.loads(spec),
+                "labels": json.loads(labels),
             }
         )
 
     async def get(self, key: ResourceKey) -> Resource:
         row = self.db.execute(
-            "SELECT kind, mesh, name, version, created_at, updated_at, spec FROM resources"
+            "SELECT kind, mesh, name, version, created_at, updated_at, spec, labels FROM resources"
             " WHERE kind=? AND mesh=? AND name=?",
             (key.kind, key.mesh, key.name),
         ).fetchone()
@@ -105,7 +128,7 @@ class SQLiteStore(Store):
         return self._row(row)
 
     async def list(self, kind: str | None = None, mesh: str | None = None) -> list[Resource]:
-        sql = "SELECT kind, mesh, name, version, created_at, updated_at, spec FROM resources WHERE 1=1"
+        sql = "SELECT kind, mesh, name, version, created_at, updated_at, spec, labels FROM resources WHERE 1=1"
         args: list[str] = []
         if kind is not None:
             sql += " AND kind=?"
@@ -153,10 +176,11 @@ class SQLiteStore(Store):
             raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
         rev = self._next_revision()
         now = time.time()
-        stored = Resource(resource.kind, resource.name, resource.spec, resource.mesh, rev, now, now)
+        stored = replace(self.stamped(resource), version=rev, created_at=now, updated_at=now)
         self.wdb.execute(
-            "INSERT INTO resources VALUES (?,?,?,?,?,?,?)",
-            (stored.kind, stored.mesh, stored.name, rev, now, now, json.dumps(stored.spec.to_json())),
+            "INSERT INTO resources VALUES (?,?,?,?,?,?,?,?)",
+            (stored.kind, stored.mesh, stored.name, rev, now, now, json.dumps(stored.spec.to_json()),
+             json.dumps(dict(stored.labels))),
         )
         return Change("put", stored.key, rev, stored)
 
@@ -171,10 +195,11 @@ class SQLiteStore(Store):
             )
         rev = self._next_revision()
         now = time.time()
-        stored = Resource(resource.kind, resource.name, resource.spec, resource.mesh, rev, current[1], now)
+        stored = replace(self.stamped(resource), version=rev, created_at=current[1], updated_at=now)
         self.wdb.execute(
-            "UPDATE resources SET version=?, updated_at=?, spec=? WHERE kind=? AND mesh=? AND name=?",
-            (rev, now, json.dumps(stored.spec.to_json()), stored.kind, stored.mesh, stored.name),
+            "UPDATE resources SET version=?, updated_at=?, spec=?, labels=? WHERE kind=? AND mesh=? AND name=?",
+            (rev, now, json.dumps(stored.spec.to_json()), json.dumps(dict(stored.labels)),
+             stored.kind, stored.mesh, stored.name),
         )
         return Change("put", stored.key, rev, stored)
 
@@ -222,7 +247,72 @@ class SQLiteStore(Store):
             if expected_version is not None and expected_version != current[0]:
                 raise Conflict(f"{key} changed since you read it; read it again and retry")
             rev = self._next_revision()
-            self.wdb.execute(
-                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=?", (key.kind, key.mesh, key.name)
-            )
+            for table in ("resources", "status_parts"):
+                self.wdb.execute(
+                    f"DELETE FROM {table} WHERE kind=? AND mesh=? AND name=?", (key.kind, key.mesh, key.name)
+                )
         await self._emit(Change("delete", key, rev, None))
+
+    # -- status ----------------------------------------------------------------------
+    async def put_status(self, parts: Mapping[ResourceKey, Status]) -> None:
+        if not parts:
+            return
+        if self._status_db is None:  # an in-memory database has no second connection
+            async with self._write_txn():
+                self._write_status(self.wdb, parts)
+            return
+        async with self._status_lock:
+            await asyncio.to_thread(self._status_txn, self._status_db, dict(parts))
+
+    @staticmethod
+    def _write_status(db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
+        rows = [(k.kind, k.mesh, k.name, part, json.dumps(body)) for k, named in parts.items()
+                for part, body in named.items()]  # fmt: skip
+        db.executemany(
+            "INSERT OR REPLACE INTO status_parts SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS"
+            " (SELECT 1 FROM resources WHERE kind = ?1 AND mesh = ?2 AND name = ?3)",
+            rows,
+        )
+
+    @classmethod
+    def _status_txn(cls, db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
+        """In a worker thread, on the status connection: a batch of thousands of rows takes
+        tens of milliseconds, which the event loop (pushes, ACKs) does not wait for. Committed
+        in chunks: a resource write (on the loop) waits for one chunk at most, not the batch."""
+        items = list(parts.items())
+        for start in range(0, len(items), STATUS_CHUNK):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cls._write_status(db, dict(items[start : start + STATUS_CHUNK]))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    async def list_status(
+        self, kind: str, mesh: str | None = None, name: str | None = None
+    ) -> dict[ResourceKey, Status]:
+        sql = "SELECT kind, mesh, name, part, body FROM status_parts WHERE kind=?"
+        args = [kind]
+        for column, value in (("mesh", mesh), ("name", name)):
+            if value is not None:
+                sql += f" AND {column}=?"
+                args.append(value)
+        out: dict[ResourceKey, Status] = {}
+        for k, m, n, part, body in self.db.execute(sql, args).fetchall():
+            out.setdefault(ResourceKey(k, m, n), {})[part] = json.loads(body)
+        return out
+
+    async def beat(self, replica: str) -> None:
+        now = time.time()
+        async with self._write_txn():
+            self.wdb.execute("INSERT OR REPLACE INTO replicas VALUES (?, ?)", (replica, now))
+            self.wdb.execute("DELETE FROM replicas WHERE beat_at < ?", (now - REPLICA_FORGOTTEN_AFTER,))
+
+    async def replica_ages(self) -> dict[str, float]:
+        now = time.time()
+        return {r: max(0.0, now - t) for r, t in self.db.execute("SELECT id, beat_at FROM replicas").fetchall()}
+
+    async def forget_replica(self, replica: str) -> None:
+        async with self._write_txn():
+            self.wdb.execute("DELETE FROM replicas WHERE id=?", (replica,))

@@ -6,7 +6,7 @@
 * :mod:`.intake` keeps recent records and rolling golden signals per mesh;
 * :mod:`.api` serves stats, live taps and explanations to the CLI (`meshline stat/top/edges/tap/explain`).
 
-:func:`install` wires all of it into a control plane (called by ``controlplane.factory``).
+:func:`install` wires all of it into a control plane (called by ``server.factory``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from meshline.controlplane.app import ControlPlane
+    from meshline.controlplane.settings import Settings
+    from meshline.extensions import Extensions
     from meshline.telemetry.intake import TelemetryIntake
 
 
-def install(cp: ControlPlane) -> TelemetryIntake:
-    """Add the render step, the AccessLogService, the API routes and the intake to ``cp``."""
+def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
+    """Add the render step, the AccessLogService, the API routes and the intake to ``ext``."""
     from meshline.controlplane.context import ControlPlaneContext
+    from meshline.controlplane.reconciler import Reconciler
     from meshline.core.dataplane import DataplaneSpec
     from meshline.core.resource import ResourceKey
     from meshline.telemetry.als import AccessLogServicer, add_to_server
@@ -29,20 +31,21 @@ def install(cp: ControlPlane) -> TelemetryIntake:
     from meshline.telemetry.intake import TelemetryIntake
     from meshline.telemetry.render_step import PLUGIN
 
-    reconciler = cp.reconciler
-    intake = TelemetryIntake(context_for=lambda r: context_from(reconciler, r))
+    running: list[Reconciler] = []  # the control plane's, once it starts (nothing is read before)
+    intake = TelemetryIntake(context_for=lambda r: context_from(running[0], r))
 
     def services_of(mesh: str, dataplane: str) -> frozenset[str] | None:
-        dp = reconciler.resources.get(mesh, {}).get(ResourceKey("Dataplane", mesh, dataplane))
+        dp = running[0].resources.get(mesh, {}).get(ResourceKey("Dataplane", mesh, dataplane)) if running else None
         return frozenset(dp.spec.services()) if dp is not None and isinstance(dp.spec, DataplaneSpec) else None
 
     def on_start(ctx: ControlPlaneContext) -> None:
+        running[:] = [ctx.reconciler]
         ctx.services["telemetry"] = intake
         intake.start()
 
-    reconciler.plugins = sorted([*reconciler.plugins, PLUGIN], key=lambda p: p.order)
-    cp.ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
-    cp.ext.routes.append(TelemetryApi(intake, lambda mesh: mesh in reconciler.meshes).install)
-    cp.ext.on_start.append(on_start)
-    cp.ext.on_stop.append(intake.stop)
+    ext.render_steps.append(PLUGIN)
+    ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
+    ext.routes.append(TelemetryApi(intake, lambda mesh: bool(running) and mesh in running[0].meshes).routes)
+    ext.on_start.append(on_start)
+    ext.on_stop.append(intake.stop)
     return intake

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshline.api.routes import WHOLE_NUMBER, Route, query_param
 from meshline.api.server import principal
 from meshline.core.errors import FieldProblem, NotFound, ValidationError
 from meshline.core.slices import Slices
@@ -153,7 +154,21 @@ class TelemetryApi:
         self._check_mesh(mesh)
         return await self.request(request, mesh, request.match_info["id"])
 
-    def install(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/meshes/{mesh}/stats", self._stats)
-        app.router.add_get("/api/v1/meshes/{mesh}/tap", self._tap)
-        app.router.add_get("/api/v1/meshes/{mesh}/requests/{id}", self._request)
+    def routes(self) -> list[Route]:
+        text = {"type": "string"}
+        return [
+            Route("GET", "/api/v1/meshes/{mesh}/stats", self._stats,
+                  "Golden signals per service and edge over recent windows",
+                  query=(query_param("window", {"enum": ["1m", "5m"]}), query_param("service", text),
+                         query_param("paths", WHOLE_NUMBER)), codes=(404, 422)),
+            Route("GET", "/api/v1/meshes/{mesh}/tap", self._tap,
+                  f"Live requests as JSON lines, failures explained; ends after `idle` seconds (default {IDLE_S})"
+                  " without one",
+                  query=(query_param("service", text), query_param("path", text), query_param("status", text),
+                         query_param("replay", WHOLE_NUMBER),
+                         query_param("idle", WHOLE_NUMBER,
+                                     f"seconds without a request before the tap ends (at most {MAX_IDLE_S})")),
+                  codes=(404, 422)),
+            Route("GET", "/api/v1/meshes/{mesh}/requests/{id}", self._request,
+                  "One recent request (both halves) with its explanation", codes=(404,)),
+        ]  # fmt: skip

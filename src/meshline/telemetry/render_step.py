@@ -14,7 +14,7 @@ Runs after every policy plugin (highest ``order``) on each section:
   OpenTelemetry tracer plus the collector's cluster.
 
 It is not a user policy (no kind users apply): :data:`PLUGIN` is added to the reconciler by
-``controlplane.factory`` together with the telemetry intake it streams to.
+``server.factory`` together with the telemetry intake it streams to.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ thread) and real agents, each starting a real Envoy, as subprocesses.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -63,7 +64,7 @@ class ControlPlaneThread:
         ready = threading.Event()
 
         async def main() -> None:
-            from meshline.controlplane.factory import build_control_plane
+            from meshline.server.factory import build_control_plane
 
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
@@ -98,7 +99,7 @@ class ControlPlaneThread:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
+        if self._loop is not None and not self._loop.is_closed() and self._stop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(20)
         self._thread = None
@@ -197,8 +198,10 @@ class MeshHarness:
     sidecars: list[Sidecar] = field(default_factory=list)
     control_plane: ControlPlaneThread | None = None
     api_scheme: str = "http"  # "https" when the control plane serves its API over TLS
-    # Builds the control plane from settings (default: controlplane.factory.build_control_plane).
+    # Builds the control plane from settings (default: server.factory.build_control_plane).
     build: Callable[[Settings], Any] | None = None
+    # Settings to override, e.g. store_url (a PostgreSQL store several replicas share).
+    overrides: dict[str, Any] = field(default_factory=dict)
     _api: ApiClient | None = None
 
     @property
@@ -210,6 +213,9 @@ class MeshHarness:
         return self.tmp / "cp"
 
     def settings(self) -> Settings:
+        return dataclasses.replace(self._settings(), **self.overrides)
+
+    def _settings(self) -> Settings:
         return Settings(
             data_dir=self.data_dir,
             store_url=f"sqlite:///{self.data_dir / 'meshline.db'}",

@@ -11,13 +11,13 @@ from __future__ import annotations
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2
 
-from meshline.controlplane.app import ControlPlane
 from meshline.controlplane.settings import Settings
 from meshline.core.resource import KindInfo
 from meshline.core.schema import Spec
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.sections import OutboundSection
+from meshline.server.controlplane import ControlPlane
 
 TRIGGER = "trigger-nack"
 BAD_REGEX = "(unclosed"
@@ -40,11 +40,14 @@ def _break_routes(section: OutboundSection, mesh: MeshSnapshot) -> None:
 
 
 def breakable_control_plane(settings: Settings) -> ControlPlane:
-    from meshline.controlplane.factory import build_control_plane
+    from meshline.extensions import Extensions
+    from meshline.server.factory import subsystems
 
-    cp = build_control_plane(settings)
-    cp.reconciler.plugins.append(Plugin(kind=_KIND, order=10_000, outbound=_break_routes))
-    return cp
+    ext = Extensions()
+    for install in subsystems():
+        install(ext, settings)
+    ext.render_steps.append(Plugin(kind=_KIND, order=10_000, outbound=_break_routes))
+    return ControlPlane(settings, ext)
 
 
 def trigger_dataplane(service: str, mesh: str = "default") -> str:

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from meshline.controlplane.status import StatusRegistry
 from meshline.xds.cache import SnapshotCache
 from meshline.xds.snapshot import Snapshot
+from meshline.xds.status import StatusRegistry
 from meshline.xds.stream import Ack, AdsStream, Nack, Output, Sent
 
 log = logging.getLogger("meshline.xds")
@@ -183,6 +183,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     ev.version,
                     ev.message,
                 )
+        if out.events:
+            self.status.changed(node)
 
     async def StreamAggregatedResources(
         self,

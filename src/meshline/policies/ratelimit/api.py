@@ -33,7 +33,7 @@ from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
 from meshline.policies.faultinjection.api import HEADER_NAME_RE
 from meshline.policies.faultinjection.callers import source_problems
-from meshline.ratelimit.descriptor import WINDOWS, window_name
+from meshline.xds.rls_descriptor import WINDOWS, window_name
 
 # Envoy refills a token bucket at most every 50ms.
 MIN_LOCAL_INTERVAL = timedelta(milliseconds=50)

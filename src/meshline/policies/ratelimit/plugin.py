@@ -28,13 +28,13 @@ from meshline.core.resource import Resource
 from meshline.core.selectors import ANY
 from meshline.policies.faultinjection.callers import CallerRule, caller_rules
 from meshline.policies.ratelimit.api import KIND, ConnectionRate, GlobalConf, RateLimitSpec, RequestRate
-from meshline.ratelimit import descriptor as d
-from meshline.ratelimit.descriptor import Limit
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot, destination_services
 from meshline.render.plugins import Plugin
 from meshline.render.sections import ORDER_RATELIMIT, Applied, InboundSection
 from meshline.xds import names
+from meshline.xds import rls_descriptor as d
+from meshline.xds.rls_descriptor import Limit
 
 ORDER = ORDER_RATELIMIT  # plugin order = its filter slot: after TrafficPermission, before FaultInjection
 ORDER_LOCAL = ORDER_RATELIMIT  # cheap, per instance: first, so it also shields the global service

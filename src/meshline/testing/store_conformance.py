@@ -1,6 +1,7 @@
 """The store conformance suite: the behaviour every :class:`~meshline.store.base.Store` owes.
 
-A backend's test module subclasses :class:`StoreConformance` and provides one fixture,
+Public (``meshline.testing``) so that a new backend, here or outside (a Kubernetes API, a
+remote zone), proves itself with the same tests: a backend's test module subclasses :class:`StoreConformance` and provides one fixture,
 ``store_factory``: a callable that returns a new, not yet started store on the *same*
 backing storage each time (so the suite can reopen it and run two instances).
 """
@@ -16,7 +17,7 @@ import pytest
 from meshline.core import dataplane, mesh
 from meshline.core.errors import ClientGone, Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
-from meshline.store.base import Change, Store
+from meshline.store.base import Change, Resync, Store, WatchEvent
 
 KINDS = KindRegistry([mesh.KIND, dataplane.KIND])
 
@@ -377,6 +378,119 @@ class StoreConformance:
             await recorder.wait_for(1)
         assert await store.get(created.key) == created
         assert "listener bug" in caplog.text
+
+    # -- watch with resync ---------------------------------------------------------------
+    async def test_watch_starts_with_everything_then_each_change_once(self, store: Store) -> None:
+        m = await store.create(a_mesh("a"))
+        events: list[WatchEvent] = []
+        writers = [asyncio.create_task(store.create(a_dataplane("a", f"dp{i}"))) for i in range(10)]
+        cancel = await store.watch(events.append)  # while the writers commit
+        await asyncio.gather(*writers)
+        late = await store.update(a_mesh("a", trust_domain="b.example"))
+        first = events[0]
+        assert isinstance(first, Resync) and m in first.resources
+        # Replaying the events gives the store's state, with nothing compared but keys
+        held: dict[ResourceKey, Resource] = {}
+
+        def replay() -> dict[ResourceKey, Resource]:
+            held.clear()
+            for ev in events:
+                if isinstance(ev, Resync):
+                    held.clear()
+                    held.update({r.key: r for r in ev.resources})
+                elif ev.resource is None:
+                    held.pop(ev.key, None)
+                else:
+                    held[ev.key] = ev.resource
+            return held
+
+        async with asyncio.timeout(5):
+            while replay().get(m.key) != late or len(held) != 11:
+                await asyncio.sleep(0.005)
+        assert held == {r.key: r for r in await store.list()}
+        changes = [ev for ev in events[1:] if isinstance(ev, Change)]
+        assert len({c.revision for c in changes}) == len(changes)  # none twice
+        assert [c.revision for c in changes] == sorted(c.revision for c in changes)
+        cancel()
+        await store.create(a_mesh("b"))
+        await asyncio.sleep(0.05)
+        assert all(not isinstance(ev, Change) or ev.key.name != "b" for ev in events)
+
+    async def test_a_watcher_gets_a_fresh_resync_when_continuity_breaks(self, store: Store) -> None:
+        events: list[WatchEvent] = []
+        await store.watch(events.append)
+        dp = await store.create(a_dataplane("a", "web"))
+        store._need_resync()  # what a backend does when it may have missed changes
+        await store._deliver()
+        async with asyncio.timeout(5):
+            while not any(isinstance(ev, Resync) and ev.resources == [dp] for ev in events):
+                await asyncio.sleep(0.005)
+
+    # -- labels ------------------------------------------------------------------------------
+    async def test_labels_are_stored_replaced_and_stamped(self, store: Store) -> None:
+        recorder = Recorder()
+        store.subscribe(recorder)
+        labeled = a_dataplane("a", "web").with_labels({"team": "payments", "example.com/tier": "1"})
+        created = await store.create(labeled)
+        assert created.labels == labeled.labels and await store.get(created.key) == created
+        updated = await store.update(a_dataplane("a", "web").with_labels({"team": "orders"}))
+        assert (await store.get(created.key)).labels == {"team": "orders"} == updated.labels
+        store.stamp_labels = {"meshline.io/zone": "east", "team": "nobody"}
+        stamped = await store.create(a_mesh("a"))
+        kept = await store.update(a_dataplane("a", "web").with_labels({"team": "orders"}))
+        assert stamped.labels == {"meshline.io/zone": "east", "team": "nobody"}
+        assert kept.labels == {"meshline.io/zone": "east", "team": "orders"}  # its own label wins
+        assert [c.resource.labels for c in await recorder.wait_for(4) if c.resource] == [
+            created.labels, updated.labels, stamped.labels, kept.labels,
+        ]  # fmt: skip
+        assert sorted((await store.list()), key=lambda r: r.kind) == [kept, stamped]
+
+    # -- status ----------------------------------------------------------------------------
+    async def test_status_parts_merge_without_revisions_or_events(self, store: Store) -> None:
+        dp = await store.create(a_dataplane("a", "web"))
+        other = await store.create(a_dataplane("a", "api"))
+        recorder = Recorder()
+        store.subscribe(recorder)
+        await store.put_status({dp.key: {"xds": {"connected": True, "replica": "r1"}}})
+        await store.put_status({dp.key: {"certificate": {"serial": "ab"}}, other.key: {"xds": {"connected": False}}})
+        await store.put_status({dp.key: {"xds": {"connected": False}}})  # a part is replaced whole
+        assert await store.list_status("Dataplane") == {
+            dp.key: {"xds": {"connected": False}, "certificate": {"serial": "ab"}},
+            other.key: {"xds": {"connected": False}},
+        }
+        assert await store.list_status("Dataplane", mesh="b") == {}
+        assert await store.list_status("Dataplane", "a", "api") == {other.key: {"xds": {"connected": False}}}
+        assert await store.list_status("Mesh") == {}
+        assert await store.revision() == other.version  # status is not a write of the resource
+        assert await store.get(dp.key) == dp
+        await asyncio.sleep(0.05)
+        assert [c for c in recorder.changes if c.revision > other.version] == []
+
+    async def test_status_goes_with_its_resource_and_needs_one(self, store: Store) -> None:
+        dp = await store.create(a_dataplane("a", "web"))
+        await store.put_status({dp.key: {"xds": {"connected": True}}})
+        await store.delete(dp.key)
+        ghost = ResourceKey("Dataplane", "a", "ghost")
+        await store.put_status({dp.key: {"xds": {"connected": False}}, ghost: {"xds": {}}})  # late writers
+        assert await store.list_status("Dataplane") == {}
+        again = await store.create(a_dataplane("a", "web"))
+        assert await store.list_status("Dataplane") == {}  # a new resource starts without status
+        await store.put_status({again.key: {"xds": {"connected": True}}})
+        assert await store.list_status("Dataplane", "a") == {again.key: {"xds": {"connected": True}}}
+
+    async def test_replica_beats_and_goodbyes(self, open_store: Opener) -> None:
+        one, two = await open_store(), await open_store()
+        assert await one.replica_ages() == {}
+        await one.beat("r1")
+        await two.beat("r2")
+        ages = await two.replica_ages()
+        assert set(ages) == {"r1", "r2"} and all(0 <= age < 5 for age in ages.values())
+        await asyncio.sleep(0.2)
+        await one.beat("r1")
+        ages = await one.replica_ages()
+        assert ages["r2"] > ages["r1"]  # the store's clock says who beat last
+        await two.forget_replica("r2")
+        assert set(await one.replica_ages()) == {"r1"}
 
     # -- persistence -----------------------------------------------------------------------
     async def test_persists_across_close_and_reopen(self, open_store: Opener) -> None:

@@ -1,14 +1,15 @@
 """Builds a ControlPlane with every optional subsystem this build has, from settings.
 
 This is the one place that knows which subsystems exist; each installs itself through
-the :class:`~meshline.controlplane.app.Extensions` hooks, so the core stays unaware of them.
+the :class:`~meshline.extensions.Extensions` hooks, so the core stays unaware of them.
 """
 
 from __future__ import annotations
 
-from meshline.controlplane.app import ControlPlane, Extensions
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings
+from meshline.extensions import Extensions, Subsystem
+from meshline.server.controlplane import ControlPlane
 
 
 def _cross_resource_checks(ctx: ControlPlaneContext) -> None:
@@ -19,22 +20,34 @@ def _cross_resource_checks(ctx: ControlPlaneContext) -> None:
     ctx.validators.append(check_retry_timeouts)  # a per-try timeout longer than the request's
 
 
-def build_control_plane(settings: Settings) -> ControlPlane:
-    from meshline.dashboard import install as install_dashboard
+def _routing(ext: Extensions, settings: Settings) -> None:
     from meshline.policies.translate import install as install_routing
+
+    ext.on_start.append(install_routing)  # Gateway API / SMI translators, route reference checks
+    ext.on_start.append(_cross_resource_checks)
+
+
+def subsystems() -> tuple[Subsystem, ...]:
+    """Every subsystem this build has, in the order they install (and start)."""
+    from meshline.dashboard import install as install_dashboard
     from meshline.ratelimit.service import install as install_rate_limit_service
     from meshline.security.controlplane import install as install_security
     from meshline.telemetry import install as install_telemetry
 
+    return (
+        install_security,  # CA, tokens, API authentication, xDS over TLS
+        install_rate_limit_service,  # Envoy's rate limit service, backed by Redis
+        _routing,
+        install_dashboard,  # the page at / (static files; its API calls carry the token)
+        install_telemetry,  # access logs + tracing render step, log intake, stats/tap/explain API
+    )
+
+
+def build_control_plane(settings: Settings) -> ControlPlane:
     ext = Extensions()
-    install_security(ext, settings)  # CA, tokens, API authentication, xDS over TLS
-    install_rate_limit_service(ext, settings)  # Envoy's rate limit service, backed by Redis
-    ext.on_start.append(install_routing)  # Gateway API / SMI translators, route reference checks
-    ext.on_start.append(_cross_resource_checks)
-    install_dashboard(ext)  # the page at / (static files; its API calls carry the token)
-    cp = ControlPlane(settings, ext)
-    install_telemetry(cp)  # access logs + tracing render step, log intake, stats/tap/explain API
-    return cp
+    for install in subsystems():
+        install(ext, settings)
+    return ControlPlane(settings, ext)
 
 
 def demo_token(cp: ControlPlane, service: str) -> str | None:

@@ -4,53 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
 
-from meshline.api.auth import Authenticator
+from meshline.api.prometheus import TARGETS_PATH, prometheus_targets_handler
+from meshline.api.routes import Route
 from meshline.api.server import build_app
 from meshline.api.site import ConnectionGuard, start_site
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.datadir import secure_data_dir
 from meshline.controlplane.health import OfflineTracker
 from meshline.controlplane.limits import ConnectionLimits, QuietConnectionErrors, raise_fd_limit
-from meshline.controlplane.metrics import TARGETS_PATH, metrics_text, prometheus_targets_handler
+from meshline.controlplane.metrics import metrics_text
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
-from meshline.controlplane.status import StatusRegistry
+from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
 from meshline.core.errors import MeshlineError, NotFound
+from meshline.core.labels import system_labels
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
+from meshline.extensions import Extensions
 from meshline.kinds import default_kinds
 from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
 from meshline.xds.cache import SnapshotCache
-from meshline.xds.server import AdsServicer, Authorizer, CallAuthenticator, start_server
+from meshline.xds.server import AdsServicer, start_server
+from meshline.xds.status import StatusRegistry
 
 log = logging.getLogger("meshline.controlplane")
-
-
-@dataclass
-class Extensions:
-    """Optional subsystems hook in here (security, telemetry, rate limiting)."""
-
-    authenticator: Authenticator | None = None
-    xds_credentials: grpc.ServerCredentials | None = None
-    # Runs on every call of every service on the xDS port (see xds.server.AuthenticatingInterceptor).
-    grpc_authenticate: CallAuthenticator | None = None
-    xds_authorize: Authorizer | None = None
-    grpc_services: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
-    routes: list[Callable[[web.Application], None]] = field(default_factory=list)
-    on_start: list[Callable[[ControlPlaneContext], object]] = field(default_factory=list)
-    on_stop: list[Callable[[], object]] = field(default_factory=list)
-    # Serves the REST API over HTTPS when set (see Settings.api_tls).
-    api_ssl: ssl.SSLContext | None = None
 
 
 class ControlPlane:
@@ -59,17 +43,25 @@ class ControlPlane:
         self.ext = extensions or Extensions()
         self.kinds = default_kinds()
         self.store = open_store(settings.store_url, self.kinds, settings.data_dir)
+        self.store.stamp_labels = system_labels(settings.zone)  # origin and zone on every resource
         self.cache = SnapshotCache()
         self.status = StatusRegistry()
         self.offline = OfflineTracker(self.status, settings.offline_after)
         self.reconciler = Reconciler(
             self.store,
             self.cache,
-            [*default_plugins(), metrics_step.PLUGIN],  # + per-request Prometheus stats on every sidecar
+            # + per-request Prometheus stats on every sidecar, + the subsystems' steps
+            [*default_plugins(), metrics_step.PLUGIN, *self.ext.render_steps],
             settings.debounce,
             offline=self.offline.offline_in,
         )
-        self.ctx = ControlPlaneContext(self.kinds, self.store, self.reconciler, self.status)
+        self.publisher = StatusPublisher(
+            self.store, self.status, settings.replica_id or new_replica_id(), settings.status_flush, settings.replica_beat
+        )
+        self.ctx = ControlPlaneContext(
+            self.kinds, self.store, self.reconciler, self.status,
+            publisher=self.publisher, replica_ttl=settings.replica_ttl,
+        )  # fmt: skip
         self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -100,6 +92,7 @@ class ControlPlane:
             if asyncio.iscoroutine(result):
                 await result
         await self.reconciler.start()
+        await self.publisher.start()
         self.offline.start(self.reconciler)
         servicer = AdsServicer(
             self.cache, self.status, self.ext.xds_authorize,
@@ -125,11 +118,13 @@ class ControlPlane:
             raise MeshlineError(
                 f"cannot listen for xDS on {xds_host}:{xds_port} ({err}); stop what uses it or pass --xds-address"
             ) from None
-        def core_extras(app: web.Application) -> None:
-            app.router.add_get("/metrics", self._metrics)
-            app.router.add_get(TARGETS_PATH, prometheus_targets_handler)
-
-        app = build_app(self.ctx, self.ext.authenticator, [core_extras, *self.ext.routes])
+        core = [
+            Route("GET", "/metrics", self._metrics),  # Prometheus text, outside /api (scraped as is)
+            Route("GET", TARGETS_PATH, prometheus_targets_handler,
+                  "Prometheus HTTP service discovery for every dataplane"),
+        ]  # fmt: skip
+        routes = [*core, *(route for provide in self.ext.routes for route in provide())]
+        app = build_app(self.ctx, self.ext.authenticator, routes, self.ext.middlewares)
         self.ctx.metrics.known_routes = frozenset(r.canonical for r in app.router.resources())
         # keepalive_timeout: a connection must complete a request head this soon after it
         # opens or after its previous response (aiohttp closes it otherwise)
@@ -188,6 +183,7 @@ class ControlPlane:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
             self._grpc = None
+        await self.publisher.stop()  # after the streams ended: their ends are written, then goodbye
         await self.reconciler.stop()
         await self.store.close()
         if self._quiet is not None:

@@ -1,12 +1,15 @@
 """What each dataplane's sidecar is running: connection, versions sent/ACKed, last NACK.
 
-Kept in memory by the replica the sidecar is connected to.
+Kept in memory by the replica the sidecar is connected to, which tells its listeners each
+time a node's record changes; :class:`meshline.controlplane.status_publisher.StatusPublisher`
+is the listener that writes them to the store (batched), so every replica can read them.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from meshline.xds.snapshot import SHORT
@@ -53,6 +56,29 @@ class DataplaneStatus:
             return "rejected"
         return "in-sync" if self.in_sync() else "pushing"
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything, losslessly (what the store keeps; :meth:`from_record` reads it back)."""
+        return {
+            "node": self.node_id, "connected": self.connected, "connectedAt": self.connected_at,
+            "disconnectedAt": self.disconnected_at, "nacks": self.nacks,
+            "types": {name: vars(t).copy() for name, t in self.types.items()},  # all of TypeStatus's fields
+        }  # fmt: skip
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> DataplaneStatus:
+        known = {f.name for f in fields(TypeStatus)}
+        return cls(
+            node_id=str(rec.get("node", "")),
+            connected=bool(rec.get("connected", False)),
+            connected_at=float(rec.get("connectedAt", 0.0)),
+            disconnected_at=float(rec.get("disconnectedAt", 0.0)),
+            nacks=int(rec.get("nacks", 0)),
+            types={
+                name: TypeStatus(**{k: v for k, v in t.items() if k in known})
+                for name, t in dict(rec.get("types") or {}).items()
+            },
+        )
+
     def to_json(self) -> dict[str, Any]:
         nack = self.last_nack
         return {
@@ -75,6 +101,12 @@ class DataplaneStatus:
 class StatusRegistry:
     def __init__(self) -> None:
         self._by_node: dict[str, DataplaneStatus] = {}
+        # Called with a node id after its record changed (cheap: they only take note).
+        self.listeners: list[Callable[[str], None]] = []
+
+    def changed(self, node_id: str) -> None:
+        for listener in self.listeners:
+            listener(node_id)
 
     def get(self, node_id: str) -> DataplaneStatus:
         st = self._by_node.get(node_id)
@@ -90,6 +122,7 @@ class StatusRegistry:
         st.streams += 1
         st.connected = True
         st.connected_at = time.time()
+        self.changed(node_id)
 
     def disconnected(self, node_id: str) -> None:
         st = self.get(node_id)
@@ -97,6 +130,7 @@ class StatusRegistry:
         if st.streams == 0:
             st.connected = False
             st.disconnected_at = time.time()
+        self.changed(node_id)
 
     def all(self) -> list[DataplaneStatus]:
         return list(self._by_node.values())

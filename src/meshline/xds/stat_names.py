@@ -1,0 +1,35 @@
+"""Names of the per-request stats every sidecar keeps (the ``meshline`` stat scope).
+
+The render step that configures them (:mod:`meshline.render.metrics`) and the agent that
+serves them as ``meshline_*`` series (:mod:`meshline.agent.metrics`) both need these names;
+they live here, below both, so the agent does not load the renderer. Like resource names,
+they end up in users' dashboards: renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+# Envoy stat scope of the logger: Envoy's own Prometheus output shows envoy_meshline_<stat>.
+SCOPE = "meshline"
+REQUESTS = "requests"
+DURATION = "request_duration"  # microseconds
+# First byte received from the downstream to last byte sent back. Microseconds: requests
+# inside a mesh often take well under a millisecond (%DURATION% counts whole milliseconds).
+# A request the caller abandoned mid-response has no end and is left out of the histogram
+# (Envoy logs that it could not compute the value); it is still counted in requests.
+DURATION_FORMAT = "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"
+REQUEST_BYTES = "request_bytes"
+RESPONSE_BYTES = "response_bytes"
+HISTOGRAMS = (DURATION, REQUEST_BYTES, RESPONSE_BYTES)
+
+# Labels, in the order Envoy tags the stats (the agent adds response_code_class).
+REPORTER = "reporter"
+MESH = "mesh"
+SOURCE_SERVICE = "source_service"
+SOURCE_VERSION = "source_version"
+SOURCE_ZONE = "source_zone"
+DESTINATION_SERVICE = "destination_service"
+DESTINATION_VERSION = "destination_version"
+DESTINATION_ZONE = "destination_zone"
+RESPONSE_CODE = "response_code"
+GRPC_STATUS = "grpc_status"
+PROTOCOL = "protocol"
