@@ -14,9 +14,10 @@ import httpx
 from rich.live import Live
 from rich.table import Table
 
-from meshline.api.client import ApiClient, default_token, default_url
+from meshline.api.client import ApiClient, connect_args, explained, unreachable_for
+from meshline.api.common import error_for
 from meshline.cli.output import console, echo, table
-from meshline.core.errors import MeshlineError, Unavailable
+from meshline.core.errors import MeshlineError
 
 WINDOW = click.option("-w", "--window", type=click.Choice(["1m", "5m"]), default="1m", show_default=True,
                       help="how far back the rates and percentiles look")
@@ -26,7 +27,7 @@ OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), de
 
 def _client(ctx: click.Context) -> ApiClient:
     obj = ctx.find_root().obj or {}
-    return ApiClient(obj.get("api"), obj.get("token"))
+    return ApiClient(obj.get("api"), obj.get("token"), context=obj.get("context"))
 
 
 def _stats(ctx: click.Context, mesh: str, window: str, service: str = "", paths: int = 0) -> dict[str, Any]:
@@ -156,12 +157,10 @@ def top(ctx: click.Context, service: str, mesh: str, window: str, limit: int, in
 
 def _stream(ctx: click.Context, path: str, params: dict[str, str | int]) -> Iterator[dict[str, Any]]:
     obj = ctx.find_root().obj or {}
-    url = (obj.get("api") or default_url()).rstrip("/")
-    token = obj.get("token") or default_token(url)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    conn, args = connect_args(obj.get("api"), obj.get("token"), True, obj.get("context"))
     try:
         with (
-            httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(10.0, read=None)) as http,
+            httpx.Client(timeout=httpx.Timeout(10.0, read=None), **args) as http,
             http.stream("GET", path, params=params) as resp,
         ):
             if resp.status_code >= 400:
@@ -170,15 +169,13 @@ def _stream(ctx: click.Context, path: str, params: dict[str, str | int]) -> Iter
                     message = resp.json().get("message", resp.text)
                 except ValueError:
                     message = resp.text
-                raise MeshlineError(str(message))
+                err = error_for(resp.status_code, resp.reason_phrase, resp.content) or MeshlineError(str(message))
+                raise explained(err, conn)
             for line in resp.iter_lines():
                 if line.strip():
                     yield json.loads(line)
     except httpx.TransportError as err:
-        raise Unavailable(
-            f"cannot reach the control plane at {url} ({type(err).__name__}); start it with"
-            " `meshline control-plane` or point MESHLINE_API / --api at it"
-        ) from None
+        raise unreachable_for(conn, err) from None
 
 
 def _clock(ts: float) -> str:

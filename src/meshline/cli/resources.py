@@ -18,7 +18,7 @@ from meshline.core.errors import FieldProblem, ValidationError
 
 def client_from(ctx: click.Context) -> ApiClient:
     obj = ctx.find_root().obj or {}
-    return ApiClient(obj.get("api"), obj.get("token"))
+    return ApiClient(obj.get("api"), obj.get("token"), context=obj.get("context"))
 
 
 def load_documents(path: str) -> list[Any]:

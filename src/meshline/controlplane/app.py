@@ -33,6 +33,7 @@ from meshline.xds.cache import SnapshotCache
 from meshline.xds.server import AdsServicer, Authorizer, CallAuthenticator, start_server
 
 log = logging.getLogger("meshline.controlplane")
+XDS_CA_PEM = "xds_ca_pem"  # ctx.services key: the PEM agents verify the xDS server with
 
 
 @dataclass
@@ -126,6 +127,7 @@ class ControlPlane:
             ) from None
         def core_extras(app: web.Application) -> None:
             app.router.add_get("/metrics", self._metrics)
+            app.router.add_get("/api/v1/xds", self._xds_info)
             app.router.add_get(TARGETS_PATH, prometheus_targets_handler)
 
         app = build_app(self.ctx, self.ext.authenticator, [core_extras, *self.ext.routes])
@@ -158,6 +160,19 @@ class ControlPlane:
             xds_host,
             self.xds_port,
         )
+
+    async def _xds_info(self, request: web.Request) -> web.Response:
+        """Where agents reach xDS and how to verify it, so an agent told only the API URL
+        never guesses (any valid token may ask: agents need it before their first stream)."""
+        host, _ = split_address(self.settings.xds_address, "xDS address")
+        ca_pem = self.ctx.services.get(XDS_CA_PEM)
+        return web.json_response({
+            # a wildcard listener: the agent uses the host it reached the API on
+            "host": None if host in ("0.0.0.0", "::", "") else host,
+            "port": self.xds_port,
+            "tls": self.ext.xds_credentials is not None,
+            "caPem": ca_pem if isinstance(ca_pem, str) else None,
+        })  # fmt: skip
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=metrics_text(self.ctx), content_type="text/plain")

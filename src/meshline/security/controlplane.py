@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from meshline.controlplane.app import Extensions
+from meshline.controlplane.app import XDS_CA_PEM, Extensions
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
 from meshline.core.errors import FieldProblem, ValidationError
@@ -147,6 +147,7 @@ class Security:
             tls = server_tls(ca_cert, ca_key, host)
             self.ext.xds_credentials = tls.credentials()
             self.cp_ca_path = write_ca_file(data_dir, tls.ca_pem)
+            ctx.services[XDS_CA_PEM] = tls.ca_pem  # served to agents by GET /api/v1/xds
             if self.settings.api_tls_enabled():
                 api_host, _ = split_address(self.settings.api_address, "API address")
                 self.ext.api_ssl = api_ssl_context(server_tls(ca_cert, ca_key, api_host), data_dir)
