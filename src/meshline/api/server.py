@@ -291,6 +291,29 @@ class Api:
             }
         )
 
+    async def sync_status(self, request: web.Request) -> web.Response:
+        """What `meshline apply --wait` polls: how far rendering got, and per dataplane the
+        versions it should run and what its sidecar has ACKed."""
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        rec = self.ctx.reconciler
+        items = []
+        for r in sorted(rec.resources.get(mesh, {}).values(), key=lambda r: r.name):
+            if r.kind != "Dataplane":
+                continue
+            node = names.node_id(mesh, r.name)
+            result = rec.results.get(node)
+            st = self.ctx.dataplane_status(r)
+            items.append({
+                "name": r.name,
+                "versions": result.snapshot.versions() if result else {},
+                "acked": {t: v["acked"] for t, v in st.get("types", {}).items()},
+                "state": st.get("state"),
+                "lastNack": st.get("lastNack"),
+                "renderError": st.get("renderError"),
+            })  # fmt: skip
+        return _json({"revision": rec.revision, "settledRevision": rec.settled_revision, "dataplanes": items})
+
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document(self.kinds))
 
@@ -317,6 +340,7 @@ def build_app(
     r.add_put("/api/v1/meshes/{mesh}", api.put_resource)
     r.add_delete("/api/v1/meshes/{mesh}", api.delete_resource)
     r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", api.inspect_dataplane)
+    r.add_get("/api/v1/meshes/{mesh}/sync", api.sync_status)
     for add_routes in extra_routes:
         add_routes(app)
     r.add_get("/api/v1/meshes/{mesh}/{plural}", api.list_resources)

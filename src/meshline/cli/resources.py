@@ -13,7 +13,8 @@ import yaml
 
 from meshline.api.client import ApiClient
 from meshline.cli.output import console, echo, table
-from meshline.core.errors import FieldProblem, ValidationError
+from meshline.cli.wait import WaitResult, wait_for_acks
+from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
 
 
 def client_from(ctx: click.Context) -> ApiClient:
@@ -55,16 +56,51 @@ def _read(path: str) -> str:
 @click.option(
     "-f", "--file", "files", multiple=True, required=True, help="YAML/JSON file, directory, or - for stdin"
 )
+@click.option("--wait", "wait", is_flag=True,
+              help="return once every dataplane the change affects has ACKed it (or say which did not)")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="seconds --wait waits")
 @click.pass_context
-def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
+def apply(ctx: click.Context, files: tuple[str, ...], wait: bool, timeout: float) -> None:
     """Create or update resources. All documents are validated first; nothing is written if any is invalid."""
     docs: list[Any] = []
     for f in files:
         docs.extend(load_documents(f))
     with client_from(ctx) as c:
+        meshes = sorted({str(d.get("name") if d.get("kind") == "Mesh" else d.get("mesh") or "default")
+                         for d in docs if isinstance(d, dict)})  # fmt: skip
+        started = time.monotonic()
+        before = {m: _sync(c, m) for m in meshes} if wait else {}
         result = c.apply(docs)
-    for item in result["items"]:
-        echo(f"{item['resource']} {item['result']}")
+        for item in result["items"]:
+            echo(f"{item['resource']} {item['result']}")
+        if wait:
+            revision = max((int(i.get("version", 0)) for i in result["items"]), default=0)
+            _report_wait(wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started), timeout)
+
+
+def _sync(c: ApiClient, mesh: str) -> dict[str, Any]:
+    try:
+        return dict(c.get(f"/api/v1/meshes/{mesh}/sync"))
+    except NotFound:  # a mesh this apply creates
+        return {"revision": 0, "settledRevision": 1 << 62, "dataplanes": []}
+
+
+def _report_wait(w: WaitResult, timeout: float) -> None:
+    if not w.settled:
+        raise MeshlineError(f"the control plane had not rendered the change after {timeout:g}s; see its log")
+    if not w.dataplanes:
+        echo(f"no dataplane's configuration changed ({w.seconds:.1f}s)")
+        return
+    if not w.not_acked:
+        n = len(w.dataplanes)
+        echo(f"{n} dataplane{'s' if n != 1 else ''} ACKed the change in {w.seconds:.1f}s")
+        return
+    why = "; ".join(f"{name}: {reason}" for name, reason in sorted(w.not_acked.items()))
+    raise MeshlineError(
+        f"{len(w.not_acked)} of {len(w.dataplanes)} affected dataplanes did not ACK within {timeout:g}s: {why}"
+        " (`meshline inspect dataplane NAME` shows more)"
+    )
 
 
 def _kinds(c: ApiClient) -> list[dict[str, Any]]:
