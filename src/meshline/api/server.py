@@ -229,8 +229,10 @@ class Api:
             except ValidationError as err:
                 where = f"document {i + 1}"
                 name = doc.get("name") if isinstance(doc, dict) else None
+                kind = doc.get("kind") if isinstance(doc, dict) else None
+                label = " ".join(str(x) for x in (kind if isinstance(kind, str) and kind else None, name) if x)
                 if isinstance(name, str):
-                    where += f" ({doc.get('kind')} {name})"
+                    where += f" ({label})"
                 problems.extend(
                     FieldProblem(f"{where}: {pr.path}" if pr.path else where, pr.message)
                     for pr in err.problems

@@ -15,6 +15,7 @@ from meshline.api.client import ApiClient
 from meshline.cli.output import console, echo, table
 from meshline.cli.wait import WaitResult, wait_for_acks
 from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
+from meshline.core.schema import did_you_mean
 
 
 def client_from(ctx: click.Context) -> ApiClient:
@@ -111,8 +112,10 @@ def _find_kind(c: ApiClient, name: str) -> dict[str, Any]:
     for k in _kinds(c):
         if name.lower() in (k["kind"].lower(), k["plural"], *[a.lower() for a in k["aliases"]]):
             return k
-    known = ", ".join(sorted(k["plural"] for k in _kinds(c)))
-    raise ValidationError([FieldProblem("KIND", f"unknown kind '{name}'; known: {known}")])
+    plurals = sorted(k["plural"] for k in _kinds(c))
+    guess = did_you_mean(name, plurals + [k["kind"] for k in _kinds(c)])
+    hint = f"did you mean {guess}? " if guess else ""
+    raise ValidationError([FieldProblem("KIND", f"unknown kind '{name}'; {hint}known: {', '.join(plurals)}")])
 
 
 def _age(ts: float) -> str:
