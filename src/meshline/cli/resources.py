@@ -128,13 +128,16 @@ def _age(ts: float) -> str:
     return f"{s}s"
 
 
-def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str) -> None:
+def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str, one: bool = False) -> None:
+    """``one`` (a NAME was given): JSON and YAML print that object; else a list of them."""
     if output in ("yaml", "json"):
         clean = [{k: v for k, v in i.items() if k not in ("columns",)} for i in items]
-        data: Any = clean[0] if len(clean) == 1 and output == "yaml-one" else clean
+        data: Any = clean[0] if one and len(clean) == 1 else clean
         if output == "json":
             echo(json.dumps(data, indent=2))
-        else:
+        elif isinstance(data, dict):
+            echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+        else:  # one YAML document per resource: `-o yaml | meshline apply -f -` works
             echo(yaml.safe_dump_all(clean, sort_keys=False).rstrip())
         return
     cols = list(kind["columns"])
@@ -182,7 +185,7 @@ def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str)
             items = [c.get(f"/api/v1/meshes/{name}")] if name else c.get("/api/v1/meshes")["items"]
     if name and output == "table":
         output = "yaml"
-    _print_items(k, items, output)
+    _print_items(k, items, output, one=name is not None)
 
 
 @click.command()
