@@ -141,3 +141,39 @@ def test_a_missing_kind_is_reported_as_missing(api: str) -> None:
     err = one_line_error(meshline(api, "apply", "-f", "-", stdin="mesh: default\nname: x\nspec: {}\n"))
     assert "None" not in err
     assert "document 1 (x): kind: is missing; every document needs one of:" in err and "HTTPRoute" in err
+
+
+LONG = "orders-to-inventory-a-rather-long-permission-name-number-"
+
+
+def test_piped_tables_are_not_cut_and_wide_is_a_choice(api: str) -> None:
+    docs = "".join(f"---\nkind: TrafficPermission\nmesh: default\nname: {LONG}{i}\nspec:\n"
+                   f"  sources: [{{match: {{service: web}}}}]\n  destinations: [{{match: {{service: orders}}}}]\n"
+                   f"  action: allow\n" for i in range(3))
+    assert meshline(api, "apply", "-f", "-", stdin=docs).returncode == 0
+    for extra in ((), ("-o", "wide")):
+        out = meshline(api, "get", "trafficpermissions", *extra)
+        assert out.returncode == 0, out.stderr
+        for i in range(3):
+            assert f"{LONG}{i}" in out.stdout, out.stdout  # whole names, three distinct rows
+    # on an 80-column terminal, -o wide still prints whole names
+    import pty
+
+    code = ("import os, sys; os.environ['COLUMNS'] = '80'; sys.argv = ['meshline', 'get', 'trafficpermissions',"
+            " '-o', 'wide']; from meshline.cli.main import main; main()")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout is the pseudo-terminal
+        os.environ.update({"MESHLINE_API": api, "MESHLINE_TOKEN": ""})
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace").replace("\r", "")
+    assert f"{LONG}0" in text, text

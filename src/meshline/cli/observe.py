@@ -22,7 +22,8 @@ from meshline.core.errors import MeshlineError
 WINDOW = click.option("-w", "--window", type=click.Choice(["1m", "5m"]), default="1m", show_default=True,
                       help="how far back the rates and percentiles look")
 MESH = click.option("-m", "--mesh", default="default", show_default=True)
-OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]), default="table",
+                      help="wide: a table whose cells are never cut (also what a pipe gets)")
 
 
 def _client(ctx: click.Context) -> ApiClient:
@@ -96,7 +97,7 @@ def stat(ctx: click.Context, service: str, mesh: str, window: str, output: str) 
     if not rows:
         _no_traffic(data)
         return
-    table(["SERVICE", *SIGNALS], rows, title=f"mesh {mesh}, last {window}")
+    table(["SERVICE", *SIGNALS], rows, title=f"mesh {mesh}, last {window}", wide=output == "wide")
 
 
 @click.command()
@@ -119,7 +120,8 @@ def edges(ctx: click.Context, mesh: str, window: str, output: str) -> None:
          f"[{colour.get(e['mtls'], 'dim')}]{e['mtls']}[/{colour.get(e['mtls'], 'dim')}]"]
         for e in data["edges"]
     ]
-    table(["SOURCE", "DESTINATION", "PROTOCOL", *SIGNALS, "MTLS"], rows, title=f"mesh {mesh}, last {window}")
+    table(["SOURCE", "DESTINATION", "PROTOCOL", *SIGNALS, "MTLS"], rows, title=f"mesh {mesh}, last {window}",
+          wide=output == "wide")
 
 
 def _top_table(data: dict[str, Any], mesh: str, window: str) -> Table:

@@ -165,14 +165,15 @@ def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str,
     if not rows:
         echo(f"No {kind['plural']} found.")
         return
-    table(headers, rows)
+    table(headers, rows, wide=output == "wide")
 
 
 @click.command()
 @click.argument("kind")
 @click.argument("name", required=False)
 @click.option("-m", "--mesh", default="default", show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "yaml", "json"]), default="table",
+              help="wide: a table whose cells are never cut (also what a pipe gets)")
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str) -> None:
     """List resources of a KIND (or show one by NAME)."""
@@ -183,7 +184,7 @@ def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str)
             items = [c.get(f"{base}/{name}")] if name else c.get(base)["items"]
         else:
             items = [c.get(f"/api/v1/meshes/{name}")] if name else c.get("/api/v1/meshes")["items"]
-    if name and output == "table":
+    if name and output in ("table", "wide"):
         output = "yaml"
     _print_items(k, items, output, one=name is not None)
 
