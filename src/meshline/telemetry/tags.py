@@ -40,6 +40,8 @@ T_PER_TRY_TIMEOUT_MS = "meshline.per_try_timeout_ms"
 # span tags (besides Envoy's own: http.status_code, response_flags, upstream_cluster, guid:x-request-id...)
 S_SERVICE = "meshline.service"
 S_VERSION = "meshline.version"
-S_PEER = "meshline.peer"
+S_PEER = "meshline.peer"  # outbound: the service called; inbound: the caller's SPIFFE ID (its certificate)
+S_SOURCE_CLAIMED = "meshline.source_claimed"  # inbound: x-meshline-source, a claim (plaintext callers)
+PEER_IDENTITY = "%DOWNSTREAM_PEER_URI_SAN%"  # Envoy formatter: the verified client certificate's URI SAN
 S_DIRECTION = "meshline.direction"
 S_POLICIES = "meshline.policies"
