@@ -60,10 +60,12 @@ def _rate(row: dict[str, Any]) -> str:
 
 def _signals(row: dict[str, Any]) -> list[object]:
     lat = row["latencyMs"]
-    return [f"{row['rps']:.2f}", _rate(row), _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), row["requests"]]
+    return [f"{row['rps']:.2f}", _rate(row), row.get("denied", 0), _ms(lat["p50"]), _ms(lat["p95"]),
+            _ms(lat["p99"]), row["requests"]]
 
 
-SIGNALS = ["RPS", "SUCCESS", "P50", "P95", "P99", "REQUESTS"]
+# SUCCESS: answered, no failure (5xx, no response, gRPC server error) and not DENIED by the mesh.
+SIGNALS = ["RPS", "SUCCESS", "DENIED", "P50", "P95", "P99", "REQUESTS"]
 
 
 def _no_traffic(data: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.sections import HttpChain, InboundSection, OutboundSection
+from meshline.xds import names
 
 # Envoy stat scope of the logger: Envoy's own Prometheus output shows envoy_meshline_<stat>.
 SCOPE = "meshline"
@@ -65,6 +66,7 @@ DESTINATION_SERVICE = "destination_service"
 DESTINATION_VERSION = "destination_version"
 DESTINATION_ZONE = "destination_zone"
 RESPONSE_CODE = "response_code"
+MESH_DENIED = "mesh_denied"
 GRPC_STATUS = "grpc_status"
 PROTOCOL = "protocol"
 
@@ -132,7 +134,9 @@ def _stats_logger(fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[s
 
 
 def _per_request(protocol: str) -> dict[str, str]:
-    out = {RESPONSE_CODE: "%RESPONSE_CODE%"}
+    # MESH_DENIED: the policy that denied (the inbound's denial header); the agent turns it
+    # into response_code_class="denied", so a denial is neither a success nor an app's 4xx.
+    out = {RESPONSE_CODE: "%RESPONSE_CODE%", MESH_DENIED: f"%RESP({names.DENIED_HEADER})%"}
     if protocol == "grpc":
         out[GRPC_STATUS] = "%GRPC_STATUS_NUMBER%"
     return out

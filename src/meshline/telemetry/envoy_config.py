@@ -123,7 +123,7 @@ def grpc_access_log(info: SectionInfo) -> accesslog_pb2.AccessLog:
         )
     http = als_pb2.HttpGrpcAccessLogConfig(
         common_config=common,
-        additional_response_headers_to_log=["grpc-status"],
+        additional_response_headers_to_log=["grpc-status", t.DENIED_HEADER],
         additional_response_trailers_to_log=["grpc-status"],
     )
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=envoy.packed(http))

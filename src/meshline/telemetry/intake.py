@@ -176,7 +176,7 @@ class MeshTelemetry:
         stats = index.pop(key, None) or RollingStats()
         index[key] = stats
         before = stats.cells
-        stats.add(r.time, failed, r.duration_ms)
+        stats.add(r.time, failed, r.duration_ms, r.denied)
         self.cells += stats.cells - before
         stats.touched = next(self._stamp)
         while len(index) > limit:
@@ -361,7 +361,8 @@ class TelemetryIntake:
         slices = Slices()
 
         def row(stats: RollingStats) -> dict[str, Any]:
-            return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures}
+            return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures,
+                    "totalDenied": stats.total_denied}
 
         services = []
         for name in sorted(m.services):

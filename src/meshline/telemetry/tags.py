@@ -7,8 +7,11 @@ metadata keys are what the render step writes into cluster and route metadata un
 
 from __future__ import annotations
 
+from meshline.xds import names
+
 # Header the caller's sidecar sets on every outbound request: the caller's service.
 SOURCE_HEADER = "x-meshline-source"
+DENIED_HEADER = names.DENIED_HEADER  # on the mesh's own denials (see xds.names)
 TRACEPARENT = "traceparent"
 B3_TRACE_ID = "x-b3-traceid"
 
