@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -66,7 +67,17 @@ def cli(ctx: click.Context, api: str | None, context: str | None, token: str | N
 
 
 
+def quiet_grpc_core(environ: dict[str, str] | None = None) -> None:
+    """gRPC's C core logs every failed TLS handshake on the xDS port at INFO, straight to
+    stderr (`Handshake failed ... TLSV1_ALERT_DECRYPT_ERROR`, no peer, once per retry). Keep
+    its errors only, unless the user chose a level: Meshline says what failed in its own
+    words (the agent: which xDS address and CA it tried, see agent.xds_discovery)."""
+    env = os.environ if environ is None else environ
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main() -> None:
+    quiet_grpc_core()  # before any command imports grpc
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
