@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from meshline.api.auth import AllowAll, Authenticator, Principal
 from meshline.api.openapi import openapi_document
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, FieldProblem, MeshlineError, NotFound, ValidationError
 from meshline.core.resource import KindInfo, Resource, ResourceKey
@@ -260,14 +261,21 @@ class Api:
         results = []
         for r in sorted(decoded, key=lambda r: r.kind != "Mesh"):
             stored, created = await self._write(r, p, None, decoded)
-            results.append(
-                {
-                    "resource": str(r.key),
-                    "result": "created" if created else "configured",
-                    "version": stored.version,
-                }
-            )
+            item: dict[str, Any] = {
+                "resource": str(r.key),
+                "result": "created" if created else "configured",
+                "version": stored.version,
+            }
+            warnings = self._unknown_services(r, decoded)
+            if warnings:
+                item["warnings"] = warnings
+            results.append(item)
         return _json({"items": results})
+
+    def _unknown_services(self, r: Resource, pending: Sequence[Resource] = ()) -> list[str]:
+        known = known_services([*self.ctx.reconciler.resources.get(r.mesh, {}).values(),
+                                *(x for x in pending if x.mesh == r.mesh)])  # fmt: skip
+        return warnings_for(r, known)
 
     async def inspect_dataplane(self, request: web.Request) -> web.Response:
         mesh, name = request.match_info["mesh"], request.match_info["name"]
@@ -289,9 +297,25 @@ class Api:
                 "renderError": self.ctx.reconciler.errors.get(node),
                 "versions": result.snapshot.versions() if result else {},
                 "policies": [a.to_json() for a in result.applied] if result else [],
+                "warnings": self._policy_warnings(mesh, result.applied if result else []),
                 "config": config,
             }
         )
+
+    def _policy_warnings(self, mesh: str, applied: Sequence[Any]) -> list[str]:
+        """The unknown services named by the policies that apply to a dataplane."""
+        live = self.ctx.reconciler.resources.get(mesh, {})
+        out: list[str] = []
+        for a in applied:
+            data = a.to_json()
+            res = live.get(ResourceKey(data["kind"], mesh, data["name"]))
+            if res is None:
+                continue
+            for w in self._unknown_services(res):
+                line = f"{res.kind} {res.name}: {w}"
+                if line not in out:
+                    out.append(line)
+        return out
 
     async def sync_status(self, request: web.Request) -> web.Response:
         """What `meshline apply --wait` polls: how far rendering got, and per dataplane the

@@ -12,7 +12,7 @@ import click
 import yaml
 
 from meshline.api.client import ApiClient
-from meshline.cli.output import console, echo, table
+from meshline.cli.output import console, echo, err_console, table
 from meshline.cli.wait import WaitResult, wait_for_acks
 from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
 from meshline.core.schema import did_you_mean
@@ -75,6 +75,8 @@ def apply(ctx: click.Context, files: tuple[str, ...], wait: bool, timeout: float
         result = c.apply(docs)
         for item in result["items"]:
             echo(f"{item['resource']} {item['result']}")
+            for warning in item.get("warnings", []):
+                err_console.print(f"[yellow]warning:[/yellow] {item['resource']}: {warning}", soft_wrap=True)
         if wait:
             revision = max((int(i.get("version", 0)) for i in result["items"]), default=0)
             _report_wait(wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started), timeout)
@@ -228,6 +230,8 @@ def inspect(ctx: click.Context, what: str, name: str, mesh: str, show_config: bo
         console.print(f"  outbound {o.get('address', '127.0.0.1')}:{o['port']} -> {o['service']}")
     if data.get("renderError"):
         console.print(f"[red]render error:[/red] {data['renderError']}")
+    for warning in data.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     nack = st.get("lastNack")
     if nack:
         console.print(f"[red]last rejected push[/red] (version {nack['version']}): {nack['message']}")
