@@ -3,6 +3,7 @@ core lines; the client that failed says what it tried (see test_cli_contexts for
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,18 +40,13 @@ def test_failed_xds_handshakes_leave_no_grpc_core_lines(tmp_path: Path) -> None:
         other = crypto.new_root("another control plane", crypto.new_ec_key())
         creds = grpc.ssl_channel_credentials(root_certificates=crypto.cert_pem(other).encode())
         for _ in range(3):
-            with grpc.secure_channel(f"127.0.0.1:{xds}", creds) as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=1)
-                except grpc.FutureTimeoutError:
-                    pass
+            with grpc.secure_channel(f"127.0.0.1:{xds}", creds) as channel, \
+                    contextlib.suppress(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=1)
         # 3. a TLS client with the wrong CA
         ctx = ssl.create_default_context(cadata=crypto.cert_pem(other))
-        with socket.create_connection(("127.0.0.1", xds), timeout=5) as raw:
-            try:
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-            except ssl.SSLError:
-                pass
+        with socket.create_connection(("127.0.0.1", xds), timeout=5) as raw, contextlib.suppress(ssl.SSLError):
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
