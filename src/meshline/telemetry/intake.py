@@ -286,6 +286,7 @@ class TelemetryIntake:
         others = [o for o in m.halves(r.request_id) if same_hop(o, r)] if r.request_id else []
         m.remember(r)
         key = (r.request_id, r.source, r.destination)
+        m.observe_tls(r)  # every inbound entry, counted ones too (a caller without a sidecar)
         if is_counted(r):
             m.count(r)
             inbound = next((o for o in others if o.direction != OUTBOUND), None)
@@ -298,7 +299,6 @@ class TelemetryIntake:
                 return
             self._publish(r)
             return
-        m.observe_tls(r)
         for o in others:  # the caller's half arrived first: complete it
             if o.direction == OUTBOUND:
                 o.explanation = explain_pair(o, r)
