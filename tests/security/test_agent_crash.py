@@ -114,7 +114,9 @@ def test_callers_stop_sending_to_a_killed_sidecar_within_a_second_or_so(
         wait_until(lambda: victim.inbound_port not in endpoints(web), 15, interval=0.02,
                    what="web to stop sending to the killed instance")
         gone_at = time.monotonic()
-        time.sleep(1.0)  # and keep the load on a little longer
+        # keep the load on until 50 more requests went out (a count, not a time: the pace drops
+        # when the machine is busy)
+        wait_until(lambda: len(load.since(gone_at + 0.1)) >= RATE_HZ // 2, 30, what="50 requests after the push")
     finally:
         load.stop()
     after = load.since(killed_at)
@@ -124,7 +126,7 @@ def test_callers_stop_sending_to_a_killed_sidecar_within_a_second_or_so(
     assert all(at <= STOP_SENDING_WITHIN_S for at, _ in failed), failed
     # then every request goes to the survivor and succeeds
     settled = [w for at, w in after if at > gone_at + 0.1]
-    assert len(settled) > RATE_HZ / 2 and set(settled) == {"orders-b"}, settled
+    assert len(settled) >= RATE_HZ // 2 and set(settled) == {"orders-b"}, settled
     assert endpoints(web) == {survivor.inbound_port}
     print(f"stopped sending after {gone_at - killed_at:.2f}s; {len(failed)} of {len(after)} requests failed: {failed}")
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from meshline.core import dataplane, mesh
-from meshline.core.errors import Conflict, NotFound
+from meshline.core.errors import ClientGone, Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.store.base import Change, Store
 
@@ -248,6 +248,53 @@ class StoreConformance:
         with pytest.raises(NotFound):  # a version says "update what I read": it must exist
             await store.put(a_mesh("ghost"), expected_version=updated.version)
         assert await store.get(created.key) == updated
+
+    # -- put_all: one transaction ----------------------------------------------------------
+    async def test_put_all_writes_everything_in_order_and_delivers_after_commit(self, store: Store) -> None:
+        rec = Recorder()
+        store.subscribe(rec)
+        first = await store.put(a_mesh("a"))
+        await rec.wait_for(1)
+        stored = await store.put_all(
+            [(a_mesh("a", trust_domain="x.example"), first.version), (a_mesh("b"), 0), (a_mesh("c"), None)]
+        )
+        assert [r.name for r in stored] == ["a", "b", "c"]
+        assert [r.version for r in stored] == [first.version + 1, first.version + 2, first.version + 3]
+        assert await store.revision() == first.version + 3
+        changes = await rec.wait_for(4)
+        assert [c.revision for c in changes[1:]] == [r.version for r in stored]
+        assert same_content(await store.get(first.key), a_mesh("a", trust_domain="x.example"))
+
+    @pytest.mark.parametrize("failing", ["stale version", "already exists", "missing"])
+    async def test_put_all_is_all_or_nothing(self, store: Store, failing: str) -> None:
+        existing = await store.put(a_mesh("a"))
+        before = await store.revision()
+        bad = {
+            "stale version": (a_mesh("a", trust_domain="x.example"), existing.version + 100),
+            "already exists": (a_mesh("a"), 0),
+            "missing": (a_mesh("ghost"), 7),
+        }[failing]
+        many = [(a_mesh(f"m{i}"), 0) for i in range(50)]
+        with pytest.raises((Conflict, NotFound)):
+            await store.put_all([*many, bad, (a_mesh("z"), None)])
+        assert await store.revision() == before
+        assert [r.name for r in await store.list("Mesh")] == ["a"]
+        # the store still works after the rollback
+        assert (await store.put_all([(a_mesh("b"), 0)]))[0].version == before + 1
+
+    async def test_put_all_stops_and_rolls_back_when_abandoned(self, store: Store) -> None:
+        before = await store.revision()
+        asked = 0
+
+        def gone() -> bool:
+            nonlocal asked
+            asked += 1
+            return asked >= 20
+
+        with pytest.raises(ClientGone):
+            await store.put_all([(a_mesh(f"m{i}"), 0) for i in range(100)], abandoned=gone)
+        assert asked == 20  # stopped at once, not after writing the rest
+        assert await store.revision() == before and await store.list("Mesh") == []
 
     # -- change events -------------------------------------------------------------------
     async def test_changes_are_delivered_in_order_with_op_revision_and_resource(self, store: Store) -> None:

@@ -405,3 +405,23 @@ async def test_deleting_a_mesh_forgets_its_cas(store: SQLiteStore) -> None:
         await asyncio.sleep(0.01)
     assert await store.list("MeshCA") == []
     await ca.stop()
+
+
+async def test_a_provided_key_stored_in_clear_by_an_older_version_is_sealed_on_start() -> None:
+    from meshline.security import provided_key
+    from meshline.security.controlplane import seal_stored_keys
+
+    cert, key = make_ca("Old Corp")
+    store = SQLiteStore(default_kinds(), ":memory:")
+    await store.start()
+    kek = crypto.KeyEncryptor.generate()
+    spec = {"mtls": {"ca": {"type": "provided", "cert": pem(cert), "key": crypto.key_pem(key)}}}
+    await store.create(Resource("Mesh", "corp", parse_spec(MeshSpec, spec)))
+    await seal_stored_keys(store, kek)
+    stored = (await store.get(ResourceKey("Mesh", "", "corp"))).spec
+    assert isinstance(stored, MeshSpec)
+    assert provided_key.is_sealed(stored.mtls.ca.key)
+    assert provided_key.open_key(kek, "corp", stored.mtls.ca.key) == crypto.key_pem(key).strip()
+    with pytest.raises(ValidationError, match="not for mesh 'other'"):
+        provided_key.open_key(kek, "other", stored.mtls.ca.key)
+    await store.close()

@@ -38,7 +38,7 @@ def apply_info(cfg: AgentConfig, info: dict[str, Any], api_url: str) -> None:
     pem = info.get("caPem")
     if cfg.xds_tls and isinstance(pem, str) and pem:
         path = cfg.work_dir / XDS_CA_FILE
-        crypto.write_public(path, pem)
+        crypto.write_private(path, pem)
         cfg.xds_ca_file = path
 
 

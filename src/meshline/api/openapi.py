@@ -7,27 +7,71 @@ from typing import Any
 from meshline import __version__
 from meshline.core.resource import KindRegistry
 
-# Routes subsystems add through Extensions.routes (security, telemetry, metrics).
-SUBSYSTEM_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("/api/v1/meshes/{mesh}/certificates", "post", "Sign a workload CSR for the token's service (dataplane token)"),
-    ("/api/v1/ca/{mesh}", "get", "The mesh's certificate authorities and their state"),
-    ("/api/v1/ca/{mesh}/trust-bundle", "get", "The mesh's trust bundle (long-polled by agents)"),
-    ("/api/v1/ca/{mesh}/rotate", "post", "Rotate a builtin CA: new root trusted first, signing later"),
-    ("/api/v1/tokens", "get", "Issued tokens (admin)"),
-    ("/api/v1/tokens", "post", "Issue a token (admin)"),
-    ("/api/v1/tokens/{id}/revoke", "post", "Revoke a token (admin)"),
-    ("/api/v1/meshes/{mesh}/stats", "get", "Golden signals per service and edge over recent windows"),
-    ("/api/v1/meshes/{mesh}/tap", "get", "Live requests as JSON lines, failures explained"),
-    ("/api/v1/meshes/{mesh}/requests/{id}", "get", "One recent request (both halves) with its explanation"),
-    ("/api/v1/prometheus/targets", "get", "Prometheus HTTP service discovery for every dataplane"),
+
+def _q(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        out["description"] = description
+    return out
+
+
+_OPT_STR = {"type": ["string", "null"]}  # null or "": not given
+_WHOLE = {"type": "string", "pattern": "^[0-9]{0,4}$"}  # empty: the default
+_TOKEN_BODY = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["admin", "mesh", "readonly", "dataplane"]},
+        "mesh": _OPT_STR, "service": _OPT_STR, "dataplane": _OPT_STR,
+        "ttl": {"type": ["string", "null"], "examples": ["24h", "720h"]}, "description": _OPT_STR,
+    },
+    "required": ["kind"],
+}  # fmt: skip
+_CSR_BODY = {
+    "type": "object",
+    "properties": {"csr": {"type": "string"}, "service": _OPT_STR, "dataplane": _OPT_STR},
+    "required": ["csr"],
+}
+
+# Routes subsystems add through Extensions.routes (security, telemetry, metrics):
+# (path, method, summary, query parameters, request body, status codes besides 200, 401, 403).
+SUBSYSTEM_ROUTES: tuple[tuple[str, str, str, list[dict[str, Any]], dict[str, Any] | None, tuple[int, ...]], ...] = (
+    ("/api/v1/meshes/{mesh}/certificates", "post", "Sign a workload CSR for the token's service (dataplane token)",
+     [], _CSR_BODY, (404, 422)),
+    ("/api/v1/ca/{mesh}", "get", "The mesh's certificate authorities and their state", [], None, (404,)),
+    ("/api/v1/ca/{mesh}/trust-bundle", "get", "The mesh's trust bundle (long-polled by agents)",
+     [_q("version", {"type": "string"}), _q("wait", {"type": "number", "minimum": 0}, "seconds to wait for a change (at most 30 are waited)")],
+     None, (404, 422)),
+    ("/api/v1/ca/{mesh}/rotate", "post", "Rotate a builtin CA: new root trusted first, signing later", [], None,
+     (404, 409)),
+    ("/api/v1/tokens", "get", "Issued tokens (admin)", [_q("all", {"type": "string"})], None, ()),
+    ("/api/v1/tokens", "post", "Issue a token (admin)", [], _TOKEN_BODY, (404, 422)),
+    ("/api/v1/tokens/{id}/revoke", "post", "Revoke a token (admin)", [], None, (404,)),
+    ("/api/v1/meshes/{mesh}/stats", "get", "Golden signals per service and edge over recent windows",
+     [_q("window", {"enum": ["1m", "5m"]}), _q("service", {"type": "string"}), _q("paths", _WHOLE)], None,
+     (404, 422)),
+    ("/api/v1/meshes/{mesh}/tap", "get",
+     "Live requests as JSON lines, failures explained; ends after `idle` seconds (default 300) without one",
+     [_q("service", {"type": "string"}), _q("path", {"type": "string"}), _q("status", {"type": "string"}),
+      _q("replay", _WHOLE), _q("idle", _WHOLE, "seconds without a request before the tap ends (at most 3600)")],
+     None, (404, 422)),
+    ("/api/v1/meshes/{mesh}/requests/{id}", "get", "One recent request (both halves) with its explanation", [],
+     None, (404,)),
+    ("/api/v1/prometheus/targets", "get", "Prometheus HTTP service discovery for every dataplane", [], None, ()),
 )
+
+_REASONS = {
+    200: "ok", 201: "created", 401: "no valid token", 403: "the token may not do this",
+    404: "not found (the message says what exists)", 409: "a conflicting write (read again and retry)",
+    413: "more than one apply may carry (the message names the limit)",
+    422: "invalid input (the problems name each field)",
+}  # fmt: skip
 
 
 def _envelope(kind: str, spec_ref: str, mesh_scoped: bool) -> dict[str, Any]:
     props: dict[str, Any] = {
         "kind": {"const": kind},
         "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
-        "spec": {"$ref": spec_ref},
+        "spec": {"anyOf": [{"$ref": spec_ref}, {"type": "null"}], "description": "null or left out: the defaults"},
         "version": {"type": "integer", "readOnly": True},
     }
     required = ["kind", "name"]
@@ -59,6 +103,10 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
         "description": "error",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+
+    def errors(*codes: int) -> dict[str, Any]:
+        """The error responses an operation can give: each code the server really returns."""
+        return {str(c): {**err, "description": _REASONS[c]} for c in sorted({401, 403, *codes})}
     for info in kinds:
         if info.internal:
             continue
@@ -67,7 +115,10 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
             schemas.setdefault(name, sub)
         schemas[f"{info.kind}Spec"] = spec_schema
         schemas[info.kind] = _envelope(info.kind, f"#/components/schemas/{info.kind}Spec", info.mesh_scoped)
+        # a PUT body may leave out kind, name and mesh: the URL says them
+        schemas[f"{info.kind}Write"] = {**schemas[info.kind], "required": []}
         ref = {"$ref": f"#/components/schemas/{info.kind}"}
+        write_ref = {"$ref": f"#/components/schemas/{info.kind}Write"}
         one = {"description": info.kind, "content": {"application/json": {"schema": ref}}}
         many = {
             "description": f"{info.plural}",
@@ -87,44 +138,45 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
                     "summary": f"List {info.plural}",
                     "tags": [info.kind],
                     "parameters": params[:1],
-                    "responses": {"200": many, "404": err},
+                    "responses": {"200": many, **errors(404)},
                 }
             }
         else:
             paths["/api/v1/meshes"] = {
-                "get": {"summary": "List meshes", "tags": [info.kind], "responses": {"200": many}}
+                "get": {"summary": "List meshes", "tags": [info.kind], "responses": {"200": many, **errors()}}
             }
         if_match = {
             "name": "If-Match",
             "in": "header",
             "required": False,
-            "schema": {"type": "integer"},
-            "description": "refuse the write (409) unless the stored version is this one",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            "description": "refuse the write (409) unless the stored version is this one (422 if not a version)",
         }
         paths[item] = {
             "get": {
                 "summary": f"Get a {info.kind}",
                 "tags": [info.kind],
                 "parameters": params,
-                "responses": {"200": one, "404": err},
+                "responses": {"200": one, **errors(404)},
             },
             "put": {
                 "summary": f"Create or update a {info.kind}",
                 "tags": [info.kind],
                 "parameters": [*params, if_match],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
-                "responses": {"200": one, "201": one, "409": err, "422": err},
+                "requestBody": {"required": True, "content": {"application/json": {"schema": write_ref}}},
+                "responses": {"200": one, "201": one, **errors(404, 409, 422)},
             },
             "delete": {
                 "summary": f"Delete a {info.kind}",
                 "tags": [info.kind],
                 "parameters": [*params, if_match],
-                "responses": {"200": {"description": "deleted"}, "404": err, "409": err},
+                "responses": {"200": {"description": "deleted"}, **errors(404, 409, 422)},
             },
         }
     paths["/api/v1/apply"] = {
         "post": {
-            "summary": "Validate and write several resources (all or nothing on validation)",
+            "summary": "Validate and write several resources in one transaction (all or nothing); at most"
+            " MESHLINE_APPLY_MAX_DOCUMENTS documents (5000) and MESHLINE_APPLY_MAX_BYTES (8 MiB)",
             "requestBody": {
                 "required": True,
                 "content": {
@@ -136,7 +188,7 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
                     }
                 },
             },
-            "responses": {"200": {"description": "applied"}, "422": err},
+            "responses": {"200": {"description": "applied"}, **errors(404, 409, 413, 422)},
         }
     }
     paths["/api/v1/meshes/{mesh}/dataplanes/{name}/inspect"] = {
@@ -146,17 +198,23 @@ def openapi_document(kinds: KindRegistry) -> dict[str, Any]:
                 {"name": "mesh", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
             ],
-            "responses": {"200": {"description": "inspection"}, "404": err},
+            "responses": {"200": {"description": "inspection"}, **errors(404)},
         }
     }
-    paths["/api/v1/health"] = {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}}
-    for path, method, summary in SUBSYSTEM_ROUTES:
+    paths["/api/v1/health"] = {
+        "get": {"summary": "Liveness (no token needed)", "security": [], "responses": {"200": {"description": "ok"}}}
+    }
+    for path, method, summary, query, body, codes in SUBSYSTEM_ROUTES:
         params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                   for n in ("mesh", "name", "id") if "{" + n + "}" in path]
-        paths.setdefault(path, {})[method] = {"summary": summary, "tags": ["subsystems"], "parameters": params,
-                                              "responses": {"200": {"description": "ok"}, "401": err, "403": err}}
+        op: dict[str, Any] = {"summary": summary, "tags": ["subsystems"], "parameters": [*params, *query],
+                              "responses": {"200": {"description": "ok"}, **errors(*codes)}}
+        if body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            op["responses"]["201"] = {"description": "created"}
+        paths.setdefault(path, {})[method] = op
     paths["/api/v1/kinds"] = {
-        "get": {"summary": "Resource kinds", "responses": {"200": {"description": "kinds"}}}
+        "get": {"summary": "Resource kinds", "responses": {"200": {"description": "kinds"}, **errors()}}
     }
     return {
         "openapi": "3.1.0",

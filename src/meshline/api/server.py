@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -13,11 +14,21 @@ from google.protobuf import json_format
 
 from meshline.api.auth import AllowAll, Authenticator, Principal
 from meshline.api.openapi import openapi_document
+from meshline.api.request_input import if_match, json_body
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.core.dataplane import DataplaneSpec
-from meshline.core.errors import Conflict, FieldProblem, MeshlineError, NotFound, ValidationError
+from meshline.core.errors import (
+    ClientGone,
+    Conflict,
+    FieldProblem,
+    MeshlineError,
+    NotFound,
+    TooLarge,
+    ValidationError,
+)
 from meshline.core.resource import KindInfo, Resource, ResourceKey
+from meshline.core.slices import Slices
 from meshline.xds import names
 
 log = logging.getLogger("meshline.api")
@@ -42,6 +53,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return resp
     except MeshlineError as err:
         status = err.status
+        if isinstance(err, ClientGone):
+            log.info("API %s %s stopped: %s", request.method, request.path, err)
         return _json(err.to_json(), status=err.status)
     except web.HTTPException as err:
         status = err.status
@@ -76,10 +89,12 @@ def principal(request: web.Request) -> Principal:
 
 
 async def _body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValidationError([FieldProblem("", f"request body is not valid JSON: {err}")]) from None
+    return await json_body(request)
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The client hung up (aiohttp does not cancel a handler for it: we must look)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 class Api:
@@ -176,6 +191,7 @@ class Api:
         if prior is not None and isinstance(prior.spec, DataplaneSpec):
             # a dataplane token may replace only a dataplane of its own service
             p.check_write(res.mesh or None, res.kind, prior.spec.services(), res.name)
+        res = self.ctx.for_storage(res, prior)  # e.g. a provided CA key sealed
         if prior is not None and prior.spec == res.spec and expected in (None, prior.version):
             return prior, False  # unchanged: no new revision, no push
         return await self.ctx.store.put(res, expected), prior is None
@@ -193,8 +209,7 @@ class Api:
             raise ValidationError(
                 [FieldProblem("", f"the body describes {res.key}, but the URL names {key}")]
             )
-        expected = request.headers.get("If-Match")
-        stored, created = await self._write(res, principal(request), int(expected) if expected else None)
+        stored, created = await self._write(res, principal(request), if_match(request))
         return _json(self._item(stored), status=201 if created else 200)
 
     async def delete_resource(self, request: web.Request) -> web.Response:
@@ -210,19 +225,70 @@ class Api:
                     f"mesh '{key.name}' still has {len(inside)} resources; delete them first"
                     f" (e.g. {inside[0].key})"
                 )
-        expected = request.headers.get("If-Match")
-        await self.ctx.store.delete(key, int(expected) if expected else None)
+        await self.ctx.store.delete(key, if_match(request))
         return _json({"deleted": str(key)})
 
     async def apply(self, request: web.Request) -> web.Response:
-        """Validate every document first; write only if all are valid (all or nothing)."""
-        body = await _body(request)
+        """Validate every document first, then write them all in one store transaction: all
+        or nothing, also when the control plane dies halfway or the client goes away."""
+        limits = self.ctx.apply_limits
+        body = await json_body(request, limits.bytes, "apply")
         docs = body.get("resources") if isinstance(body, dict) else None
         if not isinstance(docs, list):
             raise ValidationError([FieldProblem("resources", "must be a list of resources")])
+        if len(docs) > limits.documents:
+            raise TooLarge(
+                f"this apply has {len(docs)} documents; one apply takes at most {limits.documents}"
+                " (MESHLINE_APPLY_MAX_DOCUMENTS): split it into several applies"
+            )
         p = principal(request)
+        decoded = await self._decode_all(request, docs)
+        for r in decoded:  # refuse before writing anything, not halfway through
+            services = r.spec.services() if isinstance(r.spec, DataplaneSpec) else None
+            p.check_write(r.mesh or None, r.kind, services, r.name)
+        results: list[dict[str, Any]] = []
+        writes: list[tuple[Resource, int | None]] = []
+        slices = Slices()
+        for r in sorted(decoded, key=lambda r: r.kind != "Mesh"):
+            prior = await self._prior(r.key)
+            if prior is not None and isinstance(prior.spec, DataplaneSpec):
+                p.check_write(r.mesh or None, r.kind, prior.spec.services(), r.name)
+            res = self.ctx.for_storage(r, prior)
+            if prior is not None and prior.spec == res.spec:
+                results.append({"resource": str(r.key), "result": "configured", "version": prior.version})
+            else:  # the version read must still be there at the write (0: must not exist yet)
+                writes.append((res, prior.version if prior else 0))
+                results.append({"resource": str(r.key), "result": "configured" if prior else "created"})
+            await slices.tick()
+            if _client_gone(request):
+                raise ClientGone("the client went away before the apply was written; nothing was applied")
+        if len(writes) >= 100:
+            log.info("apply: writing %d resources in one transaction", len(writes))
+        try:
+            stored = await self.ctx.store.put_all(writes, abandoned=lambda: _client_gone(request))
+        except (Conflict, NotFound) as err:
+            raise Conflict(f"{err}; nothing was applied (another write came in between): apply again") from None
+        versions = {str(s.key): s.version for s in stored}
+        for item in results:
+            item.setdefault("version", versions.get(item["resource"]))
+        for r, item in zip(sorted(decoded, key=lambda r: r.kind != "Mesh"), results, strict=True):
+            warnings = self._unknown_services(r, decoded)  # applied anyway: deploy order must not matter
+            if warnings:
+                item["warnings"] = warnings
+        return _json({"items": results})
+
+    async def _prior(self, key: ResourceKey) -> Resource | None:
+        try:
+            return await self.ctx.store.get(key)
+        except NotFound:
+            return None
+
+    async def _decode_all(self, request: web.Request, docs: list[Any]) -> list[Resource]:
+        """Every document decoded and checked (alone and against the others); a
+        ValidationError listing every problem, with where it is, if any has one."""
         decoded: list[Resource] = []
         problems: list[FieldProblem] = []
+        slices = Slices()
         for i, doc in enumerate(docs):
             try:
                 for res in self.ctx.translate(doc):
@@ -238,8 +304,8 @@ class Api:
                     FieldProblem(f"{where}: {pr.path}" if pr.path else where, pr.message)
                     for pr in err.problems
                 )
-        keys = [r.key for r in decoded]
-        dupes = {k for k in keys if keys.count(k) > 1}
+            await slices.tick()
+        dupes = {k for k, n in Counter(r.key for r in decoded).items() if n > 1}
         for k in sorted(dupes):
             problems.append(FieldProblem(str(k), "appears more than once in this apply; keep one"))
         new_meshes = {r.name for r in decoded if r.kind == "Mesh"}
@@ -253,24 +319,12 @@ class Api:
                 await self.ctx.validate_in_context(r, pending=decoded)
             except ValidationError as err:
                 problems.extend(FieldProblem(f"{r.key}: {pr.path}", pr.message) for pr in err.problems)
+            await slices.tick()
+            if _client_gone(request):
+                raise ClientGone("the client went away during validation; nothing was applied")
         if problems:
             raise ValidationError(problems, context="nothing was applied")
-        for r in decoded:  # refuse before writing anything, not halfway through
-            services = r.spec.services() if isinstance(r.spec, DataplaneSpec) else None
-            p.check_write(r.mesh or None, r.kind, services, r.name)
-        results = []
-        for r in sorted(decoded, key=lambda r: r.kind != "Mesh"):
-            stored, created = await self._write(r, p, None, decoded)
-            item: dict[str, Any] = {
-                "resource": str(r.key),
-                "result": "created" if created else "configured",
-                "version": stored.version,
-            }
-            warnings = self._unknown_services(r, decoded)
-            if warnings:
-                item["warnings"] = warnings
-            results.append(item)
-        return _json({"items": results})
+        return decoded
 
     def _unknown_services(self, r: Resource, pending: Sequence[Resource] = ()) -> list[str]:
         known = known_services([*self.ctx.reconciler.resources.get(r.mesh, {}).values(),

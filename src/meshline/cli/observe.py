@@ -216,16 +216,24 @@ def tap(ctx: click.Context, service: str, mesh: str, path: str, status: str, rep
         output: str) -> None:
     """Watch requests to and from SERVICE live, with the reason for every failure."""
     params: dict[str, str | int] = {"service": service, "path": path, "status": status, "replay": replay}
-    seen = 0
-    for item in _stream(ctx, f"/api/v1/meshes/{mesh}/tap", params):
-        if "tap" in item:
-            click.echo(f"tapping {service} in mesh {mesh}" + (f", path {path}*" if path else "")
-                       + (f", status {status}" if status else "") + " (Ctrl-C to stop)", err=True)
-            continue
-        click.echo(json.dumps(item) if output == "json" else tap_line(item))
-        seen += 1
-        if max_count and seen >= max_count:
-            return
+    seen, first = 0, True
+    while True:  # the control plane ends an idle tap (see telemetry/api.py): tap again
+        for item in _stream(ctx, f"/api/v1/meshes/{mesh}/tap", params):
+            if "end" in item:
+                break
+            if "tap" in item:
+                if first:
+                    click.echo(f"tapping {service} in mesh {mesh}" + (f", path {path}*" if path else "")
+                               + (f", status {status}" if status else "") + " (Ctrl-C to stop)", err=True)
+                first = False
+                continue
+            click.echo(json.dumps(item) if output == "json" else tap_line(item))
+            seen += 1
+            if max_count and seen >= max_count:
+                return
+        else:
+            return  # the control plane closed the stream (stopping)
+        params["replay"] = 0
 
 
 @click.command()

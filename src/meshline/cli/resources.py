@@ -12,6 +12,7 @@ import click
 import yaml
 
 from meshline.api.client import ApiClient
+from meshline.cli import safe_yaml
 from meshline.cli.output import console, echo, err_console, table
 from meshline.cli.wait import WaitResult, wait_for_acks
 from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
@@ -26,7 +27,7 @@ def client_from(ctx: click.Context) -> ApiClient:
 def load_documents(path: str) -> list[Any]:
     text = sys.stdin.read() if path == "-" else _read(path)
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in safe_yaml.load_all(text) if d is not None]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -16,6 +16,7 @@ from meshline.api.auth import Authenticator
 from meshline.api.server import build_app
 from meshline.api.site import ConnectionGuard, start_site
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.datadir import secure_data_dir
 from meshline.controlplane.health import OfflineTracker
 from meshline.controlplane.limits import ConnectionLimits, QuietConnectionErrors, raise_fd_limit
 from meshline.controlplane.metrics import TARGETS_PATH, metrics_text, prometheus_targets_handler
@@ -84,7 +85,7 @@ class ControlPlane:
         self.started_at = time.monotonic()
         api_host, api_port = split_address(self.settings.api_address, "API address")
         xds_host, xds_port = split_address(self.settings.xds_address, "xDS address")
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(self.settings.data_dir)
         limits = ConnectionLimits.from_settings(self.settings, raise_fd_limit())
         log.info(
             "connections: at most %d per port; %gs for a handshake, %gs without a request",

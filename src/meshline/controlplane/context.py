@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshline import __version__
+from meshline.api.request_input import ApplyLimits
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.status import StatusRegistry
@@ -19,6 +20,8 @@ from meshline.xds import names
 Translator = Callable[[dict[str, Any]], list[Resource] | None]
 # Checks a resource against the others (e.g. references to unknown services).
 ContextValidator = Callable[[Resource, "ControlPlaneContext", Sequence[Resource]], None]
+# Turns a resource into what may be stored (e.g. seals a secret in it), given the stored one.
+Sealer = Callable[[Resource, Resource | None], Resource]
 
 
 @dataclass
@@ -30,6 +33,8 @@ class ControlPlaneContext:
     metrics: ControlPlaneMetrics = field(default_factory=ControlPlaneMetrics)
     translators: list[Translator] = field(default_factory=list)
     validators: list[ContextValidator] = field(default_factory=list)
+    sealers: list[Sealer] = field(default_factory=list)
+    apply_limits: ApplyLimits = field(default_factory=ApplyLimits)
     version: str = __version__
     # filled by optional subsystems (CA, tokens, telemetry) for the API to reach
     services: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +56,12 @@ class ControlPlaneContext:
                 problems.extend(err.problems)
         if problems:
             raise ValidationError(problems, context=str(res.key))
+
+    def for_storage(self, res: Resource, prior: Resource | None) -> Resource:
+        """``res`` as the store may hold it: every API write goes through this."""
+        for seal in self.sealers:
+            res = seal(res, prior)
+        return res
 
     def dataplane_status(self, r: Resource) -> dict[str, Any]:
         node = names.node_id(r.mesh, r.name)

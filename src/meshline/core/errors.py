@@ -62,3 +62,16 @@ class Unavailable(MeshlineError):
     """A dependency (control plane, database, Envoy) could not be reached."""
 
     status = 503
+
+
+class ClientGone(MeshlineError):
+    """The client hung up while its request was being served; its work was stopped (and a
+    write rolled back). 499 (as nginx logs it): nobody receives this response."""
+
+    status = 499
+
+
+class TooLarge(MeshlineError):
+    """A request over a documented bound (one apply's documents or bytes): 413."""
+
+    status = 413

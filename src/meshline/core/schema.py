@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from meshline.core.errors import FieldProblem, ValidationError
@@ -56,9 +56,11 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, bool):
         raise ValueError("must be a duration such as '250ms', '2s' or '1m'")
     if isinstance(value, int | float):
+        if value != value:  # NaN
+            raise ValueError("must be a duration such as '250ms', '2s' or '1m'")
         if value < 0:
             raise ValueError("must not be negative")
-        return timedelta(seconds=value)
+        return _bounded(float(value), str(value))
     if isinstance(value, str):
         text = value.strip()
         pos, total = 0, 0.0
@@ -68,8 +70,27 @@ def parse_duration(value: object) -> timedelta:
             total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
             pos = m.end()
         if text and pos == len(text):
-            return timedelta(seconds=total)
-    raise ValueError(f"'{value}' is not a duration; write e.g. '250ms', '2s', '1m30s'")
+            return _bounded(total, text)
+    raise ValueError(f"'{str(value)[:40]}' is not a duration; write e.g. '250ms', '2s', '1m30s'")
+
+
+MAX_DURATION_S = 100 * 365 * 86400.0  # a century: past any timeout, and inside every Envoy field
+
+
+def _bounded(seconds: float, text: str) -> timedelta:
+    if not seconds <= MAX_DURATION_S:  # also inf
+        raise ValueError(f"'{text[:40]}' is too long; at most {int(MAX_DURATION_S // 3600)}h")
+    return timedelta(seconds=seconds)
+
+
+# What the OpenAPI document says a duration is: what parse_duration takes, not ISO 8601.
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]+)?(us|ms|s|m|h))+\s*$", "examples": ["250ms", "2s", "1m30s", "24h"]},
+        {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S, "description": "seconds"},
+    ],
+    "description": "a duration: a number with a unit (us, ms, s, m, h), several added up ('1m30s'), or seconds",
+}
 
 
 def format_duration(value: timedelta) -> str:
@@ -87,6 +108,7 @@ def format_duration(value: timedelta) -> str:
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
+    WithJsonSchema(DURATION_SCHEMA),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
 

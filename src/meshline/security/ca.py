@@ -508,7 +508,9 @@ class CAManager:
                 return None
             log.info("mesh %s: generating its builtin CA", mesh.name)
             return self._seal_entry(mesh.name, new_builtin(mesh.name), "builtin")
-        material = parse_provided(ca.cert, ca.key)
+        from meshline.security.provided_key import open_key  # it builds on this module
+
+        material = parse_provided(ca.cert, open_key(self.kek, mesh.name, ca.key))
         if last is not None and last.id == material.id:
             return None
         log.info("mesh %s: adopting the provided CA %s", mesh.name, material.cert.subject.rfc4514_string())

@@ -25,12 +25,12 @@ from typing import Any
 from aiohttp import web
 
 from meshline.controlplane.app import XDS_CA_PEM, Extensions
-from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.context import ContextValidator, ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
-from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.errors import Conflict, FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
-from meshline.security import crypto
+from meshline.security import crypto, provided_key
 from meshline.security.authn import TokenAuthenticator, redact_ca_keys, write_admin_token
 from meshline.security.ca import DEFAULT_PROPAGATION, CAManager, parse_provided
 from meshline.security.kinds import INTERNAL
@@ -45,6 +45,7 @@ from meshline.security.xds_auth import (
     server_tls,
     write_ca_file,
 )
+from meshline.store.base import Store
 
 log = logging.getLogger("meshline.security")
 
@@ -66,23 +67,43 @@ class SecurityOptions:
 # -- validators (ControlPlaneContext.validators) --------------------------------------
 
 
-def validate_mesh_ca(res: Resource, ctx: ControlPlaneContext, pending: Sequence[Resource]) -> None:
-    if res.kind != "Mesh":
-        return
-    spec = res.spec
-    assert isinstance(spec, MeshSpec)
-    ca = spec.mtls.ca
-    if ca.type == "provided":
-        parse_provided(ca.cert, ca.key)
-    elif ca.cert or ca.key:
-        raise ValidationError(
-            [
-                FieldProblem(
-                    "spec.mtls.ca.cert" if ca.cert else "spec.mtls.ca.key",
-                    "is only used with type: provided; remove it, or set spec.mtls.ca.type: provided",
-                )
-            ]
-        )
+def mesh_ca_validator(kek: crypto.KeyEncryptor) -> ContextValidator:
+    def validate_mesh_ca(res: Resource, ctx: ControlPlaneContext, pending: Sequence[Resource]) -> None:
+        if res.kind != "Mesh":
+            return
+        spec = res.spec
+        assert isinstance(spec, MeshSpec)
+        ca = spec.mtls.ca
+        if ca.type == "provided":
+            parse_provided(ca.cert, provided_key.open_key(kek, res.name, ca.key))
+        elif ca.cert or ca.key:
+            raise ValidationError(
+                [
+                    FieldProblem(
+                        "spec.mtls.ca.cert" if ca.cert else "spec.mtls.ca.key",
+                        "is only used with type: provided; remove it, or set spec.mtls.ca.type: provided",
+                    )
+                ]
+            )
+
+    return validate_mesh_ca
+
+
+async def seal_stored_keys(store: Store, kek: crypto.KeyEncryptor) -> None:
+    """Seal provided CA keys that a version before sealing stored in clear."""
+    for res in await store.list("Mesh"):
+        assert isinstance(res.spec, MeshSpec)
+        key = res.spec.mtls.ca.key
+        if key and not provided_key.is_sealed(key):
+            try:
+                await store.update(provided_key.seal_mesh(kek, res, None), res.version)
+            except Conflict:
+                continue  # changed meanwhile (another replica sealed it, or a new apply): sealed by that write
+            log.warning(
+                "mesh %s: its provided CA key was stored in clear; sealed it now. Copies made before"
+                " (backups, old database pages) still hold it: treat that key as exposed and rotate the CA",
+                res.name,
+            )
 
 
 def refuse_internal_kinds(res: Resource, ctx: ControlPlaneContext, pending: Sequence[Resource]) -> None:
@@ -129,7 +150,9 @@ class Security:
         await self.ca.start()
         self.tokens = TokenService(ctx.store, kek)
         await self.tokens.start()
-        ctx.validators.append(validate_mesh_ca)
+        ctx.validators.append(mesh_ca_validator(kek))
+        ctx.sealers.append(lambda res, prior: provided_key.seal_mesh(kek, res, prior))
+        await seal_stored_keys(ctx.store, kek)
         ctx.validators.append(refuse_internal_kinds)
         ctx.services["ca"] = self.ca
         ctx.services["tokens"] = self.tokens

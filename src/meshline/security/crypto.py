@@ -284,14 +284,6 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_public(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def digest(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:

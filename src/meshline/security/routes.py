@@ -14,7 +14,6 @@ already routes every GET of that shape to a resource kind.)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from meshline.api.auth import Principal
+from meshline.api.request_input import json_body
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core.dataplane import DataplaneSpec
@@ -43,10 +43,7 @@ def _principal(request: web.Request) -> Principal:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValidationError([FieldProblem("", f"request body is not valid JSON: {err}")]) from None
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise ValidationError([FieldProblem("", "request body must be a JSON object")])
     return body
@@ -223,9 +220,12 @@ class SecurityApi:
         _principal(request).check_read(mesh)
         version = request.query.get("version", "")
         try:
-            wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "0"))))
+            wait = float(request.query.get("wait", "0"))
         except ValueError:
-            raise ValidationError([FieldProblem("wait", "must be a number of seconds")]) from None
+            wait = -1.0
+        if not wait >= 0:  # negative, NaN
+            raise ValidationError([FieldProblem("wait", "must be a number of seconds from 0 (at most 30 are waited)")])
+        wait = min(MAX_WAIT, wait)
         if version and wait > 0:
             roots, current, signer = await self.ca.wait_bundle(mesh, version, wait)
         else:

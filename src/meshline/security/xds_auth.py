@@ -152,20 +152,34 @@ def server_tls(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, li
 def api_ssl_context(tls: ServerTLS, data_dir: Path) -> ssl.SSLContext:
     """An HTTPS context for the REST API with the control plane's server certificate.
 
-    ``ssl`` loads keys only from files: the key is written next to the other control-plane
-    secrets (0600), on the control plane's own host."""
-    path = data_dir / "api-tls.pem"
-    crypto.write_private(path, tls.key_pem + tls.cert_chain_pem)
+    ``ssl`` loads keys only from files: the key goes through an anonymous in-memory file
+    (``memfd``), so it is never written to disk; where there is none (not Linux), a 0600
+    file in the 0700 data dir, removed once loaded."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(path)
+    pem = (tls.key_pem + tls.cert_chain_pem).encode()
+    stale = data_dir / "api-tls.pem"  # where versions before the memfd kept it
+    stale.unlink(missing_ok=True)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("meshline-api-tls", 0)
+        try:
+            os.write(fd, pem)
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return ctx
+    crypto.write_private(stale, pem.decode())
+    try:
+        ctx.load_cert_chain(stale)
+    finally:
+        stale.unlink(missing_ok=True)
     return ctx
 
 
 def write_ca_file(data_dir: Path, ca_pem: str) -> Path:
     path = data_dir / CP_CA_FILE
     if not path.exists() or path.read_text() != ca_pem:
-        crypto.write_public(path, ca_pem)
+        crypto.write_private(path, ca_pem)  # public, but the data dir's files are all 0600
     return path
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,12 @@ class Change:
 
 
 Listener = Callable[[Change], Awaitable[None] | None]
+
+# One write of :meth:`Store.put_all`: the resource and the version it must replace (None:
+# create or replace whatever is there; 0: there must be none yet; n: the stored version is n).
+Write = tuple[Resource, int | None]
+# Asked between the writes of a put_all: True stops it (the client went away).
+Abandoned = Callable[[], bool]
 
 
 class Store(abc.ABC):
@@ -96,6 +103,13 @@ class Store(abc.ABC):
             if expected_version:
                 raise
             return await self.create(resource)
+
+    @abc.abstractmethod
+    async def put_all(self, writes: Sequence[Write], abandoned: Abandoned | None = None) -> builtins.list[Resource]:
+        """Put every resource in **one transaction**: all are written or none (a Conflict or
+        NotFound on any, a crash, a lost connection, ``abandoned()`` turning True: nothing).
+        Each write gets its own revision, in order; changes are delivered after the commit.
+        ``abandoned`` is asked between writes; True rolls back and raises ClientGone."""
 
     # -- change events -------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:

@@ -37,9 +37,9 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from meshline.core.errors import Conflict, NotFound, Unavailable
+from meshline.core.errors import ClientGone, Conflict, NotFound, Unavailable
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
-from meshline.store.base import Change, Store
+from meshline.store.base import Abandoned, Change, Store, Write
 
 log = logging.getLogger("meshline.store.postgres")
 
@@ -184,38 +184,66 @@ class PostgresStore(Store):
     # -- writes --------------------------------------------------------------------
     async def create(self, resource: Resource) -> Resource:
         async with self._session() as conn, conn.transaction():
-            rev, now = await self._next_revision(conn)
-            if await self._locked_version(conn, resource.key) is not None:
-                raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
-            cur = await conn.execute(
-                f"INSERT INTO resources VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (*_key(resource.key), rev, now, now, Jsonb(resource.spec.to_json())),
-            )
-            stored = self._resource(await _one(cur))
-            await self._log_change(conn, "put", resource.key, rev)
-        await self._after_commit(Change("put", stored.key, rev, stored))
-        return stored
+            change = await self._create(conn, resource)
+        await self._after_commit(change)
+        assert change.resource is not None
+        return change.resource
 
     async def update(self, resource: Resource, expected_version: int | None = None) -> Resource:
         async with self._session() as conn, conn.transaction():
-            rev, now = await self._next_revision(conn)
-            current = await self._locked_version(conn, resource.key)
-            if current is None:
-                raise NotFound(f"{resource.key} not found")
-            if expected_version is not None and expected_version != current:
-                raise Conflict(
-                    f"{resource.key} changed since you read it (version {expected_version}, now"
-                    f" {current}); read it again and retry"
-                )
-            cur = await conn.execute(
-                f"UPDATE resources SET version = %s, updated_at = %s, spec = %s WHERE {_KEY}"
-                f" RETURNING {_COLUMNS}",
-                (rev, now, Jsonb(resource.spec.to_json()), *_key(resource.key)),
+            change = await self._update(conn, resource, expected_version)
+        await self._after_commit(change)
+        assert change.resource is not None
+        return change.resource
+
+    async def put_all(
+        self, writes: Sequence[Write], abandoned: Abandoned | None = None
+    ) -> builtins.list[Resource]:
+        changes: builtins.list[Change] = []
+        async with self._session() as conn, conn.transaction():
+            # the revision counter first, as every writer takes it: no lock-order deadlock
+            await conn.execute("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE")
+            for resource, expected in writes:
+                if expected == 0 or expected is None and await self._locked_version(conn, resource.key) is None:
+                    changes.append(await self._create(conn, resource))
+                else:
+                    changes.append(await self._update(conn, resource, expected))
+                if abandoned is not None and abandoned():
+                    raise ClientGone(f"the client went away after {len(changes)} of {len(writes)} writes; none kept")
+        for change in changes:
+            await self._after_commit(change)
+        return [c.resource for c in changes if c.resource is not None]
+
+    async def _create(self, conn: Connection, resource: Resource) -> Change:
+        rev, now = await self._next_revision(conn)
+        if await self._locked_version(conn, resource.key) is not None:
+            raise Conflict(f"{resource.key} already exists; use `meshline apply` to update it")
+        cur = await conn.execute(
+            f"INSERT INTO resources VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+            (*_key(resource.key), rev, now, now, Jsonb(resource.spec.to_json())),
+        )
+        stored = self._resource(await _one(cur))
+        await self._log_change(conn, "put", resource.key, rev)
+        return Change("put", stored.key, rev, stored)
+
+    async def _update(self, conn: Connection, resource: Resource, expected_version: int | None) -> Change:
+        rev, now = await self._next_revision(conn)
+        current = await self._locked_version(conn, resource.key)
+        if current is None:
+            raise NotFound(f"{resource.key} not found")
+        if expected_version is not None and expected_version != current:
+            raise Conflict(
+                f"{resource.key} changed since you read it (version {expected_version}, now"
+                f" {current}); read it again and retry"
             )
-            stored = self._resource(await _one(cur))
-            await self._log_change(conn, "put", resource.key, rev)
-        await self._after_commit(Change("put", stored.key, rev, stored))
-        return stored
+        cur = await conn.execute(
+            f"UPDATE resources SET version = %s, updated_at = %s, spec = %s WHERE {_KEY}"
+            f" RETURNING {_COLUMNS}",
+            (rev, now, Jsonb(resource.spec.to_json()), *_key(resource.key)),
+        )
+        stored = self._resource(await _one(cur))
+        await self._log_change(conn, "put", resource.key, rev)
+        return Change("put", stored.key, rev, stored)
 
     async def delete(self, key: ResourceKey, expected_version: int | None = None) -> None:
         async with self._session() as conn, conn.transaction():

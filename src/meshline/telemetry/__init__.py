@@ -42,7 +42,7 @@ def install(cp: ControlPlane) -> TelemetryIntake:
 
     reconciler.plugins = sorted([*reconciler.plugins, PLUGIN], key=lambda p: p.order)
     cp.ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
-    cp.ext.routes.append(TelemetryApi(intake).install)
+    cp.ext.routes.append(TelemetryApi(intake, lambda mesh: mesh in reconciler.meshes).install)
     cp.ext.on_start.append(on_start)
     cp.ext.on_stop.append(intake.stop)
     return intake

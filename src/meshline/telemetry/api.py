@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,10 @@ from meshline.telemetry.intake import TapFilter, TelemetryIntake
 
 KEEPALIVE_S = 10.0
 MAX_REPLAY = 1000
+# A tap with no request to show for this long ends (``idle=`` asks for less or more, up to
+# MAX_IDLE_S): a forgotten tap does not hold a connection and a subscription forever.
+IDLE_S = 300
+MAX_IDLE_S = 3600
 
 
 
@@ -61,8 +66,13 @@ async def _dumps_in_slices(data: dict[str, Any]) -> bytes:
 
 
 class TelemetryApi:
-    def __init__(self, intake: TelemetryIntake) -> None:
+    def __init__(self, intake: TelemetryIntake, mesh_exists: Callable[[str], bool] = lambda _: True) -> None:
         self.intake = intake
+        self.mesh_exists = mesh_exists
+
+    def _check_mesh(self, mesh: str) -> None:
+        if not self.mesh_exists(mesh):
+            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
 
     async def stats(self, request: web.Request, mesh: str) -> web.StreamResponse:
         data = await self.intake.stats(
@@ -80,6 +90,7 @@ class TelemetryApi:
             status=request.query.get("status", ""),
         )
         replay = _int(request, "replay", 0, MAX_REPLAY)
+        idle = _int(request, "idle", IDLE_S, MAX_IDLE_S) or IDLE_S
         sub = self.intake.subscribe(mesh, flt)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         try:
@@ -88,13 +99,16 @@ class TelemetryApi:
                                               "status": flt.status}}))
             for r in self.intake.recent(mesh, flt, replay):
                 await resp.write(_dumps(r.to_json()))
-            last_write = time.monotonic()
+            last_write = last_item = time.monotonic()
             while True:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), 1.0)
                 except TimeoutError:
                     if request.transport is None or request.transport.is_closing():
                         break  # the client went away
+                    if time.monotonic() - last_item >= idle:
+                        await resp.write(_dumps({"end": f"no request for {idle}s; tap again to go on"}))
+                        break
                     if time.monotonic() - last_write >= KEEPALIVE_S:
                         await resp.write(b"\n")  # keeps proxies from closing an idle stream
                         last_write = time.monotonic()
@@ -102,7 +116,7 @@ class TelemetryApi:
                 if item is None:
                     break  # the control plane is stopping
                 await resp.write(_dumps(item.to_json()))
-                last_write = time.monotonic()
+                last_write = last_item = time.monotonic()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -124,16 +138,19 @@ class TelemetryApi:
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         mesh = request.match_info["mesh"]
         principal(request).check_read(mesh)
+        self._check_mesh(mesh)
         return await self.stats(request, mesh)
 
     async def _tap(self, request: web.Request) -> web.StreamResponse:
         mesh = request.match_info["mesh"]
         principal(request).check_read(mesh)
+        self._check_mesh(mesh)
         return await self.tap(request, mesh)
 
     async def _request(self, request: web.Request) -> web.StreamResponse:
         mesh = request.match_info["mesh"]
         principal(request).check_read(mesh)
+        self._check_mesh(mesh)
         return await self.request(request, mesh, request.match_info["id"])
 
     def install(self, app: web.Application) -> None:

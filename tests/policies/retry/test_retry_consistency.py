@@ -77,7 +77,7 @@ def test_only_the_policies_that_win_are_compared() -> None:
 
 def test_the_validator_sees_stored_and_pending_resources() -> None:
     stored = {d.key: d for d in MESH}
-    ctx = SimpleNamespace(reconciler=SimpleNamespace(resources={"default": stored}))
+    ctx = SimpleNamespace(reconciler=SimpleNamespace(resources={"default": stored}, revision=0), services={})
     r = retry("20s")
     with pytest.raises(ValidationError, match="spec.conf.http.perTryTimeout: 20s is longer"):
         check_retry_timeouts(r, ctx, [r])  # type: ignore[arg-type]

@@ -94,11 +94,15 @@ export class Tap {
     this.root.dataset.tap = "connecting";
     this.count = 0;
     this.failures = 0;
+    this.ended = "";
     this.button.textContent = "Stop";
     this.say(`Connecting to ${f.service.value || "all services"}…`);
     try {
       await api.stream(api.meshPath(mesh, `/tap?${params}`), (item) => this.add(item, mesh), controller.signal);
-      if (this.controller === controller) this.say("The control plane ended the tap (it is stopping?). Start it again.");
+      if (this.controller === controller) {
+        // an idle tap is ended by the control plane with {"end": why}
+        this.say(this.ended ? `The tap ended: ${this.ended}. Start it again.` : "The control plane ended the tap (it is stopping?). Start it again.");
+      }
     } catch (err) {
       if (err.name === "AbortError") return;
       this.say(`Tap failed: ${err.message}`, true);
@@ -121,6 +125,10 @@ export class Tap {
   }
 
   add(item, mesh) {
+    if (item.end) {
+      this.ended = item.end;
+      return;
+    }
     if (item.tap) {
       this.root.dataset.tap = "live"; // the control plane confirmed the tap
       this.say(`Tapping ${item.tap.service || "all services"} in mesh ${item.tap.mesh}: waiting for requests…`);
