@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The CLI's contexts file (meshline.api.contexts): never the developer's own. Tests that
+# need one set MESHLINE_CONFIG themselves.
+os.environ["MESHLINE_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="meshline-test-config-"), "config.yaml")
 
 TIERS = {
     "unit": "unit",

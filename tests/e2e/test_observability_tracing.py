@@ -136,7 +136,9 @@ def test_two_hops_make_four_parented_spans(traced: dict[str, Any]) -> None:
     assert orders_in.parent_span_id == web_out.span_id
     assert orders_out.parent_span_id == orders_in.span_id  # the app passed traceparent on
     assert inventory_in.parent_span_id == orders_out.span_id
-    assert attrs(web_out)["meshline.peer"] == "orders" and attrs(orders_in)["meshline.peer"] == "web"
+    assert attrs(web_out)["meshline.peer"] == "orders"
+    # no mTLS in this mesh: the callee knows the caller only by the header its sidecar wrote
+    assert attrs(orders_in)["meshline.source_claimed"] == "web" and attrs(orders_in).get("meshline.peer") in (None, "", "-")
     assert attrs(inventory_in)["meshline.version"] == "v3" and attrs(orders_in)["meshline.version"] == "v1"
     assert attrs(inventory_in)["http.status_code"] == "200"
 

@@ -71,7 +71,7 @@ def issued_identity(mesh: MeshHarness, service: str, mesh_name: str = "default")
     return Identity(data["certChain"], crypto.key_pem(key)), data["trustBundle"]
 
 
-def tls_get(port: int, bundle: str, ident: Identity | None) -> int:
+def tls_get(port: int, bundle: str, ident: Identity | None, headers: str = "") -> int:
     """One HTTP/1.1 GET over TLS to a sidecar's inbound port; the status, or raise if refused."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # sidecar certificates carry only a SPIFFE URI SAN
@@ -80,7 +80,7 @@ def tls_get(port: int, bundle: str, ident: Identity | None) -> int:
     if ident is not None:
         ctx.load_cert_chain(ident.cert, ident.key)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as s:
-        s.sendall(b"GET /probe HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+        s.sendall(f"GET /probe HTTP/1.1\r\nHost: orders\r\n{headers}Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -206,3 +206,28 @@ def test_sidecar_private_key_never_leaves_the_host(tmp_path: Path, orders: HttpT
         if sock is not None:
             assert sock.stat().st_mode & 0o077 == 0
 
+
+
+def test_the_callers_identity_comes_from_its_certificate_never_from_a_header(
+    tmp_path: Path, orders: HttpTestServer, web_app: HttpTestServer
+) -> None:
+    from tests.e2e.test_observability_tracing import OtlpReceiver, attrs
+
+    with OtlpReceiver() as receiver:
+        spec = {"mtls": {"mode": "strict"}, "defaultPermission": "allow",
+                "tracing": {"otlp": f"127.0.0.1:{receiver.port}", "sampling": 100}}
+        with MeshHarness(tmp_path, mtls="strict", auth=True, mesh_spec=spec) as mesh:
+            o = mesh.sidecar("orders", app_port=orders.port)
+            w = mesh.sidecar("web", app_port=web_app.port, upstreams=["orders"])
+            get_ok(w.url("orders") + "/hello")
+            # a caller holding web's valid certificate names itself in a header
+            web_ident, bundle = issued_identity(mesh, "web")
+            trace_id = "ab" * 16
+            assert tls_get(o.inbound_port, bundle, web_ident,
+                           f"x-meshline-source: spoofed-svc\r\ntraceparent: 00-{trace_id}-{'cd' * 8}-01\r\n") == 200
+            got = {k.lower(): v for k, v in orders.requests[-1]["headers"].items()}
+            assert "x-meshline-source" not in got  # removed at the inbound, not passed to the app
+            spans = wait_until(lambda: receiver.of_trace(trace_id) or None, 20, what="the callee's span")
+            tags = attrs(spans[0][1])
+            assert tags["meshline.peer"] == "spiffe://meshline.local/default/web"
+            assert "spoofed-svc" not in tags.values()

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from meshline.agent.sockets import private_dir
 from meshline.core.errors import MeshlineError
+from meshline.core.unix_sockets import private_dir
 from meshline.security import crypto
 from meshline.security.workload_identity import make_csr
 from meshline.testing.mesh import MeshHarness, Sidecar

@@ -115,3 +115,65 @@ def test_port_in_use_for_the_control_plane(api: str, tmp_path: Path) -> None:
 def test_the_old_admin_port_option_says_where_the_admin_api_went(api: str) -> None:
     err = one_line_error(meshline(api, "dataplane", "--service", "orders", "--port", "8080", "--admin-port", "9901"))
     assert err.startswith("error: --admin-port:") and "admin.sock" in err and "drop --admin-port" in err
+
+
+def test_a_document_spells_its_kind_exactly(api: str) -> None:
+    for wrong in ("HttpRoute", "HTTPRoutes", "httproute"):
+        doc = f"kind: {wrong}\nmesh: default\nname: r\nspec: {{destinations: [{{match: {{service: a}}}}]}}\n"
+        err = one_line_error(meshline(api, "apply", "-f", "-", stdin=doc))
+        assert f"'{wrong}' is not how a document names a kind; write kind: HTTPRoute" in err
+    # the command line takes plurals and any case (one documented rule)
+    assert meshline(api, "get", "HTTPRoutes").returncode == 0
+
+
+def test_unknown_kinds_and_fields_get_the_closest_name(api: str) -> None:
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin="kind: HTTPRout\nmesh: default\nname: r\n"))
+    assert "unknown kind 'HTTPRout'; did you mean HTTPRoute?" in err
+    doc = ("kind: Timeout\nmesh: default\nname: t\nspec: {destinations: [{match: {service: a}}],"
+           " conf: {http: {requestTimeut: 1s}}}\n")
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin=doc))
+    assert "spec.conf.http.requestTimeut: is not a known field; did you mean 'requestTimeout'?" in err
+    err = one_line_error(meshline(api, "get", "trafficpermision"))
+    assert "did you mean TrafficPermission?" in err
+
+
+def test_a_missing_kind_is_reported_as_missing(api: str) -> None:
+    err = one_line_error(meshline(api, "apply", "-f", "-", stdin="mesh: default\nname: x\nspec: {}\n"))
+    assert "None" not in err
+    assert "document 1 (x): kind: is missing; every document needs one of:" in err and "HTTPRoute" in err
+
+
+LONG = "orders-to-inventory-a-rather-long-permission-name-number-"
+
+
+def test_piped_tables_are_not_cut_and_wide_is_a_choice(api: str) -> None:
+    docs = "".join(f"---\nkind: TrafficPermission\nmesh: default\nname: {LONG}{i}\nspec:\n"
+                   f"  sources: [{{match: {{service: web}}}}]\n  destinations: [{{match: {{service: orders}}}}]\n"
+                   f"  action: allow\n" for i in range(3))
+    assert meshline(api, "apply", "-f", "-", stdin=docs).returncode == 0
+    for extra in ((), ("-o", "wide")):
+        out = meshline(api, "get", "trafficpermissions", *extra)
+        assert out.returncode == 0, out.stderr
+        for i in range(3):
+            assert f"{LONG}{i}" in out.stdout, out.stdout  # whole names, three distinct rows
+    # on an 80-column terminal, -o wide still prints whole names
+    import pty
+
+    code = ("import os, sys; os.environ['COLUMNS'] = '80'; sys.argv = ['meshline', 'get', 'trafficpermissions',"
+            " '-o', 'wide']; from meshline.cli.main import main; main()")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout is the pseudo-terminal
+        os.environ.update({"MESHLINE_API": api, "MESHLINE_TOKEN": ""})
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace").replace("\r", "")
+    assert f"{LONG}0" in text, text

@@ -196,11 +196,12 @@ async def test_each_request_counts_once_per_edge() -> None:
     intake = TelemetryIntake(clock=Clock())
     sub = intake.subscribe("default", TapFilter(service="orders"))
     intake.ingest([record("outbound", "a"), record("inbound", "a", mtls=True)])
-    intake.ingest([record("inbound", "b", source="external", status=500)])  # a caller without sidecar
+    # a caller without a sidecar, in plaintext: its edge's mTLS is "no" (read from the entry that counts it)
+    intake.ingest([record("inbound", "b", source="external", status=500, mtls=False)])
     stats = await intake.stats("default")
     assert [(s["service"], s["total"], s["totalFailures"]) for s in stats["services"]] == [("orders", 2, 1)]
     edges = {(e["source"], e["destination"]): (e["total"], e["mtls"]) for e in stats["edges"]}
-    assert edges == {("web", "orders"): (1, "yes"), ("external", "orders"): (1, "unknown")}
+    assert edges == {("web", "orders"): (1, "yes"), ("external", "orders"): (1, "no")}
     tapped = [take(sub).request_id for _ in range(sub.queue.qsize())]
     assert tapped == ["a", "b"]
     assert stats["received"] == 3

@@ -41,8 +41,8 @@ from meshline.agent.config import (
 )
 from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
 from meshline.agent.registration import Api, deregister, no_token_message, register, token_kind
-from meshline.agent.sockets import private_dir
 from meshline.core.errors import MeshlineError, NotFound, Unauthorized
+from meshline.core.unix_sockets import private_dir
 
 log = logging.getLogger("meshline.agent")
 Report = Callable[[str], None]
@@ -113,7 +113,7 @@ def not_ready_error(timeout: float, state: ReadyState, config: AgentConfig) -> E
     if state.state is None:
         why = f"its admin endpoint {config.admin_socket} never answered"
     elif state.xds_connected is False:
-        why = f"it cannot reach the control plane's xDS server at {xds}; check --xds-address and the network"
+        why = f"it cannot reach the control plane's xDS server at {xds} ({config.xds_source}); check it and the network"
     else:
         why = (
             f"it is connected to {xds} but has no complete configuration (state {state.state});"
@@ -266,6 +266,7 @@ class Agent:
             raise Unauthorized(no_token_message(cfg) if cfg.token is None else str(err)) from None
         self._registered = True
         self.report(f"registered dataplane {cfg.name} in mesh {cfg.mesh} at {self._api.url}")
+        await self._until_stopped(self._find_xds())
 
         self.phase = Phase.STARTING_SERVICES
         for svc in cfg.local_services:
@@ -292,6 +293,17 @@ class Agent:
             self.report(f"started the app (pid {self.app.pid}): {' '.join(self.command)}")
         self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
         self._registration = asyncio.create_task(self._stay_registered(), name="stay-registered")
+
+    async def _find_xds(self) -> None:
+        """Ask the API where xDS is and how to verify it, then check it answers."""
+        from meshline.agent import xds_discovery
+
+        fetch = getattr(self._api, "xds_info", None)  # test doubles of the API may not serve it
+        if fetch is None:
+            return
+        await xds_discovery.discover(self.config, fetch)
+        await xds_discovery.probe(self.config)
+        self.report(f"xDS: {xds_discovery.tried(self.config)}")
 
     async def _announce_ready(self) -> None:
         """Once the app accepts connections, tell the control plane this instance can take traffic."""

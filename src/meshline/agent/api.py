@@ -53,6 +53,10 @@ class AgentApi:
     async def delete(self, kind: str, mesh: str | None, name: str) -> Any:
         return await self.request("DELETE", resource_path(kind, mesh, name))
 
+    async def xds_info(self) -> Any:
+        """Where the control plane's xDS server is and its CA (see agent.xds_discovery)."""
+        return await self.request("GET", "/api/v1/xds")
+
     async def get(self, kind: str, mesh: str | None, name: str) -> Any:
         return await self.request("GET", resource_path(kind, mesh, name))
 

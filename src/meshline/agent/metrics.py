@@ -266,7 +266,9 @@ def http_labels(envoy_labels: Mapping[str, str]) -> dict[str, str]:
     raw = {k: ("" if v == "-" else v) for k, v in envoy_labels.items()}
     if raw.get(m.REPORTER) == "destination":
         raw[m.SOURCE_SERVICE] = service_of_identity(raw.get(m.SOURCE_SERVICE, ""))
-    raw["response_code_class"] = code_class(raw.get(m.RESPONSE_CODE, ""))
+    # One definition of success with `meshline stat`: a mesh denial is its own class, and
+    # no response at all (code 0) has none, so `response_code_class=~"[1-4]xx"` is success.
+    raw["response_code_class"] = "denied" if raw.get(m.MESH_DENIED) else code_class(raw.get(m.RESPONSE_CODE, ""))
     return {k: raw.get(k, "") for k in HTTP_LABELS}
 
 

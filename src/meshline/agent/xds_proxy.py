@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from meshline.agent.config import AgentConfig
-from meshline.agent.sockets import serve_grpc
+from meshline.core.unix_sockets import serve_grpc
 
 log = logging.getLogger("meshline.agent.xds")
 
@@ -63,9 +63,10 @@ def upstream_channel(config: AgentConfig) -> grpc.aio.Channel:
         ("grpc.max_receive_message_length", MAX_CONFIG_BYTES),
         ("grpc.enable_retries", 0),
     ]
-    if config.ca_file is None:
+    ca = config.xds_ca
+    if ca is None:
         return grpc.aio.insecure_channel(target, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=config.ca_file.read_bytes())
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
     return grpc.aio.secure_channel(target, credentials, options=options)
 
 

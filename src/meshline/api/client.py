@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -15,12 +16,14 @@ from meshline.api.common import (
     error_for,
     is_local,
     resource_path,
-    unreachable,
 )
+from meshline.api.contexts import Connection, resolve
+from meshline.core.errors import MeshlineError, Unauthorized, Unavailable
 
 __all__ = [
     "DEFAULT_URL",
     "ApiClient",
+    "connect_args",
     "AsyncApiClient",
     "default_token",
     "default_url",
@@ -29,7 +32,6 @@ __all__ = [
 ]
 
 _is_local = is_local
-_unreachable = unreachable
 
 
 def _verify_arg(verify: bool | str) -> bool | ssl.SSLContext:
@@ -43,15 +45,35 @@ def _raise_for(resp: httpx.Response) -> None:
         raise err
 
 
-def _connection(url: str | None, token: str | None, verify: bool | str) -> dict[str, Any]:
-    """What both clients pass to httpx: base URL, auth header, TLS verification."""
-    base = (url or default_url()).rstrip("/")
-    token = token if token is not None else default_token(base)
-    return {
-        "base_url": base,
-        "headers": {"Authorization": f"Bearer {token}"} if token else {},
-        "verify": _verify_arg(default_verify(base) if verify is True else verify),
+def connect_args(
+    url: str | None, token: str | None, verify: bool | str, context: str | None = None
+) -> tuple[Connection, dict[str, Any]]:
+    """Which control plane, token and CA (see :mod:`meshline.api.contexts`), and what both
+    clients pass to httpx for them. ``token=""``: send none."""
+    conn = resolve(api=url, token=token or None, context=context)
+    if token == "":
+        conn = replace(conn, token=None, token_source="no token")
+    if verify is not True:
+        conn = replace(conn, verify=verify)
+    return conn, {
+        "base_url": conn.url,
+        "headers": {"Authorization": f"Bearer {conn.token}"} if conn.token else {},
+        "verify": _verify_arg(conn.verify),
     }
+
+
+def explained(err: MeshlineError, conn: Connection) -> MeshlineError:
+    """A refused token says which control plane, which token and what would fix it."""
+    if isinstance(err, Unauthorized):
+        return Unauthorized(f"{err} [{conn.describe()}]; {conn.unauthorized_fix()}")
+    return err
+
+
+def unreachable_for(conn: Connection, err: Exception) -> MeshlineError:
+    return Unavailable(
+        f"cannot reach the control plane at {conn.url} ({type(err).__name__}; chosen by {conn.url_source});"
+        f" {conn.unreachable_fix()}"
+    )
 
 
 class ApiClient:
@@ -61,9 +83,10 @@ class ApiClient:
         token: str | None = None,
         timeout: float = 10.0,
         verify: bool | str = True,
+        context: str | None = None,
     ) -> None:
-        conn = _connection(url, token, verify)
-        self.url = str(conn["base_url"])
+        self.connection, conn = connect_args(url, token, verify, context)
+        self.url = self.connection.url
         self._http = httpx.Client(timeout=timeout, **conn)
 
     def close(self) -> None:
@@ -79,8 +102,11 @@ class ApiClient:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TransportError as err:
-            raise _unreachable(self.url, err) from None
-        _raise_for(resp)
+            raise unreachable_for(self.connection, err) from None
+        try:
+            _raise_for(resp)
+        except MeshlineError as err:
+            raise explained(err, self.connection) from None
         return resp.json() if resp.content else None
 
     def get(self, path: str, **kw: Any) -> Any:
@@ -100,9 +126,10 @@ class AsyncApiClient:
         token: str | None = None,
         timeout: float = 10.0,
         verify: bool | str = True,
+        context: str | None = None,
     ) -> None:
-        conn = _connection(url, token, verify)
-        self.url = str(conn["base_url"])
+        self.connection, conn = connect_args(url, token, verify, context)
+        self.url = self.connection.url
         self._http = httpx.AsyncClient(timeout=timeout, **conn)
 
     async def close(self) -> None:
@@ -112,8 +139,11 @@ class AsyncApiClient:
         try:
             resp = await self._http.request(method, path, **kw)
         except httpx.TransportError as err:
-            raise _unreachable(self.url, err) from None
-        _raise_for(resp)
+            raise unreachable_for(self.connection, err) from None
+        try:
+            _raise_for(resp)
+        except MeshlineError as err:
+            raise explained(err, self.connection) from None
         return resp.json() if resp.content else None
 
     async def put(self, doc: dict[str, Any]) -> Any:

@@ -4,11 +4,7 @@ API is, which token and CA to use, and how an error response becomes a MeshlineE
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
-from pathlib import Path
-from urllib.parse import urlsplit
 
 from meshline.core.errors import (
     Conflict,
@@ -20,7 +16,7 @@ from meshline.core.errors import (
     Unavailable,
     ValidationError,
 )
-from meshline.core.locations import DEFAULT_API_PORT, default_data_dir
+from meshline.core.locations import DEFAULT_API_PORT, is_local  # noqa: F401 - where clients find it
 
 CP_CA_FILE = "cp-ca.pem"  # the CA of the control plane's own TLS certificates, in its data dir
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"
@@ -28,53 +24,26 @@ _BY_STATUS: dict[int, type[MeshlineError]] = {401: Unauthorized, 403: Forbidden,
 
 
 def default_url() -> str:
-    return os.environ.get("MESHLINE_API", DEFAULT_URL)
+    """The API URL the CLI uses with no flags (see :func:`meshline.api.contexts.resolve`)."""
+    from meshline.api.contexts import resolve
+
+    return resolve().url
 
 
 def default_token(url: str | None = None) -> str | None:
-    """MESHLINE_TOKEN, else MESHLINE_TOKEN_FILE, else (only for a control plane on this host,
-    ``url`` on loopback) the admin token it wrote: $MESHLINE_DATA_DIR/admin.token or
-    ~/.meshline/admin.token. A local admin token is never sent to a remote URL."""
-    token = os.environ.get("MESHLINE_TOKEN")
-    if token:
-        return token
-    path = os.environ.get("MESHLINE_TOKEN_FILE")
-    if path and os.path.exists(path):
-        return open(path).read().strip() or None
-    if url is not None and is_local(url):
-        dirs = [os.environ.get("MESHLINE_DATA_DIR"), os.path.join(os.path.expanduser("~"), ".meshline")]
-        for d in dirs:
-            admin = os.path.join(d, "admin.token") if d else ""
-            if admin and os.path.exists(admin):
-                try:
-                    return open(admin).read().strip() or None
-                except OSError:  # another user's control plane: not ours to use
-                    continue
-    return None
+    """The token the CLI sends to ``url``: --token / MESHLINE_TOKEN / MESHLINE_TOKEN_FILE,
+    else the token file of the context for ``url`` (see :mod:`meshline.api.contexts`)."""
+    from meshline.api.contexts import resolve
+
+    return resolve(api=url).token
 
 
 def default_verify(url: str) -> bool | str:
-    """How to check an https control plane: MESHLINE_CA_FILE, else (on this host) the CA the
-    local control plane wrote, else the system's CAs."""
-    explicit = os.environ.get("MESHLINE_CA_FILE")
-    if explicit:
-        return explicit
-    if url.startswith("https://") and is_local(url):
-        for d in (os.environ.get("MESHLINE_DATA_DIR"), os.path.join(os.path.expanduser("~"), ".meshline")):
-            path = os.path.join(d, "cp-ca.pem") if d else ""
-            if path and os.path.exists(path):
-                return path
-    return True
+    """How to check an https control plane: MESHLINE_CA_FILE, else the CA of the context for
+    ``url``, else (on this host) the CA a local control plane wrote, else the system's CAs."""
+    from meshline.api.contexts import resolve
 
-
-def is_local(url: str) -> bool:
-    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return resolve(api=url).verify
 
 
 def error_for(status: int, reason: str, content: bytes) -> MeshlineError | None:
@@ -103,18 +72,6 @@ def unreachable(url: str, err: Exception) -> Unavailable:
         f"cannot reach the control plane at {url} ({type(err).__name__}); start it with"
         " `meshline control-plane` or point MESHLINE_API / --api at it"
     )
-
-
-def local_cp_ca_file(api_url: str) -> Path | None:
-    """For an agent talking to a control plane on this host: the CA it wrote, if any.
-
-    Only for a loopback API URL: a remote control plane's CA must be given explicitly
-    (``--ca-file``), never picked up from whatever is on this disk.
-    """
-    if not is_local(api_url):
-        return None
-    path = default_data_dir() / CP_CA_FILE
-    return path if path.exists() else None
 
 
 PLURALS = {"Mesh": "meshes", "Dataplane": "dataplanes"}

@@ -143,6 +143,13 @@ def openapi_document(kinds: KindRegistry, routes: Iterable[Route] = ()) -> dict[
             "responses": {"200": {"description": "applied"}, **errors(404, 409, 413, 422)},
         }
     }
+    paths["/api/v1/meshes/{mesh}/sync"] = {
+        "get": {
+            "summary": "How far rendering got and what each dataplane ACKed (`meshline apply --wait` polls it)",
+            "parameters": [{"name": "mesh", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "sync state"}, **errors()},
+        }
+    }
     paths["/api/v1/meshes/{mesh}/dataplanes/{name}/inspect"] = {
         "get": {
             "summary": "A dataplane's status, the policies that apply to it and why, and its Envoy config",

@@ -6,31 +6,15 @@ integer, ``NaN`` that no JSON client can read back)."""
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from meshline.core.errors import FieldProblem, MeshlineError, TooLarge, ValidationError
+from meshline.controlplane.apply_limits import ApplyLimits  # noqa: F401 - where the API finds it
+from meshline.core.errors import FieldProblem, TooLarge, ValidationError
 
 MAX_DEPTH = 64  # objects/arrays inside each other; a resource needs about 10
 MAX_INT_DIGITS = 18  # fits int64, which is what every numeric field (and PostgreSQL) takes
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    if raw and (not raw.isdigit() or int(raw) < 1):
-        raise MeshlineError(f"{name} '{raw}' must be a whole number above 0 (default {default})")
-    return int(raw) if raw else default
-
-
-@dataclass(frozen=True)
-class ApplyLimits:
-    """How much one ``POST /api/v1/apply`` may carry (docs/security.md, "Bad input")."""
-
-    documents: int = field(default_factory=lambda: _env_int("MESHLINE_APPLY_MAX_DOCUMENTS", 5000))
-    bytes: int = field(default_factory=lambda: _env_int("MESHLINE_APPLY_MAX_BYTES", 8 * 1024 * 1024))
 
 
 def _reject_constant(name: str) -> Any:

@@ -18,6 +18,7 @@ from meshline.api.openapi import openapi_document
 from meshline.api.request_input import if_match, json_body
 from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import (
     ClientGone,
@@ -280,6 +281,10 @@ class Api:
         versions = {str(s.key): s.version for s in stored}
         for item in results:
             item.setdefault("version", versions.get(item["resource"]))
+        for r, item in zip(sorted(decoded, key=lambda r: r.kind != "Mesh"), results, strict=True):
+            warnings = self._unknown_services(r, decoded)  # applied anyway: deploy order must not matter
+            if warnings:
+                item["warnings"] = warnings
         return _json({"items": results})
 
     async def _prior(self, key: ResourceKey) -> Resource | None:
@@ -301,8 +306,10 @@ class Api:
             except ValidationError as err:
                 where = f"document {i + 1}"
                 name = doc.get("name") if isinstance(doc, dict) else None
+                kind = doc.get("kind") if isinstance(doc, dict) else None
+                label = " ".join(str(x) for x in (kind if isinstance(kind, str) and kind else None, name) if x)
                 if isinstance(name, str):
-                    where += f" ({doc.get('kind')} {name})"
+                    where += f" ({label})"
                 problems.extend(
                     FieldProblem(f"{where}: {pr.path}" if pr.path else where, pr.message)
                     for pr in err.problems
@@ -329,6 +336,11 @@ class Api:
             raise ValidationError(problems, context="nothing was applied")
         return decoded
 
+    def _unknown_services(self, r: Resource, pending: Sequence[Resource] = ()) -> list[str]:
+        known = known_services([*self.ctx.reconciler.resources.get(r.mesh, {}).values(),
+                                *(x for x in pending if x.mesh == r.mesh)])  # fmt: skip
+        return warnings_for(r, known)
+
     async def inspect_dataplane(self, request: web.Request) -> web.Response:
         mesh, name = request.match_info["mesh"], request.match_info["name"]
         principal(request).check_read(mesh)
@@ -349,9 +361,49 @@ class Api:
                 "renderError": self.ctx.reconciler.errors.get(node),
                 "versions": result.snapshot.versions() if result else {},
                 "policies": [a.to_json() for a in result.applied] if result else [],
+                "warnings": self._policy_warnings(mesh, result.applied if result else []),
                 "config": config,
             }
         )
+
+    def _policy_warnings(self, mesh: str, applied: Sequence[Any]) -> list[str]:
+        """The unknown services named by the policies that apply to a dataplane."""
+        live = self.ctx.reconciler.resources.get(mesh, {})
+        out: list[str] = []
+        for a in applied:
+            data = a.to_json()
+            res = live.get(ResourceKey(data["kind"], mesh, data["name"]))
+            if res is None:
+                continue
+            for w in self._unknown_services(res):
+                line = f"{res.kind} {res.name}: {w}"
+                if line not in out:
+                    out.append(line)
+        return out
+
+    async def sync_status(self, request: web.Request) -> web.Response:
+        """What `meshline apply --wait` polls: how far rendering got, and per dataplane the
+        versions it should run and what its sidecar has ACKed."""
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        rec = self.ctx.reconciler
+        items = []
+        dataplanes = sorted((r for r in rec.resources.get(mesh, {}).values() if r.kind == "Dataplane"),
+                            key=lambda r: r.name)  # fmt: skip
+        statuses = await self.ctx.dataplane_statuses(dataplanes)  # ACKs seen by any replica
+        for r in dataplanes:
+            node = names.node_id(mesh, r.name)
+            result = rec.results.get(node)
+            st = statuses[r.key]
+            items.append({
+                "name": r.name,
+                "versions": result.snapshot.versions() if result else {},
+                "acked": {t: v["acked"] for t, v in st.get("types", {}).items()},
+                "state": st.get("state"),
+                "lastNack": st.get("lastNack"),
+                "renderError": st.get("renderError"),
+            })  # fmt: skip
+        return _json({"revision": rec.revision, "settledRevision": rec.settled_revision, "dataplanes": items})
 
     async def openapi(self, request: web.Request) -> web.Response:
         routes: list[Route] = request.app[ROUTES]
@@ -383,6 +435,7 @@ def build_app(
     r.add_put("/api/v1/meshes/{mesh}", api.put_resource)
     r.add_delete("/api/v1/meshes/{mesh}", api.delete_resource)
     r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", api.inspect_dataplane)
+    r.add_get("/api/v1/meshes/{mesh}/sync", api.sync_status)
     for route in routes:
         r.add_route(route.method, route.path, route.handler)
     r.add_get("/api/v1/meshes/{mesh}/{plural}", api.list_resources)

@@ -24,7 +24,8 @@ from meshline.agent.config import (
 )
 from meshline.agent.metrics import check_app_metrics_url
 from meshline.agent.process import AppStartError
-from meshline.api.common import DEFAULT_URL, local_cp_ca_file
+from meshline.api.common import DEFAULT_URL
+from meshline.api.contexts import resolve
 from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS
 from meshline.core.errors import MeshlineError
 
@@ -50,16 +51,19 @@ def _options(f: F) -> F:
         click.option("--name", default=None, envvar="MESHLINE_NAME",
                      help="dataplane name [default: <service>-<hostname>-<port>]"),
         click.option("--api", default=None, envvar="MESHLINE_API",
-                     help=f"control-plane API URL [default: {DEFAULT_URL}]"),
+                     help=f"control-plane API URL [default: the current context's, else {DEFAULT_URL}]"),
+        click.option("--context", "context", default=None, envvar="MESHLINE_CONTEXT",
+                     help="take the API URL (and CA) from this CLI context (`meshline context list`)"),
         click.option("--token", default=None, envvar="MESHLINE_TOKEN",
                      help="dataplane token (`meshline token issue --kind dataplane ...`); prefer --token-file"),
         click.option("--token-file", type=click.Path(path_type=Path), default=None, envvar="MESHLINE_TOKEN_FILE",
                      help="file holding the dataplane token"),
         click.option("--ca-file", "--cp-ca-file", "ca_file", type=click.Path(path_type=Path, exists=True,
                      dir_okay=False), default=None, envvar=["MESHLINE_CA_FILE", "MESHLINE_CP_CA_FILE"],
-                     help="PEM CA to verify the control plane's API and xDS TLS (xDS is plaintext without it)"),
+                     help="PEM CA to verify an https API [default: the CA of the context for --api]; whether xDS"
+                          " uses TLS, and its CA, come from the API"),
         click.option("--xds-address", default=None, envvar="MESHLINE_XDS_ADDRESS",
-                     help="control plane's xDS HOST:PORT [default: host of --api, port 15678]"),
+                     help="control plane's xDS HOST:PORT [default: the address the API gives]"),
         click.option("--address", default="127.0.0.1", show_default=True, envvar="MESHLINE_ADDRESS",
                      help="the IP other hosts reach this workload on"),
         click.option("--inbound-port", type=click.IntRange(1, 65535), default=None, envvar="MESHLINE_INBOUND_PORT",
@@ -117,7 +121,10 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
     service: str = opts["service"]
     app_port: int = opts["app_port"]
     mesh: str = opts["mesh"]
-    api_url = (opts["api"] or group.get("api") or DEFAULT_URL).rstrip("/")
+    # The API URL and CA from the flags or a CLI context; never the context's admin token.
+    conn = resolve(api=opts["api"] or group.get("api"), context=opts.get("context") or group.get("context"),
+                   use_context_token=False)  # fmt: skip
+    api_url = conn.url
     token = opts["token"] or None
     if token is None and opts["token_file"] is not None:
         try:
@@ -147,7 +154,8 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
         tags=parse_tags(opts["tags"]),
         upstreams=parse_upstreams(opts["upstreams"]),
         token=token,
-        ca_file=opts["ca_file"] or local_cp_ca_file(api_url),
+        ca_file=opts["ca_file"] or _api_ca(conn.verify, api_url),
+        xds_pinned=opts["xds_address"] is not None,
         envoy_path=opts["envoy_binary"],
         envoy_concurrency=opts["envoy_concurrency"],
         envoy_log_level=opts["envoy_log_level"],
@@ -159,6 +167,13 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
     )
     config.local_services = local_services(config)
     return config
+
+
+def _api_ca(verify: bool | str, api_url: str) -> Path | None:
+    """The CA that verifies an https API, from the context or the environment."""
+    if not api_url.startswith("https://") or not isinstance(verify, str):
+        return None
+    return Path(verify) if Path(verify).exists() else None
 
 
 def _report(message: str) -> None:

@@ -9,16 +9,43 @@ from pathlib import Path
 
 import click
 
+from meshline.api.common import CP_CA_FILE
+from meshline.api.contexts import remember_local
 from meshline.controlplane.settings import Settings, default_data_dir
+from meshline.core.errors import MeshlineError
+from meshline.security.authn import ADMIN_TOKEN_FILE
 from meshline.server.controlplane import ControlPlane
 
+log = logging.getLogger("meshline.controlplane")
 
-async def serve(cp: ControlPlane, ready: asyncio.Event | None = None) -> None:
+
+def remember(cp: ControlPlane) -> str | None:
+    """Write (and make current) the CLI context of this control plane for the user running it,
+    so `meshline ...` in another terminal talks to it with its admin token."""
+    data = cp.settings.data_dir.resolve()
+    token = data / ADMIN_TOKEN_FILE
+    ca = data / CP_CA_FILE
+    try:
+        name, path = remember_local(cp.api_url, data, token if cp.settings.auth and token.exists() else None,
+                                    ca if ca.exists() else None)  # fmt: skip
+    except (OSError, MeshlineError) as err:
+        log.warning("could not write the CLI's context for this control plane: %s", err)
+        return None
+    log.info(
+        "the CLI uses this control plane through context '%s' (current; %s): API %s, token %s",
+        name, path, cp.api_url, token if cp.settings.auth else "none (auth off)",
+    )  # fmt: skip
+    return name
+
+
+async def serve(cp: ControlPlane, ready: asyncio.Event | None = None, write_context: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await cp.start()
+    if write_context:
+        remember(cp)
     if ready is not None:
         ready.set()
     try:
@@ -60,4 +87,4 @@ def control_plane(
     )
     from meshline.server.factory import build_control_plane
 
-    asyncio.run(serve(build_control_plane(settings)))
+    asyncio.run(serve(build_control_plane(settings), write_context=True))

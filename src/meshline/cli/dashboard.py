@@ -12,7 +12,7 @@ import webbrowser
 
 import click
 
-from meshline.api.client import ApiClient, default_token, default_url
+from meshline.api.client import ApiClient
 from meshline.cli.output import echo, err_console
 from meshline.core.errors import Unauthorized
 from meshline.dashboard import dashboard_url
@@ -30,9 +30,8 @@ def dashboard(ctx: click.Context, open_browser: bool, no_token: bool) -> None:
       meshline --api http://cp.example:15681 --token "$(cat readonly.token)" dashboard
     """
     obj = ctx.find_root().obj or {}
-    api = (obj.get("api") or default_url()).rstrip("/")
-    token = None if no_token else obj.get("token") or default_token(api)
-    with ApiClient(api, token=token or "") as client:
+    with ApiClient(obj.get("api"), token="" if no_token else obj.get("token"), context=obj.get("context")) as client:
+        api, token = client.url, client.connection.token
         client.get("/api/v1/health")  # says how to start the control plane when it is not there
         try:
             client.get("/api/v1/meshes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -29,6 +30,7 @@ COMMANDS = {
     "up": "meshline.cli.up:up",
     "token": "meshline.cli.token:token",
     "dashboard": "meshline.cli.dashboard:dashboard",
+    "context": "meshline.cli.context:context",
 }
 
 
@@ -49,17 +51,33 @@ class LazyGroup(click.Group):
     "--api",
     envvar="MESHLINE_API",
     default=None,
-    help="control-plane API URL [default: http://127.0.0.1:15681]",
+    help="control-plane API URL [default: the current context's, else http://127.0.0.1:15681]",
 )
+@click.option("--context", envvar="MESHLINE_CONTEXT", default=None,
+              help="the named context to use (API URL, CA, token; see `meshline context list`)")
 @click.option("--token", envvar="MESHLINE_TOKEN", default=None, help="API token (see `meshline token`)")
 @click.pass_context
-def cli(ctx: click.Context, api: str | None, token: str | None) -> None:
-    """Meshline: a service mesh for hosts, VMs and containers, with Envoy as its data plane."""
-    ctx.obj = {"api": api, "token": token}
+def cli(ctx: click.Context, api: str | None, context: str | None, token: str | None) -> None:
+    """Meshline: a service mesh for hosts, VMs and containers, with Envoy as its data plane.
 
+    Which control plane: --context NAME, else --api URL, else the current context (written by
+    `meshline control-plane` and `meshline up`; `meshline context list`).
+    """
+    ctx.obj = {"api": api, "token": token, "context": context}
+
+
+
+def quiet_grpc_core(environ: dict[str, str] | None = None) -> None:
+    """gRPC's C core logs every failed TLS handshake on the xDS port at INFO, straight to
+    stderr (`Handshake failed ... TLSV1_ALERT_DECRYPT_ERROR`, no peer, once per retry). Keep
+    its errors only, unless the user chose a level: Meshline says what failed in its own
+    words (the agent: which xDS address and CA it tried, see agent.xds_discovery)."""
+    env = os.environ if environ is None else environ
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def main() -> None:
+    quiet_grpc_core()  # before any command imports grpc
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

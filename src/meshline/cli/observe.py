@@ -14,19 +14,21 @@ import httpx
 from rich.live import Live
 from rich.table import Table
 
-from meshline.api.client import ApiClient, default_token, default_url
+from meshline.api.client import ApiClient, connect_args, explained, unreachable_for
+from meshline.api.common import error_for
 from meshline.cli.output import console, echo, table
-from meshline.core.errors import MeshlineError, Unavailable
+from meshline.core.errors import MeshlineError
 
 WINDOW = click.option("-w", "--window", type=click.Choice(["1m", "5m"]), default="1m", show_default=True,
                       help="how far back the rates and percentiles look")
 MESH = click.option("-m", "--mesh", default="default", show_default=True)
-OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]), default="table",
+                      help="wide: a table whose cells are never cut (also what a pipe gets)")
 
 
 def _client(ctx: click.Context) -> ApiClient:
     obj = ctx.find_root().obj or {}
-    return ApiClient(obj.get("api"), obj.get("token"))
+    return ApiClient(obj.get("api"), obj.get("token"), context=obj.get("context"))
 
 
 def _stats(ctx: click.Context, mesh: str, window: str, service: str = "", paths: int = 0) -> dict[str, Any]:
@@ -58,10 +60,12 @@ def _rate(row: dict[str, Any]) -> str:
 
 def _signals(row: dict[str, Any]) -> list[object]:
     lat = row["latencyMs"]
-    return [f"{row['rps']:.2f}", _rate(row), _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), row["requests"]]
+    return [f"{row['rps']:.2f}", _rate(row), row.get("denied", 0), _ms(lat["p50"]), _ms(lat["p95"]),
+            _ms(lat["p99"]), row["requests"]]
 
 
-SIGNALS = ["RPS", "SUCCESS", "P50", "P95", "P99", "REQUESTS"]
+# SUCCESS: answered, no failure (5xx, no response, gRPC server error) and not DENIED by the mesh.
+SIGNALS = ["RPS", "SUCCESS", "DENIED", "P50", "P95", "P99", "REQUESTS"]
 
 
 def _no_traffic(data: dict[str, Any]) -> None:
@@ -95,7 +99,7 @@ def stat(ctx: click.Context, service: str, mesh: str, window: str, output: str) 
     if not rows:
         _no_traffic(data)
         return
-    table(["SERVICE", *SIGNALS], rows, title=f"mesh {mesh}, last {window}")
+    table(["SERVICE", *SIGNALS], rows, title=f"mesh {mesh}, last {window}", wide=output == "wide")
 
 
 @click.command()
@@ -118,7 +122,8 @@ def edges(ctx: click.Context, mesh: str, window: str, output: str) -> None:
          f"[{colour.get(e['mtls'], 'dim')}]{e['mtls']}[/{colour.get(e['mtls'], 'dim')}]"]
         for e in data["edges"]
     ]
-    table(["SOURCE", "DESTINATION", "PROTOCOL", *SIGNALS, "MTLS"], rows, title=f"mesh {mesh}, last {window}")
+    table(["SOURCE", "DESTINATION", "PROTOCOL", *SIGNALS, "MTLS"], rows, title=f"mesh {mesh}, last {window}",
+          wide=output == "wide")
 
 
 def _top_table(data: dict[str, Any], mesh: str, window: str) -> Table:
@@ -156,12 +161,10 @@ def top(ctx: click.Context, service: str, mesh: str, window: str, limit: int, in
 
 def _stream(ctx: click.Context, path: str, params: dict[str, str | int]) -> Iterator[dict[str, Any]]:
     obj = ctx.find_root().obj or {}
-    url = (obj.get("api") or default_url()).rstrip("/")
-    token = obj.get("token") or default_token(url)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    conn, args = connect_args(obj.get("api"), obj.get("token"), True, obj.get("context"))
     try:
         with (
-            httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(10.0, read=None)) as http,
+            httpx.Client(timeout=httpx.Timeout(10.0, read=None), **args) as http,
             http.stream("GET", path, params=params) as resp,
         ):
             if resp.status_code >= 400:
@@ -170,15 +173,13 @@ def _stream(ctx: click.Context, path: str, params: dict[str, str | int]) -> Iter
                     message = resp.json().get("message", resp.text)
                 except ValueError:
                     message = resp.text
-                raise MeshlineError(str(message))
+                err = error_for(resp.status_code, resp.reason_phrase, resp.content) or MeshlineError(str(message))
+                raise explained(err, conn)
             for line in resp.iter_lines():
                 if line.strip():
                     yield json.loads(line)
     except httpx.TransportError as err:
-        raise Unavailable(
-            f"cannot reach the control plane at {url} ({type(err).__name__}); start it with"
-            " `meshline control-plane` or point MESHLINE_API / --api at it"
-        ) from None
+        raise unreachable_for(conn, err) from None
 
 
 def _clock(ts: float) -> str:

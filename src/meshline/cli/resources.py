@@ -13,13 +13,15 @@ import yaml
 
 from meshline.api.client import ApiClient
 from meshline.cli import safe_yaml
-from meshline.cli.output import console, echo, table
-from meshline.core.errors import FieldProblem, ValidationError
+from meshline.cli.output import console, echo, err_console, table
+from meshline.cli.wait import WaitResult, wait_for_acks
+from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
+from meshline.core.schema import did_you_mean
 
 
 def client_from(ctx: click.Context) -> ApiClient:
     obj = ctx.find_root().obj or {}
-    return ApiClient(obj.get("api"), obj.get("token"))
+    return ApiClient(obj.get("api"), obj.get("token"), context=obj.get("context"))
 
 
 def load_documents(path: str) -> list[Any]:
@@ -56,16 +58,53 @@ def _read(path: str) -> str:
 @click.option(
     "-f", "--file", "files", multiple=True, required=True, help="YAML/JSON file, directory, or - for stdin"
 )
+@click.option("--wait", "wait", is_flag=True,
+              help="return once every dataplane the change affects has ACKed it (or say which did not)")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="seconds --wait waits")
 @click.pass_context
-def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
+def apply(ctx: click.Context, files: tuple[str, ...], wait: bool, timeout: float) -> None:
     """Create or update resources. All documents are validated first; nothing is written if any is invalid."""
     docs: list[Any] = []
     for f in files:
         docs.extend(load_documents(f))
     with client_from(ctx) as c:
+        meshes = sorted({str(d.get("name") if d.get("kind") == "Mesh" else d.get("mesh") or "default")
+                         for d in docs if isinstance(d, dict)})  # fmt: skip
+        started = time.monotonic()
+        before = {m: _sync(c, m) for m in meshes} if wait else {}
         result = c.apply(docs)
-    for item in result["items"]:
-        echo(f"{item['resource']} {item['result']}")
+        for item in result["items"]:
+            echo(f"{item['resource']} {item['result']}")
+            for warning in item.get("warnings", []):
+                err_console.print(f"[yellow]warning:[/yellow] {item['resource']}: {warning}", soft_wrap=True)
+        if wait:
+            revision = max((int(i.get("version", 0)) for i in result["items"]), default=0)
+            _report_wait(wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started), timeout)
+
+
+def _sync(c: ApiClient, mesh: str) -> dict[str, Any]:
+    try:
+        return dict(c.get(f"/api/v1/meshes/{mesh}/sync"))
+    except NotFound:  # a mesh this apply creates
+        return {"revision": 0, "settledRevision": 1 << 62, "dataplanes": []}
+
+
+def _report_wait(w: WaitResult, timeout: float) -> None:
+    if not w.settled:
+        raise MeshlineError(f"the control plane had not rendered the change after {timeout:g}s; see its log")
+    if not w.dataplanes:
+        echo(f"no dataplane's configuration changed ({w.seconds:.1f}s)")
+        return
+    if not w.not_acked:
+        n = len(w.dataplanes)
+        echo(f"{n} dataplane{'s' if n != 1 else ''} ACKed the change in {w.seconds:.1f}s")
+        return
+    why = "; ".join(f"{name}: {reason}" for name, reason in sorted(w.not_acked.items()))
+    raise MeshlineError(
+        f"{len(w.not_acked)} of {len(w.dataplanes)} affected dataplanes did not ACK within {timeout:g}s: {why}"
+        " (`meshline inspect dataplane NAME` shows more)"
+    )
 
 
 def _kinds(c: ApiClient) -> list[dict[str, Any]]:
@@ -76,8 +115,10 @@ def _find_kind(c: ApiClient, name: str) -> dict[str, Any]:
     for k in _kinds(c):
         if name.lower() in (k["kind"].lower(), k["plural"], *[a.lower() for a in k["aliases"]]):
             return k
-    known = ", ".join(sorted(k["plural"] for k in _kinds(c)))
-    raise ValidationError([FieldProblem("KIND", f"unknown kind '{name}'; known: {known}")])
+    plurals = sorted(k["plural"] for k in _kinds(c))
+    guess = did_you_mean(name, plurals + [k["kind"] for k in _kinds(c)])
+    hint = f"did you mean {guess}? " if guess else ""
+    raise ValidationError([FieldProblem("KIND", f"unknown kind '{name}'; {hint}known: {', '.join(plurals)}")])
 
 
 def _age(ts: float) -> str:
@@ -90,13 +131,16 @@ def _age(ts: float) -> str:
     return f"{s}s"
 
 
-def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str) -> None:
+def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str, one: bool = False) -> None:
+    """``one`` (a NAME was given): JSON and YAML print that object; else a list of them."""
     if output in ("yaml", "json"):
         clean = [{k: v for k, v in i.items() if k not in ("columns",)} for i in items]
-        data: Any = clean[0] if len(clean) == 1 and output == "yaml-one" else clean
+        data: Any = clean[0] if one and len(clean) == 1 else clean
         if output == "json":
             echo(json.dumps(data, indent=2))
-        else:
+        elif isinstance(data, dict):
+            echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+        else:  # one YAML document per resource: `-o yaml | meshline apply -f -` works
             echo(yaml.safe_dump_all(clean, sort_keys=False).rstrip())
         return
     cols = list(kind["columns"])
@@ -124,14 +168,15 @@ def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str)
     if not rows:
         echo(f"No {kind['plural']} found.")
         return
-    table(headers, rows)
+    table(headers, rows, wide=output == "wide")
 
 
 @click.command()
 @click.argument("kind")
 @click.argument("name", required=False)
 @click.option("-m", "--mesh", default="default", show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "yaml", "json"]), default="table",
+              help="wide: a table whose cells are never cut (also what a pipe gets)")
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str) -> None:
     """List resources of a KIND (or show one by NAME)."""
@@ -142,9 +187,9 @@ def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str)
             items = [c.get(f"{base}/{name}")] if name else c.get(base)["items"]
         else:
             items = [c.get(f"/api/v1/meshes/{name}")] if name else c.get("/api/v1/meshes")["items"]
-    if name and output == "table":
+    if name and output in ("table", "wide"):
         output = "yaml"
-    _print_items(k, items, output)
+    _print_items(k, items, output, one=name is not None)
 
 
 @click.command()
@@ -187,6 +232,8 @@ def inspect(ctx: click.Context, what: str, name: str, mesh: str, show_config: bo
         console.print(f"  outbound {o.get('address', '127.0.0.1')}:{o['port']} -> {o['service']}")
     if data.get("renderError"):
         console.print(f"[red]render error:[/red] {data['renderError']}")
+    for warning in data.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     nack = st.get("lastNack")
     if nack:
         console.print(f"[red]last rejected push[/red] (version {nack['version']}): {nack['message']}")

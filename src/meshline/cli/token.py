@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from meshline.cli.output import echo, err_console, table
 from meshline.cli.resources import client_from
+from meshline.security.crypto import write_private
 from meshline.security.kinds import TOKEN_KINDS
 
 
@@ -53,6 +55,8 @@ def token() -> None:
 @click.option("--name", "dataplane", default=None, help="limit a dataplane token to this dataplane name")
 @click.option("--ttl", default="720h", show_default=True, help="lifetime, e.g. 24h, 30m, 8760h")
 @click.option("--description", default=None, help="a note shown by `meshline token list`")
+@click.option("--file", "out_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="write the token to this file (mode 0600, only once issued) instead of stdout")
 @click.pass_context
 def issue(
     ctx: click.Context,
@@ -62,12 +66,16 @@ def issue(
     dataplane: str | None,
     ttl: str,
     description: str | None,
+    out_file: Path | None,
 ) -> None:
-    """Print a new token on stdout (details on stderr), e.g.
+    """Print a new token on stdout (details on stderr), or write it to --file, e.g.
 
     \b
-      meshline token issue --kind dataplane --mesh default --service orders > orders.token
+      meshline token issue --kind dataplane --mesh default --service orders --file orders.token
       meshline dataplane --token-file orders.token ...
+
+    (`> orders.token` also works, but the shell creates that file readable by others, and
+    empty when the command fails.)
     """
     body = {"kind": kind, "mesh": mesh, "service": service, "dataplane": dataplane, "ttl": ttl}
     if description:
@@ -79,6 +87,10 @@ def issue(
         f"{data['kind']} token {data['id']}" + (f" ({scope})" if scope else "")
         + f", expires {_when(data['expiresAt'], time.time())}; revoke with `meshline token revoke {data['id']}`"
     )
+    if out_file is not None:
+        write_private(out_file, data["token"] + "\n")
+        err_console.print(f"wrote it to {out_file} (mode 0600)")
+        return
     click.echo(data["token"])
 
 

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import click
 
+from meshline.cli.controlplane import remember
+from meshline.cli.on_path import meshline_command
 from meshline.cli.output import console, err_console
 from meshline.controlplane.settings import Settings, default_data_dir
 from meshline.demo.up import Demo, demo_services, run_up
 from meshline.server.controlplane import ControlPlane
 
 
-def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: float) -> None:
+def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: float,
+             context: str | None = None) -> None:
     web = f"http://127.0.0.1:{demo.web_port}"
     mesh = cp.reconciler.meshes.get("default")
     mode = mesh.spec.mtls.mode if mesh is not None else "strict"  # type: ignore[attr-defined]
@@ -28,17 +31,19 @@ def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: fl
     from meshline.cli.output import table
 
     table(["DATAPLANE", "SERVICE", "VERSION", "APP", "CALLS"], rows)
+    ml, note = meshline_command()
     console.print(f"""
   Send a request:       curl {web}/          (web -> orders -> inventory, through the sidecars)
-  Dashboard:            {cp.api_url}/    (signed in: meshline dashboard --open)
+  Dashboard:            {cp.api_url}/    (signed in: {ml} dashboard --open)
   Control plane API:    {cp.api_url}    (OpenAPI: {cp.api_url}/openapi.json)
-  Dataplanes:           meshline get dataplanes
-  One of them:          meshline inspect dataplane web-1
+  Dataplanes:           {ml} get dataplanes
+  One of them:          {ml} inspect dataplane web-1
+  CLI context:          {context or "-"}    ({ml} context list)
   Logs:                 {demo.logs}
 
   Try a canary (docs/policies/routing.md), a retry policy (docs/policies/resilience.md),
-  or `meshline tap orders` while you curl. Ctrl-C stops everything.
-""")
+  or `{ml} tap orders` while you curl. Ctrl-C stops everything.
+""" + (f"\n  Note: {note}\n" if note else ""), soft_wrap=True)
     sys.stdout.flush()
 
 
@@ -69,7 +74,7 @@ def up(web_port: int, outbound_base: int, data_dir: Path | None, api_address: st
         def ready(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: float) -> None:
             if spinner is not None:
                 spinner.stop()
-            _summary(cp, demo, first, seconds)
+            _summary(cp, demo, first, seconds, remember(cp))
 
         asyncio.run(run_up(settings, web_port, outbound_base, build_control_plane, console.print, status,
                            token_for=demo_token, ready=ready))

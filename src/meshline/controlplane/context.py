@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshline import __version__
-from meshline.api.request_input import ApplyLimits
+from meshline.controlplane.apply_limits import ApplyLimits
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublisher, merged_status
@@ -17,6 +17,8 @@ from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.store.base import Status, Store
 from meshline.xds import names
 from meshline.xds.status import StatusRegistry
+
+XDS_CA_PEM = "xds_ca_pem"  # ctx.services key: the PEM agents verify the xDS server with
 
 # Turns one user document (maybe Gateway API / SMI) into native resources.
 Translator = Callable[[dict[str, Any]], list[Resource] | None]

@@ -76,6 +76,9 @@ class Reconciler:
         self.resources: dict[str, dict[ResourceKey, Resource]] = defaultdict(dict)  # mesh -> key -> res
         self.meshes: dict[str, Resource] = {}
         self.revision = 0
+        # Every change up to this store revision is rendered and in the cache (`apply --wait`
+        # waits for it before comparing versions).
+        self.settled_revision = 0
         self.results: dict[str, RenderResult] = {}  # node id -> last render
         self.errors: dict[str, str] = {}  # node id -> render error
         self.snapshots: dict[str, MeshSnapshot] = {}
@@ -219,6 +222,13 @@ class Reconciler:
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, _Pending()
+        revision = self.revision
+        try:
+            await self._render_pending(pending)
+        finally:
+            self.settled_revision = max(self.settled_revision, revision)
+
+    async def _render_pending(self, pending: _Pending) -> None:
         for mesh in pending.meshes:
             if mesh not in self.meshes:
                 self.snapshots.pop(mesh, None)

@@ -9,7 +9,7 @@ from typing import Any
 
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.labels import label_problems
-from meshline.core.schema import NAME_HINT, NAME_RE, Spec, parse_spec
+from meshline.core.schema import NAME_HINT, NAME_RE, Spec, did_you_mean, parse_spec
 
 
 @dataclass(frozen=True, order=True)
@@ -113,9 +113,25 @@ class KindRegistry:
             raise ValidationError([FieldProblem("kind", f"{hidden.kind} is managed by the control plane itself;"
                                                         " it cannot be written or read through the API")])
         if info is None:
-            known = ", ".join(sorted(k.kind for k in self.public()))
-            raise ValidationError([FieldProblem("kind", f"unknown kind '{name}'; known kinds: {known}")])
+            known = sorted(k.kind for k in self.public())
+            guess = did_you_mean(name, known)
+            hint = f"did you mean {guess}? " if guess else ""
+            raise ValidationError([FieldProblem("kind", f"unknown kind '{name}'; {hint}known kinds: {', '.join(known)}")])
         return info
+
+    def exact(self, name: str) -> KindInfo:
+        """The kind a document's ``kind:`` names. One rule, as in Kubernetes: a document
+        spells its kind exactly (``HTTPRoute``); plurals, aliases and any case are for the
+        command line (``meshline get httproutes``)."""
+        info = self._by_kind.get(name)
+        if info is not None and not info.internal:
+            return info
+        loose = self.find(name)
+        if loose is not None:
+            raise ValidationError([FieldProblem(
+                "kind", f"'{name}' is not how a document names a kind; write kind: {loose.kind}"
+                " (documents spell kinds exactly; plurals and other cases are for `meshline get`)")])  # fmt: skip
+        return self.get(name)
 
     def decode(self, doc: object) -> Resource:
         """Turn one user document (parsed YAML/JSON) into a validated Resource."""
@@ -124,8 +140,9 @@ class KindRegistry:
         problems: list[FieldProblem] = []
         kind_name = doc.get("kind")
         if not isinstance(kind_name, str) or not kind_name:
-            raise ValidationError([FieldProblem("kind", "is required (e.g. kind: Mesh)")])
-        info = self.get(kind_name)
+            known = ", ".join(sorted(k.kind for k in self.public()))
+            raise ValidationError([FieldProblem("kind", f"is missing; every document needs one of: {known}")])
+        info = self.exact(kind_name)
         name = doc.get("name")
         if name is None:
             problems.append(FieldProblem("name", "is required"))
@@ -141,9 +158,10 @@ class KindRegistry:
             problems.append(FieldProblem("mesh", f"{info.kind} is not inside a mesh; remove this field"))
         unknown = set(doc) - {"kind", "mesh", "name", "labels", "spec", "version", "createdAt", "updatedAt"}
         for extra in sorted(unknown):
-            problems.append(
-                FieldProblem(extra, "is not a known field; a resource has kind, mesh, name, labels and spec")
-            )
+            guess = did_you_mean(str(extra), ["kind", "mesh", "name", "labels", "spec"])
+            problems.append(FieldProblem(
+                extra, (f"is not a known field; did you mean '{guess}'?" if guess else "is not a known field")
+                + "; a resource has kind, mesh, name, labels and spec"))  # fmt: skip
         labels = doc.get("labels") or {}
         problems.extend(label_problems(labels))
         label = f"{info.kind} {name}" if isinstance(name, str) else info.kind

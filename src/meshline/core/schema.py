@@ -6,9 +6,10 @@ Specs are pydantic models with camelCase aliases (what users write in YAML) and
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
@@ -140,10 +141,61 @@ _FRIENDLY = {
 }
 
 
-def problems_from(err: pydantic.ValidationError, prefix: str = "spec") -> list[FieldProblem]:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's type may hold (through Optional, list, dict, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = get_args(annotation)
+    if get_origin(annotation) is dict and len(args) == 2:
+        return _models_in(args[1])
+    return [m for a in args for m in _models_in(a)]
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, Any]:
+    """What users may write in ``model``: aliases (camelCase) -> the field's type."""
+    return {(f.alias or name): f.annotation for name, f in model.model_fields.items()}
+
+
+def known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The fields that may be written at ``loc`` (the location of an unknown field)."""
+    models = [model]
+    for part in loc[:-1]:
+        nxt: list[type[BaseModel]] = []
+        for m in models:
+            if isinstance(part, int) or part not in _field_names(m):
+                nxt.append(m)  # a list index / dict key / validator frame: same model
+            else:
+                nxt.extend(_models_in(_field_names(m)[part]))
+        models = nxt
+    return sorted({name for m in models for name in _field_names(m)})
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The closest of ``choices`` to ``word`` (case-insensitive), if any is close."""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def _unknown_field(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str:
+    if model is None or not loc:
+        return _FRIENDLY["extra_forbidden"]
+    fields = known_fields(model, loc)
+    guess = did_you_mean(str(loc[-1]), fields)
+    if guess is not None:
+        return f"is not a known field; did you mean '{guess}'?"
+    return "is not a known field; known here: " + ", ".join(fields) if fields else _FRIENDLY["extra_forbidden"]
+
+
+def problems_from(
+    err: pydantic.ValidationError, prefix: str = "spec", model: type[BaseModel] | None = None
+) -> list[FieldProblem]:
     problems = []
     for e in err.errors():
         kind = e["type"]
+        if kind == "extra_forbidden":
+            problems.append(FieldProblem(_path(tuple(e["loc"]), prefix), _unknown_field(model, tuple(e["loc"]))))
+            continue
         msg = _FRIENDLY.get(kind)
         if msg is None:
             msg = str(e["msg"])
@@ -161,4 +213,4 @@ def parse_spec(model: type[T], data: object, *, context: str = "", prefix: str =
     try:
         return model.model_validate(data if data is not None else {})
     except pydantic.ValidationError as err:
-        raise ValidationError(problems_from(err, prefix), context=context) from None
+        raise ValidationError(problems_from(err, prefix, model), context=context) from None

@@ -41,6 +41,7 @@ from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.sections import HttpChain, InboundSection, OutboundSection
+from meshline.xds import names
 from meshline.xds.stat_names import (  # shared with the agent, which must not load this module
     DESTINATION_SERVICE,
     DESTINATION_VERSION,
@@ -49,6 +50,7 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
     DURATION_FORMAT,
     GRPC_STATUS,
     MESH,
+    MESH_DENIED,
     PROTOCOL,
     REPORTER,
     REQUEST_BYTES,
@@ -125,7 +127,9 @@ def _stats_logger(fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[s
 
 
 def _per_request(protocol: str) -> dict[str, str]:
-    out = {RESPONSE_CODE: "%RESPONSE_CODE%"}
+    # MESH_DENIED: the policy that denied (the inbound's denial header); the agent turns it
+    # into response_code_class="denied", so a denial is neither a success nor an app's 4xx.
+    out = {RESPONSE_CODE: "%RESPONSE_CODE%", MESH_DENIED: f"%RESP({names.DENIED_HEADER})%"}
     if protocol == "grpc":
         out[GRPC_STATUS] = "%GRPC_STATUS_NUMBER%"
     return out

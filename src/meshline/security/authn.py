@@ -29,7 +29,7 @@ ADMIN_TOKEN_TTL = 365 * 86400.0
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MISSING = (
     "this API needs a token: send `Authorization: Bearer <token>`. The CLI uses --token,"
-    " MESHLINE_TOKEN, MESHLINE_TOKEN_FILE, or on the control plane's host <data dir>/admin.token;"
+    " MESHLINE_TOKEN, MESHLINE_TOKEN_FILE, or its context's token file (`meshline context list`);"
     " issue tokens with `meshline token issue`"
 )
 
@@ -93,11 +93,11 @@ async def write_admin_token(data_dir: Path, tokens: TokenService) -> Path:
     """On start: make sure ``<data_dir>/admin.token`` (0600) holds a valid admin token."""
     path = data_dir / ADMIN_TOKEN_FILE
     if ensure_admin_token_file(path, tokens):
-        log.info("admin token: %s (the CLI on this host uses it)", path)
+        log.info("admin token: %s", path)
         return path
     issued = await tokens.issue("admin", ttl=ADMIN_TOKEN_TTL, description=f"local admin ({path})", issued_by="control-plane")
     crypto.write_private(path, issued.token + "\n")
-    log.info("wrote an admin token to %s (mode 0600; the CLI on this host uses it)", path)
+    log.info("wrote an admin token to %s (mode 0600)", path)
     return path
 
 

@@ -44,6 +44,7 @@ from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.security import crypto
 from meshline.security.kinds import CAEntry, MeshCASpec
+from meshline.security.provided_key import KEY_PATH, open_key
 from meshline.store.base import Change, Store
 
 log = logging.getLogger("meshline.security.ca")
@@ -69,7 +70,6 @@ class CSRInvalid(ValidationError):
 # -- provided CAs ----------------------------------------------------------------------
 
 CERT_PATH = "spec.mtls.ca.cert"
-KEY_PATH = "spec.mtls.ca.key"
 
 
 @dataclass(frozen=True)
@@ -518,7 +518,6 @@ class CAManager:
                 return None
             log.info("mesh %s: generating its builtin CA", mesh.name)
             return self._seal_entry(mesh.name, new_builtin(mesh.name), "builtin")
-        from meshline.security.provided_key import open_key  # it builds on this module
 
         material = parse_provided(ca.cert, open_key(self.kek, mesh.name, ca.key))
         if last is not None and last.id == material.id:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from meshline.api.routes import Route
-from meshline.controlplane.context import ContextValidator, ControlPlaneContext
+from meshline.controlplane.context import XDS_CA_PEM, ContextValidator, ControlPlaneContext
 from meshline.controlplane.settings import Settings, split_address
 from meshline.core.errors import Conflict, FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
@@ -169,6 +169,7 @@ class Security:
             tls = server_tls(ca_cert, ca_key, host)
             self.ext.xds_credentials = tls.credentials()
             self.cp_ca_path = write_ca_file(data_dir, tls.ca_pem)
+            ctx.services[XDS_CA_PEM] = tls.ca_pem  # served to agents by GET /api/v1/xds
             if self.settings.api_tls_enabled():
                 api_host, _ = split_address(self.settings.api_address, "API address")
                 self.ext.api_ssl = api_ssl_context(server_tls(ca_cert, ca_key, api_host), data_dir)

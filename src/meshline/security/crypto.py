@@ -17,7 +17,6 @@ import base64
 import datetime as dt
 import hashlib
 import logging
-import os
 import secrets
 import stat
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
+from meshline.core.datadir import write_private
 from meshline.core.errors import MeshlineError
 
 log = logging.getLogger("meshline.security")
@@ -267,21 +267,6 @@ class KeyEncryptor:
                 " is not the one it was sealed with; every replica must use the same KEK file"
                 f" (copy it, or point {KEK_ENV} at it)"
             ) from None
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to ``path`` readable by the owner only (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def digest(*parts: str) -> str:

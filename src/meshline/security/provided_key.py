@@ -14,7 +14,8 @@ from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource
 from meshline.security import crypto
-from meshline.security.ca import KEY_PATH
+
+KEY_PATH = "spec.mtls.ca.key"  # where a provided CA's key sits in a Mesh
 
 
 def purpose(mesh: str) -> str:

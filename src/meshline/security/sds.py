@@ -26,7 +26,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from meshline.agent.sockets import serve_grpc
+from meshline.core.unix_sockets import serve_grpc
 from meshline.xds import names
 from meshline.xds.snapshot import SECRET, Snapshot, pack
 from meshline.xds.stream import AdsStream, Nack

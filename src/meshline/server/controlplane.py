@@ -13,14 +13,14 @@ from meshline.api.prometheus import TARGETS_PATH, prometheus_targets_handler
 from meshline.api.routes import Route
 from meshline.api.server import build_app
 from meshline.api.site import ConnectionGuard, start_site
-from meshline.controlplane.context import ControlPlaneContext
-from meshline.controlplane.datadir import secure_data_dir
+from meshline.controlplane.context import XDS_CA_PEM, ControlPlaneContext
 from meshline.controlplane.health import OfflineTracker
 from meshline.controlplane.limits import ConnectionLimits, QuietConnectionErrors, raise_fd_limit
 from meshline.controlplane.metrics import metrics_text
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
 from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
+from meshline.core.datadir import secure_data_dir
 from meshline.core.errors import MeshlineError, NotFound
 from meshline.core.labels import system_labels
 from meshline.core.mesh import MeshSpec
@@ -120,6 +120,7 @@ class ControlPlane:
             ) from None
         core = [
             Route("GET", "/metrics", self._metrics),  # Prometheus text, outside /api (scraped as is)
+            Route("GET", "/api/v1/xds", self._xds_info, "Where agents reach xDS and the CA to verify it with"),
             Route("GET", TARGETS_PATH, prometheus_targets_handler,
                   "Prometheus HTTP service discovery for every dataplane"),
         ]  # fmt: skip
@@ -154,6 +155,19 @@ class ControlPlane:
             xds_host,
             self.xds_port,
         )
+
+    async def _xds_info(self, request: web.Request) -> web.Response:
+        """Where agents reach xDS and how to verify it, so an agent told only the API URL
+        never guesses (any valid token may ask: agents need it before their first stream)."""
+        host, _ = split_address(self.settings.xds_address, "xDS address")
+        ca_pem = self.ctx.services.get(XDS_CA_PEM)
+        return web.json_response({
+            # a wildcard listener: the agent uses the host it reached the API on
+            "host": None if host in ("0.0.0.0", "::", "") else host,
+            "port": self.xds_port,
+            "tls": self.ext.xds_credentials is not None,
+            "caPem": ca_pem if isinstance(ca_pem, str) else None,
+        })  # fmt: skip
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=metrics_text(self.ctx), content_type="text/plain")

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from meshline.controlplane.datadir import create_private, secure_file
+from meshline.core.datadir import create_private, secure_file
 from meshline.core.errors import ClientGone, Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.core.slices import Slices

@@ -117,6 +117,7 @@ def from_http(entry: accesslog_pb2.HTTPAccessLogEntry, mesh: str, dataplane: str
     r.grpc_status = int(grpc) if grpc and grpc.isdigit() else None
     tags = entry.common_properties.custom_tags
     r.trace_id = trace_id(tags.get(t.T_TRACEPARENT, ""), tags.get(t.T_B3, ""))
+    r.denied = bool(resp.response_headers.get(t.DENIED_HEADER)) or r.details.startswith("rbac_access_denied")
     return clip(r)
 
 

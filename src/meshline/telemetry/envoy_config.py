@@ -123,7 +123,7 @@ def grpc_access_log(info: SectionInfo) -> accesslog_pb2.AccessLog:
         )
     http = als_pb2.HttpGrpcAccessLogConfig(
         common_config=common,
-        additional_response_headers_to_log=["grpc-status"],
+        additional_response_headers_to_log=["grpc-status", t.DENIED_HEADER],
         additional_response_trailers_to_log=["grpc-status"],
     )
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=envoy.packed(http))
@@ -223,17 +223,21 @@ def _provider(info: SectionInfo, settings: MeshTracing) -> http_tracer_pb2.Traci
 
 
 def tracing(info: SectionInfo, settings: MeshTracing) -> hcm_pb2.HttpConnectionManager.Tracing:
-    """Spans for every request through this listener, tagged with who and what."""
+    """Spans for every request through this listener, tagged with who and what.
+
+    Inbound, who called comes from the caller's verified certificate, never from a header a
+    caller can write; the header is kept apart as ``meshline.source_claimed``."""
     peer = (
-        literal(t.S_PEER, info.destination)
+        [literal(t.S_PEER, info.destination)]
         if info.direction == "outbound"
-        else header(t.S_PEER, t.SOURCE_HEADER)
+        else [custom_tag_pb2.CustomTag(tag=t.S_PEER, value=t.PEER_IDENTITY),
+              header(t.S_SOURCE_CLAIMED, t.SOURCE_HEADER)]
     )
     tags = [
         literal(t.S_SERVICE, info.service),
         literal(t.S_VERSION, info.version),
         literal(t.S_DIRECTION, info.direction),
-        peer,
+        *peer,
         metadata(t.S_POLICIES, "cluster", t.META, t.META_POLICIES),
     ]
     return hcm_pb2.HttpConnectionManager.Tracing(

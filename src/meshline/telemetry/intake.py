@@ -176,7 +176,7 @@ class MeshTelemetry:
         stats = index.pop(key, None) or RollingStats()
         index[key] = stats
         before = stats.cells
-        stats.add(r.time, failed, r.duration_ms)
+        stats.add(r.time, failed, r.duration_ms, r.denied)
         self.cells += stats.cells - before
         stats.touched = next(self._stamp)
         while len(index) > limit:
@@ -286,6 +286,7 @@ class TelemetryIntake:
         others = [o for o in m.halves(r.request_id) if same_hop(o, r)] if r.request_id else []
         m.remember(r)
         key = (r.request_id, r.source, r.destination)
+        m.observe_tls(r)  # every inbound entry, counted ones too (a caller without a sidecar)
         if is_counted(r):
             m.count(r)
             inbound = next((o for o in others if o.direction != OUTBOUND), None)
@@ -298,7 +299,6 @@ class TelemetryIntake:
                 return
             self._publish(r)
             return
-        m.observe_tls(r)
         for o in others:  # the caller's half arrived first: complete it
             if o.direction == OUTBOUND:
                 o.explanation = explain_pair(o, r)
@@ -361,7 +361,8 @@ class TelemetryIntake:
         slices = Slices()
 
         def row(stats: RollingStats) -> dict[str, Any]:
-            return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures}
+            return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures,
+                    "totalDenied": stats.total_denied}
 
         services = []
         for name in sorted(m.services):

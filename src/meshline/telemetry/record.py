@@ -61,6 +61,7 @@ class LogRecord:
     peer: str = ""  # inbound: the caller's SPIFFE ID
     section: str = ""  # "outbound orders (port 15001)": which part of the sidecar's config
     explanation: str = ""  # plain-words reason of a failure (see telemetry.explain)
+    denied: bool = False  # refused by the mesh itself (a TrafficPermission), not by the app
 
     @property
     def failed(self) -> bool:
@@ -69,6 +70,12 @@ class LogRecord:
     @property
     def edge(self) -> tuple[str, str]:
         return (self.source or EXTERNAL, self.destination)
+
+    @property
+    def succeeded(self) -> bool:
+        """The one definition of success (stat, top, edges, dashboard; the Prometheus query in
+        docs/observability.md says the same): an answer was sent, not a failure, not a denial."""
+        return not self.failed and not self.denied
 
     def to_json(self) -> dict[str, Any]:
         out = {_camel(k): v for k, v in asdict(self).items()}

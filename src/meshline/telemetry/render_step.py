@@ -4,7 +4,8 @@ context logs need (who called, which policies shaped the traffic).
 Runs after every policy plugin (highest ``order``) on each section:
 
 * outbound HTTP routes set ``x-meshline-source: <caller's service>`` so the callee's sidecar
-  can name the caller even without mTLS;
+  can name the caller even without mTLS (a claim: with mTLS strict the inbound removes it, and
+  identity always comes from the caller's certificate);
 * clusters and routes get ``meshline`` metadata: the policies applied to the section (from
   its Applied records; a cluster behind routes names only the cluster-level ones) and the
   route timeout; logs and spans
@@ -154,6 +155,10 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
 
 def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
     spec = mesh.spec
+    if section.route is not None and spec.mtls.mode == "strict":
+        # Every caller has a verified certificate, which names it (logs, spans, XFCC): a
+        # caller-written x-meshline-source could only lie, so the app never gets one.
+        section.route.request_headers_to_remove.append(t.SOURCE_HEADER)
     inbound = section.inbound
     if not _enabled(spec) or inbound is None:
         return

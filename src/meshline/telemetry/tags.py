@@ -7,8 +7,11 @@ metadata keys are what the render step writes into cluster and route metadata un
 
 from __future__ import annotations
 
+from meshline.xds import names
+
 # Header the caller's sidecar sets on every outbound request: the caller's service.
 SOURCE_HEADER = "x-meshline-source"
+DENIED_HEADER = names.DENIED_HEADER  # on the mesh's own denials (see xds.names)
 TRACEPARENT = "traceparent"
 B3_TRACE_ID = "x-b3-traceid"
 
@@ -40,6 +43,8 @@ T_PER_TRY_TIMEOUT_MS = "meshline.per_try_timeout_ms"
 # span tags (besides Envoy's own: http.status_code, response_flags, upstream_cluster, guid:x-request-id...)
 S_SERVICE = "meshline.service"
 S_VERSION = "meshline.version"
-S_PEER = "meshline.peer"
+S_PEER = "meshline.peer"  # outbound: the service called; inbound: the caller's SPIFFE ID (its certificate)
+S_SOURCE_CLAIMED = "meshline.source_claimed"  # inbound: x-meshline-source, a claim (plaintext callers)
+PEER_IDENTITY = "%DOWNSTREAM_PEER_URI_SAN%"  # Envoy formatter: the verified client certificate's URI SAN
 S_DIRECTION = "meshline.direction"
 S_POLICIES = "meshline.policies"

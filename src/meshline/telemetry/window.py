@@ -38,6 +38,7 @@ class _Second:
     second: int
     count: int = 0
     failures: int = 0
+    denied: int = 0
     hist: dict[int, int] = field(default_factory=dict)
     max_ms: float = 0.0
     min_ms: float = math.inf
@@ -51,6 +52,7 @@ class Summary:
     p50: float | None
     p95: float | None
     p99: float | None
+    denied: int = 0  # refused by the mesh (TrafficPermission): neither a success nor a failure of the app
 
     @property
     def rps(self) -> float:
@@ -58,12 +60,13 @@ class Summary:
 
     @property
     def success_rate(self) -> float | None:
-        return (self.requests - self.failures) / self.requests if self.requests else None
+        return (self.requests - self.failures - self.denied) / self.requests if self.requests else None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "failures": self.failures,
+            "denied": self.denied,
             "rps": round(self.rps, 3),
             "successRate": None if self.success_rate is None else round(self.success_rate, 5),
             "latencyMs": {"p50": self.p50, "p95": self.p95, "p99": self.p99},
@@ -77,18 +80,23 @@ class RollingStats:
         self._seconds: deque[_Second] = deque()
         self.total = 0
         self.total_failures = 0
+        self.total_denied = 0
         self.last_seen = 0.0
         self.cells = 0  # seconds kept + histogram cells in them
         self.touched = 0  # its owner's stamp of the last update (for least-recently-updated eviction)
 
-    def add(self, at: float, failed: bool, latency_ms: float) -> None:
+    def add(self, at: float, failed: bool, latency_ms: float, denied: bool = False) -> None:
+        """One request: ``failed`` (see record.is_failure) or ``denied`` by the mesh, or a success."""
+        failed = failed and not denied
         second = int(at)
         self.total += 1
         self.total_failures += failed
+        self.total_denied += denied
         self.last_seen = max(self.last_seen, at)
         bucket = self._bucket(second)
         bucket.count += 1
         bucket.failures += failed
+        bucket.denied += denied
         idx = bucket_of(latency_ms)
         seen = bucket.hist.get(idx, 0)
         self.cells += not seen
@@ -120,7 +128,7 @@ class RollingStats:
 
     def summary(self, now: float, seconds: int) -> Summary:
         since = int(now) - seconds
-        count = failures = 0
+        count = failures = denied = 0
         hist: dict[int, int] = {}
         hi, lo = 0.0, math.inf
         for b in self._seconds:
@@ -128,12 +136,14 @@ class RollingStats:
                 continue
             count += b.count
             failures += b.failures
+            denied += b.denied
             hi, lo = max(hi, b.max_ms), min(lo, b.min_ms)
             for k, v in b.hist.items():
                 hist[k] = hist.get(k, 0) + v
         return Summary(
             requests=count,
             failures=failures,
+            denied=denied,
             seconds=seconds,
             p50=_percentile(hist, count, 0.50, lo, hi),
             p95=_percentile(hist, count, 0.95, lo, hi),

@@ -116,3 +116,9 @@ def permission_policy(name: str) -> str:
 def inbound_rbac_stat_prefix(port: int) -> str:
     """Stat prefix of the L4 (TCP) RBAC filter on inbound ``port``: ``inbound_<port>.rbac.denied``."""
     return f"inbound_{port}."
+
+
+# Response header the inbound adds to the mesh's own denials (a TrafficPermission's 403),
+# naming the deciding policy: both sidecars' access logs and stats see it, so a denial is
+# counted apart from an app's own 403.
+DENIED_HEADER = "x-meshline-denied"

@@ -31,5 +31,6 @@ DESTINATION_SERVICE = "destination_service"
 DESTINATION_VERSION = "destination_version"
 DESTINATION_ZONE = "destination_zone"
 RESPONSE_CODE = "response_code"
+MESH_DENIED = "mesh_denied"  # the policy that denied (the inbound's denial header)
 GRPC_STATUS = "grpc_status"
 PROTOCOL = "protocol"

@@ -64,11 +64,13 @@ export function dataplaneRows(dataplanes, onInspect, now = Date.now() / 1000) {
 
 function signalCells(row) {
   if (!row) return [h("td", { class: "num" }, "–"), h("td", { class: "num" }, "–"), h("td", { class: "num" }, "–"),
-    h("td", { class: "num" }, "–"), h("td", { class: "num" }, "–")];
+    h("td", { class: "num" }, "–"), h("td", { class: "num" }, "–"), h("td", { class: "num" }, "–")];
   const lat = row.latencyMs || {};
   return [
     h("td", { class: "num" }, fmt.rps(row.rps)),
     h("td", { class: ["num", `health-${fmt.health(row)}`] }, fmt.percent(row.successRate)),
+    // mesh denials (TrafficPermission): not successes, not the app's failures (docs/observability.md)
+    h("td", { class: "num" }, String(row.denied || 0)),
     h("td", { class: "num" }, fmt.ms(lat.p50)),
     h("td", { class: "num" }, fmt.ms(lat.p95)),
     h("td", { class: "num" }, fmt.ms(lat.p99)),
@@ -129,7 +131,7 @@ export function render(root, state, onInspect) {
   root.querySelector("#services").replaceChildren(
     table({
       caption: `Services: golden signals over the last ${window}, as the callers saw them.`,
-      headers: ["Service", "Instances in sync#", "RPS#", "Success#", "p50#", "p95#", "p99#"],
+      headers: ["Service", "Instances in sync#", "RPS#", "Success#", "Denied#", "p50#", "p95#", "p99#"],
       rows: serviceRows(state.stats, dps),
       empty: "No services yet.",
       className: "services",

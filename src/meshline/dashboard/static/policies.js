@@ -19,8 +19,12 @@ export async function load(mesh, kinds) {
   return policyKinds.map((k, i) => ({ kind: k, items: lists[i].items }));
 }
 
+// A kind's own `meshline get` columns that repeat the selectors shown here anyway.
+const SELECTOR_COLUMNS = new Set(["SOURCES", "DESTINATIONS", "FROM", "TO"]);
+
 export function render(root, loaded, onlyUsed) {
-  const sections = loaded.filter((l) => l.items.length || !onlyUsed).map(({ kind, items }) => {
+  const sections = loaded.filter((l) => l.items.length || !onlyUsed).map(({ kind: k, items }) => {
+    const kind = { ...k, columns: k.columns.filter((c) => !SELECTOR_COLUMNS.has(c)) };
     const headers = ["Name", "Sources", "Destinations", ...kind.columns.map((c) => c.toLowerCase().replace(/(^|-)\w/g, (x) => x.toUpperCase()))];
     const rows = items.map((it) => h("tr", { "data-policy": `${kind.kind}/${it.name}` },
       h("th", { scope: "row" }, it.name),

@@ -97,6 +97,10 @@ def _mapper(policy: str, body: str) -> hcm_pb2.ResponseMapper:
             )
         )
     )
+    m.headers_to_add.append(base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=names.DENIED_HEADER, value=policy),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    ))  # fmt: skip
     m.body_format_override.CopyFrom(
         substitution_format_string_pb2.SubstitutionFormatString(
             text_format_source=base_pb2.DataSource(inline_string=body), content_type="text/plain"

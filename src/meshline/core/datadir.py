@@ -71,3 +71,18 @@ def create_private(path: Path) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to ``path`` readable by the owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
