@@ -20,8 +20,8 @@ from meshline.render import metrics as step
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.render import RenderResult, render
 from meshline.testing.golden import load_resources
+from meshline.testing.policy_kit import envoy_accepts, envoy_binary, static_bootstrap
 from meshline.xds.snapshot import LISTENER
-from tests.policies.httproute.envoy_check import envoy_accepts, envoy_binary, static_bootstrap
 
 MESH = """
 kind: Mesh
