@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshline.core import dataplane, mesh
+from meshline.core import dataplane, mesh, service
 from meshline.core.resource import KindRegistry
 
 
@@ -11,4 +11,4 @@ def default_kinds() -> KindRegistry:
     from meshline.security.kinds import KINDS as SECURITY_KINDS
 
     # The security kinds are internal (KindInfo.internal): stored, never served.
-    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, *(p.kind for p in plugins())])
+    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, *(p.kind for p in plugins())])
