@@ -135,6 +135,19 @@ class DataplaneMetrics(Spec):
         return v
 
 
+class Transparent(Spec):
+    """This workload's traffic is captured (``meshline run --transparent``): the kernel sends
+    every connection the app opens to Envoy on ``outboundPort`` and every connection from
+    other hosts to ``inboundPort``, each with its original destination. The inbounds' ``port``
+    is then the app's own port (callers dial it; capture takes it to Envoy)."""
+
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    ipv6: bool = False  # Envoy's capture listeners also listen on [::]
+
+    _p = field_validator("outbound_port", "inbound_port")(classmethod(lambda cls, v: _port(v)))
+
+
 class DataplaneSpec(Spec):
     address: str
     inbound: list[Inbound] = Field(min_length=1)
@@ -149,6 +162,7 @@ class DataplaneSpec(Spec):
     # The agent's Prometheus endpoint (meshline_* series for this dataplane's traffic, Envoy's
     # own stats, optionally the app's); listed by the control plane's Prometheus discovery.
     metrics: DataplaneMetrics | None = None
+    transparent: Transparent | None = None
 
     _a = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
 
@@ -172,7 +186,13 @@ def _port_problems(r: Resource) -> list[FieldProblem]:
         else:
             seen[key] = path
 
+    if spec.transparent is not None:
+        claim("0.0.0.0", spec.transparent.outbound_port, "spec.transparent.outboundPort")
+        claim("0.0.0.0", spec.transparent.inbound_port, "spec.transparent.inboundPort")
     for i, inbound in enumerate(spec.inbound):
+        if spec.transparent is not None:  # Envoy does not listen on the inbound ports: capture takes them
+            claim("0.0.0.0", inbound.port, f"spec.inbound[{i}].port")
+            continue
         claim(spec.address, inbound.port, f"spec.inbound[{i}].port")
         if inbound.service_port is None and inbound.service_address == spec.address:
             problems.append(

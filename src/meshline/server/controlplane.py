@@ -20,6 +20,7 @@ from meshline.controlplane.metrics import metrics_text
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
 from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
+from meshline.controlplane.vips import VipAllocator
 from meshline.core.datadir import secure_data_dir
 from meshline.core.errors import MeshlineError, NotFound
 from meshline.core.labels import system_labels
@@ -57,6 +58,7 @@ class ControlPlane:
             settings.debounce,
             offline=self.offline.offline_in,
         )
+        self.vips = VipAllocator(self.store)  # every service's virtual IP (transparent mode)
         self.publisher = StatusPublisher(
             self.store, self.status, settings.replica_id or new_replica_id(), settings.status_flush, settings.replica_beat
         )
@@ -94,6 +96,7 @@ class ControlPlane:
             result = hook(self.ctx)
             if asyncio.iscoroutine(result):
                 await result
+        await self.vips.start()
         await self.reconciler.start()
         await self.publisher.start()
         self.offline.start(self.reconciler)
@@ -202,6 +205,7 @@ class ControlPlane:
             self._grpc = None
         await self.publisher.stop()  # after the streams ended: their ends are written, then goodbye
         await self.reconciler.stop()
+        await self.vips.stop()
         await self.store.close()
         if self._quiet is not None:
             self._quiet.uninstall()

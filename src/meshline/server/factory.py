@@ -21,6 +21,7 @@ def subsystems() -> tuple[Subsystem, ...]:
     """Every subsystem this build has, in the order they install (and start)."""
     from meshline.dashboard import install as install_dashboard
     from meshline.ratelimit.service import install as install_rate_limit_service
+    from meshline.rollouts import install as install_rollouts
     from meshline.security.controlplane import install as install_security
     from meshline.telemetry import install as install_telemetry
 
@@ -30,6 +31,7 @@ def subsystems() -> tuple[Subsystem, ...]:
         _routing,
         install_dashboard,  # the page at / (static files; its API calls carry the token)
         install_telemetry,  # access logs + tracing render step, log intake, stats/tap/explain API
+        install_rollouts,  # Rollout checks at apply, the controller (reads telemetry), its API
     )
 
 
