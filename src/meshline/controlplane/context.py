@@ -78,7 +78,7 @@ class ControlPlaneContext:
                 check(res, self, pending)
             except ValidationError as err:
                 problems.extend(err.problems)
-        if res.mesh and any(c.every_write or kind == res.kind for kind, c in self.mesh_checks):
+        if res.mesh and any(c.runs_on(kind, res) for kind, c in self.mesh_checks):
             problems.extend(run_mesh_checks(res, self.mesh_view(res.mesh, pending), self.mesh_checks))
         if problems:
             raise ValidationError(problems, context=str(res.key))

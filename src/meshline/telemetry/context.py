@@ -23,7 +23,7 @@ def context_from(results: RenderResults, r: LogRecord) -> ExplainContext:
     outlier = False
     in_cluster: int | None = None
     if result is not None:
-        policies = tuple(sorted({f"{a.kind}/{a.name}" for a in result.applied if a.target == r.section}))
+        policies = tuple(sorted({f"{a.kind}/{a.name}" for a in result.applied if str(a.section) == r.section}))
         cluster = result.snapshot.slot(CLUSTER).resources.get(r.upstream_cluster)
         if cluster is not None:
             c = cluster_pb2.Cluster()
