@@ -7,6 +7,7 @@ config, so this inlines the endpoints and routes first. Everything else is kept 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,13 +68,25 @@ def static_bootstrap(result: RenderResult) -> bootstrap_pb2.Bootstrap:
     return boot
 
 
+def validate(path: Path) -> None:
+    """Fail with Envoy's own words if it rejects the bootstrap at ``path`` (``--mode validate``).
+
+    Envoy 1.40's validation mode says ``configuration '...' OK`` and then crashes while tearing
+    down when a stats access logger shares its scope by name (render/metrics.py): the verdict
+    line is what counts; a real Envoy runs the same config and stops cleanly (the e2e tests)."""
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
+        capture_output=True, text=True, timeout=60,
+    )
+    verdict = f"configuration '{path}' OK" in proc.stdout
+    teardown_crash = proc.returncode == -signal.SIGSEGV and "Caught Segmentation fault" in proc.stderr
+    assert proc.returncode == 0 or (verdict and teardown_crash), \
+        f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+
+
 def envoy_accepts(result: RenderResult, work: Path) -> None:
     """Fail with Envoy's own words if it would reject this config."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "validate.json"
     path.write_text(json_format.MessageToJson(static_bootstrap(result)))
-    proc = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    validate(path)

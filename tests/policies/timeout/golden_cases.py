@@ -8,14 +8,13 @@ UPDATE_GOLDEN=1 rewrites the golden files; review the diff.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from meshline.render.render import RenderResult
 from meshline.testing.golden import check_golden, load_resources, render_named
-from tests.policies.httproute.envoy_check import envoy_binary, static_bootstrap
+from tests.policies.httproute.envoy_check import static_bootstrap, validate
 
 MESH_INPUT = Path(__file__).parent / "mesh.input.yaml"
 
@@ -52,11 +51,7 @@ def envoy_accepts(result: RenderResult, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     path = work / "validate.json"
     path.write_text(json_format.MessageToJson(boot))
-    proc = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    validate(path)
 
 
 def check_feature(policy_dir: Path, feature: str, dataplane: str, tmp_path: Path) -> None:
