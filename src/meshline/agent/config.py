@@ -8,6 +8,7 @@ agent's view of its workload are tested with ordinary function calls.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import socket
@@ -288,6 +289,30 @@ def xds_from_api(api_url: str, xds_address: str | None) -> tuple[str, int]:
     if not parts.hostname:
         raise MeshlineError(f"--api '{api_url}' is not a URL; use e.g. http://127.0.0.1:15681")
     return _connectable(parts.hostname), DEFAULT_XDS_PORT
+
+
+def default_address(api_url: str) -> str:
+    """Where other hosts reach this workload when ``--address`` is not given: 127.0.0.1 for a
+    control plane on loopback (everything on one host), else the address this host would
+    use to reach the control plane (the kernel's route choice; no packet is sent)."""
+    parts = urlsplit(api_url if "://" in api_url else f"http://{api_url}")
+    host = parts.hostname or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 80, proto=socket.IPPROTO_UDP)
+    except OSError:
+        return "127.0.0.1"
+    family, _, _, _, target = infos[0]
+    if ipaddress.ip_address(target[0]).is_loopback:
+        return "127.0.0.1"
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(target)
+            return str(s.getsockname()[0])
+    except OSError as err:
+        raise MeshlineError(
+            f"cannot tell which address of this host reaches the control plane at {api_url} ({err.strerror});"
+            " pass --address <this host's IP>"
+        ) from None
 
 
 def _connectable(host: str) -> str:

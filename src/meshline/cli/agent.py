@@ -15,6 +15,7 @@ import click
 
 from meshline.agent import Agent, AgentConfig, LocalService
 from meshline.agent.config import (
+    default_address,
     default_name,
     default_work_dir,
     free_port,
@@ -64,8 +65,9 @@ def _options(f: F) -> F:
                           " uses TLS, and its CA, come from the API"),
         click.option("--xds-address", default=None, envvar="MESHLINE_XDS_ADDRESS",
                      help="control plane's xDS HOST:PORT [default: the address the API gives]"),
-        click.option("--address", default="127.0.0.1", show_default=True, envvar="MESHLINE_ADDRESS",
-                     help="the IP other hosts reach this workload on"),
+        click.option("--address", default=None, envvar="MESHLINE_ADDRESS",
+                     help="the IP other hosts reach this workload on [default: 127.0.0.1 when the control plane"
+                          " is on loopback, else this host's address on the route to it]"),
         click.option("--inbound-port", type=click.IntRange(1, 65535), default=None, envvar="MESHLINE_INBOUND_PORT",
                      help="where the sidecar accepts mesh traffic [default: a free port]"),
         click.option("--protocol", type=click.Choice(PROTOCOLS), default=DEFAULT_PROTOCOL, show_default=True,
@@ -138,7 +140,7 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
     token = token or group.get("token")
     xds_host, xds_port = xds_from_api(api_url, opts["xds_address"])
     name = opts["name"] or default_name(service, app_port)
-    address: str = opts["address"]
+    address: str = opts["address"] or default_address(api_url)
     config = AgentConfig(
         mesh=mesh,
         name=name,

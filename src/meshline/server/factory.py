@@ -6,25 +6,15 @@ the :class:`~meshline.extensions.Extensions` hooks, so the core stays unaware of
 
 from __future__ import annotations
 
-from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings
 from meshline.extensions import Extensions, Subsystem
 from meshline.server.controlplane import ControlPlane
 
 
-def _cross_resource_checks(ctx: ControlPlaneContext) -> None:
-    from meshline.policies.faultinjection.callers import check_conflicts
-    from meshline.policies.retry.consistency import check_retry_timeouts
-
-    ctx.validators.append(check_conflicts)  # one FaultInjection/RateLimit per caller and service
-    ctx.validators.append(check_retry_timeouts)  # a per-try timeout longer than the request's
-
-
 def _routing(ext: Extensions, settings: Settings) -> None:
     from meshline.policies.translate import install as install_routing
 
-    ext.on_start.append(install_routing)  # Gateway API / SMI translators, route reference checks
-    ext.on_start.append(_cross_resource_checks)
+    ext.on_start.append(install_routing)  # Gateway API / SMI translators
 
 
 def subsystems() -> tuple[Subsystem, ...]:

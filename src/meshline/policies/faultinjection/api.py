@@ -18,7 +18,6 @@ see the fault as a real failure of the destination.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from pydantic import Field, field_validator, model_validator
@@ -27,9 +26,8 @@ from meshline.core.errors import FieldProblem
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Duration, Spec
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.faultinjection.callers import source_problems
-
-HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+from meshline.policies.common.callers import source_problems
+from meshline.policies.common.fields import HEADER_NAME_RE
 
 
 def _percentage(v: float) -> float:

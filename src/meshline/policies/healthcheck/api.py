@@ -30,7 +30,7 @@ from meshline.core.errors import FieldProblem
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import PositiveDuration, PositiveInt, service_only_destinations
+from meshline.policies.common.fields import PositiveDuration, PositiveInt, service_only_destinations
 
 StatusRange = tuple[int, int]  # [start, end), as Envoy's Int64Range
 

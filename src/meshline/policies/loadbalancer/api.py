@@ -33,7 +33,7 @@ from meshline.core.errors import FieldProblem
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Duration, Spec
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import Percent, PositiveInt, service_only_destinations
+from meshline.policies.common.fields import Percent, PositiveInt, service_only_destinations
 
 LbType = Literal["RoundRobin", "LeastRequest", "Random", "RingHash", "Maglev"]
 HASHING_TYPES = ("RingHash", "Maglev")

@@ -31,8 +31,8 @@ from meshline.core.errors import FieldProblem
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.faultinjection.api import HEADER_NAME_RE
-from meshline.policies.faultinjection.callers import source_problems
+from meshline.policies.common.callers import source_problems
+from meshline.policies.common.fields import HEADER_NAME_RE
 from meshline.xds.rls_descriptor import WINDOWS, window_name
 
 # Envoy refills a token bucket at most every 50ms.

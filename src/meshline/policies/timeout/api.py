@@ -12,15 +12,14 @@
         http: {requestTimeout: 5s, streamIdleTimeout: 1m, maxStreamDuration: 10m}
         tcp: {maxConnectionDuration: 1h}
 
-Fields a policy leaves out keep the defaults below, which are also what an outbound gets
-when no Timeout applies (the base generator in render/outbound.py and render/envoy.py
-builds them; tests/policies/timeout checks the two agree). ``0`` turns a timeout off,
+Fields a policy leaves out keep the defaults of ``meshline.render.defaults`` (defined
+once: the base generators render them, and tests/policies/timeout checks the rendered
+config says the same). ``0`` turns a timeout off,
 except ``connectTimeout``, which must be positive.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 from pydantic import model_validator
@@ -29,21 +28,7 @@ from meshline.core.errors import FieldProblem
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import PositiveDuration, service_only_destinations, sets_something
-
-
-@dataclass(frozen=True)
-class Defaults:
-    connect: timedelta = timedelta(seconds=5)
-    idle: timedelta = timedelta(hours=1)  # connection without streams (HTTP); no bytes (TCP)
-    http_request: timedelta = timedelta(seconds=15)  # HTTP/1.1 services
-    h2_request: timedelta = timedelta(0)  # http2/gRPC: long-lived streams are normal
-    stream_idle: timedelta = timedelta(minutes=5)
-    max_stream_duration: timedelta = timedelta(0)  # unlimited
-    max_connection_duration: timedelta = timedelta(0)  # unlimited
-
-
-DEFAULTS = Defaults()
+from meshline.policies.common.fields import PositiveDuration, service_only_destinations, sets_something
 
 
 class HttpTimeouts(Spec):
@@ -74,6 +59,10 @@ class TimeoutConf(Spec):
 
 class TimeoutSpec(SelectorSpec):
     conf: TimeoutConf
+
+    def request_timeout(self) -> timedelta | None:
+        """(common.timeouts.SetsRequestTimeout) what Retry's apply-time check compares with."""
+        return self.conf.http.request_timeout if self.conf.http else None
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:

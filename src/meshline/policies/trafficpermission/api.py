@@ -31,7 +31,7 @@ from meshline.core.errors import FieldProblem
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import NAME_HINT, NAME_RE, Spec
 from meshline.core.selectors import ANY, SelectorSpec
-from meshline.policies.httproute.regex import regex_problem
+from meshline.policies.common.regex import regex_problem
 
 METHOD_RE = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 HEADER_NAME_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]{1,127}$")
