@@ -23,6 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from meshline.cli.main import cli
+from meshline.core.errors import MeshlineError
 from meshline.rollouts.controller import TICK
 from meshline.telemetry.envoy_config import FLUSH_INTERVAL_MS
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
@@ -306,3 +307,48 @@ def test_ab_by_header_sends_only_marked_requests_to_the_candidate(world: World) 
     assert landed([s for s in during if s.marked]) == {"orders-v2": len([s for s in during if s.marked])}
     assert landed([s for s in during if not s.marked]) == {"orders-v1": len([s for s in during if not s.marked])}
     assert events(final).count("analysis passed") >= 1
+
+
+def _refused(w: World, doc: str) -> str:
+    with pytest.raises(MeshlineError) as err:
+        w.mesh.apply(doc)
+    return str(err.value)
+
+
+def test_bad_rollouts_are_refused_at_apply_with_the_field_and_a_fix(world: World) -> None:
+    canary = {"canary": {"steps": [{"weight": 10}]}}
+    checks = {"checks": CHECKS}
+
+    def doc(**spec: Any) -> str:
+        body = yaml.safe_load(rollout_doc(canary, checks))
+        body["spec"].pop("waitForCandidate")
+        body["spec"].update(spec)
+        return yaml.safe_dump(body)
+
+    assert "spec.service: service 'ordres' has no instances in mesh default; did you mean 'orders'?" in _refused(
+        world, doc(service="ordres"))
+    assert "spec.stable.version: no instance of 'orders' has version 'v0'; its versions: v1" in _refused(
+        world, doc(stable={"version": "v0"}))
+    assert "spec.candidate.version" in (msg := _refused(world, doc())) and "waitForCandidate: true" in msg
+    assert "spec.strategy.canary.steps[1].weight: 5 does not increase" in _refused(
+        world, doc(waitForCandidate=True, strategy={"canary": {"steps": [{"weight": 10}, {"weight": 5}]}}))
+    assert "spec.analysis.checks[0].min: 101% can never be met" in _refused(
+        world, doc(waitForCandidate=True, analysis={"checks": [{"metric": "successRate", "min": 101, "window": "5s"}]}))
+    assert "shorter than the telemetry's resolution" in _refused(
+        world, doc(waitForCandidate=True, analysis={"checks": [{"metric": "p99", "maxMs": 9, "window": "200ms"}]}))
+    assert world.mesh.api.get("/api/v1/meshes/default/rollouts")["items"] == []  # nothing was stored
+    # a user route for the service and a rollout would fight: refused either way round
+    user_route = yaml.safe_dump({"kind": "HTTPRoute", "mesh": "default", "name": "orders-split", "spec": {
+        "destinations": [{"match": {"service": "orders"}}], "rules": [{"backends": [{"tags": {"version": "v1"}}]}]}})
+    world.mesh.apply(user_route)
+    try:
+        assert "HTTPRoute orders-split routes 'orders' and would fight" in _refused(world, doc(waitForCandidate=True))
+    finally:
+        world.mesh.api.request("DELETE", "/api/v1/meshes/default/httproutes/orders-split")
+    world.mesh.apply(doc(waitForCandidate=True))
+    try:
+        assert "spec.destinations[0]: Rollout orders owns the routing of 'orders'" in _refused(world, user_route)
+        second = doc(waitForCandidate=True).replace("name: orders\n", "name: orders-again\n")
+        assert "Rollout orders already releases 'orders'; one rollout per service" in _refused(world, second)
+    finally:
+        world.mesh.api.request("DELETE", "/api/v1/meshes/default/rollouts/orders")
