@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from meshline.rollouts.controller import TICK
 from meshline.telemetry.envoy_config import FLUSH_INTERVAL_MS
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
 from meshline.testing.servers import Behaviour, HttpTestServer
+from tests.e2e.test_dashboard import Browser, chromium_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -352,3 +353,49 @@ def test_bad_rollouts_are_refused_at_apply_with_the_field_and_a_fix(world: World
         assert "Rollout orders already releases 'orders'; one rollout per service" in _refused(world, second)
     finally:
         world.mesh.api.request("DELETE", "/api/v1/meshes/default/rollouts/orders")
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    b = Browser(chromium_binary(), tmp_path / "chromium-profile")
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+async def test_the_dashboard_shows_the_timeline_checks_and_both_versions_and_abort_ends_it(
+        world: World, browser: Browser) -> None:  # fmt: skip
+    doc = rollout_doc({"canary": {"steps": [{"weight": 30, "pause": "1s"}, {"manualGate": True}]}},
+                      {"interval": "1s", "minRequests": 5, "checks": CHECKS})
+    with release(world, doc, Behaviour()), Load(world.web.url("orders")) as load:
+        wait_until(lambda: (s := state(world)).get("stage") == 1 and s.get("entered"), 30, what="the gate")
+        await browser.goto(f"{world.mesh.api_url}/#rollouts")
+        box = "document.querySelector('[data-rollout=\"orders\"]')"
+        await browser.wait_for(f"{box} && {box}.querySelector('.timeline li.current')?.textContent === '30% + manual gate'",
+                               what="the current step in the timeline")
+        shown = await browser.evaluate(f"""({{
+            phase: {box}.querySelector('.phase').dataset.phase,
+            weights: {box}.querySelector('.weights').textContent,
+            done: [...{box}.querySelectorAll('.timeline li.done')].map(li => li.textContent),
+            checks: [...{box}.querySelectorAll('table')[0].querySelectorAll('tbody tr')].map(
+                r => [...r.children].map(c => c.textContent)),
+            versions: [...{box}.querySelectorAll('table')[1].querySelectorAll('tbody tr')].map(
+                r => [...r.children].map(c => c.textContent)),
+        }})""")
+        assert shown["phase"] == "progressing"
+        assert "stable 70% · candidate 30%" in shown["weights"] and "testers pinned" in shown["weights"]
+        assert shown["done"] == ["30%"]
+        assert [row[0] for row in shown["checks"]] == ["successRate", "p99"] and {r[-1] for r in shown["checks"]} == {
+            "pass"}
+        stable, candidate = shown["versions"]
+        assert stable[0] == "stable (v1)" and candidate[0] == "candidate (v2)" and int(candidate[1]) > 0
+        run = CliRunner().invoke(cli, ["--api", world.mesh.api_url, "rollout", "abort", "orders"])
+        assert run.exit_code == 0, run.output
+        await browser.wait_for(f"{box}.querySelector('.phase').dataset.phase === 'aborted'", what="aborted shown")
+        after = time.time() + 1.0
+        wait_until(lambda: len([s for s in load.shots if s.at > after]) >= 20, 15, what="requests after abort")
+    late = [s for s in load.shots if s.at > after]
+    assert landed(late) == {"orders-v1": len(late)}
+    assert browser.errors == []
