@@ -399,3 +399,33 @@ async def test_the_dashboard_shows_the_timeline_checks_and_both_versions_and_abo
     late = [s for s in load.shots if s.at > after]
     assert landed(late) == {"orders-v1": len(late)}
     assert browser.errors == []
+
+
+BLUE_GREEN = {"blueGreen": {"mirrorPercent": 100, "mirrorFor": "3s"}}
+MIRROR_CHECKS = {"interval": "1s", "minRequests": 10, "inconclusiveLimit": 10,
+                 "checks": [{"metric": "successRate", "min": 99, "window": "2s"}]}  # fmt: skip
+
+
+def test_blue_green_mirrors_a_failing_candidate_and_rolls_it_back_without_one_user_failure(world: World) -> None:
+    with release(world, rollout_doc(BLUE_GREEN, MIRROR_CHECKS), Behaviour(fail_ratio=0.3)) as candidate, \
+            Load(world.web.url("orders")) as load:
+        final = wait_phase(world, "rolledBack", "promoted", "paused")
+    assert final["phase"] == "rolledBack", final
+    assert final["checks"][0]["verdict"] == "fail" and final["checks"][0]["candidate"] < 90
+    assert candidate.count() >= 10  # the mirrored copies reached it...
+    assert landed(load.shots) == {"orders-v1": len(load.shots)}  # ...but every answer came from v1
+    assert all(s.status == 200 for s in load.shots)
+
+
+def test_blue_green_switches_a_healthy_candidate_at_once_after_the_mirror_phase(world: World) -> None:
+    with release(world, rollout_doc(BLUE_GREEN, MIRROR_CHECKS), Behaviour()), Load(world.web.url("orders")) as load:
+        final = wait_phase(world, "promoted", "rolledBack", "paused")
+        after = time.time() + 1.0
+        wait_until(lambda: len([s for s in load.shots if s.at > after]) >= 20, 15, what="requests after the switch")
+    assert final["phase"] == "promoted", final
+    (t_mirror, what), = step_times(final)
+    assert what == "mirror 100%"
+    before = [s for s in load.shots if s.at < next(h["at"] for h in final["history"] if h["event"] == "promoted")]
+    assert landed(before) == {"orders-v1": len(before)}  # 0% until the switch (copies are not answers)
+    late = [s for s in load.shots if s.at > after]
+    assert landed(late) == {"orders-v2": len(late)}
