@@ -96,9 +96,11 @@ class HostMesh:
     def run(self, host: Host, service: str, port: int, app: Sequence[str], *, transparent: bool = True,
             name: str | None = None, protocol: str | None = None, tags: Mapping[str, str] | None = None,
             extra: Iterable[str] = (), wait: bool = True) -> HostProcess:  # fmt: skip
-        """``meshline run [--transparent] ... -- APP`` on ``host``; waits until it takes traffic."""
+        """``meshline run [--transparent] ... -- APP`` on ``host`` (no APP: ``meshline dataplane``, the
+        app started apart); waits until it takes traffic."""
         name = name or f"{service}-{host.name}"
-        args = [sys.executable, "-m", "meshline", "run", "--service", service, "--port", str(port), "--name", name,
+        command = "run" if app else "dataplane"
+        args = [sys.executable, "-m", "meshline", command, "--service", service, "--port", str(port), "--name", name,
                 "--api", self.api_url, "--ca-file", str(self.ca_file), "--token-file", str(self.token(service)),
                 "--work-dir", str(self.work / "dp" / name), "--drain-seconds", "0"]  # fmt: skip
         if transparent:
@@ -107,7 +109,7 @@ class HostMesh:
             args += ["--protocol", protocol]
         for k, v in (tags or {}).items():
             args += ["--tag", f"{k}={v}"]
-        args += [*extra, "--", *app]
+        args += [*extra, *(["--", *app] if app else [])]
         env = {k: v for k, v in self.env().items() if k not in ("MESHLINE_TOKEN_FILE", "MESHLINE_API")}
         proc = host.spawn(f"agent-{name}", args, env=env)
         self.agents[name] = proc
@@ -115,8 +117,8 @@ class HostMesh:
             self.wait_serving(proc, name)
         return proc
 
-    def wait_serving(self, proc: HostProcess, name: str) -> None:
-        wait_until(lambda: f"{name} is ready for traffic" in proc.log() or not proc.alive(), 60,
+    def wait_serving(self, proc: HostProcess, name: str, ready: str = "is ready for traffic") -> None:
+        wait_until(lambda: f"{name} {ready}" in proc.log() or not proc.alive(), 60,
                    what=f"{name} to take traffic")  # fmt: skip
         assert proc.alive(), proc.log()
 

@@ -128,11 +128,12 @@ class DnsServer:
     """Serves one agent's mesh DNS on ``address:port``."""
 
     def __init__(self, table: DnsTable, port: int, address: str = "127.0.0.1",
-                 upstreams: list[str] | None = None) -> None:  # fmt: skip
+                 upstreams: list[str] | None = None, upstream_port: int = 53) -> None:  # fmt: skip
         self.table = table
         self.port = port
         self.address = address
         self.upstreams = upstreams if upstreams is not None else host_resolvers()
+        self.upstream_port = upstream_port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -190,7 +191,7 @@ class DnsServer:
 
     async def _forward(self, query: bytes, upstream: str, tcp: bool) -> bytes:
         if tcp:
-            reader, writer = await asyncio.open_connection(upstream, 53)
+            reader, writer = await asyncio.open_connection(upstream, self.upstream_port)
             try:
                 writer.write(struct.pack("!H", len(query)) + query)
                 await writer.drain()
@@ -200,7 +201,7 @@ class DnsServer:
                 writer.close()
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in upstream else socket.AF_INET
-        transport, proto = await loop.create_datagram_endpoint(_ForwardUdp, remote_addr=(upstream, 53), family=family)
+        transport, proto = await loop.create_datagram_endpoint(_ForwardUdp, remote_addr=(upstream, self.upstream_port), family=family)
         try:
             transport.sendto(query)
             return await proto.done
