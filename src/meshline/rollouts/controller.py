@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -168,20 +169,22 @@ class RolloutController:
             now = self.clock()
         signals = None
         if m.analysis_due(state, spec.analysis, plan, now):
-            signals = self._measure(res.mesh, spec, plan[state.stage])
+            signals = self._measure(res.mesh, spec, plan[state.stage], now - state.stage_started)
         state = m.tick(state, spec.analysis, plan, m.Tick(now, ready, signals), configured)
         if state != before:
             await self.ctx.store.put_status({res.key: {STATE_PART: status_view(res, state)}})
         await self._write_route(res, state, plan, resources)
 
-    def _measure(self, mesh: str, spec: RolloutSpec, stage: Stage) -> list[tuple[m.Signal, m.Signal]] | None:
+    def _measure(self, mesh: str, spec: RolloutSpec, stage: Stage, age: float) -> list[tuple[m.Signal, m.Signal]] | None:
+        """Both versions' signals for each check, over its window, or the step's age if shorter
+        (what came before the step's weights applied is another traffic mix)."""
         source = self.signals()
         if source is None:
             return None
         side = "callee" if stage.mirror else "caller"  # mirrored copies are seen by the candidate only
         out = []
         for check in spec.analysis.checks:
-            seconds = max(1, round(check.window.total_seconds()))
+            seconds = max(1, min(round(check.window.total_seconds()), math.ceil(age)))
             cand = source.version_summary(mesh, spec.service, spec.candidate.version, seconds, side)
             base = source.version_summary(mesh, spec.service, spec.stable.version, seconds, side)
             out.append((signal_of(cand), signal_of(base)))

@@ -283,6 +283,9 @@ def _analysed(s: State, analysis: Analysis, t: Tick) -> State:
                        reason=f"analysis failed {failures}x (budget {analysis.failure_budget}): {summary}")
         return _go(s, t.now, "analysis failed", summary, failures=failures, inconclusive_run=0)
     if verdict == "inconclusive":
+        if t.now - s.stage_started < max(c.window.total_seconds() for c in analysis.checks):
+            # the step has not run for a whole window yet: too early to call it inconclusive
+            return _go(s, t.now, "analysis inconclusive", f"window not full yet; {summary}")
         run = s.inconclusive_run + 1
         if run >= analysis.inconclusive_limit:
             return _go(s, t.now, "paused", f"inconclusive {run}x in a row: {summary}", phase="paused",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -180,13 +181,25 @@ def envoy_binary() -> str:
     return find_envoy()
 
 
+def validate(path: Path) -> None:
+    """Fail with Envoy's own words if it rejects the bootstrap at ``path`` (``--mode validate``).
+
+    Envoy 1.40's validation mode says ``configuration '...' OK`` and then crashes while tearing
+    down when a stats access logger shares its scope by name (render/metrics.py): the verdict
+    line is what counts; a real Envoy runs the same config and stops cleanly (the e2e tests)."""
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    verdict = f"configuration '{path}' OK" in proc.stdout
+    teardown_crash = proc.returncode == -signal.SIGSEGV and "Caught Segmentation fault" in proc.stderr
+    assert proc.returncode == 0 or (verdict and teardown_crash), \
+        f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+
+
 def envoy_accepts(result: RenderResult, work: Path, node: str = "default.web-1", cluster: str = "web") -> None:
     """Fail with Envoy's own words if it would reject this config (``envoy --mode validate``)."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "validate.json"
     path.write_text(json_format.MessageToJson(static_bootstrap(result, node, cluster)))
-    proc = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    validate(path)

@@ -15,6 +15,7 @@ import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from meshline.policies import plugins
@@ -78,7 +79,11 @@ def test_every_http_side_streams_its_log_and_traces() -> None:
         h = _hcm(web, listener)
         assert [a.name for a in h.access_log] == ["envoy.access_loggers.http_grpc", "envoy.access_loggers.file"]
         assert h.tracing.provider.name == "envoy.tracers.opentelemetry"
-        assert h.tracing.random_sampling.value == 10
+        # the connection manager samples all; the tracer's parent-based sampler starts 10% of new traces
+        assert h.tracing.random_sampling.value == 100
+        otel = opentelemetry_pb2.OpenTelemetryConfig()
+        h.tracing.provider.typed_config.Unpack(otel)
+        assert otel.sampler.name == "envoy.tracers.opentelemetry.samplers.parent_based"
     assert names.TRACING_CLUSTER in web.snapshot.slots[CLUSTER].resources
 
 
