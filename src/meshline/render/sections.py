@@ -40,11 +40,12 @@ class SectionId:
     the human label."""
 
     proxy: str  # sidecar | gateway | zone-ingress | zone-egress
-    role: str  # sidecar: inbound | outbound | transparent; gateway: listener | outbound; zones: sni
+    role: str  # sidecar: inbound | outbound | transparent-*; gateway: listener | outbound; zones: sni
     port: int
+    name: str = ""  # where a port holds several sections (transparent capture: the service)
 
     def __str__(self) -> str:
-        return f"{self.proxy}/{self.role}/{self.port}"
+        return f"{self.proxy}/{self.role}/{self.port}" + (f"/{self.name}" if self.name else "")
 
 
 @dataclass(frozen=True)
