@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -24,6 +24,23 @@ Protocol = Literal["http", "http2", "grpc", "tcp"]
 PROTOCOLS: tuple[str, ...] = ("http", "http2", "grpc", "tcp")
 DEFAULT_PROTOCOL = "tcp"  # safe for any traffic; set protocol: http for L7 features
 TAG_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+
+
+def service_protocol(declared: Iterable[str]) -> str:
+    """The one protocol rule: a service speaks what all its instances declare, else tcp
+    (instances that disagree, or none at all: tcp is safe for any traffic)."""
+    found = set(declared)
+    return found.pop() if len(found) == 1 else DEFAULT_PROTOCOL
+
+
+def service_protocols(dataplanes: Iterable[Resource]) -> dict[str, str]:
+    """service -> protocol (:func:`service_protocol`) over the inbounds of ``dataplanes``."""
+    declared: dict[str, list[str]] = {}
+    for dp in dataplanes:
+        if isinstance(dp.spec, DataplaneSpec):
+            for inbound in dp.spec.inbound:
+                declared.setdefault(inbound.service, []).append(inbound.protocol)
+    return {service: service_protocol(protocols) for service, protocols in declared.items()}
 
 
 def _port(v: int) -> int:

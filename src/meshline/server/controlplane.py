@@ -28,6 +28,7 @@ from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
 from meshline.kinds import default_kinds
+from meshline.policies import mesh_checks as policy_mesh_checks
 from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
@@ -51,8 +52,9 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.store,
             self.cache,
-            # + per-request Prometheus stats on every sidecar, + the subsystems' steps
-            [*default_plugins(), metrics_step.PLUGIN, *self.ext.render_steps],
+            # the policy kinds, + the subsystems' steps, + per-request Prometheus stats on every
+            # sidecar last (it and telemetry's step only append loggers)
+            [*default_plugins(), *self.ext.render_steps, metrics_step.PLUGIN],
             settings.debounce,
             offline=self.offline.offline_in,
         )
@@ -64,6 +66,7 @@ class ControlPlane:
             self.kinds, self.store, self.reconciler, self.status,
             publisher=self.publisher, replica_ttl=settings.replica_ttl,
         )  # fmt: skip
+        self.ctx.mesh_checks = policy_mesh_checks()
         self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
