@@ -41,7 +41,8 @@ def pool() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every Dataplane and policy document of the golden tests (renamed to be unique)."""
     dataplanes: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
-    files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml"])
+    files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml",
+                    TESTS / "golden/transparent/mesh.input.yaml"])  # transparent dataplanes, Services
     for index, path in enumerate(files):
         if path.name.endswith(".golden.yaml"):
             continue

@@ -6,7 +6,8 @@ one render per affected dataplane and no store reads) and the results registry
 it what changed (:meth:`MeshSnapshot.changes`); the dataplanes a change affects:
 
 * the Mesh, or a policy whose destinations may select any service: all of them;
-* a policy selecting services S: those with an inbound or outbound of a service in S;
+* a policy selecting services S: those with an inbound or outbound of a service in S, and
+  every transparent dataplane (it reaches every service);
 * a Dataplane: itself, and those whose last config read the endpoints of a service
   whose endpoints (or protocol) changed: callers, including callers that reach the
   service only through a route's backend;
@@ -203,6 +204,8 @@ class Reconciler:
         if changes.policy_services:
             spec = dp.spec
             assert isinstance(spec, DataplaneSpec)
+            if spec.transparent is not None:  # it reaches every service of the mesh
+                return True
             if any(i.service in changes.policy_services for i in spec.inbound) or any(
                 o.service in changes.policy_services for o in spec.outbound
             ):
