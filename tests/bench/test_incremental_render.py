@@ -86,7 +86,9 @@ class Harness:
         """Compare every dataplane's cached config with a from-scratch render; return how many."""
         rec = self.reconciler
         resources = list(rec.resources.get("default", {}).values())
-        fresh = MeshSnapshot.build(rec.meshes["default"], resources, rec.revision, frozenset(self.offline))
+        # the protocols of services whose instances left are the reconciler's memory, an input
+        fresh = MeshSnapshot.build(rec.meshes["default"], resources, rec.revision, frozenset(self.offline),
+                                   known_protocols=rec.known_protocols.get("default"))
         checked = 0
         for dp in fresh.dataplanes.values():
             node = names.node_id("default", dp.name)
