@@ -19,8 +19,8 @@ from meshline.render import metrics as step
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.render import RenderResult, render
 from meshline.testing.golden import load_resources
+from meshline.testing.policy_kit import envoy_accepts, static_bootstrap, validate
 from meshline.xds.snapshot import LISTENER
-from tests.policies.httproute.envoy_check import envoy_accepts, static_bootstrap, validate
 
 MESH = """
 kind: Mesh

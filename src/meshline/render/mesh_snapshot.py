@@ -16,7 +16,7 @@ whole inbound and outbound sections) may also survive into the next snapshot, bu
 * their owner: a piece of one dataplane survives only while that dataplane is unchanged.
 
 :meth:`MeshSnapshot.changes` reports the same differences, so the reconciler re-renders
-only the dataplanes a change can reach. tests/bench/test_incremental_render.py checks that
+only the dataplanes a change can reach. tests/golden/test_incremental_render.py checks that
 rendering incrementally gives exactly what rendering from scratch gives.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec, Inbound
+from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec, Inbound, service_protocol
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource
 from meshline.core.selectors import ANY, SelectorSpec
@@ -327,8 +327,7 @@ def _protocols(
     of a 503 it can read, and no HTTP timeouts or retries."""
     out: dict[str, str] = {}
     for service, eps in endpoints.items():
-        said = {e.tags.get("protocol", DEFAULT_PROTOCOL) for e in eps}
-        out[service] = said.pop() if len(said) == 1 else DEFAULT_PROTOCOL
+        out[service] = service_protocol(e.tags.get("protocol", DEFAULT_PROTOCOL) for e in eps)
     for service, protocol in known.items():
         out.setdefault(service, protocol)
     declared: dict[str, set[str]] = defaultdict(set)

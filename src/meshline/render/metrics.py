@@ -72,7 +72,6 @@ MAX_HISTOGRAMS_PER_LISTENER = 3_000  # three per counter
 
 STATS_LOGGER = "envoy.access_loggers.stats"
 STATS_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
-ORDER = 1_000_100  # after every policy; independent of the telemetry step (both only append loggers)
 
 KIND = KindInfo(
     kind="Metrics",
@@ -195,4 +194,4 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
         _add(section.http, inbound_logger(section.listener.name, mesh.name, inbound.tags, inbound.protocol))
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound, inbound=configure_inbound)
+PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound)

@@ -1,4 +1,4 @@
-// The dashboard's entry point: sign-in, views (#overview, #policies, #tap?service=&path=&status=),
+// The dashboard's entry point: sign-in, views (#overview, #policies, #rollouts, #tap?service=&path=&status=),
 // and a refresh every 2 seconds of what the current view shows.
 
 import * as api from "./api.js";
@@ -8,6 +8,7 @@ import * as graph from "./graph.js";
 import * as inspect from "./inspect.js";
 import * as overview from "./overview.js";
 import * as policies from "./policies.js";
+import * as rollouts from "./rollouts.js";
 import { Tap } from "./tap.js";
 
 const REFRESH_MS = 2000;
@@ -21,7 +22,7 @@ let arrived = true; // a new address (#tap?service=orders starts that tap once)
 
 function route() {
   const [view, query] = location.hash.replace(/^#/, "").split("?");
-  return { view: ["overview", "policies", "tap"].includes(view) ? view : "overview", params: new URLSearchParams(query || "") };
+  return { view: ["overview", "policies", "rollouts", "tap"].includes(view) ? view : "overview", params: new URLSearchParams(query || "") };
 }
 
 function say(text, error = false) {
@@ -126,6 +127,12 @@ async function refreshPolicies() {
   return "";
 }
 
+async function refreshRollouts() {
+  const loaded = await rollouts.load(state.mesh);
+  keepFocus(() => rollouts.render($("#rollouts"), loaded));
+  return "";
+}
+
 async function refreshTap() {
   const dps = await api.get(api.meshPath(state.mesh, "/dataplanes"));
   state.dataplanes = dps.items;
@@ -170,7 +177,7 @@ async function update() {
       say("No mesh on this control plane yet: create one with `meshline apply -f` (kind: Mesh).");
     } else {
       const view = showView();
-      const warning = await { overview: refreshOverview, policies: refreshPolicies, tap: refreshTap }[view]();
+      const warning = await { overview: refreshOverview, policies: refreshPolicies, rollouts: refreshRollouts, tap: refreshTap }[view]();
       say(warning, Boolean(warning));
       $("#updated").textContent = `updated ${fmt.clock(Date.now() / 1000)}`;
     }
