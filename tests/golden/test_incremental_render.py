@@ -89,7 +89,9 @@ class Harness:
         resources = list(rec.model.resources("default").values())
         mesh = rec.model.mesh("default")
         assert mesh is not None
-        fresh = MeshSnapshot.build(mesh, resources, rec.revision, frozenset(self.offline))
+        # the protocols of services whose instances left are the reconciler's memory, an input
+        fresh = MeshSnapshot.build(mesh, resources, rec.revision, frozenset(self.offline),
+                                   known_protocols=rec.known_protocols.get("default"))
         checked = 0
         for dp in fresh.dataplanes.values():
             node = names.node_id("default", dp.name)

@@ -61,6 +61,10 @@ class _Pending:
     first_change_at: float = 0.0
 
 
+MAX_KNOWN_PROTOCOLS = 10_000  # services remembered per mesh (Reconciler.known_protocols)
+PROTOCOLS_PART = "protocols"  # the Mesh status part that keeps them
+
+
 class Reconciler:
     def __init__(
         self,
@@ -80,6 +84,12 @@ class Reconciler:
         # Every change up to this store revision is rendered and in the cache (`apply --wait`
         # waits for it before comparing versions).
         self.settled_revision = 0
+        # mesh -> service -> the protocol its instances said when it last had some: a service
+        # whose instances are all gone (a redeploy) keeps it (MeshSnapshot.service_protocol).
+        # Kept in the Mesh's status (part "protocols") so a restart or another replica renders
+        # the same; bounded (least recently seen services go first).
+        self.known_protocols: dict[str, dict[str, str]] = {}
+        self._protocols_changed: set[str] = set()  # meshes whose known protocols to store
         self._pending = _Pending()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +98,10 @@ class Reconciler:
 
     async def start(self) -> None:
         tune_gc()
+        for key, status in (await self.store.list_status("Mesh")).items():
+            stored = status.get(PROTOCOLS_PART)
+            if isinstance(stored, dict):
+                self.known_protocols[key.name] = {str(k): str(v) for k, v in stored.items()}
         self._unsubscribe = await self.store.watch(self._on_event)  # the first Resync fills the model
         self._pending.first_change_at = 0.0  # start-up is not a change to time pushes from
         # The first render runs in the loop's task, not here: start-up goes on to open the
@@ -178,13 +192,34 @@ class Reconciler:
     def _build(self, mesh: str, previous: MeshSnapshot | None) -> MeshSnapshot:
         mesh_res = self.model.mesh(mesh)
         assert mesh_res is not None
-        return MeshSnapshot.build(
+        known = self.known_protocols.setdefault(mesh, {})
+        snap = MeshSnapshot.build(
             mesh_res,
             list(self.model.resources(mesh).values()),
             self.revision,
             self.offline(mesh),
             previous=previous,
+            known_protocols=dict(known),
         )
+        for service, protocol in snap.instance_protocols().items():
+            if known.get(service) != protocol:
+                self._protocols_changed.add(mesh)
+            known.pop(service, None)
+            known[service] = protocol
+        while len(known) > MAX_KNOWN_PROTOCOLS:
+            del known[next(iter(known))]
+        return snap
+
+    async def _store_known_protocols(self) -> None:
+        changed, self._protocols_changed = self._protocols_changed, set()
+        parts = {ResourceKey("Mesh", "", m): {PROTOCOLS_PART: dict(self.known_protocols[m])}
+                 for m in changed if m in self.known_protocols}  # fmt: skip
+        if parts:
+            try:
+                await self.store.put_status(parts)
+            except Exception:  # rendering goes on; written again with the next change
+                log.exception("cannot store the known protocols of %s", ", ".join(sorted(changed)))
+                self._protocols_changed |= changed
 
     def _affected(self, mesh: str, dp: Resource, changes: Changes | None) -> bool:
         """Whether ``dp``'s config may differ from its last render (see the module docstring)."""
@@ -219,11 +254,13 @@ class Reconciler:
             await self._render_pending(pending)
         finally:
             self.settled_revision = max(self.settled_revision, revision)
+        await self._store_known_protocols()
 
     async def _render_pending(self, pending: _Pending) -> None:
         for mesh in pending.meshes:
             if self.model.mesh(mesh) is None:
                 self.results.drop_snapshot(mesh)
+                self.known_protocols.pop(mesh, None)
                 continue
             previous = self.results.snapshot(mesh)
             snap = self._build(mesh, previous)
