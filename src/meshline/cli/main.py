@@ -32,6 +32,7 @@ COMMANDS = {
     "dashboard": "meshline.cli.dashboard:dashboard",
     "context": "meshline.cli.context:context",
     "rollout": "meshline.cli.rollout:rollout",
+    "transparent-proxy": "meshline.cli.transparent:transparent_proxy",
 }
 
 

@@ -14,7 +14,7 @@ from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublishe
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.labels import RESERVED_PREFIX
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
-from meshline.render.policy_kind import MeshCheck, MeshView
+from meshline.render.policy_kind import MeshCheck, MeshView, run_mesh_checks
 from meshline.store.base import Status, Store
 from meshline.xds import names
 from meshline.xds.status import StatusRegistry
@@ -66,11 +66,8 @@ class ControlPlaneContext:
                 check(res, self, pending)
             except ValidationError as err:
                 problems.extend(err.problems)
-        checks = [c for kind, c in self.mesh_checks if c.every_write or kind == res.kind]
-        if checks and res.mesh:
-            view = self.mesh_view(res.mesh, pending)
-            for mesh_check in checks:
-                problems.extend(mesh_check.check(res, view))
+        if res.mesh and any(c.every_write or kind == res.kind for kind, c in self.mesh_checks):
+            problems.extend(run_mesh_checks(res, self.mesh_view(res.mesh, pending), self.mesh_checks))
         if problems:
             raise ValidationError(problems, context=str(res.key))
 

@@ -23,7 +23,7 @@ from meshline.policies import (
     trafficpermission,
 )
 from meshline.render.plugins import Plugin
-from meshline.render.policy_kind import PolicyKind, in_order
+from meshline.render.policy_kind import MeshCheck, PolicyKind, in_order
 
 KINDS: tuple[PolicyKind[Any], ...] = (
     httproute.POLICY,
@@ -43,6 +43,11 @@ KINDS: tuple[PolicyKind[Any], ...] = (
 def kinds() -> tuple[PolicyKind[Any], ...]:
     """Every policy kind, in the order they configure a dataplane."""
     return tuple(in_order(KINDS))
+
+
+def mesh_checks() -> list[tuple[str, MeshCheck]]:
+    """(kind, check): every kind's apply-time checks, as the control plane and the test kit run them."""
+    return [(k.name, check) for k in kinds() for check in k.mesh_checks]
 
 
 def plugins() -> list[Plugin]:

@@ -247,6 +247,15 @@ def record(section: OutboundSection | InboundSection, matched: Matched[Any], not
     section.applied.append(Applied(matched.policy.kind, matched.policy.name, section.target, reason))
 
 
+def run_mesh_checks(res: Resource, view: MeshView, checks: Iterable[tuple[str, MeshCheck]]) -> list[FieldProblem]:
+    """The problems of ``res`` found by the (kind, check) pairs that run on its writes."""
+    found: list[FieldProblem] = []
+    for kind, check in checks:
+        if check.every_write or kind == res.kind:
+            found.extend(check.check(res, view))
+    return found
+
+
 def in_order(kinds: Sequence[PolicyKind[Any]]) -> list[PolicyKind[Any]]:
     """``kinds`` in an order where each runs after the kinds it names in ``after``;
     otherwise as listed (so the order is stable and a registration line's place breaks ties)."""

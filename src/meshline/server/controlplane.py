@@ -28,7 +28,7 @@ from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
 from meshline.kinds import default_kinds
-from meshline.policies import kinds as policy_kinds
+from meshline.policies import mesh_checks as policy_mesh_checks
 from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
@@ -66,7 +66,7 @@ class ControlPlane:
             self.kinds, self.store, self.reconciler, self.status,
             publisher=self.publisher, replica_ttl=settings.replica_ttl,
         )  # fmt: skip
-        self.ctx.mesh_checks = [(k.name, check) for k in policy_kinds() for check in k.mesh_checks]
+        self.ctx.mesh_checks = policy_mesh_checks()
         self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None

@@ -3,18 +3,14 @@ protocol is detected, as golden files, each also accepted by the real Envoy (``-
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import json_format
-from tests.policies.httproute.envoy_check import envoy_binary, static_bootstrap
 
-from meshline.render import envoy
 from meshline.render.render import RenderResult
 from meshline.testing.golden import check_golden, load_resources, render_named
+from meshline.testing.policy_kit import envoy_accepts as kit_envoy_accepts
 from meshline.xds import names
 from meshline.xds.snapshot import CLUSTER, LISTENER
 
@@ -24,22 +20,8 @@ DATAPLANES = ["web-1", "echo-1", "orders-1"]
 
 
 def envoy_accepts(result: RenderResult, work: Path) -> None:
-    """Envoy's own verdict on the rendering, with the node and the agent's local clusters
-    (SDS, the xDS proxy) the bootstrap would add."""
-    boot = static_bootstrap(result)
-    boot.node.id = names.node_id("default", "validate")
-    boot.node.cluster = "validate"
-    for name in (names.SDS_CLUSTER, names.XDS_CLUSTER):
-        local = envoy.static_cluster(name, "127.0.0.1", 1, "tcp")
-        opts = http_protocol_options_pb2.HttpProtocolOptions()
-        opts.explicit_http_config.http2_protocol_options.SetInParent()
-        local.typed_extension_protocol_options[envoy.HTTP_PROTOCOL_OPTIONS].CopyFrom(envoy.packed(opts))
-        boot.static_resources.clusters.append(local)
-    path = work / "validate.json"
-    path.write_text(json_format.MessageToJson(boot))
-    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l",
-                           "critical"], capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    """Envoy's own verdict on the rendering (the kit adds the agent's SDS and xDS clusters)."""
+    kit_envoy_accepts(result, work, node=names.node_id("default", "validate"), cluster="validate")
 
 
 def _listener(result: RenderResult, name: str) -> listener_pb2.Listener:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Spec
 from meshline.core.selectors import SelectorSpec
 from meshline.policies.common.fields import PositiveInt, service_only_destinations, sets_something
@@ -51,8 +51,7 @@ class CircuitBreakerSpec(SelectorSpec):
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, CircuitBreakerSpec)
+    spec = spec_as(res, CircuitBreakerSpec)
     conf = spec.conf
     problems = []
     limits_set = conf.limits is not None and sets_something(conf.limits.to_json())
@@ -83,14 +82,14 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _limits_column(r: Resource) -> str:
-    assert isinstance(r.spec, CircuitBreakerSpec)
-    limits = r.spec.conf.limits
+    spec = spec_as(r, CircuitBreakerSpec)
+    limits = spec.conf.limits
     return ",".join(f"{k}={v}" for k, v in limits.to_json().items()) if limits else "-"
 
 
 def _outlier_column(r: Resource) -> str:
-    assert isinstance(r.spec, CircuitBreakerSpec)
-    return "on" if r.spec.conf.outlier_detection is not None else "off"
+    spec = spec_as(r, CircuitBreakerSpec)
+    return "on" if spec.conf.outlier_detection is not None else "off"
 
 
 KIND = KindInfo(

@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Name, Spec
 from meshline.core.selectors import SelectorSpec
 from meshline.policies.common.backends import Backend, backend_tags
@@ -283,13 +283,13 @@ class HTTPRouteSpec(SelectorSpec):
 
 
 def _rules_column(r: Resource) -> str:
-    assert isinstance(r.spec, HTTPRouteSpec)
-    return str(len(r.spec.rules))
+    spec = spec_as(r, HTTPRouteSpec)
+    return str(len(spec.rules))
 
 
 def _destinations_column(r: Resource) -> str:
-    assert isinstance(r.spec, HTTPRouteSpec)
-    return ",".join(d.describe() for d in r.spec.destinations)
+    spec = spec_as(r, HTTPRouteSpec)
+    return ",".join(d.describe() for d in spec.destinations)
 
 
 def _kind() -> KindInfo:

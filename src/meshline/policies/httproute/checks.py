@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import Resource
+from meshline.core.resource import Resource, spec_as
 from meshline.policies.common.backends import backend_problems, destination_problems
 from meshline.policies.common.regex import group_count, regex_problem
 from meshline.policies.httproute.api import (
@@ -194,8 +194,7 @@ def _rewrite_problems(base: str, rule: Rule) -> Iterator[FieldProblem]:
 
 
 def route_problems(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, HTTPRouteSpec)
+    spec = spec_as(res, HTTPRouteSpec)
     problems = list(destination_problems(spec))
     for i, rule in enumerate(spec.rules):
         base = f"spec.rules[{i}]"

@@ -24,6 +24,7 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
+from meshline.core.resource import spec_as
 from meshline.core.selectors import ANY
 from meshline.policies.common.callers import ONE_PER_CALLER, CallerRule, caller_rules
 from meshline.policies.ratelimit.api import KIND, ConnectionRate, GlobalConf, RateLimitSpec, RequestRate
@@ -166,8 +167,7 @@ def global_shapes(mesh: MeshSnapshot) -> dict[str, d.Shape]:
     send (what the rate-limit service accepts)."""
     out: dict[str, d.Shape] = {}
     for policy in mesh.of_kind(KIND.kind):
-        spec = policy.spec
-        assert isinstance(spec, RateLimitSpec)
+        spec = spec_as(policy, RateLimitSpec)
         glob = spec.conf.global_
         if glob is None:
             continue

@@ -25,7 +25,7 @@ from datetime import timedelta
 from pydantic import model_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
 from meshline.policies.common.fields import PositiveDuration, service_only_destinations, sets_something
@@ -66,8 +66,7 @@ class TimeoutSpec(SelectorSpec):
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, TimeoutSpec)
+    spec = spec_as(res, TimeoutSpec)
     http = spec.conf.http
     if http is None or not http.request_timeout or not http.max_stream_duration:
         return []
@@ -84,14 +83,14 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _request_column(r: Resource) -> str:
-    assert isinstance(r.spec, TimeoutSpec)
-    http = r.spec.conf.http
+    spec = spec_as(r, TimeoutSpec)
+    http = spec.conf.http
     return format_duration(http.request_timeout) if http and http.request_timeout is not None else "-"
 
 
 def _connect_column(r: Resource) -> str:
-    assert isinstance(r.spec, TimeoutSpec)
-    value = r.spec.conf.connect_timeout
+    spec = spec_as(r, TimeoutSpec)
+    value = spec.conf.connect_timeout
     return format_duration(value) if value is not None else "-"
 
 
