@@ -1,0 +1,71 @@
+"""The few API routes only the dashboard needs; everything else it reads through the routes
+the CLI uses.
+
+* ``GET /api/v1/dashboard/session``: who the token is (so a read-only sign-in gets no edit
+  controls; the API refuses its writes anyway) and where Grafana is, if configured
+  (``MESHLINE_GRAFANA_URL``), with the uids of Meshline's Grafana dashboards;
+* ``GET /api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes``: the dataplanes a policy
+  shapes, where and why (the reconciler's last render of each, as ``meshline inspect`` reads it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from meshline.api.routes import Route
+from meshline.api.server import principal
+from meshline.controlplane.context import ControlPlaneContext
+from meshline.core.errors import NotFound, Unavailable
+from meshline.xds import names
+
+# uid of each dashboard in telemetry/grafana/*.json, by the page that links to it
+GRAFANA_DASHBOARDS = {"mesh": "meshline-mesh", "service": "meshline-service", "dataplane": "meshline-dataplane"}
+
+
+def _json(data: Any) -> web.Response:
+    return web.json_response(data, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+class DashboardApi:
+    def __init__(self, grafana_url: str = "") -> None:
+        self.grafana_url = grafana_url.rstrip("/")
+        self.ctx: ControlPlaneContext | None = None  # set when the control plane starts
+
+    def started(self, ctx: ControlPlaneContext) -> None:
+        self.ctx = ctx
+
+    async def session(self, request: web.Request) -> web.Response:
+        p = principal(request)
+        can_write = not p.read_only and p.service is None
+        return _json({
+            "principal": {"name": p.name, "mesh": p.mesh, "readOnly": p.read_only, "canWrite": can_write},
+            "grafana": {"url": self.grafana_url, "dashboards": GRAFANA_DASHBOARDS} if self.grafana_url else None,
+        })  # fmt: skip
+
+    async def policy_dataplanes(self, request: web.Request) -> web.Response:
+        mesh, kind, name = (request.match_info[k] for k in ("mesh", "kind", "name"))
+        principal(request).check_read(mesh)
+        if self.ctx is None:
+            raise Unavailable("the control plane is starting; retry")
+        rec = self.ctx.reconciler
+        if mesh not in rec.meshes:
+            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
+        items = []
+        for dp in sorted((r for r in rec.resources.get(mesh, {}).values() if r.kind == "Dataplane"),
+                         key=lambda r: r.name):
+            result = rec.results.get(names.node_id(mesh, dp.name))
+            for a in result.applied if result is not None else ():
+                if a.kind == kind and a.name == name:
+                    items.append({"dataplane": dp.name, "target": a.target, "reason": a.reason})
+        return _json({"kind": kind, "name": name, "items": items})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/api/v1/dashboard/session", self.session,
+                  "Who this token is (may it change resources?) and the Grafana the dashboard links to"),
+            Route("GET", "/api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes", self.policy_dataplanes,
+                  "The dataplanes a policy shapes, where and why (as the last render applied it)", codes=(404,)),
+        ]  # fmt: skip
