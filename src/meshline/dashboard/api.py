@@ -5,7 +5,11 @@ the CLI uses.
   controls; the API refuses its writes anyway) and where Grafana is, if configured
   (``MESHLINE_GRAFANA_URL``), with the uids of Meshline's Grafana dashboards;
 * ``GET /api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes``: the dataplanes a policy
-  shapes, where and why (the reconciler's last render of each, as ``meshline inspect`` reads it).
+  shapes, where and why (the reconciler's last render of each, as ``meshline inspect`` reads it);
+* ``POST /api/v1/dashboard/yaml``: the editor's YAML read as the CLI reads a file
+  (:mod:`meshline.core.safe_yaml`), with the line of every field path, so the API's
+  validation errors (which name fields) can be shown at their line. It only parses: the page
+  then calls ``/api/v1/apply`` (``?dryRun=true`` first), like ``meshline apply -f``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import yaml
 from aiohttp import web
 
+from meshline.api.request_input import json_body
 from meshline.api.routes import Route
-from meshline.api.server import principal
+from meshline.api.server import CTX, principal
 from meshline.controlplane.context import ControlPlaneContext
-from meshline.core.errors import NotFound, Unavailable
+from meshline.core import safe_yaml
+from meshline.core.errors import FieldProblem, NotFound, Unavailable, ValidationError
 from meshline.xds import names
 
 # uid of each dashboard in telemetry/grafana/*.json, by the page that links to it
@@ -62,10 +69,30 @@ class DashboardApi:
                     items.append({"dataplane": dp.name, "target": a.target, "reason": a.reason})
         return _json({"kind": kind, "name": name, "items": items})
 
+    async def parse_yaml(self, request: web.Request) -> web.Response:
+        principal(request)  # any signed-in caller: parsing reads nothing
+        body = await json_body(request, request.app[CTX].apply_limits.bytes, "YAML")
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise ValidationError([FieldProblem("text", "must be the YAML text, a string")])
+        try:
+            docs, lines = safe_yaml.load_all_with_lines(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else "YAML"
+            problem = getattr(err, "problem", None) or str(err)
+            raise ValidationError([FieldProblem(where, str(problem))], context="not valid YAML") from None
+        kept = [(d, ln) for d, ln in zip(docs, lines, strict=True) if d is not None]
+        return _json({"documents": [d for d, _ in kept], "lines": [ln for _, ln in kept]})
+
     def routes(self) -> list[Route]:
         return [
             Route("GET", "/api/v1/dashboard/session", self.session,
                   "Who this token is (may it change resources?) and the Grafana the dashboard links to"),
             Route("GET", "/api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes", self.policy_dataplanes,
                   "The dataplanes a policy shapes, where and why (as the last render applied it)", codes=(404,)),
+            Route("POST", "/api/v1/dashboard/yaml", self.parse_yaml,
+                  "Read YAML documents as `meshline apply -f` does, with the line of each field path",
+                  body={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+                  codes=(413, 422)),
         ]  # fmt: skip
