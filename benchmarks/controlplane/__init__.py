@@ -123,6 +123,15 @@ def _mesh_size(settings: CpSettings, procs: ProcessGroup, workdir: Path, progres
     return run
 
 
+def _transparent(settings: CpSettings, procs: ProcessGroup, workdir: Path, progress: Progress) -> CpRun:
+    from benchmarks import transparent
+
+    run = CpRun("transparent", "two sidecars across two hosts: explicit vs transparent")
+    rounds, seconds = (1, 2.0) if settings.mode == "quick" else (5, 10.0)
+    run.figures = transparent.run(procs, workdir, rounds, seconds, progress)
+    return run
+
+
 @dataclass(frozen=True)
 class CpScenario:
     key: str
@@ -145,6 +154,9 @@ SCENARIOS: dict[str, CpScenario] = {
                    _startup, ("envoy",)),
         CpScenario("mesh-size", "memory vs mesh size",
                    "a sidecar reaching 5 services, in a small and a large mesh", _mesh_size, ("envoy",)),
+        CpScenario("transparent", "explicit vs transparent",
+                   "two sidecars across two test hosts (netns, as root), --upstream against capture rules",
+                   _transparent, ("envoy", "wrk", "nginx", "nft")),
     )
 }  # fmt: skip
 
@@ -243,6 +255,15 @@ def checks(run: CpRun) -> list[Check]:
             Check("control plane ready again (existing data dir)", _get(f, "cp_ready_again_s"), "s", 2.0),
             Check("meshline up: first request through the demo", _get(f, "up_first_request_s"), "s", 10.0),
         ]
+    elif run.key == "transparent":
+        for k, what in (("c16_p50_ms", "p50, 16 connections"), ("c16_p90_ms", "p90, 16 connections"),
+                        ("c16_p99_ms", "p99, 16 connections"), ("c1_p50_ms", "p50, 1 connection")):
+            out.append(Check(f"transparent / explicit latency, {what}", _get(f, f"ratio.{k}"), "x", 1.05,
+                             note=f"explicit {f.get('explicit.' + k, 0):.2f} ms, transparent"
+                                  f" {f.get('transparent.' + k, 0):.2f} ms"))  # fmt: skip
+        out.append(Check("transparent / explicit saturation throughput", _get(f, "ratio.rps"), "x", 0.95,
+                         better="higher", note=f"explicit {f.get('explicit.rps', 0):,.0f} req/s, transparent"
+                                               f" {f.get('transparent.rps', 0):,.0f} req/s"))  # fmt: skip
     elif run.key == "mesh-size":
         out.append(Check("sidecar memory, large mesh / small mesh", _get(f, "large_over_small"), "x", 1.10,
                          anchor=t.ANCHOR_MESH_SIZE))  # fmt: skip

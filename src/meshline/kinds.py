@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from meshline.core import dataplane, mesh
+from meshline.core import dataplane, mesh, service
 from meshline.core.resource import KindRegistry
 
 
 def default_kinds() -> KindRegistry:
-    from meshline.policies import plugins
+    from meshline.policies import kinds
+    from meshline.rollouts.api import KIND as ROLLOUT
     from meshline.security.kinds import KINDS as SECURITY_KINDS
 
     # The security kinds are internal (KindInfo.internal): stored, never served.
-    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, *(p.kind for p in plugins())])
+    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, *(k.info for k in kinds()), ROLLOUT])

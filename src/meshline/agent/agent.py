@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshline.agent import process
 from meshline.agent.backoff import Backoff
@@ -43,6 +43,9 @@ from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_s
 from meshline.agent.registration import Api, deregister, no_token_message, register, token_kind
 from meshline.core.errors import MeshlineError, NotFound, Unauthorized
 from meshline.core.unix_sockets import private_dir
+
+if TYPE_CHECKING:
+    from meshline.agent.capture.lifecycle import Capture
 
 log = logging.getLogger("meshline.agent")
 Report = Callable[[str], None]
@@ -84,10 +87,20 @@ async def app_listening(host: str, port: int) -> bool:
 
 
 def summary_lines(config: AgentConfig) -> list[str]:
-    lines = [
-        f"inbound   {config.address}:{config.inbound_port} -> app {config.app_address}:{config.app_port}"
-        f" ({config.protocol})"
-    ]
+    protocol = "detected per connection" if config.detect_protocol else config.protocol
+    t = config.transparent
+    if t is not None:
+        lines = [
+            f"inbound   {config.address}:{config.app_port} (captured -> :{t.inbound_port}) -> app"
+            f" 127.0.0.1:{config.app_port} ({protocol})",
+            f"outbound  every connection (captured -> :{t.outbound_port}); mesh names: NAME.mesh"
+            + (f", DNS -> 127.0.0.1:{t.dns_port}" if t.dns_port else ""),
+        ]
+    else:
+        lines = [
+            f"inbound   {config.address}:{config.inbound_port} -> app {config.app_address}:{config.app_port}"
+            f" ({protocol})"
+        ]
     for u in config.upstreams:
         lines.append(f"outbound  {u.service} -> 127.0.0.1:{u.port} (${u.env_name})")
     lines.append(f"admin     {config.admin_socket} (curl --unix-socket {config.admin_socket} http://envoy/ready)")
@@ -163,6 +176,13 @@ class Agent:
         self._ready_for_traffic = False
         self.registration_check_every = float(self.environ.get(REGISTRATION_CHECK_ENV, REGISTRATION_CHECK_S))
         self._lock_fd: int | None = None
+        self.capture: Capture | None = None
+        if config.transparent is not None:
+            from meshline.agent.capture.dns_table import DnsTable
+            from meshline.agent.capture.lifecycle import Capture, DnsService
+
+            table = next((s.table for s in config.local_services if isinstance(s, DnsService)), DnsTable())
+            self.capture = Capture(config, table, self.report)
 
     # -- control ------------------------------------------------------------------------
 
@@ -239,6 +259,8 @@ class Agent:
     async def _startup(self) -> None:
         cfg = self.config
         check_config(cfg)
+        if self.capture is not None:  # every reason the rules could not go in, before anything starts
+            self.capture.preflight()
         kind = token_kind(cfg.token)
         if kind not in (None, "dataplane"):
             self.report(f"warning: this agent was given a {kind} token; a sidecar needs only a dataplane token"
@@ -286,9 +308,13 @@ class Agent:
         for line in summary_lines(cfg):
             self.report("  " + line)
         self._supervisor = asyncio.create_task(self._supervise(self.envoy))
+        uid, gid = None, None
+        if self.capture is not None:
+            await self._until_stopped(self.capture.activate())
+            uid, gid = self.capture.app_ids()
         if self.command:
             self.app = await process.spawn(
-                self.command, env=app_env(self.environ, cfg), death_signal=signal.SIGKILL
+                self.command, env=app_env(self.environ, cfg), death_signal=signal.SIGKILL, uid=uid, gid=gid
             )
             self.report(f"started the app (pid {self.app.pid}): {' '.join(self.command)}")
         self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
@@ -490,6 +516,8 @@ class Agent:
                     self.report(f"stopping {svc.name} failed: {err}")
             self._started_services.clear()
         finally:
+            if self.capture is not None:
+                self.capture.remove()
             if self._own_api and self._api is not None:
                 close = getattr(self._api, "close", None)
                 if close is not None:

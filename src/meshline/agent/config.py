@@ -8,6 +8,7 @@ agent's view of its workload are tested with ordinary function calls.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import socket
@@ -59,6 +60,28 @@ class Upstream:
 
 
 @dataclass
+class TransparentOptions:
+    """``--transparent``: capture the workload's traffic (see :mod:`meshline.agent.capture`)."""
+
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    dns_port: int | None = 15053  # None: DNS is not captured
+    exclude_inbound_ports: tuple[int, ...] = (22,)
+    exclude_outbound_ports: tuple[int, ...] = ()
+    exclude_outbound_cidrs: tuple[str, ...] = ()
+    exclude_uids: tuple[int, ...] = ()
+    # The app's user: only its connections are captured, and only it (and the proxy) reaches
+    # the app's port and Envoy's outbound listeners over loopback. None: every user's
+    # connections are captured and the ports are not restricted (`meshline dataplane`
+    # without --app-user).
+    app_uid: int | None = None
+    app_gid: int | None = None
+    proxy_gid: int = 5678
+    ipv6: bool = False
+    state_dir: Path | None = None  # None: capture.install.STATE_DIR
+
+
+@dataclass
 class AgentConfig:
     """Everything one agent needs, already resolved (no defaults left to compute)."""
 
@@ -103,6 +126,10 @@ class AgentConfig:
     # Dataplane as spec.metrics; app_metrics_url: the app's own metrics, merged into it.
     metrics_port: int | None = None
     app_metrics_url: str | None = None
+    transparent: TransparentOptions | None = None
+    # No --protocol given in transparent mode: the inbound has no protocol tag and each
+    # connection's protocol is detected.
+    detect_protocol: bool = False
 
     def __post_init__(self) -> None:
         if self.sds_socket is None:
@@ -155,6 +182,8 @@ class AgentConfig:
         return self.work_dir / "agent.lock"
 
     def inbound_tags(self) -> dict[str, str]:
+        if self.detect_protocol:
+            return {**self.tags, "service": self.service}
         return {**self.tags, "service": self.service, "protocol": self.protocol}
 
 
@@ -172,12 +201,17 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
         "serviceAddress": config.app_address,
         "tags": config.inbound_tags(),
     }
-    spec = {
+    spec: dict[str, Any] = {
         "address": config.address,
         "inbound": [inbound],
         "outbound": [{"port": u.port, "service": u.service, "address": "127.0.0.1"} for u in config.upstreams],
         "ready": ready,
     }
+    t = config.transparent
+    if t is not None:  # callers dial the app's own port; capture takes it to Envoy
+        inbound["port"] = config.app_port
+        inbound["serviceAddress"] = "127.0.0.1"
+        spec["transparent"] = {"outboundPort": t.outbound_port, "inboundPort": t.inbound_port, "ipv6": t.ipv6}
     if config.metrics_port:
         spec["metrics"] = {"port": config.metrics_port, "path": "/metrics"}
     return {"kind": "Dataplane", "mesh": config.mesh, "name": config.name, "spec": spec}
@@ -213,6 +247,16 @@ def check_config(config: AgentConfig) -> None:
 
 
 def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
+    t = config.transparent
+    if t is not None:
+        claims = [("0.0.0.0", t.outbound_port, "--outbound-capture-port"), ("0.0.0.0", t.inbound_port,
+                  "--inbound-capture-port"), ("0.0.0.0", config.app_port, "--port")]  # fmt: skip
+        if t.dns_port:
+            claims.append(("0.0.0.0", t.dns_port, "--dns-port"))
+        claims += [("0.0.0.0", u.port, f"--upstream {u.service}") for u in config.upstreams]
+        if config.metrics_port:
+            claims.append(("0.0.0.0", config.metrics_port, "--metrics-port"))
+        return claims
     claims = [(config.address, config.inbound_port, "--inbound-port")]
     claims += [("127.0.0.1", u.port, f"--upstream {u.service}") for u in config.upstreams]
     if config.metrics_port:
@@ -224,6 +268,13 @@ def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
 
 def listen_ports(config: AgentConfig) -> list[tuple[str, int, str]]:
     """(address, port, option) for every socket Envoy will listen on."""
+    t = config.transparent
+    if t is not None:
+        out = [("0.0.0.0", t.outbound_port, "--outbound-capture-port"), ("0.0.0.0", t.inbound_port,
+               "--inbound-capture-port")]  # fmt: skip
+        if t.dns_port:
+            out.append(("127.0.0.1", t.dns_port, "--dns-port"))
+        return out + [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     out = [(config.address, config.inbound_port, "--inbound-port")]
     out += [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     return out
@@ -288,6 +339,30 @@ def xds_from_api(api_url: str, xds_address: str | None) -> tuple[str, int]:
     if not parts.hostname:
         raise MeshlineError(f"--api '{api_url}' is not a URL; use e.g. http://127.0.0.1:15681")
     return _connectable(parts.hostname), DEFAULT_XDS_PORT
+
+
+def default_address(api_url: str) -> str:
+    """Where other hosts reach this workload when ``--address`` is not given: 127.0.0.1 for a
+    control plane on loopback (everything on one host), else the address this host would
+    use to reach the control plane (the kernel's route choice; no packet is sent)."""
+    parts = urlsplit(api_url if "://" in api_url else f"http://{api_url}")
+    host = parts.hostname or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 80, proto=socket.IPPROTO_UDP)
+    except OSError:
+        return "127.0.0.1"
+    family, _, _, _, target = infos[0]
+    if ipaddress.ip_address(target[0]).is_loopback:
+        return "127.0.0.1"
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(target)
+            return str(s.getsockname()[0])
+    except OSError as err:
+        raise MeshlineError(
+            f"cannot tell which address of this host reaches the control plane at {api_url} ({err.strerror});"
+            " pass --address <this host's IP>"
+        ) from None
 
 
 def _connectable(host: str) -> str:

@@ -42,24 +42,30 @@ def _prctl() -> Callable[..., int] | None:
 # the child. This small program sets the death signal itself, then execs the command.
 _TRAMPOLINE = """
 import ctypes, os, sys
-sig, parent = int(sys.argv[1]), int(sys.argv[2])
+sig, parent, uid, gid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 ctypes.CDLL(None, use_errno=True).prctl(1, sig, 0, 0, 0)
 if os.getppid() != parent:
     os.kill(os.getpid(), sig)
+if gid >= 0:
+    os.setgroups([]); os.setgid(gid)
+if uid >= 0:
+    os.setuid(uid)
 try:
-    os.execvp(sys.argv[3], sys.argv[3:])
+    os.execvp(sys.argv[5], sys.argv[5:])
 except FileNotFoundError:
-    sys.stderr.write("command not found: %s\\n" % sys.argv[3]); os._exit(127)
+    sys.stderr.write("command not found: %s\\n" % sys.argv[5]); os._exit(127)
 except PermissionError:
-    sys.stderr.write("cannot execute %s: permission denied\\n" % sys.argv[3]); os._exit(126)
+    sys.stderr.write("cannot execute %s: permission denied\\n" % sys.argv[5]); os._exit(126)
 """
 
 
-def die_with_parent(argv: Sequence[str], sig: int) -> list[str]:
-    """``argv`` wrapped so the child gets ``sig`` when this process dies (Linux only)."""
+def die_with_parent(argv: Sequence[str], sig: int, uid: int | None = None, gid: int | None = None) -> list[str]:
+    """``argv`` wrapped so the child gets ``sig`` when this process dies (Linux only), and
+    runs as ``uid``/``gid`` when given (set after the death signal, before the exec)."""
     if _prctl() is None:
         return list(argv)
-    return [sys.executable, "-S", "-c", _TRAMPOLINE, str(int(sig)), str(os.getpid()), *argv]
+    ids = [str(-1 if uid is None else uid), str(-1 if gid is None else gid)]
+    return [sys.executable, "-S", "-c", _TRAMPOLINE, str(int(sig)), str(os.getpid()), *ids, *argv]
 
 
 class AppStartError(MeshlineError):
@@ -112,13 +118,16 @@ async def spawn(
     stdin: int | None = None,
     death_signal: int = signal.SIGKILL,
     cwd: Path | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` in its own session; raise a one-line MeshlineError if it cannot start."""
+    """Start ``argv`` in its own session (as ``uid``/``gid`` when given); raise a one-line
+    MeshlineError if it cannot start."""
     try:
         if not shutil.which(argv[0]) and not os.path.exists(argv[0]):
             raise FileNotFoundError(argv[0])
         return await asyncio.create_subprocess_exec(
-            *die_with_parent(argv, death_signal),
+            *die_with_parent(argv, death_signal, uid, gid),
             env=dict(env) if env is not None else None,
             stdin=stdin,
             stdout=stdout,

@@ -81,6 +81,9 @@ class XdsProxy:
         self._metadata: tuple[tuple[str, str], ...] = ()
         self.last_error = ""  # the control plane's last refusal, as Envoy also got it
         self.calls = 0  # Envoy's calls forwarded so far
+        # Called with each ADS message the control plane sends Envoy (the mesh DNS table reads
+        # the transparent listener there); must be quick and must not raise.
+        self.config_observers: list[Callable[[bytes], None]] = []
 
     async def start(self, config: AgentConfig) -> None:
         self._metadata = (("authorization", f"Bearer {config.token}"),) if config.token else ()
@@ -115,8 +118,11 @@ class XdsProxy:
             self.calls += 1
             call = self._channel.stream_stream(method)(metadata=self._metadata)
             pump = asyncio.create_task(self._pump(requests, call))
+            observers = self.config_observers if method.endswith("/StreamAggregatedResources") else []
             try:
                 async for message in call:
+                    for observe in observers:
+                        observe(message)
                     yield message
             except grpc.aio.AioRpcError as err:
                 self._ended(method, err)

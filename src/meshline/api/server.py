@@ -31,6 +31,7 @@ from meshline.core.errors import (
     ValidationError,
 )
 from meshline.core.resource import KindInfo, Resource, ResourceKey
+from meshline.core.service import ServiceSpec
 from meshline.core.slices import Slices
 from meshline.xds import names
 
@@ -381,8 +382,21 @@ class Api:
                 "policies": [a.to_json() for a in result.applied] if result else [],
                 "warnings": self._policy_warnings(mesh, result.applied if result else []),
                 "config": config,
+                "vips": self._vips(mesh, res),
             }
         )
+
+    def _vips(self, mesh: str, dataplane: Resource) -> dict[str, str]:
+        """The virtual IPs of this dataplane's own services (what `orders.mesh` resolves to)."""
+        live = self.ctx.reconciler.resources.get(mesh, {})
+        spec = dataplane.spec
+        services = spec.services() if isinstance(spec, DataplaneSpec) else []
+        out = {}
+        for service in services:
+            record = live.get(ResourceKey("Service", mesh, service))
+            if record is not None and isinstance(record.spec, ServiceSpec):
+                out[service] = record.spec.vip
+        return out
 
     def _policy_warnings(self, mesh: str, applied: Sequence[Any]) -> list[str]:
         """The unknown services named by the policies that apply to a dataplane."""

@@ -6,6 +6,8 @@ Thin wiring only: options -> :class:`~meshline.agent.AgentConfig` -> :class:`~me
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,8 @@ import click
 
 from meshline.agent import Agent, AgentConfig, LocalService
 from meshline.agent.config import (
+    TransparentOptions,
+    default_address,
     default_name,
     default_work_dir,
     free_port,
@@ -64,12 +68,14 @@ def _options(f: F) -> F:
                           " uses TLS, and its CA, come from the API"),
         click.option("--xds-address", default=None, envvar="MESHLINE_XDS_ADDRESS",
                      help="control plane's xDS HOST:PORT [default: the address the API gives]"),
-        click.option("--address", default="127.0.0.1", show_default=True, envvar="MESHLINE_ADDRESS",
-                     help="the IP other hosts reach this workload on"),
+        click.option("--address", default=None, envvar="MESHLINE_ADDRESS",
+                     help="the IP other hosts reach this workload on [default: 127.0.0.1 when the control plane"
+                          " is on loopback, else this host's address on the route to it]"),
         click.option("--inbound-port", type=click.IntRange(1, 65535), default=None, envvar="MESHLINE_INBOUND_PORT",
                      help="where the sidecar accepts mesh traffic [default: a free port]"),
-        click.option("--protocol", type=click.Choice(PROTOCOLS), default=DEFAULT_PROTOCOL, show_default=True,
-                     envvar="MESHLINE_PROTOCOL", help="the app's protocol (http enables L7 features)"),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, envvar="MESHLINE_PROTOCOL",
+                     help=f"the app's protocol (http enables L7 features) [default: {DEFAULT_PROTOCOL};"
+                          " with --transparent: detected per connection]"),
         click.option("--tag", "tags", multiple=True, envvar="MESHLINE_TAGS", metavar="KEY=VALUE",
                      help="extra inbound tag, e.g. version=v2 (repeatable)"),
         click.option("--upstream", "upstreams", multiple=True, envvar="MESHLINE_UPSTREAMS",
@@ -95,6 +101,7 @@ def _options(f: F) -> F:
         click.option("--register-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
                      envvar="MESHLINE_REGISTER_TIMEOUT",
                      help="give up after this many seconds if the control plane is unreachable"),
+        *TRANSPARENT_OPTIONS,
         click.option("--ready-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
                      envvar="MESHLINE_READY_TIMEOUT",
                      help="give up if Envoy has no configuration after this many seconds"),
@@ -102,6 +109,84 @@ def _options(f: F) -> F:
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+TRANSPARENT_OPTIONS = [
+    click.option("--transparent", is_flag=True, envvar="MESHLINE_TRANSPARENT",
+                 help="capture the app's traffic with nftables/iptables rules (needs root or CAP_NET_ADMIN):"
+                      " every connection it opens goes through Envoy, NAME.mesh resolves to the service's VIP,"
+                      " and connections from other hosts to any port go to Envoy's inbound"),
+    click.option("--outbound-capture-port", type=click.IntRange(1, 65535), default=15001, show_default=True,
+                 envvar="MESHLINE_OUTBOUND_CAPTURE_PORT", help="Envoy's outbound capture listener"),
+    click.option("--inbound-capture-port", type=click.IntRange(1, 65535), default=15006, show_default=True,
+                 envvar="MESHLINE_INBOUND_CAPTURE_PORT", help="Envoy's inbound capture listener"),
+    click.option("--dns-port", type=click.IntRange(0, 65535), default=15053, show_default=True,
+                 envvar="MESHLINE_DNS_PORT", help="the agent's mesh DNS on 127.0.0.1; 0: do not capture DNS"),
+    click.option("--exclude-inbound-port", "exclude_inbound_ports", type=click.IntRange(1, 65535), multiple=True,
+                 envvar="MESHLINE_EXCLUDE_INBOUND_PORTS",
+                 help="a local port other hosts reach directly (repeatable) [always: 22 (ssh), the agent's metrics port]"),
+    click.option("--exclude-outbound-port", "exclude_outbound_ports", type=click.IntRange(1, 65535), multiple=True,
+                 envvar="MESHLINE_EXCLUDE_OUTBOUND_PORTS",
+                 help="a destination port never captured (repeatable) [always: the control plane's API and xDS ports]"),
+    click.option("--exclude-outbound-cidr", "exclude_outbound_cidrs", multiple=True,
+                 envvar="MESHLINE_EXCLUDE_OUTBOUND_CIDRS", help="a destination network never captured (repeatable)"),
+    click.option("--exclude-uid", "exclude_uids", type=click.IntRange(0), multiple=True, envvar="MESHLINE_EXCLUDE_UIDS",
+                 help="a local user whose connections are never captured (repeatable)"),
+    click.option("--app-user", default=None, envvar="MESHLINE_APP_USER", metavar="USER",
+                 help="the app's user: only its connections are captured and only it reaches the app's port and"
+                      " Envoy's outbound over loopback; `meshline run` also runs the app as USER"
+                      " [run: the agent's user; dataplane: none, every user is captured]"),
+]
+
+
+def transparent_options(opts: dict[str, Any], run_app: bool) -> TransparentOptions | None:
+    if not opts.get("transparent"):
+        return None
+    for cidr in opts["exclude_outbound_cidrs"]:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise MeshlineError(f"--exclude-outbound-cidr '{cidr}' is not a network; use e.g. 10.0.0.0/8") from None
+    uid, gid = None, None
+    if opts.get("app_user"):
+        uid, gid = _user(opts["app_user"])
+    elif run_app:
+        uid = os.getuid()
+    return TransparentOptions(
+        outbound_port=opts["outbound_capture_port"],
+        inbound_port=opts["inbound_capture_port"],
+        dns_port=opts["dns_port"] or None,
+        exclude_inbound_ports=tuple(sorted({22, *opts["exclude_inbound_ports"]})),
+        exclude_outbound_ports=tuple(opts["exclude_outbound_ports"]),
+        exclude_outbound_cidrs=tuple(opts["exclude_outbound_cidrs"]),
+        exclude_uids=tuple(opts["exclude_uids"]),
+        app_uid=uid,
+        app_gid=gid,
+        ipv6=_ipv6_available(),
+        state_dir=Path(os.environ["MESHLINE_CAPTURE_STATE_DIR"]) if os.environ.get("MESHLINE_CAPTURE_STATE_DIR") else None,
+    )
+
+
+def _user(value: str) -> tuple[int, int]:
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+    except (KeyError, ValueError):
+        raise MeshlineError(f"--app-user '{value}' is not a user of this host") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _ipv6_available() -> bool:
+    """IPv6 is captured too where this host has it (Envoy then also listens on [::])."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def local_services(config: AgentConfig) -> list[LocalService]:
@@ -112,10 +197,19 @@ def local_services(config: AgentConfig) -> list[LocalService]:
     from meshline.agent.xds_proxy import XdsProxy
     from meshline.security.workload_identity import SdsService
 
-    return [SdsService(), XdsProxy(), *service_for(config)]
+    proxy = XdsProxy()
+    services: list[LocalService] = [SdsService(), proxy, *service_for(config)]
+    if config.transparent is not None:  # mesh DNS, fed by the listener pushes the proxy forwards
+        from meshline.agent.capture.dns_table import DnsTable
+        from meshline.agent.capture.lifecycle import DnsService
+
+        table = DnsTable()
+        proxy.config_observers.append(table.observe)
+        services.append(DnsService(table))
+    return services
 
 
-def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> AgentConfig:
+def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None, run_app: bool = False) -> AgentConfig:
     """Resolve the CLI's options (and the `meshline` group's --api/--token) into a config."""
     group = group or {}
     service: str = opts["service"]
@@ -138,19 +232,21 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None) -> A
     token = token or group.get("token")
     xds_host, xds_port = xds_from_api(api_url, opts["xds_address"])
     name = opts["name"] or default_name(service, app_port)
-    address: str = opts["address"]
+    address: str = opts["address"] or default_address(api_url)
     config = AgentConfig(
         mesh=mesh,
         name=name,
         service=service,
         address=address,
         app_port=app_port,
-        inbound_port=opts["inbound_port"] or free_port(address),
+        inbound_port=app_port if opts.get("transparent") else opts["inbound_port"] or free_port(address),
         work_dir=opts["work_dir"] or default_work_dir(mesh, name),
         api_url=api_url,
         xds_host=xds_host,
         xds_port=xds_port,
-        protocol=opts["protocol"],
+        protocol=opts["protocol"] or DEFAULT_PROTOCOL,
+        detect_protocol=bool(opts.get("transparent")) and opts["protocol"] is None,
+        transparent=transparent_options(opts, run_app),
         tags=parse_tags(opts["tags"]),
         upstreams=parse_upstreams(opts["upstreams"]),
         token=token,
@@ -205,6 +301,7 @@ def dataplane(**opts: Any) -> None:
     \b
     Example:
       meshline dataplane --service orders --port 8080 --upstream payments=9001
+      sudo meshline dataplane --transparent --service orders --port 8080 --app-user orders
     """
     config = build_config(opts, _group_obj())
     sys.exit(_run_agent(config, None))
@@ -221,6 +318,7 @@ def run(command: tuple[str, ...], **opts: Any) -> None:
     \b
     Example:
       meshline run --service orders --port 8080 --upstream payments=9001 -- python app.py
+      sudo meshline run --transparent --service orders --port 8080 --app-user orders -- ./orders
     """
-    config = build_config(opts, _group_obj())
+    config = build_config(opts, _group_obj(), run_app=True)
     sys.exit(_run_agent(config, list(command)))

@@ -31,6 +31,8 @@ COMMANDS = {
     "token": "meshline.cli.token:token",
     "dashboard": "meshline.cli.dashboard:dashboard",
     "context": "meshline.cli.context:context",
+    "rollout": "meshline.cli.rollout:rollout",
+    "transparent-proxy": "meshline.cli.transparent:transparent_proxy",
 }
 
 

@@ -230,6 +230,12 @@ def inspect(ctx: click.Context, what: str, name: str, mesh: str, show_config: bo
         )
     for o in spec.get("outbound", []):
         console.print(f"  outbound {o.get('address', '127.0.0.1')}:{o['port']} -> {o['service']}")
+    for service, vip in data.get("vips", {}).items():
+        console.print(f"  vip      {service}.mesh -> {vip} (ports 80 and the service's own)")
+    if spec.get("transparent"):
+        t = spec["transparent"]
+        console.print(f"  transparent: outbound capture :{t.get('outboundPort', 15001)},"
+                      f" inbound capture :{t.get('inboundPort', 15006)}")
     if data.get("renderError"):
         console.print(f"[red]render error:[/red] {data['renderError']}")
     for warning in data.get("warnings", []):

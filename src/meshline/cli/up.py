@@ -41,7 +41,7 @@ def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: fl
   CLI context:          {context or "-"}    ({ml} context list)
   Logs:                 {demo.logs}
 
-  Try a canary (docs/policies/routing.md), a retry policy (docs/policies/resilience.md),
+  Try a canary rollout of orders v2 (docs/rollouts.md), a retry policy (docs/policies/resilience.md),
   or `{ml} tap orders` while you curl. Ctrl-C stops everything.
 """ + (f"\n  Note: {note}\n" if note else ""), soft_wrap=True)
     sys.stdout.flush()
@@ -55,7 +55,10 @@ def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: fl
               help="control-plane data (store, CA, tokens) [default: ~/.meshline]")
 @click.option("--api-address", default="127.0.0.1:15681", show_default=True, envvar="MESHLINE_API_ADDRESS")
 @click.option("--xds-address", default="127.0.0.1:15678", show_default=True, envvar="MESHLINE_XDS_ADDRESS")
-def up(web_port: int, outbound_base: int, data_dir: Path | None, api_address: str, xds_address: str) -> None:
+@click.option("--broken-v2", is_flag=True,
+              help="make orders v2 a bad release (30%% of requests fail, +150 ms) for a rollout to roll back")
+def up(web_port: int, outbound_base: int, data_dir: Path | None, api_address: str, xds_address: str,
+       broken_v2: bool) -> None:
     """Run a control plane on its embedded store and a meshed demo (web -> orders v1/v2 -> inventory)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(data_dir=data_dir or default_data_dir(), api_address=api_address,
@@ -77,5 +80,5 @@ def up(web_port: int, outbound_base: int, data_dir: Path | None, api_address: st
             _summary(cp, demo, first, seconds, remember(cp))
 
         asyncio.run(run_up(settings, web_port, outbound_base, build_control_plane, console.print, status,
-                           token_for=demo_token, ready=ready))
+                           token_for=demo_token, ready=ready, broken_v2=broken_v2))
     console.print("Stopped.")

@@ -27,8 +27,9 @@ import gc
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.resource import Resource, ResourceKey
@@ -70,7 +71,7 @@ class Reconciler:
     ) -> None:
         self.store = store
         self.cache = cache
-        self.plugins = sorted(plugins, key=lambda p: p.order)
+        self.plugins = list(plugins)  # in the order they run
         self.debounce = debounce
         self.offline = offline or (lambda mesh: frozenset())
         self.resources: dict[str, dict[ResourceKey, Resource]] = defaultdict(dict)  # mesh -> key -> res
@@ -160,6 +161,10 @@ class Reconciler:
                 self.results.pop(node, None)
                 self.errors.pop(node, None)
         self._wake.set()
+
+    def mesh_resources(self, mesh: str) -> Mapping[ResourceKey, Resource]:
+        """Every resource of ``mesh`` the model holds (the Mesh itself aside), read-only."""
+        return MappingProxyType(self.resources.get(mesh, {}))
 
     def touch_mesh(self, mesh: str) -> None:
         """Look at a mesh again (e.g. a dataplane went offline: its endpoints change)."""

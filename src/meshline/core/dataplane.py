@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -24,6 +24,23 @@ Protocol = Literal["http", "http2", "grpc", "tcp"]
 PROTOCOLS: tuple[str, ...] = ("http", "http2", "grpc", "tcp")
 DEFAULT_PROTOCOL = "tcp"  # safe for any traffic; set protocol: http for L7 features
 TAG_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+
+
+def service_protocol(declared: Iterable[str]) -> str:
+    """The one protocol rule: a service speaks what all its instances declare, else tcp
+    (instances that disagree, or none at all: tcp is safe for any traffic)."""
+    found = set(declared)
+    return found.pop() if len(found) == 1 else DEFAULT_PROTOCOL
+
+
+def service_protocols(dataplanes: Iterable[Resource]) -> dict[str, str]:
+    """service -> protocol (:func:`service_protocol`) over the inbounds of ``dataplanes``."""
+    declared: dict[str, list[str]] = {}
+    for dp in dataplanes:
+        if isinstance(dp.spec, DataplaneSpec):
+            for inbound in dp.spec.inbound:
+                declared.setdefault(inbound.service, []).append(inbound.protocol)
+    return {service: service_protocol(protocols) for service, protocols in declared.items()}
 
 
 def _port(v: int) -> int:
@@ -118,6 +135,19 @@ class DataplaneMetrics(Spec):
         return v
 
 
+class Transparent(Spec):
+    """This workload's traffic is captured (``meshline run --transparent``): the kernel sends
+    every connection the app opens to Envoy on ``outboundPort`` and every connection from
+    other hosts to ``inboundPort``, each with its original destination. The inbounds' ``port``
+    is then the app's own port (callers dial it; capture takes it to Envoy)."""
+
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    ipv6: bool = False  # Envoy's capture listeners also listen on [::]
+
+    _p = field_validator("outbound_port", "inbound_port")(classmethod(lambda cls, v: _port(v)))
+
+
 class DataplaneSpec(Spec):
     address: str
     inbound: list[Inbound] = Field(min_length=1)
@@ -132,6 +162,7 @@ class DataplaneSpec(Spec):
     # The agent's Prometheus endpoint (meshline_* series for this dataplane's traffic, Envoy's
     # own stats, optionally the app's); listed by the control plane's Prometheus discovery.
     metrics: DataplaneMetrics | None = None
+    transparent: Transparent | None = None
 
     _a = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
 
@@ -155,7 +186,13 @@ def _port_problems(r: Resource) -> list[FieldProblem]:
         else:
             seen[key] = path
 
+    if spec.transparent is not None:
+        claim("0.0.0.0", spec.transparent.outbound_port, "spec.transparent.outboundPort")
+        claim("0.0.0.0", spec.transparent.inbound_port, "spec.transparent.inboundPort")
     for i, inbound in enumerate(spec.inbound):
+        if spec.transparent is not None:  # Envoy does not listen on the inbound ports: capture takes them
+            claim("0.0.0.0", inbound.port, f"spec.inbound[{i}].port")
+            continue
         claim(spec.address, inbound.port, f"spec.inbound[{i}].port")
         if inbound.service_port is None and inbound.service_address == spec.address:
             problems.append(

@@ -141,6 +141,36 @@ class MeshTracing(Spec):
         return v
 
 
+DEFAULT_VIP_RANGE = "240.240.0.0/16"  # reserved (class E) space: never a real host's address
+
+
+class TransparentProxySettings(Spec):
+    """What transparent workloads (``meshline run --transparent``) get.
+
+    ``vipRange``: where the control plane allocates each service's virtual IP (IPv4, /8 to
+    /28); a VIP once given is kept. ``passthrough``: connections a transparent workload
+    opens to anything that is not a mesh service go out unchanged (false: they are refused).
+    ``bareNames``: mesh DNS answers ``orders`` as well as ``orders.mesh``.
+    """
+
+    vip_range: str = DEFAULT_VIP_RANGE
+    passthrough: bool = True
+    bare_names: bool = True
+
+    @field_validator("vip_range")
+    @classmethod
+    def _range(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as err:
+            raise ValueError(f"'{v}' is not an IPv4 network ({err}); use e.g. {DEFAULT_VIP_RANGE}") from None
+        if net.version != 4 or not 8 <= net.prefixlen <= 28:
+            raise ValueError(f"'{v}' must be an IPv4 network from /8 to /28, e.g. {DEFAULT_VIP_RANGE}")
+        if net.is_loopback or net.overlaps(ipaddress.ip_network("0.0.0.0/8")):
+            raise ValueError(f"'{v}' overlaps loopback or 0.0.0.0/8; use e.g. {DEFAULT_VIP_RANGE}")
+        return str(net)
+
+
 class MeshSpec(Spec):
     mtls: MTLS = Field(default_factory=MTLS)
     # SPIFFE trust domain; identities are spiffe://<trustDomain>/<mesh>/<service>.
@@ -151,6 +181,7 @@ class MeshSpec(Spec):
     # Access logs (streamed to the control plane by default) and tracing (off unless set).
     logging: MeshLogging = Field(default_factory=MeshLogging)
     tracing: MeshTracing | None = None
+    transparent_proxy: TransparentProxySettings = Field(default_factory=TransparentProxySettings)
 
     def effective_default_permission(self) -> str:
         if self.default_permission:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.labels import label_problems
@@ -59,6 +59,18 @@ class Resource:
             out["createdAt"] = self.created_at
             out["updatedAt"] = self.updated_at
         return out
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def spec_as(res: Resource, kind: type[SpecT]) -> SpecT:
+    """``res.spec`` typed as ``kind``, for a kind's own validators and columns (the registry
+    decodes each kind with its spec class, so anything else is a programming error)."""
+    spec = res.spec
+    if not isinstance(spec, kind):
+        raise TypeError(f"{res.key}: spec is {type(spec).__name__}, not {kind.__name__}")
+    return spec
 
 
 # Extra, cross-field checks a kind can add on top of its schema.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import time
 
@@ -26,14 +27,22 @@ def upstream_url(role: str) -> str | None:
     return f"http://{addr}" if addr else None
 
 
-def make_app(role: str, version: str) -> web.Application:
+def make_app(role: str, version: str, fail_ratio: float = 0.0, delay_ms: float = 0.0) -> web.Application:
+    """``fail_ratio``/``delay_ms``: a deliberately bad version (``meshline up --broken-v2``),
+    for a rollout to catch (docs/rollouts.md)."""
     url = upstream_url(role)
+    rng = random.Random()
     client = httpx.AsyncClient(timeout=5.0)
     stock = {"book": 12, "lamp": 3, "mug": 40}
 
     async def handle(request: web.Request) -> web.Response:
         started = time.perf_counter()
         body: dict[str, object] = {"service": role, "version": version, "path": request.path}
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        if fail_ratio and rng.random() < fail_ratio:
+            body["error"] = f"{role} {version} is deliberately broken (fails {fail_ratio:.0%} of requests)"
+            return web.json_response(body, status=500)
         # The caller's identity, as the sidecar proved it with mTLS (x-forwarded-client-cert).
         xfcc = request.headers.get("x-forwarded-client-cert", "")
         if "URI=" in xfcc:
@@ -70,8 +79,8 @@ def make_app(role: str, version: str) -> web.Application:
     return app
 
 
-async def serve(role: str, version: str, port: int, host: str) -> None:
-    runner = web.AppRunner(make_app(role, version), access_log=None)
+async def serve(role: str, version: str, port: int, host: str, fail_ratio: float = 0.0, delay_ms: float = 0.0) -> None:
+    runner = web.AppRunner(make_app(role, version, fail_ratio, delay_ms), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     stop = asyncio.Event()
@@ -88,8 +97,10 @@ def main() -> None:
     p.add_argument("--version", default="v1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--fail-ratio", type=float, default=0.0, help="answer 500 to this share of requests")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="answer this much later")
     args = p.parse_args()
-    asyncio.run(serve(args.role, args.version, args.port, args.host))
+    asyncio.run(serve(args.role, args.version, args.port, args.host, args.fail_ratio, args.delay_ms))
 
 
 if __name__ == "__main__":

@@ -36,15 +36,20 @@ class DemoService:
     version: str
     app_port: int
     upstream: tuple[str, int] | None  # (service, local port)
+    app_args: tuple[str, ...] = ()  # extra arguments of the demo app (a broken version's failures)
 
 
-def demo_services(web_port: int, outbound_base: int = 15001) -> list[DemoService]:
+BROKEN = ("--fail-ratio", "0.3", "--delay-ms", "150")  # `meshline up --broken-v2`: a release to roll back
+
+
+def demo_services(web_port: int, outbound_base: int = 15001, broken_v2: bool = False) -> list[DemoService]:
     """App ports follow the web port (8080..8083); each instance gets its own outbound port
     because all of them share 127.0.0.1."""
     return [
         DemoService("inventory-1", "inventory", "v1", web_port + 3, None),
         DemoService("orders-v1", "orders", "v1", web_port + 1, ("inventory", outbound_base + 1)),
-        DemoService("orders-v2", "orders", "v2", web_port + 2, ("inventory", outbound_base + 2)),
+        DemoService("orders-v2", "orders", "v2", web_port + 2, ("inventory", outbound_base + 2),
+                    BROKEN if broken_v2 else ()),
         DemoService("web-1", "web", "v1", web_port, ("orders", outbound_base)),
     ]
 
@@ -65,6 +70,7 @@ class Demo:
     web_port: int = 8080
     outbound_base: int = 15001
     say: Callable[[str], None] = print
+    broken_v2: bool = False
     token_for: Callable[[str], str | None] = lambda service: None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: Path = Path(".")
@@ -93,13 +99,13 @@ class Demo:
         if s.upstream:
             cmd += ["--upstream", f"{s.upstream[0]}={s.upstream[1]}"]
         cmd += ["--", sys.executable, "-m", "meshline.demo.app", "--role", s.role, "--version", s.version,
-                "--port", str(s.app_port)]
+                "--port", str(s.app_port), *s.app_args]
         return cmd
 
     def start_agents(self, api_url: str, xds: str) -> None:
         self.logs = self.settings.data_dir / "demo-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        for s in demo_services(self.web_port, self.outbound_base):
+        for s in demo_services(self.web_port, self.outbound_base, self.broken_v2):
             # the agents find the control plane's CA (cp-ca.pem) in its data dir
             env = {**os.environ, "MESHLINE_DATA_DIR": str(self.settings.data_dir)}
             env.pop("MESHLINE_TOKEN", None)  # each agent gets its own dataplane token, or none
@@ -215,9 +221,9 @@ async def run_up(settings: Settings, web_port: int, outbound_base: int, build: C
                  say: Callable[[str], None], status: Callable[[str], None],
                  token_for: Callable[[ControlPlane, str], str | None] | None = None,
                  ready: Callable[[ControlPlane, Demo, dict[str, object], float], None] | None = None,
-                 stop_event: asyncio.Event | None = None) -> None:
+                 stop_event: asyncio.Event | None = None, broken_v2: bool = False) -> None:
     started = time.monotonic()
-    demo = Demo(settings, web_port, outbound_base, say)
+    demo = Demo(settings, web_port, outbound_base, say, broken_v2=broken_v2)
     demo.check_ports()
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()

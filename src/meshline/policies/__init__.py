@@ -1,9 +1,14 @@
-"""Policy kinds, one package each: ``api`` (schema + validation), ``plugin`` (matching + Envoy configurer).
+"""Policy kinds, one package each (``api``: schema + checks, ``plugin``: its PolicyKind and
+configurer), plus :mod:`.common`, what several kinds share (no kind imports another).
 
-:func:`plugins` lists them in the order they configure a dataplane.
+To add a kind: write its package, then add one line to :data:`KINDS`. Where the line goes
+only breaks ties; the order kinds configure a dataplane in comes from their ``after``.
 """
 
 from __future__ import annotations
+
+from functools import cache
+from typing import Any
 
 from meshline.policies import (
     circuitbreaker,
@@ -18,20 +23,33 @@ from meshline.policies import (
     trafficpermission,
 )
 from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import MeshCheck, PolicyKind, in_order
+
+KINDS: tuple[PolicyKind[Any], ...] = (
+    httproute.POLICY,
+    tcproute.POLICY,
+    trafficpermission.POLICY,
+    ratelimit.POLICY,
+    faultinjection.POLICY,
+    timeout.POLICY,
+    retry.POLICY,
+    circuitbreaker.POLICY,
+    healthcheck.POLICY,
+    loadbalancer.POLICY,
+)
+
+
+@cache
+def kinds() -> tuple[PolicyKind[Any], ...]:
+    """Every policy kind, in the order they configure a dataplane."""
+    return tuple(in_order(KINDS))
+
+
+def mesh_checks() -> list[tuple[str, MeshCheck]]:
+    """(kind, check): every kind's apply-time checks, as the control plane and the test kit run them."""
+    return [(k.name, check) for k in kinds() for check in k.mesh_checks]
 
 
 def plugins() -> list[Plugin]:
-    """Every policy plugin, in render order. Add a new policy package here."""
-    found: list[Plugin] = [
-        trafficpermission.PLUGIN,
-        httproute.PLUGIN,
-        tcproute.PLUGIN,
-        ratelimit.PLUGIN,
-        faultinjection.PLUGIN,
-        timeout.PLUGIN,  # resilience: timeout, retry, circuitbreaker, healthcheck, loadbalancer
-        retry.PLUGIN,
-        circuitbreaker.PLUGIN,
-        healthcheck.PLUGIN,
-        loadbalancer.PLUGIN,
-    ]
-    return sorted(found, key=lambda p: p.order)
+    """The render step of every policy kind, in order (resolution, then the configurer)."""
+    return [k.step for k in kinds()]

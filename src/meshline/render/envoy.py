@@ -24,13 +24,12 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from meshline.render.defaults import DEFAULTS, H2_PROTOCOLS
 from meshline.render.mesh_snapshot import Endpoint
 from meshline.xds import names
 from meshline.xds.snapshot import pack_any
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-H2_PROTOCOLS = frozenset({"http2", "grpc"})
-L7_PROTOCOLS = frozenset({"http", "http2", "grpc"})
 
 
 def packed(msg: Message) -> any_pb2.Any:
@@ -130,7 +129,7 @@ def set_protocol_options(
         opts.explicit_http_config.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
     else:
         return
-    opts.common_http_protocol_options.idle_timeout.FromSeconds(3600)
+    opts.common_http_protocol_options.idle_timeout.FromTimedelta(DEFAULTS.idle)
     if max_connection_duration:
         opts.common_http_protocol_options.max_connection_duration.FromMilliseconds(
             int(max_connection_duration * 1000)
@@ -150,7 +149,7 @@ def eds_cluster(
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads(), service_name=name),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
     )
-    c.connect_timeout.FromMilliseconds(5000)
+    c.connect_timeout.FromTimedelta(DEFAULTS.connect)
     if transport is not None:
         c.transport_socket.CopyFrom(transport)
     set_protocol_options(c, protocol, max_connection_duration)
@@ -174,7 +173,7 @@ def static_cluster(name: str, address: str, port: int, protocol: str) -> cluster
             ],
         ),
     )
-    c.connect_timeout.FromMilliseconds(5000)
+    c.connect_timeout.FromTimedelta(DEFAULTS.connect)
     set_protocol_options(c, protocol)
     return c
 
@@ -217,8 +216,8 @@ def hcm(stat_prefix: str) -> hcm_pb2.HttpConnectionManager:
         normalize_path=struct_bool(True),
         merge_slashes=True,
     )
-    h.common_http_protocol_options.idle_timeout.FromSeconds(3600)
-    h.stream_idle_timeout.FromSeconds(300)
+    h.common_http_protocol_options.idle_timeout.FromTimedelta(DEFAULTS.idle)
+    h.stream_idle_timeout.FromTimedelta(DEFAULTS.stream_idle)
     return h
 
 

@@ -9,6 +9,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.resource import Resource
 from meshline.render import envoy
+from meshline.render.defaults import L7_PROTOCOLS
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.sections import HttpChain, InboundSection
 from meshline.xds import names
@@ -37,7 +38,7 @@ def inbound_section(dataplane: Resource, inbound: Inbound, mesh: MeshSnapshot) -
     section.clusters[cluster_name] = envoy.static_cluster(
         cluster_name, inbound.service_address, inbound.app_port, protocol
     )
-    if protocol in envoy.L7_PROTOCOLS:
+    if protocol in L7_PROTOCOLS:
         h = envoy.hcm(name)
         # The app sees who called it: the caller's SPIFFE ID in x-forwarded-client-cert.
         h.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET

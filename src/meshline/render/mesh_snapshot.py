@@ -16,7 +16,7 @@ whole inbound and outbound sections) may also survive into the next snapshot, bu
 * their owner: a piece of one dataplane survives only while that dataplane is unchanged.
 
 :meth:`MeshSnapshot.changes` reports the same differences, so the reconciler re-renders
-only the dataplanes a change can reach. tests/bench/test_incremental_render.py checks that
+only the dataplanes a change can reach. tests/golden/test_incremental_render.py checks that
 rendering incrementally gives exactly what rendering from scratch gives.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec, Inbound
+from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec, Inbound, service_protocol
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource
 from meshline.core.selectors import ANY, SelectorSpec
@@ -266,8 +266,7 @@ class MeshSnapshot:
 
     def service_protocol(self, service: str) -> str:
         """The protocol every instance of ``service`` declares; tcp if they disagree."""
-        protocols = {e.tags.get("protocol", DEFAULT_PROTOCOL) for e in self.endpoints.get(service, ())}
-        return protocols.pop() if len(protocols) == 1 else DEFAULT_PROTOCOL
+        return service_protocol(e.tags.get("protocol", DEFAULT_PROTOCOL) for e in self.endpoints.get(service, ()))
 
     def services(self) -> list[str]:
         return sorted(self.endpoints)

@@ -65,14 +65,13 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
 
 # A caller outside the mesh (or a plaintext one) cannot make a destination sidecar create
 # stats at will: per-request tag values come only from Envoy (codes, endpoint metadata,
-# verified certificates), and each listener's logger is capped anyway; past the cap new
+# verified certificates), and each listener's stats scope is capped anyway; past the cap new
 # label combinations are not counted (traffic is untouched).
 MAX_COUNTERS_PER_LISTENER = 1_000
 MAX_HISTOGRAMS_PER_LISTENER = 3_000  # three per counter
 
 STATS_LOGGER = "envoy.access_loggers.stats"
 STATS_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
-ORDER = 1_000_100  # after every policy; independent of the telemetry step (both only append loggers)
 
 KIND = KindInfo(
     kind="Metrics",
@@ -86,16 +85,24 @@ def _joined(tag_sets: tuple[Mapping[str, str], ...], name: str) -> str:
     return ",".join(sorted({tags[name] for tags in tag_sets if tags.get(name)}))
 
 
-def stats_logger(fixed: Mapping[str, str], per_request: Mapping[str, str]) -> accesslog_pb2.AccessLog:
+def stats_logger(listener: str, fixed: Mapping[str, str], per_request: Mapping[str, str]) -> accesslog_pb2.AccessLog:
     """One counter and three histograms per request, all with the same tags.
+
+    The stats live in a scope shared by name with every later version of ``listener``: a
+    logger owns its scope, and Envoy frees a scope's stats with it, so without a shared scope
+    any change to the listener (a no-op FaultInjection on an inbound) replaced the logger and
+    its counters started again from nothing (series gone, then 1). Envoy builds the new
+    listener before it drops the old one, so the new logger finds the scope alive: counters
+    go on; only an Envoy restart resets them (tests/e2e/test_metrics_prometheus.py).
 
     The same logger is shared (appending it to an HCM copies it): building one (a Struct) was
     ~15% of the control plane's CPU rendering 5,000 dataplanes."""
-    return _stats_logger(tuple(fixed.items()), tuple(per_request.items()))
+    return _stats_logger(listener, tuple(fixed.items()), tuple(per_request.items()))
 
 
 @functools.lru_cache(maxsize=4096)
-def _stats_logger(fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[str, str], ...]) -> accesslog_pb2.AccessLog:
+def _stats_logger(listener: str, fixed: tuple[tuple[str, str], ...],
+                  per_request: tuple[tuple[str, str], ...]) -> accesslog_pb2.AccessLog:
     tags = [{"name": k, "value_format": v} for k, v in fixed if v] + [
         {"name": k, "value_format": v} for k, v in per_request
     ]
@@ -116,6 +123,7 @@ def _stats_logger(fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[s
         ],
         "stats_scope": {
             "prefix": SCOPE,
+            "sharing_name": f"{SCOPE}.{listener}",  # see stats_logger
             "max_counters": MAX_COUNTERS_PER_LISTENER,
             "max_histograms": MAX_HISTOGRAMS_PER_LISTENER,
         },
@@ -135,7 +143,7 @@ def _per_request(protocol: str) -> dict[str, str]:
     return out
 
 
-def outbound_logger(mesh: str, source_tags: tuple[Mapping[str, str], ...], service: str,
+def outbound_logger(listener: str, mesh: str, source_tags: tuple[Mapping[str, str], ...], service: str,
                     protocol: str) -> accesslog_pb2.AccessLog:
     fixed = {
         REPORTER: "source",
@@ -152,10 +160,10 @@ def outbound_logger(mesh: str, source_tags: tuple[Mapping[str, str], ...], servi
         DESTINATION_ZONE: "%UPSTREAM_METADATA(envoy.lb:zone)%",
         **_per_request(protocol),
     }
-    return stats_logger(fixed, per_request)
+    return stats_logger(listener, fixed, per_request)
 
 
-def inbound_logger(mesh: str, tags: Mapping[str, str], protocol: str) -> accesslog_pb2.AccessLog:
+def inbound_logger(listener: str, mesh: str, tags: Mapping[str, str], protocol: str) -> accesslog_pb2.AccessLog:
     fixed = {
         REPORTER: "destination",
         MESH: mesh,
@@ -166,7 +174,7 @@ def inbound_logger(mesh: str, tags: Mapping[str, str], protocol: str) -> accessl
     }
     # The caller's verified SPIFFE identity (empty without mTLS); the agent keeps its service.
     per_request = {SOURCE_SERVICE: "%DOWNSTREAM_PEER_URI_SAN%", **_per_request(protocol)}
-    return stats_logger(fixed, per_request)
+    return stats_logger(listener, fixed, per_request)
 
 
 def _add(chain: HttpChain | None, logger: accesslog_pb2.AccessLog) -> None:
@@ -175,13 +183,15 @@ def _add(chain: HttpChain | None, logger: accesslog_pb2.AccessLog) -> None:
 
 
 def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
-    _add(section.http, outbound_logger(mesh.name, section.source_tags, section.service, section.protocol))
+    logger = outbound_logger(section.listener.name, mesh.name, section.source_tags, section.service, section.protocol)
+    _add(section.http, logger)
 
 
 def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
     assert isinstance(dataplane.spec, DataplaneSpec)
     if section.inbound is not None:
-        _add(section.http, inbound_logger(mesh.name, section.inbound.tags, section.inbound.protocol))
+        inbound = section.inbound
+        _add(section.http, inbound_logger(section.listener.name, mesh.name, inbound.tags, inbound.protocol))
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound, inbound=configure_inbound)
+PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound)

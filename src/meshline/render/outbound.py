@@ -10,11 +10,11 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from meshline.core.dataplane import Outbound
 from meshline.render import envoy
+from meshline.render.defaults import L7_PROTOCOLS, request_timeout
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.sections import HttpChain, OutboundSection
 from meshline.xds import names
 
-DEFAULT_HTTP_TIMEOUT_S = 15  # HTTP/1.1 request timeout; 0 (none) for gRPC/HTTP2 streams
 # Pooled mTLS connections keep the certificates of their handshake. Ending them after a
 # quarter of the certificate lifetime (at most an hour) makes renewed certificates and a
 # rotated CA take effect; Envoy drains the old connection and opens a new one for the
@@ -56,7 +56,7 @@ DEFAULT_RETRIES = 2
 
 def default_route(cluster: str, protocol: str) -> route_components_pb2.Route:
     action = route_components_pb2.RouteAction(cluster=cluster)
-    action.timeout.FromSeconds(0 if protocol in envoy.H2_PROTOCOLS else DEFAULT_HTTP_TIMEOUT_S)
+    action.timeout.FromTimedelta(request_timeout(protocol))
     action.retry_policy.retry_on = DEFAULT_RETRY_ON
     action.retry_policy.num_retries.value = DEFAULT_RETRIES
     return route_components_pb2.Route(
@@ -81,7 +81,7 @@ def outbound_section(
     cluster, cla = service_cluster(mesh, service)
     section.clusters[cluster.name] = cluster
     section.endpoints[cluster.name] = cla
-    if protocol in envoy.L7_PROTOCOLS:
+    if protocol in L7_PROTOCOLS:
         h = envoy.hcm(name)
         section.route_name = names.outbound_route(outbound.port)
         h.rds.config_source.CopyFrom(envoy.ads())

@@ -1,10 +1,11 @@
-"""The contract between rendering and policy packages.
+"""Render steps: hooks that configure the sections of one dataplane.
 
-A policy package (``meshline.policies.<kind>``) exposes ``PLUGIN``: its kind and
-hooks that configure the sections of one dataplane. A hook reads only its
-arguments and changes only the section it is given, so rendering stays pure and
-the outbound result can be shared by every caller with the same tags.
-Plugins run in ``order`` (routing before resilience before observability).
+Policy kinds do not write these by hand: a :class:`~meshline.render.policy_kind.PolicyKind`
+makes its step (resolution, then its configurer). Subsystems add steps of their own
+(telemetry's access logs, the per-request stats) that run after every policy kind, in
+the order they are listed. A hook reads only its arguments and changes only the section
+it is given, so rendering stays pure and the outbound result can be shared by every
+caller with the same tags.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ class InboundHook(Protocol):
     def __call__(self, section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Plugin:
     kind: KindInfo
-    order: int
     outbound: OutboundHook | None = None
     inbound: InboundHook | None = None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
+from meshline.render import transparent
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
@@ -94,7 +95,7 @@ def render(
         # the policies selecting their service and the endpoints they read are unchanged.
         owner = (dataplane.name, dataplane.version)
         configurers = tuple(map(id, plugins))  # a piece is only valid for the plugins that made it
-        for index, inbound in enumerate(spec.inbound):
+        for index, inbound in enumerate(() if spec.transparent else spec.inbound):
             parts.append(
                 mesh.memoize(
                     ("inbound", owner, index, configurers),
@@ -108,6 +109,8 @@ def render(
         source_tags, tags_key, outbounds = mesh.memoize(
             ("outbound keys", owner), lambda: _outbound_keys(spec), Carry(frozenset(), owner)
         )
+        if spec.transparent is not None:  # the capture listeners (their inbounds are chains there)
+            parts.extend(transparent.parts(dataplane, mesh, plugins, _run, _finish, tags_key, source_tags))
         for outbound, ob_json in zip(spec.outbound, outbounds, strict=True):
             parts.append(
                 mesh.memoize(

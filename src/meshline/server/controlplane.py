@@ -20,6 +20,7 @@ from meshline.controlplane.metrics import metrics_text
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.settings import Settings, split_address
 from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
+from meshline.controlplane.vips import VipAllocator
 from meshline.core.datadir import secure_data_dir
 from meshline.core.errors import MeshlineError, NotFound
 from meshline.core.labels import system_labels
@@ -27,6 +28,7 @@ from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
 from meshline.kinds import default_kinds
+from meshline.policies import mesh_checks as policy_mesh_checks
 from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
 from meshline.store.factory import open_store
@@ -50,11 +52,13 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.store,
             self.cache,
-            # + per-request Prometheus stats on every sidecar, + the subsystems' steps
-            [*default_plugins(), metrics_step.PLUGIN, *self.ext.render_steps],
+            # the policy kinds, + the subsystems' steps, + per-request Prometheus stats on every
+            # sidecar last (it and telemetry's step only append loggers)
+            [*default_plugins(), *self.ext.render_steps, metrics_step.PLUGIN],
             settings.debounce,
             offline=self.offline.offline_in,
         )
+        self.vips = VipAllocator(self.store)  # every service's virtual IP (transparent mode)
         self.publisher = StatusPublisher(
             self.store, self.status, settings.replica_id or new_replica_id(), settings.status_flush, settings.replica_beat
         )
@@ -62,6 +66,7 @@ class ControlPlane:
             self.kinds, self.store, self.reconciler, self.status,
             publisher=self.publisher, replica_ttl=settings.replica_ttl,
         )  # fmt: skip
+        self.ctx.mesh_checks = policy_mesh_checks()
         self.ctx.metrics.watch(self.reconciler, self.status)  # pushes and push latency (change -> ACK)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -91,6 +96,7 @@ class ControlPlane:
             result = hook(self.ctx)
             if asyncio.iscoroutine(result):
                 await result
+        await self.vips.start()
         await self.reconciler.start()
         await self.publisher.start()
         self.offline.start(self.reconciler)
@@ -199,6 +205,7 @@ class ControlPlane:
             self._grpc = None
         await self.publisher.stop()  # after the streams ended: their ends are written, then goodbye
         await self.reconciler.stop()
+        await self.vips.stop()
         await self.store.close()
         if self._quiet is not None:
             self._quiet.uninstall()

@@ -6,31 +6,22 @@ the :class:`~meshline.extensions.Extensions` hooks, so the core stays unaware of
 
 from __future__ import annotations
 
-from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings
 from meshline.extensions import Extensions, Subsystem
 from meshline.server.controlplane import ControlPlane
 
 
-def _cross_resource_checks(ctx: ControlPlaneContext) -> None:
-    from meshline.policies.faultinjection.callers import check_conflicts
-    from meshline.policies.retry.consistency import check_retry_timeouts
-
-    ctx.validators.append(check_conflicts)  # one FaultInjection/RateLimit per caller and service
-    ctx.validators.append(check_retry_timeouts)  # a per-try timeout longer than the request's
-
-
 def _routing(ext: Extensions, settings: Settings) -> None:
     from meshline.policies.translate import install as install_routing
 
-    ext.on_start.append(install_routing)  # Gateway API / SMI translators, route reference checks
-    ext.on_start.append(_cross_resource_checks)
+    ext.on_start.append(install_routing)  # Gateway API / SMI translators
 
 
 def subsystems() -> tuple[Subsystem, ...]:
     """Every subsystem this build has, in the order they install (and start)."""
     from meshline.dashboard import install as install_dashboard
     from meshline.ratelimit.service import install as install_rate_limit_service
+    from meshline.rollouts import install as install_rollouts
     from meshline.security.controlplane import install as install_security
     from meshline.telemetry import install as install_telemetry
 
@@ -40,6 +31,7 @@ def subsystems() -> tuple[Subsystem, ...]:
         _routing,
         install_dashboard,  # the page at / (static files; its API calls carry the token)
         install_telemetry,  # access logs + tracing render step, log intake, stats/tap/explain API
+        install_rollouts,  # Rollout checks at apply, the controller (reads telemetry), its API
     )
 
 

@@ -7,11 +7,20 @@ from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import (
+    config_source_pb2,
+    extension_pb2,
+    grpc_service_pb2,
+    substitution_format_string_pb2,
+)
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.tracers.opentelemetry.samplers.v3 import (
+    parent_based_sampler_pb2,
+    trace_id_ratio_based_sampler_pb2,
+)
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
@@ -218,8 +227,34 @@ def _provider(info: SectionInfo, settings: MeshTracing) -> http_tracer_pb2.Traci
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=names.TRACING_CLUSTER)
     )
     grpc.timeout.FromMilliseconds(COLLECTOR_CALL_TIMEOUT_MS)
-    otel = opentelemetry_pb2.OpenTelemetryConfig(grpc_service=grpc, service_name=info.service)
+    otel = opentelemetry_pb2.OpenTelemetryConfig(grpc_service=grpc, service_name=info.service,
+                                                 sampler=otel_sampler(settings.sampling))
     return http_tracer_pb2.Tracing.Http(name="envoy.tracers.opentelemetry", typed_config=envoy.packed(otel))
+
+
+def otel_sampler(sampling: float) -> extension_pb2.TypedExtensionConfig:
+    """Parent-based: a request with a trace context keeps its caller's decision (sampled or
+    not); one without gets a new trace at ``sampling`` percent (by trace id, so every sidecar
+    it passes agrees).
+
+    Without a sampler, Envoy 1.40's OpenTelemetry tracer applies the connection manager's own
+    random decision to every request, sampled contexts included: at ``sampling: 10`` it
+    dropped 9 in 10 incoming ``-01`` traces and rewrote their flag to ``-00``. So the
+    connection manager samples everything (:func:`tracing`) and this sampler decides. The
+    Zipkin tracer reads the caller's decision itself (B3 or W3C), so it needs no sampler."""
+    ratio = trace_id_ratio_based_sampler_pb2.TraceIdRatioBasedSamplerConfig(
+        sampling_percentage=percent_pb2.FractionalPercent(
+            numerator=round(sampling * 10_000), denominator=percent_pb2.FractionalPercent.MILLION
+        )
+    )
+    parent = parent_based_sampler_pb2.ParentBasedSamplerConfig(
+        wrapped_sampler=extension_pb2.TypedExtensionConfig(
+            name="envoy.tracers.opentelemetry.samplers.trace_id_ratio_based", typed_config=envoy.packed(ratio)
+        )
+    )
+    return extension_pb2.TypedExtensionConfig(
+        name="envoy.tracers.opentelemetry.samplers.parent_based", typed_config=envoy.packed(parent)
+    )
 
 
 def tracing(info: SectionInfo, settings: MeshTracing) -> hcm_pb2.HttpConnectionManager.Tracing:
@@ -242,7 +277,8 @@ def tracing(info: SectionInfo, settings: MeshTracing) -> hcm_pb2.HttpConnectionM
     ]
     return hcm_pb2.HttpConnectionManager.Tracing(
         provider=_provider(info, settings),
-        random_sampling=percent_pb2.Percent(value=settings.sampling),
+        # OTLP: the sampler decides (see otel_sampler); Zipkin: new traces at this rate
+        random_sampling=percent_pb2.Percent(value=settings.sampling if settings.zipkin else 100.0),
         custom_tags=[tag for tag in tags if tag.WhichOneof("type") != "literal" or tag.literal.value],
     )
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
+from meshline.policies import kinds as policy_kinds
+from meshline.render.policy_kind import Cause
 from meshline.telemetry.record import GRPC_CODES, INBOUND, OUTBOUND, LogRecord, is_failure
 from meshline.xds import names
 
@@ -76,16 +79,6 @@ class ExplainContext:
 
 EMPTY = ExplainContext()
 
-# Policy kinds (by a word of their kind name) that can cause each kind of failure.
-_TIMEOUT_KINDS = ("Timeout",)
-_RETRY_KINDS = ("Retry",)
-_RATE_KINDS = ("RateLimit",)
-_PERMISSION_KINDS = ("Permission", "Authorization", "RBAC")
-_FAULT_KINDS = ("Fault",)
-_BREAKER_KINDS = ("CircuitBreaker", "Outlier")
-_HEALTH_KINDS = ("HealthCheck",)
-_ROUTE_KINDS = ("Route",)
-
 # The RBAC policy TrafficPermission renders for "deny what nothing allows".
 DEFAULT_DENY_RULE = names.DEFAULT_PERMISSION_POLICY
 _RBAC_RE = re.compile(r"rbac_access_denied_matched_policy\[([^\]]*)\]")
@@ -100,13 +93,13 @@ def explain(r: LogRecord, ctx: ExplainContext = EMPTY) -> str:
         return ""
     extra = []
     if "URX" in flags and r.attempts > 1:
-        extra.append(f"gave up after {r.attempts} attempts{_named(policies, _RETRY_KINDS)}")
+        extra.append(f"gave up after {r.attempts} attempts{_named(policies, 'retry')}")
     elif "URX" in flags:
-        extra.append(f"retries exhausted{_named(policies, _RETRY_KINDS)}")
+        extra.append(f"retries exhausted{_named(policies, 'retry')}")
     elif r.attempts > 1:
-        extra.append(f"after {r.attempts} attempts{_named(policies, _RETRY_KINDS)}")
+        extra.append(f"after {r.attempts} attempts{_named(policies, 'retry')}")
     if "DI" in flags and not cause.startswith("delay injected"):
-        extra.append(f"delay injected{_named(policies, _FAULT_KINDS)}")
+        extra.append(f"delay injected{_named(policies, 'fault')}")
     return "; ".join([cause, *extra])
 
 
@@ -166,26 +159,26 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
     if rbac:
         return _denied(r, rbac.group(1), policies)
     if details.startswith("rbac_access_denied"):
-        return f"denied by {_kinds_or(policies, _PERMISSION_KINDS, 'an authorization policy')}"
+        return f"denied by {_kinds_or(policies, 'permission', 'an authorization policy')}"
     if "UAEX" in flags or details.startswith("ext_authz"):
         return "denied by external authorization" + (f" ({details})" if details else "")
     if "RL" in flags or details in ("local_rate_limited", "request_rate_limited"):
         scope = " (local limit)" if details == "local_rate_limited" else ""
-        return f"rate limited{scope}{_named(policies, _RATE_KINDS)}"
+        return f"rate limited{scope}{_named(policies, 'rate-limit')}"
     if "RLSE" in flags:
-        return f"the rate limit service could not be reached{_named(policies, _RATE_KINDS)}"
+        return f"the rate limit service could not be reached{_named(policies, 'rate-limit')}"
     if "FI" in flags or details == "fault_filter_abort":
         what = f"aborted with {r.status}" if r.status else "aborted"
-        return f"fault injected: {what}{_named(policies, _FAULT_KINDS)}"
+        return f"fault injected: {what}{_named(policies, 'fault')}"
     if "NR" in flags or details in ("route_not_found", "filter_chain_not_found"):
         target = f" {r.method} {r.path}".rstrip() if r.method or r.path else ""
-        return f"no route for{target or ' this request'} to {dest}{_named(policies, _ROUTE_KINDS)}"
+        return f"no route for{target or ' this request'} to {dest}{_named(policies, 'route')}"
     if "NC" in flags or details == "cluster_not_found":
         return f"the route points at cluster {r.upstream_cluster or '?'}, which does not exist"
     if "UH" in flags or details == "no_healthy_upstream":
         return f"no healthy instance of {dest}{_why_unhealthy(r, policies, ctx)}"
     if "UO" in flags or "overflow" in details:
-        return f"circuit breaker open: too many connections or requests to {dest}{_named(policies, _BREAKER_KINDS)}"
+        return f"circuit breaker open: too many connections or requests to {dest}{_named(policies, 'circuit-breaker')}"
     if "UT" in flags or details in ("upstream_response_timeout", "upstream_per_try_timeout"):
         return _timeout(r, details, policies)
     if "UF" in flags or "connection_failure" in details:
@@ -199,9 +192,9 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
     if "LR" in flags:
         return f"the sidecar reset the stream ({details or 'local reset'})"
     if "SI" in flags:
-        return f"the stream was idle too long and was closed{_named(policies, _TIMEOUT_KINDS)}"
+        return f"the stream was idle too long and was closed{_named(policies, 'timeout')}"
     if "DT" in flags or "UMSDR" in flags:
-        return f"the request reached its maximum duration{_named(policies, _TIMEOUT_KINDS)}"
+        return f"the request reached its maximum duration{_named(policies, 'timeout')}"
     if "DC" in flags or "DR" in flags or details.startswith("downstream_remote"):
         return f"the caller ({r.source or 'client'}) went away after {_ms(r.duration_ms)}, before the response"
     if "DPE" in flags:
@@ -219,7 +212,7 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
     if details == "direct_response":
         return f"answered {r.status} by the sidecar's direct response (route {r.route or '?'})" if r.status >= 400 else ""
     if "DI" in flags:
-        return f"delay injected{_named(policies, _FAULT_KINDS)}"
+        return f"delay injected{_named(policies, 'fault')}"
     if r.grpc_status not in (None, 0) and (is_failure(r) or r.status >= 400 or r.grpc_status):
         code = GRPC_CODES.get(r.grpc_status or 0, str(r.grpc_status))
         return f"{_answerer(r)} answered gRPC {code} ({r.grpc_status})"
@@ -254,13 +247,13 @@ def _why_unhealthy(r: LogRecord, policies: Sequence[str], ctx: ExplainContext) -
     if eps.in_cluster == 0:
         return f" ({online} online, but none matches {r.upstream_cluster or 'the route'}'s subset)"
     offline = f", {eps.offline} offline" if eps.offline else ""
-    if ctx.outlier_detection or _find(policies, _BREAKER_KINDS):
+    if ctx.outlier_detection or _find(policies, 'circuit-breaker'):
         how = "ejected by outlier detection"
-        if _find(policies, _HEALTH_KINDS):
+        if _find(policies, 'health-check'):
             how = "ejected by outlier detection or failing health checks"
-        return f" ({online} {how}{_named(policies, _BREAKER_KINDS)}{offline})"
-    if _find(policies, _HEALTH_KINDS):
-        return f" ({online} failing health checks{_named(policies, _HEALTH_KINDS)}{offline})"
+        return f" ({online} {how}{_named(policies, 'circuit-breaker')}{offline})"
+    if _find(policies, 'health-check'):
+        return f" ({online} failing health checks{_named(policies, 'health-check')}{offline})"
     return f" ({online} online, but the caller's sidecar had none healthy: not told yet, or failing checks{offline})"
 
 
@@ -268,11 +261,11 @@ def _timeout(r: LogRecord, details: str, policies: Sequence[str]) -> str:
     per_try = details == "upstream_per_try_timeout"
     configured = r.per_try_timeout_ms if per_try else r.route_timeout_ms
     after = _ms(configured) if configured else _ms(r.duration_ms)
-    who = _named(policies, _RETRY_KINDS if per_try else _TIMEOUT_KINDS)
+    who = _named(policies, 'retry' if per_try else "timeout")
     if per_try:
         return f"an attempt timed out after {after}{who}"
     if not who and configured:
-        who = " (the default route timeout)" if not _find(policies, _ROUTE_KINDS) else _named(policies, _ROUTE_KINDS)
+        who = " (the default route timeout)" if not _find(policies, 'route') else _named(policies, 'route')
     return f"timed out after {after}{who}"
 
 
@@ -309,22 +302,28 @@ def _answerer(r: LogRecord) -> str:
     return f"{who} ({inst})" if inst else who
 
 
-def _find(policies: Iterable[str], words: Sequence[str]) -> list[str]:
+@cache
+def _blamed(cause: Cause) -> frozenset[str]:
+    """The policy kinds that declare they can cause ``cause`` (PolicyKind.explains)."""
+    return frozenset(k.name for k in policy_kinds() if cause in k.explains)
+
+
+def _find(policies: Iterable[str], cause: Cause) -> list[str]:
     out = []
     for p in policies:
         kind, _, name = p.partition("/")
-        if any(w in kind for w in words):
+        if kind in _blamed(cause):
             out.append(f"{kind} {name}")
     return out
 
 
-def _named(policies: Iterable[str], words: Sequence[str]) -> str:
-    found = _find(policies, words)
+def _named(policies: Iterable[str], cause: Cause) -> str:
+    found = _find(policies, cause)
     return f" ({', '.join(found)})" if found else ""
 
 
-def _kinds_or(policies: Iterable[str], words: Sequence[str], default: str) -> str:
-    found = _find(policies, words)
+def _kinds_or(policies: Iterable[str], cause: Cause, default: str) -> str:
+    found = _find(policies, cause)
     return ", ".join(found) if found else default
 
 

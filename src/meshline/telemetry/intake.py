@@ -34,7 +34,7 @@ from meshline.core.slices import Slices
 from meshline.telemetry.explain import EMPTY, ExplainContext, explain, explain_pair, explain_request
 from meshline.telemetry.record import MAX_TEXT, OUTBOUND, LogRecord, is_counted, record_bytes
 from meshline.telemetry.series import MeshSeries, SeriesLimits
-from meshline.telemetry.window import WINDOWS, RollingStats
+from meshline.telemetry.window import WINDOWS, RollingStats, Summary
 
 ContextFor = Callable[[LogRecord], ExplainContext]
 TLS_SAMPLE = 100  # inbound entries per edge remembered for the mTLS column
@@ -136,7 +136,10 @@ class MeshTelemetry:
         self.services: OrderedDict[str, RollingStats] = OrderedDict()
         self.edges: OrderedDict[tuple[str, str], RollingStats] = OrderedDict()
         self.paths: OrderedDict[tuple[str, str, str], RollingStats] = OrderedDict()
-        self.cells = 0  # of all three
+        # (service, version, side): "caller" counts as services do; "callee" is the version's own
+        # inbound side, which also sees mirrored requests (rollout analysis reads both)
+        self.versions: OrderedDict[tuple[str, str, str], RollingStats] = OrderedDict()
+        self.cells = 0  # of all four
         self._stamp = itertools.count()
         self.edge_tls: OrderedDict[tuple[str, str], deque[bool]] = OrderedDict()
         self.edge_protocol: dict[tuple[str, str], str] = {}  # keys: those of edges
@@ -172,7 +175,20 @@ class MeshTelemetry:
         if r.protocol == "http":
             key = (r.destination, r.method, r.path.split("?", 1)[0])
             self._add(self.paths, self.limits.paths, key, r, failed)
-        indexes: tuple[OrderedDict[Any, RollingStats], ...] = (self.services, self.edges, self.paths)
+        if r.destination_version:
+            self._add(self.versions, self.limits.services, (r.destination, r.destination_version, "caller"), r, failed)
+        self._evict_over_budget()
+
+    def count_callee(self, r: LogRecord) -> None:
+        """An inbound entry whose caller's side counts the request: only the per-version index
+        takes it (the callee side of a version, mirrored copies included)."""
+        if r.destination_version:
+            key = (r.destination, r.destination_version, "callee")
+            self._add(self.versions, self.limits.services, key, r, r.failed)
+            self._evict_over_budget()
+
+    def _evict_over_budget(self) -> None:
+        indexes: tuple[OrderedDict[Any, RollingStats], ...] = (self.services, self.edges, self.paths, self.versions)
         while self.cells > self.limits.cells:  # the least recently updated key of any index goes
             self._evict(min((i for i in indexes if i), key=lambda i: next(iter(i.values())).touched))
 
@@ -293,6 +309,8 @@ class TelemetryIntake:
         m.observe_tls(r)  # every inbound entry, counted ones too (a caller without a sidecar)
         if is_counted(r):
             m.count(r)
+            if r.direction != OUTBOUND:
+                m.count_callee(r)
             inbound = next((o for o in others if o.direction != OUTBOUND), None)
             if r.direction == OUTBOUND and inbound is not None:
                 r.explanation = explain_pair(r, inbound)
@@ -303,6 +321,7 @@ class TelemetryIntake:
                 return
             self._publish(r)
             return
+        m.count_callee(r)
         for o in others:  # the caller's half arrived first: complete it
             if o.direction == OUTBOUND:
                 o.explanation = explain_pair(o, r)
@@ -393,6 +412,14 @@ class TelemetryIntake:
             rows.sort(key=lambda x: (-x["requests"], x["service"], x["path"]))
             out["paths"] = rows[:paths]
         return out
+
+    def version_summary(self, mesh: str, service: str, version: str, seconds: int, side: str = "caller") -> Summary:
+        """One version's golden signals over the last ``seconds`` (rollout analysis): ``caller``
+        as ``stat`` counts them, ``callee`` from the version's own sidecars (mirrored copies too)."""
+        stats = self._view(mesh).versions.get((service, version, side))
+        if stats is None:
+            return Summary(requests=0, failures=0, seconds=seconds, p50=None, p95=None, p99=None)
+        return stats.summary(self.clock(), seconds)
 
     def sizes(self, mesh: str) -> dict[str, int]:
         """How much of each bound a mesh uses (for tests and the docs' figures)."""

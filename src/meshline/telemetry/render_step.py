@@ -36,7 +36,6 @@ from meshline.telemetry import tags as t
 from meshline.xds import names
 
 # After every policy (they add Applied records and routes this step annotates).
-ORDER = 1_000_000
 DEFAULT_ROUTE_TIMEOUT_MS = 15_000  # Envoy's route timeout when a route sets none
 
 # Names this step in render errors ("policy Telemetry on outbound ... failed"); never registered
@@ -180,4 +179,4 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
     _add_observers(section, info, spec)
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound, inbound=configure_inbound)
+PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound)

@@ -5,6 +5,8 @@
     python -m meshline.testing.apps grpc --name echo-1 --port 9000
     python -m meshline.testing.apps origdst --port 15001 --port 15006
     python -m meshline.testing.apps load --url http://orders.mesh/ --count 200 --interval 0.01 --out r.json
+    python -m meshline.testing.apps dns --port 53 --record db.example.test=10.9.9.9
+    python -m meshline.testing.apps client resolve orders.mesh    (also: tcp, banner, grpc, ws)
 
 A server runs until SIGTERM/SIGINT. ``origdst`` stands in for a capturing proxy: it answers each
 connection with one JSON line naming the port it arrived on, the original destination the
@@ -29,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from meshline.testing.servers import GrpcTestServer, HttpTestServer, TcpEchoServer
+from meshline.testing.servers import Behaviour, GrpcTestServer, HttpTestServer, TcpEchoServer, grpc_echo
 
 
 def _serve_until_signalled(server: Any) -> None:
@@ -117,6 +119,68 @@ def load(url: str, count: int, interval: float, timeout: float, headers: dict[st
             "errors": errors}  # fmt: skip
 
 
+def serve_dns(port: int, records: list[str]) -> None:
+    """A stand-in for a host's resolver: answers the given names (A), NXDOMAIN-free SERVFAIL otherwise."""
+    import asyncio
+
+    from meshline.agent.capture.dns import DnsServer
+    from meshline.agent.capture.dns_table import DnsTable
+
+    table = DnsTable()
+    table.update(json.dumps({"bare": True, "vips": dict(r.split("=", 1) for r in records)}))
+
+    async def run() -> None:
+        server = DnsServer(table, port, address="0.0.0.0", upstreams=[])
+        await server.start()
+        print(f"serving DNS on 0.0.0.0:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(run())
+
+
+def client(mode: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """One call the way an unchanged app makes it; what came back (``error`` when it failed)."""
+    started = time.monotonic()
+    try:
+        if mode == "resolve":
+            out: Any = sorted({i[4][0] for i in socket.getaddrinfo(args[0], 80, socket.AF_INET, socket.SOCK_STREAM)})
+        elif mode in ("tcp", "banner"):
+            with socket.create_connection((args[0], int(args[1])), timeout=timeout) as s:
+                f = s.makefile("rwb")
+                if mode == "tcp":
+                    f.write(args[2].encode() + b"\n")
+                    f.flush()
+                out = f.readline().decode().strip()
+        elif mode == "grpc":
+            out = grpc_echo(args[0], b"ping", timeout=timeout).decode()
+        elif mode == "ws":
+            out = _websocket(args[0], timeout)
+        else:
+            raise ValueError(f"unknown client mode {mode}")
+    except Exception as err:  # the test asserts on what failed and how
+        return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - started}
+    return {"result": out, "seconds": time.monotonic() - started}
+
+
+def _websocket(url: str, timeout: float) -> str:
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> str:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, receive_timeout=timeout) as ws:
+            await ws.send_str("ping")
+            msg = await asyncio.wait_for(ws.receive(), timeout)
+            return str(msg.data)
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m meshline.testing.apps", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -125,6 +189,17 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--name", required=True)
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--host", default="127.0.0.1")
+        if kind == "http":
+            p.add_argument("--fail-ratio", type=float, default=0.0, help="share of requests answered 503")
+        if kind == "tcp":
+            p.add_argument("--banner", action="store_true", help="speak first (server-speaks-first protocols)")
+    p = sub.add_parser("dns")
+    p.add_argument("--port", type=int, default=53)
+    p.add_argument("--record", action="append", default=[], help="NAME=IPV4")
+    p = sub.add_parser("client")
+    p.add_argument("mode", choices=["resolve", "tcp", "banner", "grpc", "ws"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--timeout", type=float, default=5.0)
     p = sub.add_parser("origdst")
     p.add_argument("--port", type=int, action="append", required=True)
     p = sub.add_parser("load")
@@ -145,8 +220,20 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(json.dumps(result))
         tmp.replace(args.out)
         return
-    servers = {"http": HttpTestServer, "tcp": TcpEchoServer, "grpc": GrpcTestServer}
-    _serve_until_signalled(servers[args.what](name=args.name, port=args.port, host=args.host))
+    if args.what == "dns":
+        serve_dns(args.port, args.record)
+        return
+    if args.what == "client":
+        print(json.dumps(client(args.mode, args.args, args.timeout)))
+        return
+    if args.what == "http":
+        server: Any = HttpTestServer(name=args.name, port=args.port, host=args.host,
+                                     behaviour=Behaviour(fail_ratio=args.fail_ratio))  # fmt: skip
+    elif args.what == "tcp":
+        server = TcpEchoServer(name=args.name, port=args.port, host=args.host, banner=args.banner)
+    else:
+        server = GrpcTestServer(name=args.name, port=args.port, host=args.host)
+    _serve_until_signalled(server)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,14 @@ from meshline.kinds import default_kinds
 from meshline.policies import plugins
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.render import RenderResult, render
+from meshline.testing.policy_kit import load_applied
 from meshline.xds.snapshot import SHORT
 
 
 def load_resources(text: str) -> list[Resource]:
-    kinds = default_kinds()
-    return [kinds.decode(d) for d in yaml.safe_load_all(text) if d is not None]
+    """The resources of a golden input, refused (RefusedInput) when ``meshline apply`` would
+    refuse them: the same schema, kind checks and apply-time mesh checks."""
+    return load_applied(text)
 
 
 def render_named(resources: list[Resource], dataplane: str, mesh: str = "default") -> RenderResult:

@@ -46,7 +46,7 @@ def breakable_control_plane(settings: Settings) -> ControlPlane:
     ext = Extensions()
     for install in subsystems():
         install(ext, settings)
-    ext.render_steps.append(Plugin(kind=_KIND, order=10_000, outbound=_break_routes))
+    ext.render_steps.append(Plugin(kind=_KIND, outbound=_break_routes))
     return ControlPlane(settings, ext)
 
 

@@ -231,10 +231,11 @@ def grpc_echo(target: str, payload: bytes = b"ping", timeout: float = 5.0,
 class TcpEchoServer:
     """Echoes each line back prefixed with the instance name: b"<name>:<line>"."""
 
-    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1", banner: bool = False) -> None:
         self.name = name
         self.port = port or free_port()
         self.host = host
+        self.banner = banner  # speak first: b"<name>:hello\n" before reading anything (like SMTP, MySQL)
         self.connections = 0
         self._loop: _LoopThread | None = None
         self._server: asyncio.Server | None = None
@@ -246,6 +247,9 @@ class TcpEchoServer:
         assert task is not None
         self._clients.add(task)
         try:
+            if self.banner:
+                writer.write(self.name.encode() + b":hello\n")
+                await writer.drain()
             while line := await reader.readline():
                 writer.write(self.name.encode() + b":" + line)
                 await writer.drain()

@@ -57,6 +57,24 @@ def outbound_route(port: int) -> str:
     return f"outbound_{port}"
 
 
+# Transparent mode (render/transparent.py): the two capture listeners, the cluster that
+# sends a connection on to where it was going, and one outbound section per service.
+TRANSPARENT_OUTBOUND_LISTENER = "outbound_transparent"
+TRANSPARENT_INBOUND_LISTENER = "inbound_transparent"
+PASSTHROUGH_CLUSTER = "passthrough"
+
+
+def transparent_outbound(service: str, variant: str = "") -> str:
+    """The outbound section of ``service`` in the transparent listener (listener stats, RDS):
+    ``outbound_orders``, and ``outbound_orders_http`` for a detected protocol."""
+    return f"outbound_{service}" + (f"_{variant}" if variant else "")
+
+
+def detected_variant(name: str, variant: str) -> str:
+    """A cluster of a service whose protocol is detected, for one detected protocol."""
+    return f"{name}_{variant}" if variant else name
+
+
 def service_cluster(service: str, subset: Mapping[str, str] | None = None) -> str:
     """``orders`` for the whole service; ``orders_version-v2`` for a tag subset."""
     if not subset:

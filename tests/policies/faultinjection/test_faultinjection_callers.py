@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from meshline.kinds import default_kinds
-from meshline.policies.faultinjection.callers import identity_matcher
+from meshline.policies.common.callers import identity_matcher
 from meshline.render.mesh_snapshot import MeshSnapshot
 
 MESH = MeshSnapshot.build(default_kinds().decode({"kind": "Mesh", "name": "default"}), [], revision=1)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
+from meshline.testing.policy_kit import problems
 
 KINDS = default_kinds()
 
@@ -19,12 +19,6 @@ def fault(conf: Any = None, **spec: Any) -> dict[str, Any]:
     }
     body.update(spec)
     return {"kind": "FaultInjection", "mesh": "default", "name": "f", "spec": body}
-
-
-def problems(doc: Any) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        KINDS.decode(doc)
-    return [str(p) for p in info.value.problems]
 
 
 def test_a_good_policy_decodes_and_round_trips() -> None:

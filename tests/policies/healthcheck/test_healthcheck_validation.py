@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
 from meshline.policies.healthcheck.api import parse_status
+from meshline.testing.policy_kit import problems
 
 KINDS = default_kinds()
 
@@ -16,12 +16,6 @@ KINDS = default_kinds()
 def check(**conf: Any) -> dict[str, Any]:
     return {"kind": "HealthCheck", "mesh": "default", "name": "hc",
             "spec": {"destinations": [{"match": {"service": "orders"}}], "conf": conf}}
-
-
-def problems(doc: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        KINDS.decode(doc)
-    return [str(p) for p in info.value.problems]
 
 
 def test_status_ranges_are_inclusive_in_yaml_and_half_open_for_envoy() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshline.testing.golden import check_golden, load_resources, render_named
-from tests.policies.httproute.envoy_check import envoy_accepts
+from meshline.testing.policy_kit import envoy_accepts
 
 HERE = Path(__file__).parent
 FEATURES = sorted(p.stem for p in (HERE / "features").glob("*.yaml"))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
-from meshline.core.errors import ValidationError
+from meshline.core.errors import FieldProblem
 from meshline.core.resource import Resource
 from meshline.kinds import default_kinds
-from meshline.policies.httproute.references import check_route_references
+from meshline.policies.common.references import ROUTE_REFERENCES
+from meshline.render.policy_kind import MeshView
 
 KINDS = default_kinds()
 
@@ -25,11 +23,9 @@ STORED = [dp("orders-v1", "orders", version="v1"), dp("orders-v2", "orders", ver
           dp("payments-1", "payments", protocol="tcp", version="v1"), dp("shop-orders", "orders", mesh="shop", version="v9")]
 
 
-def ctx(stored: list[Resource] = STORED) -> Any:
-    by_mesh: dict[str, dict[Any, Resource]] = {}
-    for r in stored:
-        by_mesh.setdefault(r.mesh, {})[r.key] = r
-    return SimpleNamespace(reconciler=SimpleNamespace(resources=by_mesh))
+def problems(res: Resource, pending: list[Resource] | None = None) -> list[FieldProblem]:
+    """What the control plane's apply finds: the check over the stored mesh with the apply over it."""
+    return ROUTE_REFERENCES.check(res, MeshView.build(res.mesh, STORED, [res, *(pending or [])]))
 
 
 def http_route(*rules: dict[str, Any], service: str = "orders") -> Resource:
@@ -43,9 +39,9 @@ def tcp_route(service: str, *backends: dict[str, Any]) -> Resource:
 
 
 def refused(res: Resource, pending: list[Resource] | None = None) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        check_route_references(res, ctx(), pending or [])
-    return [str(p) for p in info.value.problems]
+    found = problems(res, pending)
+    assert found, f"{res.key} was accepted"
+    return [str(p) for p in found]
 
 
 def test_a_subset_no_instance_of_an_existing_service_has_is_refused() -> None:
@@ -60,13 +56,13 @@ def test_mirror_subsets_are_checked_too() -> None:
 
 
 def test_services_that_do_not_exist_yet_are_accepted() -> None:
-    check_route_references(http_route({"backends": [{"tags": {"version": "v2"}}]}, service="checkout"), ctx(), [])
-    check_route_references(http_route({"backends": [{"service": "orders-next", "tags": {"version": "v1"}}]}), ctx(), [])
+    assert problems(http_route({"backends": [{"tags": {"version": "v2"}}]}, service="checkout")) == []
+    assert problems(http_route({"backends": [{"service": "orders-next", "tags": {"version": "v1"}}]})) == []
 
 
 def test_instances_in_the_same_apply_count() -> None:
     route = http_route({"backends": [{"tags": {"version": "v3"}}]})
-    check_route_references(route, ctx(), [dp("orders-v3", "orders", version="v3")])
+    assert problems(route, [dp("orders-v3", "orders", version="v3")]) == []
     # ... but only in the route's own mesh
     assert refused(route, [dp("orders-v3", "orders", mesh="shop", version="v3")])
 
@@ -76,8 +72,8 @@ def test_a_route_kind_that_can_never_apply_to_the_service_protocol_is_refused() 
         "spec.destinations[0]: service 'payments' speaks tcp, so an HTTPRoute never applies to it; use a TCPRoute")
     assert refused(tcp_route("orders", {"tags": {"version": "v1"}}))[0].startswith(
         "spec.destinations[0]: service 'orders' speaks http, so a TCPRoute never applies to it")
-    check_route_references(tcp_route("payments", {"tags": {"version": "v1"}}), ctx(), [])
+    assert problems(tcp_route("payments", {"tags": {"version": "v1"}})) == []
 
 
 def test_other_kinds_are_not_checked() -> None:
-    check_route_references(STORED[0], ctx(), [])
+    assert problems(STORED[0]) == []

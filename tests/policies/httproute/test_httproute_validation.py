@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
+from meshline.testing.policy_kit import problems
 
 KINDS = default_kinds()
 
@@ -15,12 +15,6 @@ KINDS = default_kinds()
 def route(*rules: dict[str, Any], **spec: Any) -> dict[str, Any]:
     return {"kind": "HTTPRoute", "mesh": "default", "name": "r",
             "spec": {"destinations": [{"match": {"service": "orders"}}], "rules": list(rules), **spec}}
-
-
-def problems(doc: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        KINDS.decode(doc)
-    return [str(p) for p in info.value.problems]
 
 
 def v2(**rule: Any) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
+from meshline.testing.policy_kit import problems
 
 KINDS = default_kinds()
 
@@ -16,12 +16,6 @@ def limit(conf: Any, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"destinations": [{"match": {"service": "orders"}}], "conf": conf}
     body.update(spec)
     return {"kind": "RateLimit", "mesh": "default", "name": "rl", "spec": body}
-
-
-def problems(doc: Any) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        KINDS.decode(doc)
-    return [str(p) for p in info.value.problems]
 
 
 def test_a_good_policy_decodes_with_defaults() -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
-from meshline.core.errors import ValidationError
 from meshline.core.resource import Resource
 from meshline.kinds import default_kinds
-from meshline.policies.retry.consistency import check_retry_timeouts, timeout_conflicts
+from meshline.policies.retry.consistency import RETRY_TIMEOUTS, timeout_conflicts
+from meshline.render.policy_kind import MeshView
 
 KINDS = default_kinds()
 
@@ -75,10 +72,15 @@ def test_only_the_policies_that_win_are_compared() -> None:
     assert timeout_conflicts(r, [*MESH, r, broad, specific]) == []
 
 
-def test_the_validator_sees_stored_and_pending_resources() -> None:
-    stored = {d.key: d for d in MESH}
-    ctx = SimpleNamespace(reconciler=SimpleNamespace(resources={"default": stored}, revision=0), services={})
+def test_the_check_sees_stored_and_pending_resources() -> None:
     r = retry("20s")
-    with pytest.raises(ValidationError, match="spec.conf.http.perTryTimeout: 20s is longer"):
-        check_retry_timeouts(r, ctx, [r])  # type: ignore[arg-type]
-    check_retry_timeouts(r, ctx, [r, timeout("30s")])  # type: ignore[arg-type]  # applied together: fine
+    [problem] = RETRY_TIMEOUTS.check(r, MeshView.build("default", MESH, [r]))
+    assert str(problem).startswith("spec.conf.http.perTryTimeout: 20s is longer")
+    # applied together with a Timeout that makes room: fine
+    assert RETRY_TIMEOUTS.check(r, MeshView.build("default", MESH, [r, timeout("30s")])) == []
+
+
+def test_it_runs_on_every_write_and_ignores_kinds_it_has_no_part_in() -> None:
+    assert RETRY_TIMEOUTS.every_write
+    r = retry("20s")
+    assert RETRY_TIMEOUTS.check(MESH[0], MeshView.build("default", MESH, [r])) == []

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
+from meshline.testing.policy_kit import problems
 
 KINDS = default_kinds()
 
@@ -17,12 +17,6 @@ def retry(http: Any = None, **conf: Any) -> dict[str, Any]:
         conf["http"] = http
     return {"kind": "Retry", "mesh": "default", "name": "r",
             "spec": {"destinations": [{"match": {"service": "orders"}}], "conf": conf}}
-
-
-def problems(doc: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        KINDS.decode(doc)
-    return [str(p) for p in info.value.problems]
 
 
 def test_an_empty_policy_means_the_defaults() -> None:

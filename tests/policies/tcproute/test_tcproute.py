@@ -10,7 +10,7 @@ import pytest
 from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
 from meshline.testing.golden import check_golden, load_resources, render_named
-from tests.policies.httproute.envoy_check import envoy_accepts
+from meshline.testing.policy_kit import envoy_accepts
 
 HERE = Path(__file__).parent
 KINDS = default_kinds()

@@ -7,7 +7,6 @@ UPDATE_GOLDEN=1 rewrites the golden files; review the diff.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,17 @@ import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import json_format
 
 from meshline.policies import plugins
-from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.render import RenderResult, render
 from meshline.telemetry import render_step
 from meshline.testing.golden import load_resources, to_yaml
+from meshline.testing.policy_kit import envoy_accepts as kit_envoy_accepts
 from meshline.xds import names
 from meshline.xds.snapshot import CLUSTER, LISTENER, ROUTE
-from tests.policies.httproute.envoy_check import envoy_binary, static_bootstrap
 
 HERE = Path(__file__).parent
 CASES: dict[str, dict[str, Any]] = yaml.safe_load((HERE / "cases.yaml").read_text())
@@ -46,18 +44,7 @@ def rendered(case: str, dataplane: str) -> RenderResult:
 def envoy_accepts(result: RenderResult, work: Path) -> None:
     # Envoy refuses a listener whose access-log file it cannot open: the directory must exist.
     Path("/tmp/meshline-telemetry-golden/default").mkdir(parents=True, exist_ok=True)
-    boot = static_bootstrap(result)
-    boot.node.id, boot.node.cluster = "default.web-1", "web"
-    # The agent's bootstrap has the control plane's cluster; the gRPC access logger uses it.
-    boot.static_resources.clusters.append(envoy.static_cluster(names.XDS_CLUSTER, "127.0.0.1", 15678, "grpc"))
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "validate.json"
-    path.write_text(json_format.MessageToJson(boot))
-    proc = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    kit_envoy_accepts(result, work)
 
 
 @pytest.mark.parametrize("dataplane", DATAPLANES)
@@ -92,7 +79,11 @@ def test_every_http_side_streams_its_log_and_traces() -> None:
         h = _hcm(web, listener)
         assert [a.name for a in h.access_log] == ["envoy.access_loggers.http_grpc", "envoy.access_loggers.file"]
         assert h.tracing.provider.name == "envoy.tracers.opentelemetry"
-        assert h.tracing.random_sampling.value == 10
+        # the connection manager samples all; the tracer's parent-based sampler starts 10% of new traces
+        assert h.tracing.random_sampling.value == 100
+        otel = opentelemetry_pb2.OpenTelemetryConfig()
+        h.tracing.provider.typed_config.Unpack(otel)
+        assert otel.sampler.name == "envoy.tracers.opentelemetry.samplers.parent_based"
     assert names.TRACING_CLUSTER in web.snapshot.slots[CLUSTER].resources
 
 

@@ -8,14 +8,11 @@ UPDATE_GOLDEN=1 rewrites the golden files; review the diff.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-
-from google.protobuf import json_format
 
 from meshline.render.render import RenderResult
 from meshline.testing.golden import check_golden, load_resources, render_named
-from tests.policies.httproute.envoy_check import envoy_binary, static_bootstrap
+from meshline.testing.policy_kit import envoy_accepts
 
 MESH_INPUT = Path(__file__).parent / "mesh.input.yaml"
 
@@ -40,23 +37,6 @@ def render_plain(dataplane: str) -> RenderResult:
 
 
 RESILIENCE_KINDS = frozenset({"Timeout", "Retry", "CircuitBreaker", "HealthCheck", "LoadBalancer"})
-
-
-def envoy_accepts(result: RenderResult, work: Path) -> None:
-    """Fail with Envoy's own words if it would reject this config (``envoy --mode validate``).
-
-    The node identity is set because SDS (the mesh's mTLS certificates) requires one.
-    """
-    boot = static_bootstrap(result)
-    boot.node.id, boot.node.cluster = "default.web-1", "web"
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "validate.json"
-    path.write_text(json_format.MessageToJson(boot))
-    proc = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "critical"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"Envoy rejects the rendered config:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
 
 
 def check_feature(policy_dir: Path, feature: str, dataplane: str, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from meshline.policies.timeout.api import DEFAULTS
 from meshline.render import envoy
+from meshline.render.defaults import DEFAULTS
 from meshline.xds.snapshot import CLUSTER, ROUTE
 from tests.policies.timeout.golden_cases import (
     RESILIENCE_KINDS,

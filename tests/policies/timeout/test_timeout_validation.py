@@ -6,20 +6,14 @@ from typing import Any
 
 import pytest
 
-from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
+from meshline.testing.policy_kit import problems
 
 KINDS = default_kinds()
 
 
 def timeout(conf: Any, **spec: Any) -> dict[str, Any]:
     return {"kind": "Timeout", "mesh": "default", "name": "t", "spec": {"conf": conf, **spec}}
-
-
-def problems(doc: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        KINDS.decode(doc)
-    return [str(p) for p in info.value.problems]
 
 
 def test_a_full_policy_decodes_and_round_trips() -> None:

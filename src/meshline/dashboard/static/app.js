@@ -10,6 +10,7 @@ import * as graph from "./graph.js";
 import * as overview from "./overview.js";
 import * as policies from "./policies.js";
 import { PolicyPage } from "./policy.js";
+import * as rollouts from "./rollouts.js";
 import * as router from "./router.js";
 import { ServicePage } from "./service.js";
 import { Tap } from "./tap.js";
@@ -62,7 +63,7 @@ function showView(r) {
     else a.removeAttribute("aria-current");
   }
   $("#nav-apply").hidden = !(state.session && state.session.principal.canWrite);
-  document.title = `${{ overview: `mesh ${state.mesh}`, policies: "Policies", tap: "Tap", apply: "Apply" }[r.view] || `${r.view} ${r.name}`} · Meshline`;
+  document.title = `${{ overview: `mesh ${state.mesh}`, policies: "Policies", rollouts: "Rollouts", tap: "Tap", apply: "Apply" }[r.view] || `${r.view} ${r.name}`} · Meshline`;
   if (r.view === "tap") {
     if (arrived && r.params.has("service")) {
       tap.stop();
@@ -143,6 +144,12 @@ async function refreshPolicies() {
   return "";
 }
 
+async function refreshRollouts() {
+  const loaded = await rollouts.load(state.mesh);
+  keepFocus(() => rollouts.render($("#rollouts"), loaded));
+  return "";
+}
+
 async function refreshTap() {
   const dps = await api.get(api.meshPath(state.mesh, "/dataplanes"));
   state.dataplanes = dps.items;
@@ -204,7 +211,7 @@ async function update() {
       const r = current();
       showView(r);
       const refresher = PAGES[r.view] ? () => refreshPage(r)
-        : { overview: refreshOverview, policies: refreshPolicies, tap: refreshTap }[r.view];
+        : { overview: refreshOverview, policies: refreshPolicies, rollouts: refreshRollouts, tap: refreshTap }[r.view];
       const warning = await refresher();
       say(warning, Boolean(warning));
       $("#updated").textContent = `updated ${fmt.clock(Date.now() / 1000)}`;

@@ -6,14 +6,15 @@
 //   #/meshes/M/dataplanes/D             a dataplane
 //   #/meshes/M/policies                 every policy of the mesh
 //   #/meshes/M/policies/KIND/NAME       a policy (KIND as written in YAML: Timeout, HTTPRoute...)
+//   #/meshes/M/rollouts                 the mesh's rollouts
 //   #/meshes/M/apply                    apply YAML (admins)
 //   #/meshes/M/tap?service=S&path=&status=
 //
 // The older short forms (#overview, #policies, #tap?service=S) still open their page in the
 // mesh picked last.
 
-const VIEWS = ["overview", "service", "dataplane", "policies", "policy", "apply", "tap"];
-const SHORT = { overview: "overview", policies: "policies", tap: "tap", apply: "apply" };
+const VIEWS = ["overview", "service", "dataplane", "policies", "policy", "rollouts", "apply", "tap"];
+const SHORT = { overview: "overview", policies: "policies", rollouts: "rollouts", tap: "tap", apply: "apply" };
 
 const enc = encodeURIComponent;
 
@@ -39,6 +40,7 @@ export function parse(hash) {
   if (section === "dataplanes" && a) return { view: "dataplane", mesh, name: a, kind: "", params };
   if (section === "policies" && a && b) return { view: "policy", mesh, name: b, kind: a, params };
   if (section === "policies") return { view: "policies", mesh, name: "", kind: "", params };
+  if (section === "rollouts") return { view: "rollouts", mesh, name: "", kind: "", params };
   if (section === "apply") return { view: "apply", mesh, name: "", kind: "", params };
   if (section === "tap") return { view: "tap", mesh, name: "", kind: "", params };
   return { view: "overview", mesh, name: "", kind: "", params };
@@ -56,6 +58,7 @@ export const serviceHref = (mesh, service) => `${meshHref(mesh)}/services/${enc(
 export const dataplaneHref = (mesh, name) => `${meshHref(mesh)}/dataplanes/${enc(name)}`;
 export const policiesHref = (mesh) => `${meshHref(mesh)}/policies`;
 export const policyHref = (mesh, kind, name) => `${meshHref(mesh)}/policies/${enc(kind)}/${enc(name)}`;
+export const rolloutsHref = (mesh) => `${meshHref(mesh)}/rollouts`;
 export const applyHref = (mesh, params) => `${meshHref(mesh)}/apply${query(params)}`;
 export const tapHref = (mesh, params) => `${meshHref(mesh)}/tap${query(params)}`;
 
@@ -66,6 +69,7 @@ export function href(r) {
     case "dataplane": return dataplaneHref(r.mesh, r.name);
     case "policy": return policyHref(r.mesh, r.kind, r.name);
     case "policies": return policiesHref(r.mesh);
+    case "rollouts": return rolloutsHref(r.mesh);
     case "apply": return applyHref(r.mesh, Object.fromEntries(r.params || []));
     case "tap": return tapHref(r.mesh, Object.fromEntries(r.params || []));
     default: return meshHref(r.mesh);

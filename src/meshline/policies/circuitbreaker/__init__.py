@@ -1,5 +1,5 @@
 """CircuitBreaker policy: connection/request/retry limits and outlier detection."""
 
-from meshline.policies.circuitbreaker.plugin import PLUGIN
+from meshline.policies.circuitbreaker.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

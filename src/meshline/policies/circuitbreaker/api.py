@@ -22,23 +22,14 @@ Outlier detection runs only the detectors a policy lists; ``outlierDetection: {}
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Spec
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import (
-    Percent,
-    PositiveDuration,
-    PositiveInt,
-    service_only_destinations,
-    sets_something,
-)
-
-DEFAULT_CONSECUTIVE_5XX = 5
+from meshline.policies.common.fields import PositiveInt, service_only_destinations, sets_something
+from meshline.policies.common.outlier import OutlierDetection
 
 
 class Limits(Spec):
@@ -48,55 +39,6 @@ class Limits(Spec):
     max_pending_requests: PositiveInt | None = None
     max_requests: PositiveInt | None = None
     max_retries: int | None = Field(default=None, ge=0)  # retries in flight; 0 forbids retries
-
-
-class SuccessRate(Spec):
-    """Eject hosts whose success rate is below mean - factor x stdev of all hosts (per interval)."""
-
-    minimum_hosts: PositiveInt = 5
-    request_volume: PositiveInt = 100
-    standard_deviation_factor: float = 1.9
-
-    @field_validator("standard_deviation_factor")
-    @classmethod
-    def _factor(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be greater than 0 (Envoy's default is 1.9)")
-        return v
-
-
-class FailurePercentage(Spec):
-    """Eject hosts whose failure percentage (per interval) is at least ``threshold``."""
-
-    threshold: Percent = 85
-    minimum_hosts: PositiveInt = 5
-    request_volume: PositiveInt = 50
-
-
-class OutlierDetection(Spec):
-    interval: PositiveDuration = timedelta(seconds=10)
-    base_ejection_time: PositiveDuration = timedelta(seconds=30)  # x number of ejections so far
-    max_ejection_time: PositiveDuration | None = None  # Envoy default 300s
-    max_ejection_percent: Percent = 10  # at least one host is always ejectable
-    # Count connect failures, timeouts and resets (local origin) apart from upstream answers.
-    split_external_local_origin_errors: bool = False
-    consecutive_5xx: PositiveInt | None = Field(default=None, alias="consecutive5xx")
-    consecutive_gateway_failures: PositiveInt | None = None  # 502, 503, 504 only
-    consecutive_local_origin_failures: PositiveInt | None = None  # needs the split
-    success_rate: SuccessRate | None = None
-    failure_percentage: FailurePercentage | None = None
-
-    def has_detector(self) -> bool:
-        return any(
-            d is not None
-            for d in (
-                self.consecutive_5xx,
-                self.consecutive_gateway_failures,
-                self.consecutive_local_origin_failures,
-                self.success_rate,
-                self.failure_percentage,
-            )
-        )
 
 
 class CircuitBreakerConf(Spec):
@@ -109,8 +51,7 @@ class CircuitBreakerSpec(SelectorSpec):
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, CircuitBreakerSpec)
+    spec = spec_as(res, CircuitBreakerSpec)
     conf = spec.conf
     problems = []
     limits_set = conf.limits is not None and sets_something(conf.limits.to_json())
@@ -141,14 +82,14 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _limits_column(r: Resource) -> str:
-    assert isinstance(r.spec, CircuitBreakerSpec)
-    limits = r.spec.conf.limits
+    spec = spec_as(r, CircuitBreakerSpec)
+    limits = spec.conf.limits
     return ",".join(f"{k}={v}" for k, v in limits.to_json().items()) if limits else "-"
 
 
 def _outlier_column(r: Resource) -> str:
-    assert isinstance(r.spec, CircuitBreakerSpec)
-    return "on" if r.spec.conf.outlier_detection is not None else "off"
+    spec = spec_as(r, CircuitBreakerSpec)
+    return "on" if spec.conf.outlier_detection is not None else "off"
 
 
 KIND = KindInfo(

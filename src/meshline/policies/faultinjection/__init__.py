@@ -1,5 +1,5 @@
 """FaultInjection policy: delays and aborts for a share of a service's requests."""
 
-from meshline.policies.faultinjection.plugin import PLUGIN
+from meshline.policies.faultinjection.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

@@ -18,18 +18,16 @@ see the fault as a real failure of the destination.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from pydantic import Field, field_validator, model_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Spec
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.faultinjection.callers import source_problems
-
-HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+from meshline.policies.common.callers import source_problems
+from meshline.policies.common.fields import HEADER_NAME_RE
 
 
 def _percentage(v: float) -> float:
@@ -124,14 +122,12 @@ class FaultInjectionSpec(SelectorSpec):
 
 
 def _checks(r: Resource) -> list[FieldProblem]:
-    spec = r.spec
-    assert isinstance(spec, FaultInjectionSpec)
+    spec = spec_as(r, FaultInjectionSpec)
     return source_problems(spec.sources)
 
 
 def _faults(r: Resource) -> str:
-    spec = r.spec
-    assert isinstance(spec, FaultInjectionSpec)
+    spec = spec_as(r, FaultInjectionSpec)
     parts = []
     for f in spec.conf.faults:
         if f.delay is not None:
@@ -142,8 +138,7 @@ def _faults(r: Resource) -> str:
 
 
 def _targets(r: Resource) -> str:
-    spec = r.spec
-    assert isinstance(spec, FaultInjectionSpec)
+    spec = spec_as(r, FaultInjectionSpec)
     return " ".join(d.describe() for d in spec.destinations)
 
 

@@ -13,15 +13,13 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 
-from meshline.core.resource import Resource
+from meshline.policies.common.callers import ONE_PER_CALLER, CallerRule, caller_rules
 from meshline.policies.faultinjection.api import KIND, Fault, FaultInjectionSpec
-from meshline.policies.faultinjection.callers import CallerRule, caller_rules
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved
 from meshline.render.sections import ORDER_FAULT, Applied, InboundSection
 
 FILTER = "envoy.filters.http.fault"
-ORDER = ORDER_FAULT  # plugin order = its filter slot: after TrafficPermission and RateLimit
 
 
 def _percent(value: float) -> percent_pb2.FractionalPercent:
@@ -63,22 +61,29 @@ def fault_filter(fault: Fault, caller: route_components_pb2.HeaderMatcher | None
     return f
 
 
-def _configure(section: InboundSection, rule: CallerRule, mesh: MeshSnapshot) -> None:
+def _configure(section: InboundSection, rule: CallerRule[FaultInjectionSpec], mesh: MeshSnapshot) -> None:
     assert section.http is not None
-    spec = rule.policy.spec
-    assert isinstance(spec, FaultInjectionSpec)
     caller = rule.identity_matcher(mesh)
-    for fault in spec.conf.faults:
+    for fault in rule.spec.conf.faults:
         section.http.add_filter(ORDER_FAULT, FILTER, fault_filter(fault, caller))
     section.applied.append(Applied(KIND.kind, rule.policy.name, section.target, rule.match.reason()))
 
 
-def inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
-    policies = mesh.of_kind(KIND.kind)
-    if not policies or section.http is None or section.inbound is None:
+def inbound(section: InboundSection, resolved: Resolved[FaultInjectionSpec], mesh: MeshSnapshot) -> None:
+    if section.http is None or section.inbound is None:
         return
-    for rule in caller_rules(policies, section.inbound.tags, mesh):
+    for rule in caller_rules(resolved, section.inbound.tags, mesh):
         _configure(section, rule, mesh)
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, inbound=inbound)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=FaultInjectionSpec,
+    merge=Merge.PER_CALLER,
+    shapes=frozenset({"http-filter"}),
+    inbound=inbound,
+    # Its filter slot (ORDER_FAULT) already runs after both; this keeps inspect's list in that order.
+    after=("TrafficPermission", "RateLimit"),
+    mesh_checks=(ONE_PER_CALLER,),
+    explains=frozenset({"fault"}),
+)

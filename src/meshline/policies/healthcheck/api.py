@@ -27,10 +27,10 @@ from datetime import timedelta
 from pydantic import Field, field_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import PositiveDuration, PositiveInt, service_only_destinations
+from meshline.policies.common.fields import PositiveDuration, PositiveInt, service_only_destinations
 
 StatusRange = tuple[int, int]  # [start, end), as Envoy's Int64Range
 
@@ -117,8 +117,7 @@ class HealthCheckSpec(SelectorSpec):
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, HealthCheckSpec)
+    spec = spec_as(res, HealthCheckSpec)
     conf = spec.conf
     problems = []
     kinds = [name for name in ("http", "tcp", "grpc") if getattr(conf, name) is not None]
@@ -144,15 +143,15 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _type_column(r: Resource) -> str:
-    assert isinstance(r.spec, HealthCheckSpec)
-    conf = r.spec.conf
+    spec = spec_as(r, HealthCheckSpec)
+    conf = spec.conf
     active = next((n for n in ("http", "tcp", "grpc") if getattr(conf, n) is not None), "auto")
     return active + ("+passive" if conf.passive else "")
 
 
 def _interval_column(r: Resource) -> str:
-    assert isinstance(r.spec, HealthCheckSpec)
-    return format_duration(r.spec.conf.interval)
+    spec = spec_as(r, HealthCheckSpec)
+    return format_duration(spec.conf.interval)
 
 
 KIND = KindInfo(

@@ -10,13 +10,12 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 from google.protobuf import wrappers_pb2
 
-from meshline.policies.circuitbreaker.api import OutlierDetection
-from meshline.policies.circuitbreaker.plugin import outlier_detection
+from meshline.policies.common.outlier import OutlierDetection, outlier_detection
+from meshline.policies.common.sections import clusters, proto_duration
 from meshline.policies.healthcheck.api import KIND, HealthCheckConf, HealthCheckSpec, Passive
-from meshline.policies.timeout.common import ORDER_HEALTH_CHECK, clusters, proto_duration, record, select
-from meshline.render import envoy
+from meshline.render.defaults import H2_PROTOCOLS, L7_PROTOCOLS
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved, record
 from meshline.render.sections import OutboundSection
 
 # Without an http block, any answer below 500 proves the app is up: its sidecar answers 503
@@ -30,7 +29,7 @@ def _http(conf: HealthCheckConf, protocol: str) -> health_check_pb2.HealthCheck.
     check = health_check_pb2.HealthCheck.HttpHealthCheck(
         path=conf.http.path if conf.http else "/",
         expected_statuses=[range_pb2.Int64Range(start=lo, end=hi) for lo, hi in ranges],
-        codec_client_type=http_pb2.HTTP2 if protocol in envoy.H2_PROTOCOLS else http_pb2.HTTP1,
+        codec_client_type=http_pb2.HTTP2 if protocol in H2_PROTOCOLS else http_pb2.HTTP1,
     )
     if conf.http and conf.http.host:
         check.host = conf.http.host
@@ -60,12 +59,12 @@ def health_check(conf: HealthCheckConf, protocol: str) -> health_check_pb2.Healt
     if conf.interval_jitter is not None:
         hc.interval_jitter.CopyFrom(proto_duration(conf.interval_jitter))
     if conf.grpc is not None:
-        if protocol not in envoy.H2_PROTOCOLS:
+        if protocol not in H2_PROTOCOLS:
             return None  # Envoy refuses gRPC checks on a cluster without HTTP/2
         hc.grpc_health_check.service_name = conf.grpc.service_name
         if conf.grpc.authority:
             hc.grpc_health_check.authority = conf.grpc.authority
-    elif conf.http is not None or (conf.tcp is None and protocol in envoy.L7_PROTOCOLS):
+    elif conf.http is not None or (conf.tcp is None and protocol in L7_PROTOCOLS):
         hc.http_health_check.CopyFrom(_http(conf, protocol))
     else:
         hc.tcp_health_check.CopyFrom(_tcp(conf))
@@ -81,13 +80,9 @@ def passive_detection(passive: Passive) -> OutlierDetection:
     )
 
 
-def configure(section: OutboundSection, mesh: MeshSnapshot) -> None:
-    match = select(KIND, section, mesh)
-    if match is None:
-        return
-    spec = match.policy.spec
-    assert isinstance(spec, HealthCheckSpec)
-    conf = spec.conf
+def configure(section: OutboundSection, resolved: Resolved[HealthCheckSpec], mesh: MeshSnapshot) -> None:
+    matched = resolved.best
+    conf = matched.spec.conf
     check = health_check(conf, section.protocol)
     passive = outlier_detection(passive_detection(conf.passive)) if conf.passive else None
     notes = []
@@ -102,7 +97,16 @@ def configure(section: OutboundSection, mesh: MeshSnapshot) -> None:
                 notes.append(f"passive check of {cluster.name} left to CircuitBreaker outlier detection")
             else:
                 cluster.outlier_detection.CopyFrom(passive)
-    record(section, match, "; ".join(notes))
+    record(section, matched, "; ".join(notes))
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER_HEALTH_CHECK, outbound=configure)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=HealthCheckSpec,
+    merge=Merge.MOST_SPECIFIC,
+    shapes=frozenset({"cluster"}),
+    outbound=configure,
+    # After CircuitBreaker: passive checks never override its outlier detection.
+    after=("CircuitBreaker",),
+    explains=frozenset({"health-check"}),
+)

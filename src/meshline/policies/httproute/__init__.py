@@ -1,5 +1,5 @@
 """HTTPRoute: L7 routing of calls to a service (see docs/policies/routing.md)."""
 
-from meshline.policies.httproute.plugin import PLUGIN
+from meshline.policies.httproute.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

@@ -20,19 +20,20 @@ that need the whole route (regexes, unreachable rules, weights) are in :mod:`.ch
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from meshline.core.dataplane import check_tags
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Name, Spec
 from meshline.core.selectors import SelectorSpec
+from meshline.policies.common.backends import Backend, backend_tags
+from meshline.render.defaults import L7_PROTOCOLS
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-MAX_WEIGHT = 1_000_000
 MAX_DIRECT_BODY = 4096  # Envoy's default max_direct_response_body_size_bytes
 
 
@@ -137,27 +138,6 @@ class RequestMatch(Spec):
         return self
 
 
-def _backend_tags(v: dict[str, str]) -> dict[str, str]:
-    if "service" in v:
-        raise ValueError("name the service with 'service', not in tags (tags pick instances of it)")
-    check_tags(v)
-    return v
-
-
-class Backend(Spec):
-    """Instances of ``service`` (default: the service called) that have every tag in ``tags``."""
-
-    service: Name | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    weight: int = Field(default=1, ge=0, le=MAX_WEIGHT)
-
-    _t = field_validator("tags")(classmethod(lambda cls, v: _backend_tags(v)))
-
-    def describe(self, default_service: str) -> str:
-        tags = ",".join(f"{k}={v}" for k, v in sorted(self.tags.items()))
-        return (self.service or default_service) + (f"[{tags}]" if tags else "")
-
-
 class Mirror(Spec):
     """Copy ``percent`` of requests to a subset or another service; its answers are dropped."""
 
@@ -165,7 +145,7 @@ class Mirror(Spec):
     tags: dict[str, str] = Field(default_factory=dict)
     percent: float = Field(default=100.0, gt=0, le=100)
 
-    _t = field_validator("tags")(classmethod(lambda cls, v: _backend_tags(v)))
+    _t = field_validator("tags")(classmethod(lambda cls, v: backend_tags(v)))
 
     @model_validator(mode="after")
     def _target(self) -> Mirror:
@@ -287,15 +267,29 @@ class Rule(Spec):
 class HTTPRouteSpec(SelectorSpec):
     rules: list[Rule] = Field(min_length=1)
 
+    # -- common.references.RouteSpec: what the apply-time reference check reads
+    def route_targets(self) -> Iterator[tuple[str, str | None, Mapping[str, str]]]:
+        for i, rule in enumerate(self.rules):
+            for k, b in enumerate(rule.backends):
+                yield f"spec.rules[{i}].backends[{k}]", b.service, b.tags
+            for k, m in enumerate(rule.mirrors):
+                yield f"spec.rules[{i}].mirrors[{k}]", m.service, m.tags
+
+    def protocol_mismatch(self, service: str, protocol: str) -> str | None:
+        if protocol in L7_PROTOCOLS:
+            return None
+        return (f"service '{service}' speaks {protocol}, so an HTTPRoute never applies to it;"
+                " use a TCPRoute, or tag its instances protocol: http")
+
 
 def _rules_column(r: Resource) -> str:
-    assert isinstance(r.spec, HTTPRouteSpec)
-    return str(len(r.spec.rules))
+    spec = spec_as(r, HTTPRouteSpec)
+    return str(len(spec.rules))
 
 
 def _destinations_column(r: Resource) -> str:
-    assert isinstance(r.spec, HTTPRouteSpec)
-    return ",".join(d.describe() for d in r.spec.destinations)
+    spec = spec_as(r, HTTPRouteSpec)
+    return ",".join(d.describe() for d in spec.destinations)
 
 
 def _kind() -> KindInfo:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import Resource
-from meshline.core.selectors import SelectorSpec
+from meshline.core.resource import Resource, spec_as
+from meshline.policies.common.backends import backend_problems, destination_problems
+from meshline.policies.common.regex import group_count, regex_problem
 from meshline.policies.httproute.api import (
-    Backend,
     HeaderMatch,
     HeaderModifier,
     HTTPRouteSpec,
@@ -24,7 +24,6 @@ from meshline.policies.httproute.api import (
     RequestMatch,
     Rule,
 )
-from meshline.policies.httproute.regex import group_count, regex_problem
 
 
 @dataclass(frozen=True)
@@ -156,17 +155,6 @@ def _modifier_problems(path: str, mod: HeaderModifier) -> Iterator[FieldProblem]
             owner.setdefault(name, where)
 
 
-def backend_problems(path: str, backends: list[Backend]) -> Iterator[FieldProblem]:
-    if backends and sum(b.weight for b in backends) == 0:
-        yield FieldProblem(path, "weights add up to 0, so no request could be sent; give a backend a weight above 0")
-    seen: dict[tuple[str | None, tuple[tuple[str, str], ...]], int] = {}
-    for k, b in enumerate(backends):
-        key = (b.service, tuple(sorted(b.tags.items())))
-        if key in seen:
-            yield FieldProblem(f"{path}[{k}]", f"is the same backend as backends[{seen[key]}]; list it once with the summed weight")
-        seen.setdefault(key, k)
-
-
 _GROUP_REF = re.compile(r"\\(\d)")
 
 
@@ -205,20 +193,8 @@ def _rewrite_problems(base: str, rule: Rule) -> Iterator[FieldProblem]:
                     break
 
 
-def destination_problems(spec: SelectorSpec) -> Iterator[FieldProblem]:
-    for i, dst in enumerate(spec.destinations):
-        for tag in dst.match:
-            if tag != "service":
-                yield FieldProblem(
-                    f"spec.destinations[{i}].match.{tag}",
-                    "a route's destination is a whole service; pick instances by tags in"
-                    " spec.rules[].backends[].tags instead",
-                )
-
-
 def route_problems(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, HTTPRouteSpec)
+    spec = spec_as(res, HTTPRouteSpec)
     problems = list(destination_problems(spec))
     for i, rule in enumerate(spec.rules):
         base = f"spec.rules[{i}]"

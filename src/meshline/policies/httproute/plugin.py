@@ -12,26 +12,13 @@ from collections.abc import Mapping
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
-from meshline.core.selectors import matching
+from meshline.policies.common.references import ROUTE_REFERENCES
+from meshline.policies.common.sections import add_cluster
 from meshline.policies.httproute.api import KIND, HTTPRouteSpec
 from meshline.policies.httproute.build import rule_routes
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.outbound import service_cluster
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved
 from meshline.render.sections import Applied, OutboundSection
-from meshline.xds import names
-
-ORDER = 10  # routing first: later policies (retries, timeouts, circuit breakers) see every route and cluster
-
-
-def add_cluster(section: OutboundSection, mesh: MeshSnapshot, service: str, tags: Mapping[str, str]) -> str:
-    """Make sure the section has the cluster (and endpoints) of ``service`` or its tag subset."""
-    name = names.service_cluster(service, tags)
-    if name not in section.clusters:
-        cluster, cla = service_cluster(mesh, service, dict(tags) or None)
-        section.clusters[name] = cluster
-        section.endpoints[name] = cla
-    return name
 
 
 def _copy(route: rc.Route) -> rc.Route:
@@ -40,13 +27,11 @@ def _copy(route: rc.Route) -> rc.Route:
     return out
 
 
-def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
+def configure_outbound(section: OutboundSection, resolved: Resolved[HTTPRouteSpec], mesh: MeshSnapshot) -> None:
     table = section.route
     if section.http is None or table is None:
         return
-    found = matching(mesh.of_kind(KIND.kind), section.source_tags, {"service": section.service})
-    if not found:
-        return
+    found = resolved.matches
 
     def cluster_for(service: str | None, tags: Mapping[str, str]) -> str:
         return add_cluster(section, mesh, service or section.service, tags)
@@ -56,9 +41,7 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
     template = next((r.route for r in fallback if r.HasField("route")), rc.RouteAction())
     routes = []
     for rank, match in enumerate(found, start=1):
-        spec = match.policy.spec
-        assert isinstance(spec, HTTPRouteSpec)
-        for i, rule in enumerate(spec.rules):
+        for i, rule in enumerate(match.spec.rules):
             routes.extend(rule_routes(match.policy.name, i, rule, cluster_for, template))
         order = f"; rules tried {rank} of {len(found)}" if len(found) > 1 else ""
         section.applied.append(Applied(KIND.kind, match.policy.name, section.target, match.reason() + order))
@@ -66,4 +49,12 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
     vhost.routes.extend(routes + fallback)
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=HTTPRouteSpec,
+    merge=Merge.ALL_BY_PRECEDENCE,
+    shapes=frozenset({"route", "cluster", "endpoints"}),
+    outbound=configure_outbound,
+    mesh_checks=(ROUTE_REFERENCES,),
+    explains=frozenset({"route"}),
+)

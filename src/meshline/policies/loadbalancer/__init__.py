@@ -1,5 +1,5 @@
 """LoadBalancer policy: algorithm, hash policies and locality-aware failover."""
 
-from meshline.policies.loadbalancer.plugin import PLUGIN
+from meshline.policies.loadbalancer.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

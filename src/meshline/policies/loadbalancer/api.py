@@ -30,10 +30,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Spec
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import Percent, PositiveInt, service_only_destinations
+from meshline.policies.common.fields import Percent, PositiveInt, service_only_destinations
 
 LbType = Literal["RoundRobin", "LeastRequest", "Random", "RingHash", "Maglev"]
 HASHING_TYPES = ("RingHash", "Maglev")
@@ -137,8 +137,7 @@ _SETTINGS_FOR = {"leastRequest": "LeastRequest", "ringHash": "RingHash", "maglev
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, LoadBalancerSpec)
+    spec = spec_as(res, LoadBalancerSpec)
     conf = spec.conf
     problems = []
     for field, lb_type in _SETTINGS_FOR.items():
@@ -178,13 +177,13 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _type_column(r: Resource) -> str:
-    assert isinstance(r.spec, LoadBalancerSpec)
-    return r.spec.conf.type
+    spec = spec_as(r, LoadBalancerSpec)
+    return spec.conf.type
 
 
 def _locality_column(r: Resource) -> str:
-    assert isinstance(r.spec, LoadBalancerSpec)
-    return "off" if r.spec.conf.locality_awareness.disabled else "on"
+    spec = spec_as(r, LoadBalancerSpec)
+    return "off" if spec.conf.locality_awareness.disabled else "on"
 
 
 KIND = KindInfo(

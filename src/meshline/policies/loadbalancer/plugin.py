@@ -7,18 +7,11 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.v3 import hash_policy_pb2
 
+from meshline.policies.common.sections import clusters, proto_duration, route_actions
 from meshline.policies.loadbalancer.api import KIND, HashPolicy, LoadBalancerConf, LoadBalancerSpec
 from meshline.policies.loadbalancer.locality import caller_zone, prioritize
-from meshline.policies.timeout.common import (
-    ORDER_LOAD_BALANCER,
-    clusters,
-    proto_duration,
-    record,
-    route_actions,
-    select,
-)
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved, record
 from meshline.render.sections import OutboundSection
 
 Cluster = cluster_pb2.Cluster
@@ -93,17 +86,21 @@ def _set_locality(section: OutboundSection, conf: LoadBalancerConf) -> str:
     return f"prefers zone {zone}"
 
 
-def configure(section: OutboundSection, mesh: MeshSnapshot) -> None:
-    match = select(KIND, section, mesh)
-    if match is None:
-        return
-    spec = match.policy.spec
-    assert isinstance(spec, LoadBalancerSpec)
-    conf = spec.conf
+def configure(section: OutboundSection, resolved: Resolved[LoadBalancerSpec], mesh: MeshSnapshot) -> None:
+    matched = resolved.best
+    conf = matched.spec.conf
     for cluster in clusters(section):
         _set_algorithm(cluster, conf)
     notes = [_set_hashing(section, conf.hash_policies), _set_locality(section, conf)]
-    record(section, match, "; ".join(n for n in notes if n))
+    record(section, matched, "; ".join(n for n in notes if n))
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER_LOAD_BALANCER, outbound=configure)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=LoadBalancerSpec,
+    merge=Merge.MOST_SPECIFIC,
+    shapes=frozenset({"route", "cluster", "endpoints"}),
+    outbound=configure,
+    # After routing: hashes go on every route and subset cluster it made.
+    after=("HTTPRoute", "TCPRoute"),
+)

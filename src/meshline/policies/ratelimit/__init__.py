@@ -1,5 +1,5 @@
 """RateLimit policy: local (per instance) and global (per service, in Redis) limits."""
 
-from meshline.policies.ratelimit.plugin import PLUGIN
+from meshline.policies.ratelimit.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

@@ -28,11 +28,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.faultinjection.api import HEADER_NAME_RE
-from meshline.policies.faultinjection.callers import source_problems
+from meshline.policies.common.callers import source_problems
+from meshline.policies.common.fields import HEADER_NAME_RE
 from meshline.xds.rls_descriptor import WINDOWS, window_name
 
 # Envoy refills a token bucket at most every 50ms.
@@ -143,20 +143,17 @@ class RateLimitSpec(SelectorSpec):
 
 
 def _checks(r: Resource) -> list[FieldProblem]:
-    spec = r.spec
-    assert isinstance(spec, RateLimitSpec)
+    spec = spec_as(r, RateLimitSpec)
     return source_problems(spec.sources)
 
 
 def _targets(r: Resource) -> str:
-    spec = r.spec
-    assert isinstance(spec, RateLimitSpec)
+    spec = spec_as(r, RateLimitSpec)
     return " ".join(d.describe() for d in spec.destinations)
 
 
 def _limits(r: Resource) -> str:
-    spec = r.spec
-    assert isinstance(spec, RateLimitSpec)
+    spec = spec_as(r, RateLimitSpec)
     parts = []
     local, glob = spec.conf.local, spec.conf.global_
     if local is not None and local.http is not None:

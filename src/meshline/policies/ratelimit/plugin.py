@@ -1,4 +1,4 @@
-"""RateLimit on the destination's inbound: Envoy filters per caller rule (see faultinjection.callers).
+"""RateLimit on the destination's inbound: Envoy filters per caller rule (see policies.common.callers).
 
 * local, HTTP: ``envoy.filters.http.local_ratelimit``, a token bucket per sidecar
   (``requests`` tokens, refilled every ``interval``); for a named caller the bucket is a
@@ -24,19 +24,18 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
-from meshline.core.resource import Resource
+from meshline.core.resource import spec_as
 from meshline.core.selectors import ANY
-from meshline.policies.faultinjection.callers import CallerRule, caller_rules
+from meshline.policies.common.callers import ONE_PER_CALLER, CallerRule, caller_rules
 from meshline.policies.ratelimit.api import KIND, ConnectionRate, GlobalConf, RateLimitSpec, RequestRate
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot, destination_services
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved
 from meshline.render.sections import ORDER_RATELIMIT, Applied, InboundSection
 from meshline.xds import names
 from meshline.xds import rls_descriptor as d
 from meshline.xds.rls_descriptor import Limit
 
-ORDER = ORDER_RATELIMIT  # plugin order = its filter slot: after TrafficPermission, before FaultInjection
 ORDER_LOCAL = ORDER_RATELIMIT  # cheap, per instance: first, so it also shields the global service
 ORDER_GLOBAL = ORDER_RATELIMIT + 1
 
@@ -168,8 +167,7 @@ def global_shapes(mesh: MeshSnapshot) -> dict[str, d.Shape]:
     send (what the rate-limit service accepts)."""
     out: dict[str, d.Shape] = {}
     for policy in mesh.of_kind(KIND.kind):
-        spec = policy.spec
-        assert isinstance(spec, RateLimitSpec)
+        spec = spec_as(policy, RateLimitSpec)
         glob = spec.conf.global_
         if glob is None:
             continue
@@ -192,11 +190,9 @@ def local_tcp_filter(rate: ConnectionRate, port: int) -> tcp_local_pb2.LocalRate
     )
 
 
-def _configure(section: InboundSection, rule: CallerRule, mesh: MeshSnapshot) -> bool:
+def _configure(section: InboundSection, rule: CallerRule[RateLimitSpec], mesh: MeshSnapshot) -> bool:
     assert section.inbound is not None
-    spec = rule.policy.spec
-    assert isinstance(spec, RateLimitSpec)
-    local, glob = spec.conf.local, spec.conf.global_
+    local, glob = rule.spec.conf.local, rule.spec.conf.global_
     port, grpc = section.inbound.port, section.inbound.protocol == "grpc"
     configured = False
     if section.http is not None:
@@ -221,13 +217,22 @@ def _configure(section: InboundSection, rule: CallerRule, mesh: MeshSnapshot) ->
     return configured
 
 
-def inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
-    policies = mesh.of_kind(KIND.kind)
-    if not policies or section.inbound is None:
+def inbound(section: InboundSection, resolved: Resolved[RateLimitSpec], mesh: MeshSnapshot) -> None:
+    if section.inbound is None:
         return
-    for rule in caller_rules(policies, section.inbound.tags, mesh):
+    for rule in caller_rules(resolved, section.inbound.tags, mesh):
         if _configure(section, rule, mesh):
             section.applied.append(Applied(KIND.kind, rule.policy.name, section.target, rule.match.reason()))
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, inbound=inbound)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=RateLimitSpec,
+    merge=Merge.PER_CALLER,
+    shapes=frozenset({"http-filter", "network-filter"}),
+    inbound=inbound,
+    # Its filter slot (ORDER_RATELIMIT) already runs after RBAC; this keeps inspect's list in that order.
+    after=("TrafficPermission",),
+    mesh_checks=(ONE_PER_CALLER,),
+    explains=frozenset({"rate-limit"}),
+)

@@ -1,5 +1,5 @@
 """Retry policy: HTTP/gRPC retries with backoff and a retry budget; TCP connect retries."""
 
-from meshline.policies.retry.plugin import PLUGIN
+from meshline.policies.retry.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

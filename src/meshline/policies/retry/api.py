@@ -30,10 +30,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import Percent, PositiveDuration, PositiveInt, service_only_destinations
+from meshline.policies.common.fields import Percent, PositiveDuration, PositiveInt, service_only_destinations
 
 RetryCondition = Literal[
     # HTTP
@@ -100,9 +100,7 @@ class RetrySpec(SelectorSpec):
 
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, RetrySpec)
-    http = spec.conf.http
+    http = spec_as(res, RetrySpec).conf.http
     if http is None:
         return []
     problems = []
@@ -136,13 +134,11 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _attempts_column(r: Resource) -> str:
-    assert isinstance(r.spec, RetrySpec)
-    return str((r.spec.conf.http or HttpRetry()).attempts)
+    return str((spec_as(r, RetrySpec).conf.http or HttpRetry()).attempts)
 
 
 def _budget_column(r: Resource) -> str:
-    assert isinstance(r.spec, RetrySpec)
-    budget = (r.spec.conf.http or HttpRetry()).budget
+    budget = (spec_as(r, RetrySpec).conf.http or HttpRetry()).budget
     return "off" if budget.disabled else f"{budget.percent:g}%"
 
 

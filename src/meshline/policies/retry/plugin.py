@@ -8,7 +8,13 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from google.protobuf import wrappers_pb2
 
 from meshline.core.schema import format_duration
-from meshline.policies.circuitbreaker.thresholds import default_thresholds
+from meshline.policies.common.sections import (
+    clusters,
+    default_thresholds,
+    inherits_default,
+    proto_duration,
+    route_actions,
+)
 from meshline.policies.retry.api import (
     DEFAULT_GRPC_RETRY_ON,
     DEFAULT_HTTP_RETRY_ON,
@@ -18,18 +24,10 @@ from meshline.policies.retry.api import (
     RetrySpec,
     TcpRetry,
 )
-from meshline.policies.timeout.common import (
-    ORDER_RETRY,
-    clusters,
-    inherits_default,
-    proto_duration,
-    record,
-    route_actions,
-    select,
-)
+from meshline.policies.retry.consistency import RETRY_TIMEOUTS
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved, record
 from meshline.render.sections import OutboundSection
 
 # Re-pick a host this many times to avoid the one that just failed (no effect with one instance).
@@ -84,19 +82,25 @@ def _configure_http(section: OutboundSection, http: HttpRetry) -> str:
     return ""
 
 
-def configure(section: OutboundSection, mesh: MeshSnapshot) -> None:
-    match = select(KIND, section, mesh)
-    if match is None:
-        return
-    spec = match.policy.spec
-    assert isinstance(spec, RetrySpec)
+def configure(section: OutboundSection, resolved: Resolved[RetrySpec], mesh: MeshSnapshot) -> None:
+    matched = resolved.best
     note = ""
     if section.http is not None:
-        note = _configure_http(section, spec.conf.http or HttpRetry())
+        note = _configure_http(section, matched.spec.conf.http or HttpRetry())
     elif section.tcp is not None:
-        tcp = spec.conf.tcp or TcpRetry()
+        tcp = matched.spec.conf.tcp or TcpRetry()
         section.tcp.max_connect_attempts.value = tcp.max_connect_attempts
-    record(section, match, note)
+    record(section, matched, note)
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER_RETRY, outbound=configure)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=RetrySpec,
+    merge=Merge.MOST_SPECIFIC,
+    shapes=frozenset({"route", "cluster"}),
+    outbound=configure,
+    # After Timeout: compares the per-try timeout with the request timeout it set.
+    after=("Timeout",),
+    mesh_checks=(RETRY_TIMEOUTS,),
+    explains=frozenset({"retry"}),
+)

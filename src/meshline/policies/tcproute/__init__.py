@@ -1,5 +1,5 @@
 """TCPRoute: weighted splitting of TCP connections (see docs/policies/routing.md)."""
 
-from meshline.policies.tcproute.plugin import PLUGIN
+from meshline.policies.tcproute.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from meshline.core.selectors import best_policy
-from meshline.policies.httproute.plugin import add_cluster
+from meshline.policies.common.references import ROUTE_REFERENCES
+from meshline.policies.common.sections import add_cluster
 from meshline.policies.tcproute.api import KIND, TCPRouteSpec
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
-from meshline.render.sections import Applied, OutboundSection
-
-ORDER = 11  # with HTTPRoute: before policies that tune the clusters it adds
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved, record
+from meshline.render.sections import OutboundSection
 
 
-def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
+def configure_outbound(section: OutboundSection, resolved: Resolved[TCPRouteSpec], mesh: MeshSnapshot) -> None:
     proxy = section.tcp
     if proxy is None:
         return
-    match = best_policy(mesh.of_kind(KIND.kind), section.source_tags, {"service": section.service})
-    if match is None:
-        return
-    spec = match.policy.spec
-    assert isinstance(spec, TCPRouteSpec)
+    match = resolved.best
+    spec = match.spec
     backends = [b for b in spec.backends if b.weight > 0]
     clusters = [(add_cluster(section, mesh, b.service or section.service, b.tags), b.weight) for b in backends]
     if len(clusters) == 1:
@@ -29,7 +24,15 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
         proxy.ClearField("cluster")
         for name, weight in clusters:
             proxy.weighted_clusters.clusters.add(name=name, weight=weight)
-    section.applied.append(Applied(KIND.kind, match.policy.name, section.target, match.reason()))
+    record(section, match)
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER, outbound=configure_outbound)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=TCPRouteSpec,
+    merge=Merge.MOST_SPECIFIC,
+    shapes=frozenset({"listener", "cluster", "endpoints"}),
+    outbound=configure_outbound,
+    mesh_checks=(ROUTE_REFERENCES,),
+    explains=frozenset({"route"}),
+)

@@ -1,5 +1,5 @@
 """Timeout policy: connect, request, idle and per-stream timeouts of outbound traffic."""
 
-from meshline.policies.timeout.plugin import PLUGIN
+from meshline.policies.timeout.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

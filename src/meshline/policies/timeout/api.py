@@ -12,38 +12,23 @@
         http: {requestTimeout: 5s, streamIdleTimeout: 1m, maxStreamDuration: 10m}
         tcp: {maxConnectionDuration: 1h}
 
-Fields a policy leaves out keep the defaults below, which are also what an outbound gets
-when no Timeout applies (the base generator in render/outbound.py and render/envoy.py
-builds them; tests/policies/timeout checks the two agree). ``0`` turns a timeout off,
+Fields a policy leaves out keep the defaults of ``meshline.render.defaults`` (defined
+once: the base generators render them, and tests/policies/timeout checks the rendered
+config says the same). ``0`` turns a timeout off,
 except ``connectTimeout``, which must be positive.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 from pydantic import model_validator
 
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
-from meshline.policies.timeout.common import PositiveDuration, service_only_destinations, sets_something
-
-
-@dataclass(frozen=True)
-class Defaults:
-    connect: timedelta = timedelta(seconds=5)
-    idle: timedelta = timedelta(hours=1)  # connection without streams (HTTP); no bytes (TCP)
-    http_request: timedelta = timedelta(seconds=15)  # HTTP/1.1 services
-    h2_request: timedelta = timedelta(0)  # http2/gRPC: long-lived streams are normal
-    stream_idle: timedelta = timedelta(minutes=5)
-    max_stream_duration: timedelta = timedelta(0)  # unlimited
-    max_connection_duration: timedelta = timedelta(0)  # unlimited
-
-
-DEFAULTS = Defaults()
+from meshline.policies.common.fields import PositiveDuration, service_only_destinations, sets_something
 
 
 class HttpTimeouts(Spec):
@@ -75,10 +60,13 @@ class TimeoutConf(Spec):
 class TimeoutSpec(SelectorSpec):
     conf: TimeoutConf
 
+    def request_timeout(self) -> timedelta | None:
+        """(common.timeouts.SetsRequestTimeout) what Retry's apply-time check compares with."""
+        return self.conf.http.request_timeout if self.conf.http else None
+
 
 def _contradictions(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, TimeoutSpec)
+    spec = spec_as(res, TimeoutSpec)
     http = spec.conf.http
     if http is None or not http.request_timeout or not http.max_stream_duration:
         return []
@@ -95,14 +83,14 @@ def _contradictions(res: Resource) -> list[FieldProblem]:
 
 
 def _request_column(r: Resource) -> str:
-    assert isinstance(r.spec, TimeoutSpec)
-    http = r.spec.conf.http
+    spec = spec_as(r, TimeoutSpec)
+    http = spec.conf.http
     return format_duration(http.request_timeout) if http and http.request_timeout is not None else "-"
 
 
 def _connect_column(r: Resource) -> str:
-    assert isinstance(r.spec, TimeoutSpec)
-    value = r.spec.conf.connect_timeout
+    spec = spec_as(r, TimeoutSpec)
+    value = spec.conf.connect_timeout
     return format_duration(value) if value is not None else "-"
 
 

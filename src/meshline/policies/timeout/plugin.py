@@ -7,19 +7,11 @@ from datetime import timedelta
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from meshline.policies.common.sections import clusters, inherits_default, proto_duration, route_actions
 from meshline.policies.timeout.api import KIND, TimeoutConf, TimeoutSpec
-from meshline.policies.timeout.common import (
-    ORDER_TIMEOUT,
-    clusters,
-    inherits_default,
-    proto_duration,
-    record,
-    route_actions,
-    select,
-)
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Merge, PolicyKind, Resolved, record
 from meshline.render.sections import OutboundSection
 
 
@@ -65,13 +57,9 @@ def _configure_tcp(section: OutboundSection, conf: TimeoutConf) -> None:
             tcp.ClearField("max_downstream_connection_duration")  # 0: unlimited (Envoy's "unset")
 
 
-def configure(section: OutboundSection, mesh: MeshSnapshot) -> None:
-    match = select(KIND, section, mesh)
-    if match is None:
-        return
-    spec = match.policy.spec
-    assert isinstance(spec, TimeoutSpec)
-    conf = spec.conf
+def configure(section: OutboundSection, resolved: Resolved[TimeoutSpec], mesh: MeshSnapshot) -> None:
+    matched = resolved.best
+    conf = matched.spec.conf
     if conf.connect_timeout is not None:
         for cluster in clusters(section):
             cluster.connect_timeout.CopyFrom(proto_duration(conf.connect_timeout))
@@ -84,7 +72,16 @@ def configure(section: OutboundSection, mesh: MeshSnapshot) -> None:
         _configure_tcp(section, conf)
         if conf.http is not None:
             notes.append("http settings ignored: the service speaks tcp")
-    record(section, match, "; ".join(notes))
+    record(section, matched, "; ".join(notes))
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER_TIMEOUT, outbound=configure)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=TimeoutSpec,
+    merge=Merge.MOST_SPECIFIC,
+    shapes=frozenset({"route", "cluster", "listener"}),
+    outbound=configure,
+    # After routing: it may add subset clusters and routes this must also configure.
+    after=("HTTPRoute", "TCPRoute"),
+    explains=frozenset({"timeout"}),
+)

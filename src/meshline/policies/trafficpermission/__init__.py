@@ -1,5 +1,5 @@
 """TrafficPermission policy: allow/deny callers by mTLS identity, at L4 and per HTTP request, with dry-run."""
 
-from meshline.policies.trafficpermission.plugin import PLUGIN
+from meshline.policies.trafficpermission.plugin import POLICY
 
-__all__ = ["PLUGIN"]
+__all__ = ["POLICY"]

@@ -28,10 +28,10 @@ from pydantic import Field, field_validator, model_validator
 
 from meshline.core.dataplane import TAG_RE
 from meshline.core.errors import FieldProblem
-from meshline.core.resource import KindInfo, Resource
+from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.core.schema import NAME_HINT, NAME_RE, Spec
 from meshline.core.selectors import ANY, SelectorSpec
-from meshline.policies.httproute.regex import regex_problem
+from meshline.policies.common.regex import regex_problem
 
 METHOD_RE = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 HEADER_NAME_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]{1,127}$")
@@ -140,8 +140,7 @@ class TrafficPermissionSpec(SelectorSpec):
 
 
 def _source_problems(res: Resource) -> list[FieldProblem]:
-    spec = res.spec
-    assert isinstance(spec, TrafficPermissionSpec)
+    spec = spec_as(res, TrafficPermissionSpec)
     problems = []
     for i, sel in enumerate(spec.sources):
         for tag, value in sel.match.items():
@@ -170,18 +169,18 @@ def _source_problems(res: Resource) -> list[FieldProblem]:
 
 
 def _action_column(r: Resource) -> str:
-    assert isinstance(r.spec, TrafficPermissionSpec)
-    return r.spec.action
+    spec = spec_as(r, TrafficPermissionSpec)
+    return spec.action
 
 
 def _mode_column(r: Resource) -> str:
-    assert isinstance(r.spec, TrafficPermissionSpec)
-    return r.spec.mode
+    spec = spec_as(r, TrafficPermissionSpec)
+    return spec.mode
 
 
 def _selectors(r: Resource, which: str) -> str:
-    assert isinstance(r.spec, TrafficPermissionSpec)
-    return " ".join(s.describe() for s in getattr(r.spec, which))
+    spec = spec_as(r, TrafficPermissionSpec)
+    return " ".join(s.describe() for s in getattr(spec, which))
 
 
 KIND = KindInfo(

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from meshline.core.resource import Resource
+from meshline.core.resource import Resource, spec_as
 from meshline.core.selectors import ANY, TagSelector
 from meshline.policies.trafficpermission.api import HttpRule, TrafficPermissionSpec
 
@@ -73,8 +73,7 @@ def best_destination(spec: TrafficPermissionSpec, tags: Mapping[str, str]) -> Ta
 
 def clauses_for(policy: Resource, destination: TagSelector, fail_closed: bool) -> list[Clause]:
     """The clauses of a policy whose destination matched: one per source specificity."""
-    spec = policy.spec
-    assert isinstance(spec, TrafficPermissionSpec)
+    spec = spec_as(policy, TrafficPermissionSpec)
     named: set[str] = set()
     anyone = False
     for sel in spec.sources:

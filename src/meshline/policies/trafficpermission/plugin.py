@@ -9,7 +9,6 @@ closed. Nothing is added where nothing can be denied (mesh default allow, no den
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -20,14 +19,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 
 from meshline.core.dataplane import Inbound
-from meshline.core.resource import Resource
-from meshline.core.selectors import Match
 from meshline.policies.trafficpermission.api import KIND, TrafficPermissionSpec
-from meshline.policies.trafficpermission.decision import DENY, Clause, best_destination, clauses_for, for_tcp
+from meshline.policies.trafficpermission.decision import DENY, Clause, clauses_for, for_tcp
 from meshline.policies.trafficpermission.rbac import Compiled, compile_clauses
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.plugins import Plugin
+from meshline.render.policy_kind import Matched, Merge, PolicyKind, Resolved
 from meshline.render.sections import ORDER_AUTHZ, Applied, InboundSection
 from meshline.xds import names
 
@@ -46,10 +43,9 @@ class Plan:
     checks_paths: bool  # some policy here matches on request paths
 
 
-def _reason(policy: Resource, match: Match, clauses: list[Clause], l7: bool, fail_closed: bool) -> str:
-    spec = policy.spec
-    assert isinstance(spec, TrafficPermissionSpec)
-    text = f"{match.reason()}: {spec.action}"
+def _reason(matched: Matched[TrafficPermissionSpec], clauses: list[Clause], l7: bool, fail_closed: bool) -> str:
+    spec = matched.spec
+    text = f"{matched.reason()}: {spec.action}"
     if spec.rules:
         text += f" {len(spec.rules)} HTTP rule(s)"
     if spec.dry_run:
@@ -65,19 +61,14 @@ def _reason(policy: Resource, match: Match, clauses: list[Clause], l7: bool, fai
     return text
 
 
-def plan_for(tags: Mapping[str, str], l7: bool, mesh: MeshSnapshot) -> Plan:
+def plan_for(resolved: Resolved[TrafficPermissionSpec], l7: bool, mesh: MeshSnapshot) -> Plan:
+    """``resolved``: the policies whose destinations select the inbound (in name order)."""
     fail_closed = mesh.spec.mtls.mode != "strict"
     clauses: list[Clause] = []
     reasons = []
-    for policy in mesh.of_kind(KIND.kind):
-        spec = policy.spec
-        assert isinstance(spec, TrafficPermissionSpec)
-        dst = best_destination(spec, tags)
-        if dst is None:
-            continue
-        mine = clauses_for(policy, dst, fail_closed)
-        src = max(spec.sources, key=lambda s: s.specificity())
-        reasons.append((policy.name, _reason(policy, Match(policy, src, dst), mine, l7, fail_closed)))
+    for matched in resolved.matches:
+        mine = clauses_for(matched.policy, matched.match.destination, fail_closed)
+        reasons.append((matched.policy.name, _reason(matched, mine, l7, fail_closed)))
         clauses.extend(mine if l7 else for_tcp(mine))
     default = mesh.spec.effective_default_permission()
     compiled = compile_clauses(clauses, default == DENY, mesh.identity)
@@ -145,13 +136,14 @@ def _configure_tcp(section: InboundSection, inbound: Inbound, plan: Plan) -> Non
     section.network_filters.append((ORDER_AUTHZ, envoy.network_filter(NETWORK_RBAC, cfg)))
 
 
-def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
+def configure_inbound(section: InboundSection, resolved: Resolved[TrafficPermissionSpec], mesh: MeshSnapshot) -> None:
     inbound = section.inbound
     if inbound is None or (not mesh.of_kind(KIND.kind) and mesh.spec.effective_default_permission() != DENY):
         return
     l7 = section.http is not None
+    # The plan depends only on the tags (they decide the resolution): shared by every instance.
     key = ("trafficpermission", json.dumps(inbound.tags, sort_keys=True), l7)
-    plan = mesh.memoize(key, lambda: plan_for(inbound.tags, l7, mesh))
+    plan = mesh.memoize(key, lambda: plan_for(resolved, l7, mesh))
     for name, reason in plan.reasons:
         section.applied.append(Applied(KIND.kind, name, section.target, reason))
     if plan.compiled.rules is None and plan.compiled.shadow is None:
@@ -171,4 +163,12 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
         _configure_tcp(section, inbound, plan)
 
 
-PLUGIN = Plugin(kind=KIND, order=ORDER_AUTHZ, inbound=configure_inbound)
+POLICY = PolicyKind(
+    info=KIND,
+    spec=TrafficPermissionSpec,
+    merge=Merge.PER_CALLER,
+    shapes=frozenset({"http-filter", "network-filter"}),
+    inbound=configure_inbound,
+    runs_unmatched=True,  # a mesh whose default permission is deny refuses what nothing allows
+    explains=frozenset({"permission"}),
+)

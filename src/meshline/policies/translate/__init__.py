@@ -7,10 +7,10 @@ applied document; each answers None for documents that are not its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec
+from meshline.core.dataplane import service_protocols
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.resource import KindRegistry, Resource
 from meshline.policies.translate.common import KnownServices
@@ -24,21 +24,11 @@ if TYPE_CHECKING:
 Translator = Callable[[dict[str, Any]], list[Resource] | None]
 
 
-def services_of(dataplanes: Iterable[Resource]) -> dict[str, str]:
-    """service -> protocol (tcp when its instances disagree, as rendering decides)."""
-    protocols: dict[str, set[str]] = {}
-    for dp in dataplanes:
-        if isinstance(dp.spec, DataplaneSpec):
-            for inbound in dp.spec.inbound:
-                protocols.setdefault(inbound.service, set()).add(inbound.protocol)
-    return {s: (p.pop() if len(p) == 1 else DEFAULT_PROTOCOL) for s, p in protocols.items()}
-
-
 def known_services(resources_by_mesh: Mapping[str, Mapping[Any, Resource]]) -> KnownServices:
     """Reads the control plane's in-memory resources (Reconciler.resources) when asked."""
 
     def known(mesh: str) -> Mapping[str, str]:
-        return services_of(r for r in resources_by_mesh.get(mesh, {}).values() if r.kind == "Dataplane")
+        return service_protocols(r for r in resources_by_mesh.get(mesh, {}).values() if r.kind == "Dataplane")
 
     return known
 
@@ -64,8 +54,5 @@ def translators(kinds: KindRegistry, known: KnownServices) -> list[Translator]:
 
 
 def install(ctx: ControlPlaneContext) -> None:
-    """Wire routing into a control plane (an Extensions.on_start hook): translators and apply-time checks."""
-    from meshline.policies.httproute.references import check_route_references
-
+    """Wire the translators into a control plane (an Extensions.on_start hook)."""
     ctx.translators.extend(translators(ctx.kinds, known_services(ctx.reconciler.resources)))
-    ctx.validators.append(check_route_references)

@@ -112,7 +112,7 @@ async def test_incremental_equals_from_scratch(tmp_path: Path, seed: int) -> Non
     await store.start()
     h: Harness | None = None
     reconciler = Reconciler(
-        store, SnapshotCache(), sorted([*plugins(), TELEMETRY], key=lambda p: p.order), debounce=0,
+        store, SnapshotCache(), [*plugins(), TELEMETRY], debounce=0,
         offline=lambda mesh: frozenset(h.offline if h else ()),
     )  # fmt: skip
     h = Harness(reconciler, store, kinds)
@@ -197,7 +197,7 @@ async def test_a_route_backend_counts_as_reached() -> None:
     kinds = default_kinds()
     store = open_store("sqlite::memory:", kinds)
     await store.start()
-    reconciler = Reconciler(store, SnapshotCache(), sorted([*plugins(), TELEMETRY], key=lambda p: p.order), debounce=0)
+    reconciler = Reconciler(store, SnapshotCache(), [*plugins(), TELEMETRY], debounce=0)
     h = Harness(reconciler, store, kinds)
     docs = [d for d in yaml.safe_load_all((TESTS / "policies/httproute/mesh.input.yaml").read_text()) if d]
     for doc in docs:

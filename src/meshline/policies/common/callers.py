@@ -20,22 +20,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
-from meshline.core.errors import FieldProblem, ValidationError
+from meshline.core.errors import FieldProblem
 from meshline.core.resource import Resource
 from meshline.core.selectors import ANY, Match, SelectorSpec, TagSelector, best_policy
 from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.policy_kind import MeshCheck, MeshView, Resolved
 
 XFCC = "x-forwarded-client-cert"
+S = TypeVar("S", bound=SelectorSpec)
 
 
 @dataclass(frozen=True)
-class CallerRule:
+class CallerRule(Generic[S]):
     match: Match
+    spec: S  # the typed spec of match.policy
     # the caller service this rule is for; None for the fallback rule (every other caller)
     service: str | None
     # the caller services named by other rules (the fallback rule must not apply to them)
@@ -74,20 +77,22 @@ def identity_matcher(
 
 
 def caller_rules(
-    policies: Sequence[Resource], destination_tags: Mapping[str, str], mesh: MeshSnapshot
-) -> list[CallerRule]:
+    resolved: Resolved[S], destination_tags: Mapping[str, str], mesh: MeshSnapshot
+) -> list[CallerRule[S]]:
     """The rules for one inbound: named callers first (sorted), then the fallback rule."""
-    named: list[CallerRule] = []
+    specs = {m.policy.key: m.spec for m in resolved.matches}
+    policies = [m.policy for m in resolved.matches]
+    named: list[CallerRule[S]] = []
     if mesh.spec.mtls.mode != "disabled":
         services = sorted({s for p in policies for s in _named_services(p)})
         for service in services:
             best = best_policy(policies, [{"service": service}], destination_tags)
             if best is not None and best.source.match.get("service", ANY) == service:
-                named.append(CallerRule(best, service))
+                named.append(CallerRule(best, specs[best.policy.key], service))
     rules = list(named)
     fallback = best_policy(policies, [{}], destination_tags)
     if fallback is not None:
-        rules.append(CallerRule(fallback, None, tuple(r.service for r in named if r.service)))
+        rules.append(CallerRule(fallback, specs[fallback.policy.key], None, tuple(r.service for r in named if r.service)))
     return rules
 
 
@@ -140,14 +145,9 @@ def conflict_problems(res: Resource, others: Iterable[Resource]) -> list[FieldPr
     return []
 
 
-POLICY_KINDS = ("FaultInjection", "RateLimit")
+def _conflicts(res: Resource, view: MeshView) -> list[FieldProblem]:
+    return conflict_problems(res, view.of_kind(res.kind))
 
 
-def check_conflicts(res: Resource, ctx: Any, pending: Sequence[Resource]) -> None:
-    """``ControlPlaneContext`` validator: refuse a second policy for exactly the same traffic."""
-    if res.kind not in POLICY_KINDS:
-        return
-    stored = ctx.reconciler.resources.get(res.mesh, {}).values()
-    problems = conflict_problems(res, [*pending, *(r for r in stored if r.kind == res.kind)])
-    if problems:
-        raise ValidationError(problems, context=str(res.key))
+# FaultInjection's and RateLimit's apply-time check: one policy per caller and service.
+ONE_PER_CALLER = MeshCheck(_conflicts)
