@@ -41,7 +41,8 @@ def pool() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every Dataplane and policy document of the golden tests (renamed to be unique)."""
     dataplanes: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
-    files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml"])
+    files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml",
+                    TESTS / "golden/transparent/mesh.input.yaml"])  # transparent dataplanes, Services
     for index, path in enumerate(files):
         if path.name.endswith(".golden.yaml"):
             continue
@@ -88,7 +89,9 @@ class Harness:
         resources = list(rec.model.resources("default").values())
         mesh = rec.model.mesh("default")
         assert mesh is not None
-        fresh = MeshSnapshot.build(mesh, resources, rec.revision, frozenset(self.offline))
+        # the protocols of services whose instances left are the reconciler's memory, an input
+        fresh = MeshSnapshot.build(mesh, resources, rec.revision, frozenset(self.offline),
+                                   known_protocols=rec.known_protocols.get("default"))
         checked = 0
         for dp in fresh.dataplanes.values():
             node = names.node_id("default", dp.name)

@@ -41,6 +41,7 @@ def metric_names(expr: str) -> set[str]:
     label_values = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", expr, re.S)
     if label_values:  # a dashboard variable: label_values(<series selector>, <label>)
         expr = label_values.group(1)
+    by_name = {n for alt in re.findall(r'__name__=~?"([^"]*)"', expr) for n in alt.split("|")}
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)  # matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
@@ -53,7 +54,7 @@ def metric_names(expr: str) -> set[str]:
         if word in PROMQL_WORDS or after.startswith("("):
             continue
         names.add(word)
-    return names
+    return names | by_name
 
 
 def _with_suffixes(fams: dict[str, Any]) -> set[str]:

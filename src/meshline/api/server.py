@@ -18,6 +18,7 @@ from meshline.api.openapi import openapi_document
 from meshline.api.request_input import if_match, json_body
 from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.preview import preview
 from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import (
@@ -93,6 +94,13 @@ def principal(request: web.Request) -> Principal:
 
 async def _body(request: web.Request) -> Any:
     return await json_body(request)
+
+
+def _dry_run(request: web.Request) -> bool:
+    raw = request.query.get("dryRun", "").lower()
+    if raw not in ("", "true", "false", "1", "0"):
+        raise ValidationError([FieldProblem("dryRun", f"'{raw}' is not a boolean; use true or false")])
+    return raw in ("true", "1")
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -241,7 +249,9 @@ class Api:
 
     async def apply(self, request: web.Request) -> web.Response:
         """Validate every document first, then write them all in one store transaction: all
-        or nothing, also when the control plane dies halfway or the client goes away."""
+        or nothing, also when the control plane dies halfway or the client goes away. With
+        ``?dryRun=true`` nothing is written: the answer says what would be, and which dataplanes'
+        configs would change (controlplane.preview)."""
         limits = self.ctx.apply_limits
         body = await json_body(request, limits.bytes, "apply")
         docs = body.get("resources") if isinstance(body, dict) else None
@@ -273,6 +283,14 @@ class Api:
             await slices.tick()
             if _client_gone(request):
                 raise ClientGone("the client went away before the apply was written; nothing was applied")
+        if _dry_run(request):  # everything checked as for a real apply; nothing written
+            affected = await preview(self.ctx.reconciler, [w for w, _ in writes])
+            for r, item in zip(sorted(decoded, key=lambda r: r.kind != "Mesh"), results, strict=True):
+                item["changed"] = any(w.key == r.key for w, _ in writes)
+                warnings = self._unknown_services(r, decoded)
+                if warnings:
+                    item["warnings"] = warnings
+            return _json({"dryRun": True, "items": results, "affected": affected})
         if len(writes) >= 100:
             log.info("apply: writing %d resources in one transaction", len(writes))
         try:

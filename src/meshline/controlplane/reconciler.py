@@ -6,7 +6,8 @@ one render per affected dataplane and no store reads) and the results registry
 it what changed (:meth:`MeshSnapshot.changes`); the dataplanes a change affects:
 
 * the Mesh, or a policy whose destinations may select any service: all of them;
-* a policy selecting services S: those with an inbound or outbound of a service in S;
+* a policy selecting services S: those with an inbound or outbound of a service in S, and
+  every transparent dataplane (it reaches every service);
 * a Dataplane: itself, and those whose last config read the endpoints of a service
   whose endpoints (or protocol) changed: callers, including callers that reach the
   service only through a route's backend;
@@ -60,6 +61,10 @@ class _Pending:
     first_change_at: float = 0.0
 
 
+MAX_KNOWN_PROTOCOLS = 10_000  # services remembered per mesh (Reconciler.known_protocols)
+PROTOCOLS_PART = "protocols"  # the Mesh status part that keeps them
+
+
 class Reconciler:
     def __init__(
         self,
@@ -79,6 +84,12 @@ class Reconciler:
         # Every change up to this store revision is rendered and in the cache (`apply --wait`
         # waits for it before comparing versions).
         self.settled_revision = 0
+        # mesh -> service -> the protocol its instances said when it last had some: a service
+        # whose instances are all gone (a redeploy) keeps it (MeshSnapshot.service_protocol).
+        # Kept in the Mesh's status (part "protocols") so a restart or another replica renders
+        # the same; bounded (least recently seen services go first).
+        self.known_protocols: dict[str, dict[str, str]] = {}
+        self._protocols_changed: set[str] = set()  # meshes whose known protocols to store
         self._pending = _Pending()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,6 +98,10 @@ class Reconciler:
 
     async def start(self) -> None:
         tune_gc()
+        for key, status in (await self.store.list_status("Mesh")).items():
+            stored = status.get(PROTOCOLS_PART)
+            if isinstance(stored, dict):
+                self.known_protocols[key.name] = {str(k): str(v) for k, v in stored.items()}
         self._unsubscribe = await self.store.watch(self._on_event)  # the first Resync fills the model
         self._pending.first_change_at = 0.0  # start-up is not a change to time pushes from
         # The first render runs in the loop's task, not here: start-up goes on to open the
@@ -177,13 +192,34 @@ class Reconciler:
     def _build(self, mesh: str, previous: MeshSnapshot | None) -> MeshSnapshot:
         mesh_res = self.model.mesh(mesh)
         assert mesh_res is not None
-        return MeshSnapshot.build(
+        known = self.known_protocols.setdefault(mesh, {})
+        snap = MeshSnapshot.build(
             mesh_res,
             list(self.model.resources(mesh).values()),
             self.revision,
             self.offline(mesh),
             previous=previous,
+            known_protocols=dict(known),
         )
+        for service, protocol in snap.instance_protocols().items():
+            if known.get(service) != protocol:
+                self._protocols_changed.add(mesh)
+            known.pop(service, None)
+            known[service] = protocol
+        while len(known) > MAX_KNOWN_PROTOCOLS:
+            del known[next(iter(known))]
+        return snap
+
+    async def _store_known_protocols(self) -> None:
+        changed, self._protocols_changed = self._protocols_changed, set()
+        parts = {ResourceKey("Mesh", "", m): {PROTOCOLS_PART: dict(self.known_protocols[m])}
+                 for m in changed if m in self.known_protocols}  # fmt: skip
+        if parts:
+            try:
+                await self.store.put_status(parts)
+            except Exception:  # rendering goes on; written again with the next change
+                log.exception("cannot store the known protocols of %s", ", ".join(sorted(changed)))
+                self._protocols_changed |= changed
 
     def _affected(self, mesh: str, dp: Resource, changes: Changes | None) -> bool:
         """Whether ``dp``'s config may differ from its last render (see the module docstring)."""
@@ -203,6 +239,8 @@ class Reconciler:
         if changes.policy_services:
             spec = dp.spec
             assert isinstance(spec, DataplaneSpec)
+            if spec.transparent is not None:  # it reaches every service of the mesh
+                return True
             if any(i.service in changes.policy_services for i in spec.inbound) or any(
                 o.service in changes.policy_services for o in spec.outbound
             ):
@@ -216,11 +254,13 @@ class Reconciler:
             await self._render_pending(pending)
         finally:
             self.settled_revision = max(self.settled_revision, revision)
+        await self._store_known_protocols()
 
     async def _render_pending(self, pending: _Pending) -> None:
         for mesh in pending.meshes:
             if self.model.mesh(mesh) is None:
                 self.results.drop_snapshot(mesh)
+                self.known_protocols.pop(mesh, None)
                 continue
             previous = self.results.snapshot(mesh)
             snap = self._build(mesh, previous)

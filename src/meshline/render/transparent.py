@@ -121,7 +121,10 @@ def _as_protocol(mesh: MeshSnapshot, service: str, protocol: str) -> MeshSnapsho
     """``mesh`` as if every instance of ``service`` declared ``protocol`` (one variant's view)."""
     endpoints = dict(_raw(mesh.endpoints))
     endpoints[service] = tuple(replace(e, tags={**e.tags, "protocol": protocol}) for e in mesh.endpoints.get(service, ()))
-    return replace(mesh, endpoints=TrackedMapping(endpoints, mesh.reads), memo={}, since_previous=None)
+    p = mesh.protocols
+    protocols = {**(p.raw() if isinstance(p, TrackedMapping) else p), service: protocol}
+    return replace(mesh, endpoints=TrackedMapping(endpoints, mesh.reads), protocols=TrackedMapping(protocols, mesh.reads),
+                   memo={}, since_previous=None)
 
 
 def _raw(m: Mapping[str, tuple[Endpoint, ...]]) -> Mapping[str, tuple[Endpoint, ...]]:

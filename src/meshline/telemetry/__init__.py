@@ -4,7 +4,8 @@
 * :mod:`.als` receives the streamed entries, :mod:`.convert` flattens them into
   :class:`~.record.LogRecord`, :mod:`.explain` says why failures failed;
 * :mod:`.intake` keeps recent records and rolling golden signals per mesh;
-* :mod:`.api` serves stats, live taps and explanations to the CLI (`meshline stat/top/edges/tap/explain`).
+* :mod:`.api` serves stats, live taps and explanations to the CLI (`meshline stat/top/edges/tap/explain`);
+  :mod:`.history_api` the last hour in 10 s buckets (:mod:`.series`) and recent failures (the dashboard).
 
 :func:`install` wires all of it into a control plane (called by ``server.factory``).
 """
@@ -27,6 +28,7 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
     from meshline.telemetry.als import AccessLogServicer, add_to_server
     from meshline.telemetry.api import TelemetryApi
     from meshline.telemetry.context import context_from
+    from meshline.telemetry.history_api import HistoryApi
     from meshline.telemetry.intake import TelemetryIntake
     from meshline.telemetry.render_step import PLUGIN
 
@@ -44,7 +46,11 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
 
     ext.render_steps.append(PLUGIN)
     ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
-    ext.routes.append(TelemetryApi(intake, lambda mesh: bool(running) and running[0].model.mesh(mesh) is not None).routes)
+    def mesh_exists(mesh: str) -> bool:
+        return bool(running) and running[0].model.mesh(mesh) is not None
+
+    ext.routes.append(TelemetryApi(intake, mesh_exists).routes)
+    ext.routes.append(HistoryApi(intake, mesh_exists).routes)
     ext.on_start.append(on_start)
     ext.on_stop.append(intake.stop)
     return intake

@@ -1,4 +1,5 @@
-"""YAML as the CLI reads it: PyYAML's safe loader, plus two refusals.
+"""YAML as Meshline reads it (the CLI's files, the dashboard's editor): PyYAML's safe loader,
+plus two refusals.
 
 * **Aliases are bounded.** ``*name`` refers to an anchored node without copying it, but the
   document the CLI sends is JSON, where every alias is expanded: a "billion laughs" file of a
@@ -113,3 +114,40 @@ def load_all(text: str) -> list[Any]:
         return docs
     finally:
         loader.dispose()
+
+
+def load_all_with_lines(text: str) -> tuple[list[Any], list[dict[str, int]]]:
+    """:func:`load_all`, and for each document the line (1-based) of every field path in it
+    (``spec.rules[0].backends``), so an error naming a field can point at its line."""
+    loader = StrictLoader(text)
+    try:
+        docs: list[Any] = []
+        lines: list[dict[str, int]] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            docs.append(loader.construct_document(node))
+            lines.append(_lines(node))
+        return docs, lines
+    finally:
+        loader.dispose()
+
+
+def _lines(root: Node) -> dict[str, int]:
+    out: dict[str, int] = {}
+    stack: list[tuple[str, Node]] = [("", root)]
+    while stack and len(out) < MAX_NODES:
+        path, node = stack.pop()
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                if isinstance(key, ScalarNode):
+                    sub = f"{path}.{key.value}" if path else str(key.value)
+                    out.setdefault(sub, key.start_mark.line + 1)
+                    stack.append((sub, value))
+        elif isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = f"{path}[{i}]"
+                out.setdefault(sub, item.start_mark.line + 1)
+                stack.append((sub, item))
+    return out

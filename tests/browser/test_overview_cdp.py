@@ -1,7 +1,7 @@
-"""The dashboard in a real browser (headless Chromium, driven over the DevTools protocol)
-against a real mesh: real Envoys, real traffic, a real NACK. The page must show what the
+"""The dashboard's overview, graph and tap in a real browser (headless Chromium, driven over
+the DevTools protocol directly; the pages of test_pages.py use Playwright) against a real mesh: real Envoys, real traffic, a real NACK. The page must show what the
 API knows: dataplanes and their xDS states, the service graph's edges with their health,
-the policies inspect finds, failures in a live tap with their explanation; and with
+the policies inspect finds (on the dataplane's page), failures in a live tap with their explanation; and with
 authentication on, nothing without a token.
 
 Screenshots of each step are left in the test's tmp dir (see the log for the path)."""
@@ -291,16 +291,18 @@ async def test_overview_graph_inspect_nack_and_tap_in_a_real_browser(
     assert services["inventory"][1] == "1/1" and services["inventory"][3] == inv_pct
     await browser.screenshot(tmp_path / "overview.png")
 
-    # -- inspect: the policies that apply and why, as the API says -------------------------------
+    # -- a dataplane's page: the policies that apply and why, as the API says -------------------
     await browser.evaluate("document.querySelector('[data-key=\"dp:web-1\"]').click()")
     reason = await browser.wait_for(
-        "document.querySelector('#inspect[open] tr[data-policy=\"Timeout/web-to-orders\"]')?.cells[3].textContent",
-        what="the Timeout policy in the inspect dialog")
+        "document.querySelector('#view-page tr[data-policy=\"Timeout/web-to-orders\"]')?.cells[3].textContent",
+        what="the Timeout policy on web-1's page")
+    assert await browser.evaluate("location.hash") == "#/meshes/default/dataplanes/web-1"
     api_view = harness.api.get("/api/v1/meshes/default/dataplanes/web-1/inspect?config=0")
     expected = next(p for p in api_view["policies"] if p["kind"] == "Timeout")
     assert reason == expected["reason"] and "service=web" in reason and "service=orders" in reason
     await browser.screenshot(tmp_path / "inspect.png")
-    await browser.evaluate("document.querySelector('#inspect').close()")
+    await browser.evaluate("history.back()")
+    await browser.wait_for("!document.querySelector('#view-overview').hidden", what="the overview again")
 
     # -- a rejected configuration: the state and Envoy's own words ---------------------------
     harness.apply(TRIGGER_NACK)
