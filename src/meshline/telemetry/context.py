@@ -1,6 +1,6 @@
 """What the control plane knows about a logged request, for its explanation.
 
-Reads the reconciler's in-memory state (the mesh snapshot and the last render of the
+Reads the control plane's render results (the mesh snapshot and the last render of the
 sidecar that logged the entry); no store access, cheap enough to run per failed request.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshline.controlplane.reconciler import Reconciler
+from meshline.controlplane.results import RenderResults
 from meshline.controlplane.unknown_services import service_refs
-from meshline.core.resource import ResourceKey
 from meshline.core.schema import did_you_mean
 from meshline.telemetry.explain import EndpointCounts, ExplainContext
 from meshline.telemetry.record import OUTBOUND, LogRecord
@@ -19,14 +18,14 @@ from meshline.xds import names
 from meshline.xds.snapshot import CLUSTER, ENDPOINT
 
 
-def context_from(reconciler: Reconciler, r: LogRecord) -> ExplainContext:
+def context_from(results: RenderResults, r: LogRecord) -> ExplainContext:
     node = names.node_id(r.mesh, r.dataplane)
-    result = reconciler.results.get(node)
+    result = results.get(node)
     policies: tuple[str, ...] = ()
     outlier = False
     in_cluster: int | None = None
     if result is not None:
-        policies = tuple(sorted({f"{a.kind}/{a.name}" for a in result.applied if a.target == r.section}))
+        policies = tuple(sorted({f"{a.kind}/{a.name}" for a in result.applied if str(a.section) == r.section}))
         cluster = result.snapshot.slot(CLUSTER).resources.get(r.upstream_cluster)
         if cluster is not None:
             c = cluster_pb2.Cluster()
@@ -38,31 +37,30 @@ def context_from(reconciler: Reconciler, r: LogRecord) -> ExplainContext:
             cla.any.Unpack(e)
             in_cluster = sum(len(loc.lb_endpoints) for loc in e.endpoints)
     endpoints = None
-    snap = reconciler.snapshots.get(r.mesh)
+    snap = results.snapshot(r.mesh)
     if snap is not None and r.direction == OUTBOUND and r.destination:
         eps = snap.endpoints.get(r.destination, ())
         endpoints = EndpointCounts(
             registered=len(eps), offline=sum(1 for e in eps if not e.healthy), in_cluster=in_cluster
         )
     return ExplainContext(endpoints=endpoints, policies=policies, outlier_detection=outlier,
-                          missing_backends=_missing_backends(reconciler, r, policies))
+                          missing_backends=_missing_backends(results, r, policies))
 
 
 ROUTE_KINDS = ("HTTPRoute", "TCPRoute")
 
 
-def _missing_backends(reconciler: Reconciler, r: LogRecord, policies: tuple[str, ...]) -> tuple[str, ...]:
+def _missing_backends(results: RenderResults, r: LogRecord, policies: tuple[str, ...]) -> tuple[str, ...]:
     """Services the routes on the logging section send to that have no instance (a typo in a
     backend takes its traffic down with nothing else to say), each with its route."""
-    snap = reconciler.snapshots.get(r.mesh)
+    snap = results.snapshot(r.mesh)
     if snap is None or r.direction != OUTBOUND:
         return ()
-    live = reconciler.resources.get(r.mesh, {})
     known = snap.services()
     out = []
     for p in policies:
         kind, _, name = p.partition("/")
-        res = live.get(ResourceKey(kind, r.mesh, name)) if kind in ROUTE_KINDS else None
+        res = next((x for x in snap.of_kind(kind) if x.name == name), None) if kind in ROUTE_KINDS else None
         if res is None:
             continue
         for path, service in service_refs(res.spec.to_json()):
