@@ -192,7 +192,7 @@ class Tick:
 
 
 def analysis_due(s: State, analysis: Analysis, stages: Sequence[Stage], now: float) -> bool:
-    if s.phase != "progressing" or not s.entered or not analysis.checks:
+    if s.phase != "progressing" or not s.entered or not analysis.checks or s.stage >= len(stages):
         return False
     if not stages[s.stage].analysed:
         return False
