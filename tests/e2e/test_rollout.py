@@ -28,7 +28,7 @@ from meshline.rollouts.controller import TICK
 from meshline.telemetry.envoy_config import FLUSH_INTERVAL_MS
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
 from meshline.testing.servers import Behaviour, HttpTestServer
-from tests.e2e.test_dashboard import Browser, chromium_binary
+from tests.browser.test_overview_cdp import Browser, chromium_binary
 
 pytestmark = pytest.mark.e2e
 

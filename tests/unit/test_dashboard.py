@@ -1,7 +1,7 @@
 """The dashboard's files through a real control plane with authentication on: served without a
 token, with headers that stop framing, sniffing and foreign scripts, while the API they call
 still needs one; `meshline dashboard` prints the signed-in address. No browser here (see
-tests/e2e/test_dashboard.py)."""
+tests/browser/)."""
 
 from __future__ import annotations
 
@@ -129,3 +129,32 @@ def test_dashboard_command_prints_the_address_with_the_local_admin_token(cp: Run
 def test_dashboard_command_says_how_to_start_a_missing_control_plane() -> None:
     result = CliRunner().invoke(cli, ["--api", f"http://127.0.0.1:{free_port()}", "dashboard"])
     assert result.exit_code != 0 and "meshline control-plane" in str(result.exception)
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_session_says_whether_the_token_may_change_resources(cp: Running) -> None:
+    admin = cp.http.get("/api/v1/dashboard/session", headers=_auth(cp.admin)).json()
+    assert admin["principal"]["canWrite"] is True and admin["grafana"] is None  # no MESHLINE_GRAFANA_URL here
+    issued = cp.http.post("/api/v1/tokens", headers=_auth(cp.admin),
+                          json={"kind": "readonly", "ttl": "1h", "description": "test"}).json()["token"]
+    viewer = cp.http.get("/api/v1/dashboard/session", headers=_auth(issued)).json()
+    assert viewer["principal"] == {**viewer["principal"], "readOnly": True, "canWrite": False}
+    assert cp.http.get("/api/v1/dashboard/session").status_code == 401
+
+
+def test_the_editor_yaml_is_read_as_the_cli_reads_it_with_the_line_of_each_field(cp: Running) -> None:
+    text = "kind: Timeout\nmesh: default\nname: t\nspec:\n  conf:\n    http:\n      requestTimeut: 5s\n---\n"
+    body = cp.http.post("/api/v1/dashboard/yaml", headers=_auth(cp.admin), json={"text": text}).json()
+    assert body["documents"] == [{"kind": "Timeout", "mesh": "default", "name": "t",
+                                  "spec": {"conf": {"http": {"requestTimeut": "5s"}}}}]
+    assert body["lines"][0]["spec.conf.http.requestTimeut"] == 7 and body["lines"][0]["name"] == 3
+    listed = cp.http.post("/api/v1/dashboard/yaml", headers=_auth(cp.admin),
+                          json={"text": "a: [x, {b: 1}]\n"}).json()
+    assert listed["lines"][0]["a[1].b"] == 1
+    for bad, where in [("kind: A\nkind: B\n", "line 2"), ("a: [1,\n", "line 2"), ("x: *nope\n", "line 1")]:
+        r = cp.http.post("/api/v1/dashboard/yaml", headers=_auth(cp.admin), json={"text": bad})
+        assert r.status_code == 422 and r.json()["problems"][0]["path"] == where, (bad, r.text)
+    assert cp.http.post("/api/v1/dashboard/yaml", json={"text": "a: 1"}).status_code == 401

@@ -91,11 +91,10 @@ async def test_mesh_names_are_answered_and_others_forwarded_unchanged() -> None:
     upstream_table = DnsTable()
     upstream_table.update('{"bare": true, "vips": {"db.example.test": "10.9.9.9"}}')
     upstream = DnsServer(upstream_table, 0)
-    upstream.port = _free_port()
     await upstream.start()
     table = DnsTable()
     table.update('{"range": "240.240.0.0/16", "bare": true, "vips": {"orders": "240.240.0.10"}}')
-    server = DnsServer(table, _free_port(), upstreams=["127.0.0.1"], upstream_port=upstream.port)
+    server = DnsServer(table, 0, upstreams=["127.0.0.1"], upstream_port=upstream.port)
     await server.start()
     try:
         for send in (_udp, _tcp):
@@ -124,9 +123,3 @@ def test_host_resolvers_come_from_resolv_conf(tmp_path: Path) -> None:
     conf.write_text("# x\nsearch example.test\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\n")
     assert host_resolvers(conf) == ["10.0.0.53", "fe80::1"]
     assert host_resolvers(tmp_path / "missing") == ["127.0.0.1"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -128,7 +128,10 @@ def openapi_document(kinds: KindRegistry, routes: Iterable[Route] = ()) -> dict[
     paths["/api/v1/apply"] = {
         "post": {
             "summary": "Validate and write several resources in one transaction (all or nothing); at most"
-            " MESHLINE_APPLY_MAX_DOCUMENTS documents (5000) and MESHLINE_APPLY_MAX_BYTES (8 MiB)",
+            " MESHLINE_APPLY_MAX_DOCUMENTS documents (5000) and MESHLINE_APPLY_MAX_BYTES (8 MiB); with"
+            " dryRun=true nothing is written and the answer says which dataplanes' configs would change",
+            "parameters": [{"name": "dryRun", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["", "true", "false", "1", "0"]}}],
             "requestBody": {
                 "required": True,
                 "content": {

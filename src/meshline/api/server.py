@@ -18,6 +18,7 @@ from meshline.api.openapi import openapi_document
 from meshline.api.request_input import if_match, json_body
 from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.preview import preview
 from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import (
@@ -93,6 +94,13 @@ def principal(request: web.Request) -> Principal:
 
 async def _body(request: web.Request) -> Any:
     return await json_body(request)
+
+
+def _dry_run(request: web.Request) -> bool:
+    raw = request.query.get("dryRun", "").lower()
+    if raw not in ("", "true", "false", "1", "0"):
+        raise ValidationError([FieldProblem("dryRun", f"'{raw}' is not a boolean; use true or false")])
+    return raw in ("true", "1")
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -241,7 +249,9 @@ class Api:
 
     async def apply(self, request: web.Request) -> web.Response:
         """Validate every document first, then write them all in one store transaction: all
-        or nothing, also when the control plane dies halfway or the client goes away."""
+        or nothing, also when the control plane dies halfway or the client goes away. With
+        ``?dryRun=true`` nothing is written: the answer says what would be, and which dataplanes'
+        configs would change (controlplane.preview)."""
         limits = self.ctx.apply_limits
         body = await json_body(request, limits.bytes, "apply")
         docs = body.get("resources") if isinstance(body, dict) else None
@@ -273,6 +283,14 @@ class Api:
             await slices.tick()
             if _client_gone(request):
                 raise ClientGone("the client went away before the apply was written; nothing was applied")
+        if _dry_run(request):  # everything checked as for a real apply; nothing written
+            affected = await preview(self.ctx.reconciler, [w for w, _ in writes])
+            for r, item in zip(sorted(decoded, key=lambda r: r.kind != "Mesh"), results, strict=True):
+                item["changed"] = any(w.key == r.key for w, _ in writes)
+                warnings = self._unknown_services(r, decoded)
+                if warnings:
+                    item["warnings"] = warnings
+            return _json({"dryRun": True, "items": results, "affected": affected})
         if len(writes) >= 100:
             log.info("apply: writing %d resources in one transaction", len(writes))
         try:
@@ -338,7 +356,7 @@ class Api:
         return decoded
 
     def _unknown_services(self, r: Resource, pending: Sequence[Resource] = ()) -> list[str]:
-        known = known_services([*self.ctx.reconciler.resources.get(r.mesh, {}).values(),
+        known = known_services([*self.ctx.model.resources(r.mesh).values(),
                                 *(x for x in pending if x.mesh == r.mesh)])  # fmt: skip
         return warnings_for(r, known)
 
@@ -347,7 +365,7 @@ class Api:
         principal(request).check_read(mesh)
         res = await self.ctx.store.get(ResourceKey("Dataplane", mesh, name))
         node = names.node_id(mesh, name)
-        result = self.ctx.reconciler.results.get(node)
+        result = self.ctx.results.get(node)
         config: dict[str, list[dict[str, Any]]] = {}
         if result is not None and request.query.get("config", "1") != "0":
             for type_url, slot in result.snapshot.slots.items():
@@ -359,7 +377,7 @@ class Api:
         return _json(
             {
                 "dataplane": await self._item(res),
-                "renderError": self.ctx.reconciler.errors.get(node),
+                "renderError": self.ctx.results.error(node),
                 "versions": result.snapshot.versions() if result else {},
                 "policies": [a.to_json() for a in result.applied] if result else [],
                 "warnings": self._policy_warnings(mesh, result.applied if result else []),
@@ -370,7 +388,7 @@ class Api:
 
     def _vips(self, mesh: str, dataplane: Resource) -> dict[str, str]:
         """The virtual IPs of this dataplane's own services (what `orders.mesh` resolves to)."""
-        live = self.ctx.reconciler.resources.get(mesh, {})
+        live = self.ctx.model.resources(mesh)
         spec = dataplane.spec
         services = spec.services() if isinstance(spec, DataplaneSpec) else []
         out = {}
@@ -382,7 +400,7 @@ class Api:
 
     def _policy_warnings(self, mesh: str, applied: Sequence[Any]) -> list[str]:
         """The unknown services named by the policies that apply to a dataplane."""
-        live = self.ctx.reconciler.resources.get(mesh, {})
+        live = self.ctx.model.resources(mesh)
         out: list[str] = []
         for a in applied:
             data = a.to_json()
@@ -402,12 +420,11 @@ class Api:
         principal(request).check_read(mesh)
         rec = self.ctx.reconciler
         items = []
-        dataplanes = sorted((r for r in rec.resources.get(mesh, {}).values() if r.kind == "Dataplane"),
-                            key=lambda r: r.name)  # fmt: skip
+        dataplanes = sorted(self.ctx.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name)
         statuses = await self.ctx.dataplane_statuses(dataplanes)  # ACKs seen by any replica
         for r in dataplanes:
             node = names.node_id(mesh, r.name)
-            result = rec.results.get(node)
+            result = self.ctx.results.get(node)
             st = statuses[r.key]
             items.append({
                 "name": r.name,

@@ -12,9 +12,9 @@ import click
 import yaml
 
 from meshline.api.client import ApiClient
-from meshline.cli import safe_yaml
 from meshline.cli.output import console, echo, err_console, table
 from meshline.cli.wait import WaitResult, wait_for_acks
+from meshline.core import safe_yaml
 from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
 from meshline.core.schema import did_you_mean
 

@@ -85,6 +85,8 @@ class Settings:
     replica_id: str = field(default_factory=lambda: os.environ.get("MESHLINE_REPLICA_ID", ""))
     status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 1.0))
     replica_beat: float = field(default_factory=lambda: _env_float("MESHLINE_REPLICA_BEAT_S", 5.0))
+    # Where Grafana serves Meshline's dashboards (telemetry/grafana/): the dashboard links to them.
+    grafana_url: str = field(default_factory=lambda: os.environ.get("MESHLINE_GRAFANA_URL", ""))
 
     @property
     def replica_ttl(self) -> float:

@@ -6,7 +6,9 @@ sending the token it was given (``#token=...`` or its sign-in form) as
 ``Authorization: Bearer``. The files themselves are served without authentication: they
 hold no data, and a browser cannot attach a header to the first page load.
 
-:func:`install` adds the routes to a control plane (called by ``server.factory``).
+:func:`install` adds the routes to a control plane (called by ``server.factory``): the static
+files, and the two API routes only the page needs (:mod:`.api`: who is signed in, which
+dataplanes a policy shapes).
 """
 
 from __future__ import annotations
@@ -23,5 +25,9 @@ __all__ = ["STATIC_DIR", "dashboard_url", "install", "routes"]
 
 
 def install(ext: Extensions, settings: Settings) -> None:
-    del settings  # nothing to configure
+    from meshline.dashboard.api import DashboardApi
+
+    api = DashboardApi(settings.grafana_url)
     ext.routes.append(routes)
+    ext.routes.append(api.routes)
+    ext.on_start.append(api.started)

@@ -140,7 +140,7 @@ class RolloutController:
 
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile_all(self) -> None:
-        for mesh, resources in list(self.ctx.reconciler.resources.items()):
+        for mesh, resources in self.ctx.model.by_mesh():
             rollouts = [r for r in resources.values() if r.kind == "Rollout"]
             owned = {r.labels.get(OWNER): r for r in resources.values() if r.kind == "HTTPRoute" and OWNER in r.labels}
             for name, route in owned.items():  # a deleted rollout takes its route with it

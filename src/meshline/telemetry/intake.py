@@ -33,6 +33,7 @@ from meshline.core.errors import FieldProblem, Unavailable, ValidationError
 from meshline.core.slices import Slices
 from meshline.telemetry.explain import EMPTY, ExplainContext, explain, explain_pair, explain_request
 from meshline.telemetry.record import MAX_TEXT, OUTBOUND, LogRecord, is_counted, record_bytes
+from meshline.telemetry.series import MeshSeries, SeriesLimits
 from meshline.telemetry.window import WINDOWS, RollingStats, Summary
 
 ContextFor = Callable[[LogRecord], ExplainContext]
@@ -54,6 +55,7 @@ class TelemetryLimits:
     pending: int = 10_000  # failed requests waiting for their other half
     taps: int = 64  # live taps, all meshes together
     tap_queue: int = 1_000  # records waiting for a slow tap reader
+    series: SeriesLimits = SeriesLimits()  # the last hour in 10 s buckets (telemetry.series)
 
 
 def parse_status(text: str) -> Callable[[int], bool]:
@@ -145,6 +147,7 @@ class MeshTelemetry:
         self.received = 0
         self.evicted = 0  # golden-signal keys dropped to stay within the limits
         self.dropped: dict[str, int] = {}  # entries refused at the door, by reason
+        self.series = MeshSeries(limits.series)
 
     def remember(self, r: LogRecord) -> None:
         self.received += 1
@@ -168,6 +171,7 @@ class MeshTelemetry:
         self._add(self.services, self.limits.services, r.destination, r, failed)
         self._add(self.edges, self.limits.edges, r.edge, r, failed)
         self.edge_protocol[r.edge] = r.protocol
+        self.series.count(r)
         if r.protocol == "http":
             key = (r.destination, r.method, r.path.split("?", 1)[0])
             self._add(self.paths, self.limits.paths, key, r, failed)
@@ -423,7 +427,7 @@ class TelemetryIntake:
         return {"records": len(m.recent), "recordBytes": m.record_bytes, "requestIds": len(m.by_request),
                 "services": len(m.services), "edges": len(m.edges), "paths": len(m.paths), "cells": m.cells,
                 "edgeTls": len(m.edge_tls), "edgeProtocols": len(m.edge_protocol), "pending": len(m.pending),
-                "taps": len(self.subscriptions)}
+                "taps": len(self.subscriptions), "seriesKeys": len(m.series.keys), "seriesCells": m.series.cells}
 
     def request(self, mesh: str, request_id: str) -> list[LogRecord]:
         """Every entry of one request, by x-request-id (or of a trace id), in call order:

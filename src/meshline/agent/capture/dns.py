@@ -143,10 +143,20 @@ class DnsServer:
         self.forwarded = 0
 
     async def start(self) -> None:
+        """Listen on UDP and TCP at one port; port 0 picks a free one for both (tests)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.address, self.port))
-        self._udp = transport
-        self._tcp = await asyncio.start_server(self._tcp_client, self.address, self.port)
+        for attempt in range(20 if self.port == 0 else 1):
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.address, self.port))
+            port = int(transport.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await asyncio.start_server(self._tcp_client, self.address, port)
+            except OSError:
+                transport.close()
+                if self.port != 0 or attempt == 19:
+                    raise
+                continue  # another process holds that TCP port: try another
+            self._udp, self.port = transport, port
+            return
 
     async def stop(self) -> None:
         if self._udp is not None:

@@ -5,9 +5,10 @@
 const KEY = "meshline.token";
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, problems = null) {
     super(message);
     this.status = status;
+    this.problems = problems; // a validation error's [{path, message}]
   }
 }
 
@@ -40,17 +41,26 @@ function headers(extra = {}) {
 
 async function failure(resp) {
   let message = `${resp.status} ${resp.statusText}`;
+  let problems = null;
   try {
     const body = await resp.json();
     if (body && body.message) message = body.message;
+    if (body && Array.isArray(body.problems)) problems = body.problems;
   } catch {
     // not JSON: keep the status line
   }
-  return new ApiError(resp.status, message);
+  return new ApiError(resp.status, message, problems);
 }
 
 export async function get(path, { signal } = {}) {
   const resp = await fetch(path, { headers: headers({ Accept: "application/json" }), cache: "no-store", signal });
+  if (!resp.ok) throw await failure(resp);
+  return resp.json();
+}
+
+export async function post(path, body) {
+  const resp = await fetch(path, { method: "POST", headers: headers({ Accept: "application/json", "Content-Type": "application/json" }),
+    cache: "no-store", body: JSON.stringify(body) });
   if (!resp.ok) throw await failure(resp);
   return resp.json();
 }

@@ -4,7 +4,7 @@
 // furthest caller; the order inside a layer follows the callers (barycenters), which
 // keeps lines from crossing in the usual shapes of a mesh.
 
-import { s } from "./dom.js";
+import { h, s } from "./dom.js";
 import * as fmt from "./format.js";
 
 const NODE_W = 156;
@@ -218,8 +218,8 @@ function describeEdge(e) {
 
 const MARKERS = ["good", "warn", "bad", "idle"];
 
-/** Draw the graph as an SVG element. `vertical` lays it out top to bottom. */
-export function render(graph, { vertical = false } = {}) {
+/** Draw the graph as an SVG element. `vertical` lays it out top to bottom; `href(name)` is a node's link. */
+export function render(graph, { vertical = false, href = (name) => `#tap?service=${encodeURIComponent(name)}`, focus = "" } = {}) {
   const names = graph.nodes.map((n) => n.name);
   const layered = layers(names, graph.edges);
   const layerOf = new Map();
@@ -280,9 +280,9 @@ export function render(graph, { vertical = false } = {}) {
       ? `${n.instances} instance${n.instances === 1 ? "" : "s"}${n.unhealthy ? `, ${n.unhealthy} not in sync` : ""}`
       : n.name === "external" ? "callers without a sidecar" : "no dataplane";
     const label = `${n.name}: ${sub}` + (n.stats ? `, ${fmt.rps(n.stats.rps)} requests per second in` : "");
-    const link = s("a", { href: `#tap?service=${encodeURIComponent(n.name)}`, class: ["node", `health-${status}`],
-      "data-service": n.name, role: "listitem", "aria-label": `${label} (open a live tap)` },
-    s("title", {}, `${label}. Select to tap its traffic.`),
+    const link = s("a", { href: href(n.name), class: ["node", `health-${status}`, n.name === focus && "focus"],
+      "data-service": n.name, role: "listitem", "aria-label": `${label} (open its page)` },
+    s("title", {}, `${label}. Select for its page.`),
     s("rect", { x: p.x, y: p.y, width: NODE_W, height: NODE_H, rx: 8 }),
     s("text", { class: "name", x: p.x + NODE_W / 2, y: p.y + 22, "text-anchor": "middle" }, truncate(n.name, 20)),
     s("text", { class: "sub", x: p.x + NODE_W / 2, y: p.y + 40, "text-anchor": "middle" }, truncate(sub, 26)));
@@ -294,4 +294,60 @@ export function render(graph, { vertical = false } = {}) {
 
 function truncate(text, max) {
   return text.length > max ? text.slice(0, max - 1) + "…" : text;
+}
+
+const MAX_DRAWN = 40; // past this many services the unfocused graph shows the busiest (and says so)
+
+const busyness = (n, edges) => (n.stats ? n.stats.rps || 0 : 0)
+  + edges.filter((e) => e.source === n.name || e.destination === n.name).reduce((a, e) => a + (e.rps || 0), 0);
+
+/**
+ * What to draw of a big graph: focused on one service, its neighbours `depth` calls away in
+ * either direction; a search, the services whose names contain it (and the edges between
+ * them); otherwise everything up to MAX_DRAWN services, past that the busiest. `note` says
+ * what was left out.
+ */
+export function view(full, { query = "", focus = "", depth = 1 } = {}) {
+  const keep = (names, why) => {
+    const set = new Set(names);
+    return {
+      model: { nodes: full.nodes.filter((n) => set.has(n.name)),
+        edges: full.edges.filter((e) => set.has(e.source) && set.has(e.destination)) },
+      note: why,
+    };
+  };
+  if (focus && full.nodes.some((n) => n.name === focus)) {
+    const seen = new Set([focus]);
+    let frontier = [focus];
+    for (let d = 0; d < depth; d++) {
+      const next = [];
+      for (const e of full.edges) {
+        for (const [a, b] of [[e.source, e.destination], [e.destination, e.source]]) {
+          if (frontier.includes(a) && !seen.has(b)) {
+            seen.add(b);
+            next.push(b);
+          }
+        }
+      }
+      frontier = next;
+    }
+    return keep(seen, `Focused on ${focus}: ${seen.size - 1} services within ${depth} call${depth === 1 ? "" : "s"} of it `
+      + `(of ${full.nodes.length}).`);
+  }
+  if (query) {
+    const hits = full.nodes.filter((n) => n.name.includes(query)).map((n) => n.name);
+    return keep(hits, `${hits.length} of ${full.nodes.length} services match “${query}”. Press Enter to focus on the first.`);
+  }
+  if (full.nodes.length <= MAX_DRAWN) return { model: full, note: "" };
+  const busiest = [...full.nodes].sort((a, b) => busyness(b, full.edges) - busyness(a, full.edges) || a.name.localeCompare(b.name))
+    .slice(0, MAX_DRAWN).map((n) => n.name);
+  return keep(busiest, `${full.nodes.length} services: the ${MAX_DRAWN} busiest are drawn. Search or focus on a service to see the others.`);
+}
+
+/** Fill the search box's suggestions with every service name (only when they change). */
+export function suggest(datalist, full) {
+  const names = full.nodes.map((n) => n.name).sort();
+  if (datalist.dataset.names === names.join("\n")) return;
+  datalist.dataset.names = names.join("\n");
+  datalist.replaceChildren(...names.map((n) => h("option", { value: n })));
 }

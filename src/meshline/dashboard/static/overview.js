@@ -4,6 +4,7 @@
 import { h, table } from "./dom.js";
 import * as fmt from "./format.js";
 import { servicesOf } from "./graph.js";
+import * as route from "./router.js";
 
 const STATES = {
   "in-sync": "Envoy runs the latest configuration",
@@ -46,13 +47,12 @@ function stateCell(dp) {
     !rejected && nack && h("div", { class: "note" }, `last NACK ${fmt.relative(nack.at)}`));
 }
 
-export function dataplaneRows(dataplanes, onInspect, now = Date.now() / 1000) {
+export function dataplaneRows(dataplanes, mesh, now = Date.now() / 1000) {
   return dataplanes.map((dp) =>
     h("tr", { "data-dataplane": dp.name, "data-state": (dp.status || {}).state || "offline" },
-      h("th", { scope: "row" }, h("button", { type: "button", class: "link", "data-key": `dp:${dp.name}`,
-        "aria-haspopup": "dialog", title: `Inspect ${dp.name}: the policies that apply and why`,
-        onclick: () => onInspect(dp.name) }, dp.name)),
-      h("td", {}, servicesOf(dp).join(", ")),
+      h("th", { scope: "row" }, h("a", { href: route.dataplaneHref(mesh, dp.name), "data-key": `dp:${dp.name}`,
+        title: `${dp.name}: its xDS state, certificate, policies and Envoy configuration` }, dp.name)),
+      h("td", {}, servicesOf(dp).map((svc, i) => [i ? ", " : "", h("a", { href: route.serviceHref(mesh, svc) }, svc)])),
       h("td", {}, tag(dp, "version")),
       h("td", {}, tag(dp, "zone")),
       h("td", { class: "mono" }, address(dp)),
@@ -77,7 +77,7 @@ function signalCells(row) {
   ];
 }
 
-export function serviceRows(stats, dataplanes) {
+export function serviceRows(stats, dataplanes, mesh) {
   const instances = new Map();
   for (const dp of dataplanes) {
     for (const svc of servicesOf(dp)) {
@@ -92,7 +92,7 @@ export function serviceRows(stats, dataplanes) {
   return names.map((name) => {
     const n = instances.get(name);
     return h("tr", { "data-service": name },
-      h("th", { scope: "row" }, h("a", { href: `#tap?service=${encodeURIComponent(name)}`, title: `Tap ${name}` }, name)),
+      h("th", { scope: "row" }, h("a", { href: route.serviceHref(mesh, name), title: `${name}: its instances, charts, edges, policies and failures` }, name)),
       h("td", { class: "num" }, n ? `${n.ok}/${n.total}` : "–"),
       ...signalCells(byName.get(name)),
     );
@@ -103,7 +103,7 @@ function card(label, value, cls) {
   return h("div", { class: ["card", cls] }, h("dt", {}, label), h("dd", {}, value));
 }
 
-export function render(root, state, onInspect) {
+export function render(root, state) {
   const dps = state.dataplanes;
   const count = (st) => dps.filter((d) => ((d.status || {}).state || "offline") === st).length;
   const rejected = count("rejected") + count("render-error");
@@ -121,9 +121,9 @@ export function render(root, state, onInspect) {
   );
   root.querySelector("#dataplanes").replaceChildren(
     table({
-      caption: "Dataplanes: one per workload. Select a name to see the policies that apply to it.",
+      caption: "Dataplanes: one per workload. Select a name for its page: xDS state, certificate, policies, Envoy configuration.",
       headers: ["Name", "Service", "Version", "Zone", "Address", "xDS state", "Certificate expires"],
-      rows: dataplaneRows(dps, onInspect),
+      rows: dataplaneRows(dps, state.mesh),
       empty: "No dataplanes in this mesh yet: start one with `meshline run` or `meshline dataplane`.",
       className: "dataplanes",
     }),
@@ -132,7 +132,7 @@ export function render(root, state, onInspect) {
     table({
       caption: `Services: golden signals over the last ${window}, as the callers saw them.`,
       headers: ["Service", "Instances in sync#", "RPS#", "Success#", "Denied#", "p50#", "p95#", "p99#"],
-      rows: serviceRows(state.stats, dps),
+      rows: serviceRows(state.stats, dps, state.mesh),
       empty: "No services yet.",
       className: "services",
     }),

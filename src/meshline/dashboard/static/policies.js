@@ -3,6 +3,7 @@
 
 import * as api from "./api.js";
 import { h, table } from "./dom.js";
+import * as link from "./links.js";
 
 function selectors(list) {
   if (!list || !list.length) return "any";
@@ -22,12 +23,12 @@ export async function load(mesh, kinds) {
 // A kind's own `meshline get` columns that repeat the selectors shown here anyway.
 const SELECTOR_COLUMNS = new Set(["SOURCES", "DESTINATIONS", "FROM", "TO"]);
 
-export function render(root, loaded, onlyUsed) {
+export function render(root, loaded, onlyUsed, mesh) {
   const sections = loaded.filter((l) => l.items.length || !onlyUsed).map(({ kind: k, items }) => {
     const kind = { ...k, columns: k.columns.filter((c) => !SELECTOR_COLUMNS.has(c)) };
     const headers = ["Name", "Sources", "Destinations", ...kind.columns.map((c) => c.toLowerCase().replace(/(^|-)\w/g, (x) => x.toUpperCase()))];
     const rows = items.map((it) => h("tr", { "data-policy": `${kind.kind}/${it.name}` },
-      h("th", { scope: "row" }, it.name),
+      h("th", { scope: "row" }, link.policy(mesh, kind.kind, it.name)),
       h("td", { class: "mono" }, selectors(it.spec.sources)),
       h("td", { class: "mono" }, selectors(it.spec.destinations)),
       kind.columns.map((c) => h("td", {}, String((it.columns || {})[c] ?? "–")))));

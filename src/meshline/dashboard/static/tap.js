@@ -4,11 +4,12 @@
 import * as api from "./api.js";
 import { h } from "./dom.js";
 import * as fmt from "./format.js";
+import * as route from "./router.js";
 
 const KEEP = 200; // rows on screen
 const REPLAY = 25; // recent requests shown when a tap starts
 
-function statusText(r) {
+export function statusText(r) {
   if (r.protocol === "tcp") return r.failed ? "failed" : "ok";
   let text = r.status ? String(r.status) : "no response";
   if (r.grpcStatus) text += ` (gRPC ${r.grpcStatus})`;
@@ -30,14 +31,26 @@ function row(r, mesh) {
   return tr;
 }
 
+/** Both halves of a request (the caller's and the callee's sidecar), each linked to its dataplane and policies. */
+export function halvesList(mesh, records) {
+  return h("ul", { class: "halves" }, records.map((r) => h("li", {},
+    `${r.direction} at `, h("a", { href: route.dataplaneHref(mesh, r.dataplane) }, r.dataplane), `: ${statusText(r)}`
+    + (r.flags.length ? ` [${r.flags.join(",")}]` : "")
+    + (r.details ? `, ${r.details}` : "") + (r.upstreamHost ? `, to ${r.upstreamHost}` : ""),
+    (r.policies || []).map((p) => {
+      const [kind, name] = p.split("/");
+      return [" · ", h("a", { href: route.policyHref(mesh, kind, name) }, p)];
+    }))));
+}
+
+export const requestRecords = async (mesh, id) =>
+  (await api.get(api.meshPath(mesh, `/requests/${encodeURIComponent(id)}`))).records;
+
 async function details(button, mesh, id) {
   const cell = button.closest("td");
   button.remove();
   try {
-    const data = await api.get(api.meshPath(mesh, `/requests/${encodeURIComponent(id)}`));
-    cell.append(h("ul", { class: "halves" }, data.records.map((r) => h("li", {},
-      `${r.direction} at ${r.dataplane}: ${statusText(r)}` + (r.flags.length ? ` [${r.flags.join(",")}]` : "")
-      + (r.details ? `, ${r.details}` : "") + (r.upstreamHost ? `, to ${r.upstreamHost}` : "")))));
+    cell.append(halvesList(mesh, await requestRecords(mesh, id)));
   } catch (err) {
     cell.append(h("p", { class: "error" }, err.message));
   }

@@ -1,0 +1,97 @@
+"""The few API routes only the dashboard needs; everything else it reads through the routes
+the CLI uses.
+
+* ``GET /api/v1/dashboard/session``: who the token is (so a read-only sign-in gets no edit
+  controls; the API refuses its writes anyway) and where Grafana is, if configured
+  (``MESHLINE_GRAFANA_URL``), with the uids of Meshline's Grafana dashboards;
+* ``GET /api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes``: the dataplanes a policy
+  shapes, where and why (the reconciler's last render of each, as ``meshline inspect`` reads it);
+* ``POST /api/v1/dashboard/yaml``: the editor's YAML read as the CLI reads a file
+  (:mod:`meshline.core.safe_yaml`), with the line of every field path, so the API's
+  validation errors (which name fields) can be shown at their line. It only parses: the page
+  then calls ``/api/v1/apply`` (``?dryRun=true`` first), like ``meshline apply -f``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from meshline.api.request_input import json_body
+from meshline.api.routes import Route
+from meshline.api.server import CTX, principal
+from meshline.controlplane.context import ControlPlaneContext
+from meshline.core import safe_yaml
+from meshline.core.errors import FieldProblem, NotFound, Unavailable, ValidationError
+from meshline.xds import names
+
+# uid of each dashboard in telemetry/grafana/*.json, by the page that links to it
+GRAFANA_DASHBOARDS = {"mesh": "meshline-mesh", "service": "meshline-service", "dataplane": "meshline-dataplane"}
+
+
+def _json(data: Any) -> web.Response:
+    return web.json_response(data, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+class DashboardApi:
+    def __init__(self, grafana_url: str = "") -> None:
+        self.grafana_url = grafana_url.rstrip("/")
+        self.ctx: ControlPlaneContext | None = None  # set when the control plane starts
+
+    def started(self, ctx: ControlPlaneContext) -> None:
+        self.ctx = ctx
+
+    async def session(self, request: web.Request) -> web.Response:
+        p = principal(request)
+        can_write = not p.read_only and p.service is None
+        return _json({
+            "principal": {"name": p.name, "mesh": p.mesh, "readOnly": p.read_only, "canWrite": can_write},
+            "grafana": {"url": self.grafana_url, "dashboards": GRAFANA_DASHBOARDS} if self.grafana_url else None,
+        })  # fmt: skip
+
+    async def policy_dataplanes(self, request: web.Request) -> web.Response:
+        mesh, kind, name = (request.match_info[k] for k in ("mesh", "kind", "name"))
+        principal(request).check_read(mesh)
+        if self.ctx is None:
+            raise Unavailable("the control plane is starting; retry")
+        rec = self.ctx.reconciler
+        if rec.model.mesh(mesh) is None:
+            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
+        items = []
+        for dp in sorted(rec.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name):
+            result = rec.results.get(names.node_id(mesh, dp.name))
+            for a in result.applied if result is not None else ():
+                if a.kind == kind and a.name == name:
+                    items.append({"dataplane": dp.name, "target": a.target, "reason": a.reason})
+        return _json({"kind": kind, "name": name, "items": items})
+
+    async def parse_yaml(self, request: web.Request) -> web.Response:
+        principal(request)  # any signed-in caller: parsing reads nothing
+        body = await json_body(request, request.app[CTX].apply_limits.bytes, "YAML")
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise ValidationError([FieldProblem("text", "must be the YAML text, a string")])
+        try:
+            docs, lines = safe_yaml.load_all_with_lines(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else "YAML"
+            problem = getattr(err, "problem", None) or str(err)
+            raise ValidationError([FieldProblem(where, str(problem))], context="not valid YAML") from None
+        kept = [(d, ln) for d, ln in zip(docs, lines, strict=True) if d is not None]
+        return _json({"documents": [d for d, _ in kept], "lines": [ln for _, ln in kept]})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/api/v1/dashboard/session", self.session,
+                  "Who this token is (may it change resources?) and the Grafana the dashboard links to"),
+            Route("GET", "/api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes", self.policy_dataplanes,
+                  "The dataplanes a policy shapes, where and why (as the last render applied it)", codes=(404,)),
+            Route("POST", "/api/v1/dashboard/yaml", self.parse_yaml,
+                  "Read YAML documents as `meshline apply -f` does, with the line of each field path",
+                  body={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+                  codes=(413, 422)),
+        ]  # fmt: skip

@@ -1,0 +1,75 @@
+"""REST routes of what the intake remembers over time, for the dashboard's service page:
+
+* ``GET /api/v1/meshes/{mesh}/services/{service}/series?span=5m|15m|1h``: the service's
+  golden signals in 10 s buckets (:mod:`.series`), per version and per edge in and out;
+* ``GET /api/v1/meshes/{mesh}/failures?service=&limit=N``: its recent failed requests
+  (newest first) with their explanation, from the records ``explain`` and the tap read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from meshline.api.routes import WHOLE_NUMBER, Route, query_param
+from meshline.api.server import principal
+from meshline.core.errors import FieldProblem, NotFound, ValidationError
+from meshline.telemetry.intake import TapFilter, TelemetryIntake
+from meshline.telemetry.series import BUCKETS, SPANS, STEP_S
+
+MAX_FAILURES = 200
+
+
+def json_response(data: Any) -> web.Response:
+    return web.json_response(data, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+class HistoryApi:
+    def __init__(self, intake: TelemetryIntake, mesh_exists: Callable[[str], bool] = lambda _: True) -> None:
+        self.intake = intake
+        self.mesh_exists = mesh_exists
+
+    def _mesh(self, request: web.Request) -> str:
+        mesh = request.match_info["mesh"]
+        principal(request).check_read(mesh)
+        if not self.mesh_exists(mesh):
+            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
+        return mesh
+
+    async def series(self, request: web.Request) -> web.StreamResponse:
+        mesh = self._mesh(request)
+        span = request.query.get("span") or "15m"
+        if span not in SPANS:
+            raise ValidationError([FieldProblem("span", f"'{span}' is not a span; use {', '.join(SPANS)}")])
+        now = self.intake.clock()
+        seen = self.intake.meshes.get(mesh)  # reading never adds a mesh
+        data = seen.series.service(request.match_info["service"], now, SPANS[span]) if seen else None
+        body = {"mesh": mesh, "service": request.match_info["service"], "span": span, "stepSeconds": STEP_S,
+                "keptSeconds": STEP_S * BUCKETS, "at": now,
+                **(data or {"service": [], "versions": {}, "inbound": {}, "outbound": {}})}
+        return json_response(body)
+
+    async def failures(self, request: web.Request) -> web.StreamResponse:
+        mesh = self._mesh(request)
+        raw = request.query.get("limit") or "20"
+        if not raw.isdigit() or not 0 < int(raw) <= MAX_FAILURES:
+            raise ValidationError([FieldProblem("limit", f"must be a whole number from 1 to {MAX_FAILURES}")])
+        flt = TapFilter(service=request.query.get("service", ""), status="failed,4xx")
+        records = self.intake.recent(mesh, flt, int(raw))
+        return json_response({"mesh": mesh, "items": [r.to_json() for r in reversed(records)]})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/api/v1/meshes/{mesh}/services/{service}/series", self.series,
+                  f"A service's golden signals over the last hour in {STEP_S} s buckets (per version and edge)",
+                  query=(query_param("span", {"enum": list(SPANS)}, "how far back (default 15m)"),),
+                  codes=(404, 422)),
+            Route("GET", "/api/v1/meshes/{mesh}/failures", self.failures,
+                  "Recent failed requests (5xx, 4xx, no response), newest first, with their explanation",
+                  query=(query_param("service", {"type": "string"}),
+                         query_param("limit", WHOLE_NUMBER, f"at most this many (1-{MAX_FAILURES}, default 20)")),
+                  codes=(404, 422)),
+        ]  # fmt: skip

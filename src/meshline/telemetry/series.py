@@ -1,0 +1,146 @@
+"""Golden signals over time, without Prometheus: what the dashboard's charts draw.
+
+Each key (a service, a version of a service, an edge) keeps a ring of :data:`BUCKETS`
+buckets of :data:`STEP_S` seconds (10 s for the last hour): a request count, failures,
+denials and a sparse latency histogram (the buckets of :mod:`.window`, 4 % wide), so a point
+gives requests/s, success rate and p50/p95/p99 the same way ``meshline stat`` does.
+
+Bounded like the rest of the intake: at most ``keys`` keys per mesh and ``cells`` buckets
+plus histogram cells in all of them (about 100 bytes each: 200,000 cells is about 20 MB per
+mesh at most); past either bound the least recently updated key goes first. An idle key
+costs nothing once its buckets age out of the hour. Counted requests only (see
+:func:`.record.is_counted`), so a chart's points add up to what ``stat`` counted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshline.telemetry.record import LogRecord
+from meshline.telemetry.window import _percentile, bucket_of
+
+STEP_S = 10
+BUCKETS = 360  # 10 s x 360 = 1 h
+SPANS = {"5m": 300, "15m": 900, "1h": 3600}
+
+# ("service", name) | ("version", service, version) | ("edge", source, destination)
+SeriesKey = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SeriesLimits:
+    keys: int = 2_000
+    cells: int = 200_000
+
+
+@dataclass
+class _Bucket:
+    start: int  # Unix seconds, a multiple of STEP_S
+    count: int = 0
+    failures: int = 0
+    denied: int = 0
+    hist: dict[int, int] = field(default_factory=dict)
+    lo: float = math.inf
+    hi: float = 0.0
+
+    def point(self) -> dict[str, Any]:
+        ok = self.count - self.failures - self.denied
+        return {
+            "t": self.start,
+            "requests": self.count,
+            "failures": self.failures,
+            "denied": self.denied,
+            "rps": round(self.count / STEP_S, 3),
+            "successRate": round(ok / self.count, 5) if self.count else None,
+            "p50": _percentile(self.hist, self.count, 0.50, self.lo, self.hi),
+            "p95": _percentile(self.hist, self.count, 0.95, self.lo, self.hi),
+            "p99": _percentile(self.hist, self.count, 0.99, self.lo, self.hi),
+        }
+
+
+class Series:
+    """One key's ring: slot ``(start // STEP_S) % BUCKETS`` holds the bucket starting at ``start``
+    (a slot holding an older bucket is reused)."""
+
+    def __init__(self) -> None:
+        self.ring: list[_Bucket | None] = [None] * BUCKETS
+        self.cells = 0
+        self.touched = 0
+
+    def add(self, at: float, failed: bool, denied: bool, latency_ms: float) -> int:
+        """Count one request; returns the change in cells."""
+        start = int(at) // STEP_S * STEP_S
+        slot = (start // STEP_S) % BUCKETS
+        b = self.ring[slot]
+        before = self.cells
+        if b is None or b.start != start:
+            if b is not None and b.start > start:
+                return 0  # older than the hour this slot now holds: nothing to add it to
+            if b is not None:
+                self.cells -= 1 + len(b.hist)
+            b = self.ring[slot] = _Bucket(start)
+            self.cells += 1
+        failed = failed and not denied
+        b.count += 1
+        b.failures += failed
+        b.denied += denied
+        idx = bucket_of(latency_ms)
+        seen = b.hist.get(idx, 0)
+        self.cells += not seen
+        b.hist[idx] = seen + 1
+        b.lo, b.hi = min(b.lo, latency_ms), max(b.hi, latency_ms)
+        return self.cells - before
+
+    def points(self, now: float, seconds: int) -> list[dict[str, Any]]:
+        """One point per bucket from ``seconds`` ago up to the bucket holding ``now``, oldest
+        first; a bucket without requests is a point with ``requests: 0``."""
+        last = int(now) // STEP_S * STEP_S
+        out = []
+        for start in range(last - (seconds // STEP_S - 1) * STEP_S, last + 1, STEP_S):
+            b = self.ring[(start // STEP_S) % BUCKETS]
+            out.append(b.point() if b is not None and b.start == start else _Bucket(start).point())
+        return out
+
+
+class MeshSeries:
+    def __init__(self, limits: SeriesLimits) -> None:
+        self.limits = limits
+        self.keys: OrderedDict[SeriesKey, Series] = OrderedDict()  # least recently updated first
+        self.cells = 0
+        self.evicted = 0
+        self._stamp = itertools.count()
+
+    def count(self, r: LogRecord) -> None:
+        failed, denied = r.failed, r.denied
+        keys: list[SeriesKey] = [("service", r.destination), ("edge", *r.edge)]
+        if r.destination_version:
+            keys.append(("version", r.destination, r.destination_version))
+        for key in keys:
+            s = self.keys.pop(key, None) or Series()
+            self.keys[key] = s
+            self.cells += s.add(r.time, failed, denied, r.duration_ms)
+            s.touched = next(self._stamp)
+        while self.keys and (len(self.keys) > self.limits.keys or self.cells > self.limits.cells):
+            _, old = self.keys.popitem(last=False)
+            self.cells -= old.cells
+            self.evicted += 1
+
+    def service(self, service: str, now: float, seconds: int) -> dict[str, Any]:
+        """A service's points, each version's, and each edge into and out of it."""
+        def pts(key: SeriesKey) -> list[dict[str, Any]] | None:
+            s = self.keys.get(key)
+            return s.points(now, seconds) if s is not None else None
+
+        versions = {k[2]: pts(k) for k in list(self.keys) if k[0] == "version" and k[1] == service}
+        inbound = {k[1]: pts(k) for k in list(self.keys) if k[0] == "edge" and k[2] == service}
+        outbound = {k[2]: pts(k) for k in list(self.keys) if k[0] == "edge" and k[1] == service}
+        return {
+            "service": pts(("service", service)) or Series().points(now, seconds),
+            "versions": dict(sorted(versions.items())),
+            "inbound": dict(sorted(inbound.items())),
+            "outbound": dict(sorted(outbound.items())),
+        }
