@@ -240,3 +240,13 @@ def test_a_candidate_that_loses_its_instances_gets_no_share_and_is_rolled_back_a
     s = m.tick(s, spec.analysis, plan, m.Tick(3, False), set())
     s = m.tick(s, spec.analysis, plan, m.Tick(3 + m.CANDIDATE_GRACE_S + 0.1, False), set())
     assert s.phase == "rolledBack" and "no ready instance" in s.reason
+
+
+def test_a_long_inconclusive_wait_is_one_history_entry_and_keeps_the_steps() -> None:
+    spec = spec_of(rollout(analysis={"interval": "1s", "minRequests": 20, "inconclusiveLimit": 1000,
+                                     "progressDeadline": "1h",
+                                     "checks": [{"metric": "successRate", "min": 99, "window": "2s"}]}))  # fmt: skip
+    s, _ = drive(spec, m.Signal(1, 0), 500)
+    assert s.phase == "progressing"
+    assert [h["event"] for h in s.history] == ["started", "step", "analysis inconclusive"]
+    assert s.history[-1]["times"] >= 400

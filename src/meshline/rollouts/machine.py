@@ -112,8 +112,16 @@ class State:
         )  # fmt: skip
 
 
+REPEATING = frozenset({"analysis passed", "analysis inconclusive"})  # one entry per run of them, counted
+
+
 def _event(s: State, now: float, event: str, detail: str = "") -> State:
-    entry = {"at": round(now, 3), "event": event, "stage": s.stage, "detail": detail}
+    entry: dict[str, Any] = {"at": round(now, 3), "event": event, "stage": s.stage, "detail": detail}
+    last = s.history[-1] if s.history else None
+    if last is not None and event in REPEATING and last["event"] == event and last["stage"] == s.stage:
+        # a long wait must not push the steps out of the history: the run is one entry
+        entry = {**entry, "times": int(last.get("times", 1)) + 1, "since": last.get("since", last["at"])}
+        return dataclasses.replace(s, history=(*s.history[:-1], entry))
     return dataclasses.replace(s, history=(*s.history, entry)[-HISTORY:])
 
 
