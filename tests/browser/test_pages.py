@@ -12,9 +12,11 @@ traffic, mTLS strict, authentication on): what each page shows is what the mesh 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -88,8 +90,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             yield w
 
 
+DOCS_SHOTS = {"overview", "service", "dataplane", "dataplane-nack", "policy", "apply-bad", "apply-dry-run",
+              "read-only", "graph-focus"}  # fmt: skip
+
+
 def shot(page: Page, name: str) -> None:
+    """A full-page screenshot into build/browser-screenshots/; with MESHLINE_DOCS_SCREENSHOTS=DIR,
+    the pages docs/dashboard.md shows also go to DIR (at most 1,100 px tall, to stay small)."""
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    docs = os.environ.get("MESHLINE_DOCS_SCREENSHOTS")
+    if docs and name in DOCS_SHOTS:
+        height = min(1100, int(page.evaluate("document.documentElement.scrollHeight")))
+        page.screenshot(path=str(Path(docs) / f"dashboard-{name}.png"), full_page=True,
+                        clip={"x": 0, "y": 0, "width": page.viewport_size["width"] if page.viewport_size else 1280,
+                              "height": height})
 
 
 def no_errors(browser: Browser, *expected: int) -> None:
@@ -196,7 +210,7 @@ def test_a_deep_link_opens_the_right_page(world: World, browser: Browser) -> Non
     expect(page.locator("nav a[aria-current='page']")).to_have_text("Overview")
     assert "token=" not in page.url  # the token left the address at once
     page.goto(world.url("#/meshes/default/policies", token=""))
-    expect(page.locator("tr[data-policy='Timeout/web-to-orders']")).to_have_count(1)
+    expect(page.locator("#view-policies tr[data-policy='Timeout/web-to-orders']")).to_be_visible()
     page.goto(world.url("#/meshes/nowhere/services/orders", token=""))
     expect(page.locator("#status")).to_contain_text("mesh 'nowhere' does not exist")
     no_errors(browser)
