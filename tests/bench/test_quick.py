@@ -89,7 +89,9 @@ def test_quick_control_plane_simulated(tmp_path: Path) -> None:
         assert f[f"n50.{kind}.p99_s"] > 0, kind
     assert f["n50.route_some.expected"] < 50  # only its callers...
     assert f["n50.route_some.extra_pushes"] == 0  # ...and nobody else was pushed
-    assert f["n50.new_service.pushes_per_round.LDS"] == 50  # a new service changes listeners too
+    # a new service changes its callers' listeners in the first round (tcp -> http); in the next,
+    # the service's callers kept its last known protocol while it was gone: no listener changes
+    assert f["n50.new_service.pushes_per_round.LDS"] == 50 / 2
     assert f["n50.churn.changes"] > 10 and f["n50.churn.eds_pushes_per_s"] > 0
     assert f["n50.storm.synced"] == 50 and f["n50.storm.config_changed"] == 0
     assert f["n50.cp_connected_mb"] > f["cp_empty_mb"] > 1

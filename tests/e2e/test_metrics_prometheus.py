@@ -247,7 +247,8 @@ def test_a_sidecars_metrics_endpoint_has_mesh_labels_raw_envoy_stats_and_the_app
     after = _web_metrics(mesh, web)
 
     def requests(fams: dict[str, Any], **labels: str) -> float:
-        return sum(s.value for s in fams["meshline_requests_total"].samples if labels.items() <= s.labels.items())
+        family = fams.get("meshline_requests_total")  # absent until the first request
+        return sum(s.value for s in family.samples if labels.items() <= s.labels.items()) if family else 0.0
 
     edge = {"reporter": "source", "mesh": "default", "source_service": "web", "source_version": "v1",
             "destination_service": "orders", "protocol": "http"}

@@ -146,6 +146,10 @@ def release(w: World, doc: str, candidate: Behaviour) -> Iterator[HttpTestServer
         wait_until(lambda: "rollout-orders" not in w.web.admin("/config_dump").text, 15, what="the route gone")
 
 
+def assert_phase(final: dict[str, Any], phase: str) -> None:
+    assert final["phase"] == phase, (final["phase"], final["reason"], final["history"][-6:])
+
+
 def events(s: dict[str, Any]) -> list[str]:
     return [h["event"] for h in s["history"]]
 
@@ -161,7 +165,8 @@ def step_times(s: dict[str, Any]) -> list[tuple[float, str]]:
     return [(h["at"], h["detail"]) for h in s["history"] if h["event"] == "step"]
 
 
-CHECKS = [{"metric": "successRate", "min": 99, "window": "3s"}, {"metric": "p99", "maxMs": 150, "window": "3s"}]
+# windows long enough for minRequests at ~45 requests/s of load (RATE is its upper bound)
+CHECKS = [{"metric": "successRate", "min": 99, "window": "5s"}, {"metric": "p99", "maxMs": 150, "window": "5s"}]
 
 
 def test_a_healthy_candidate_goes_0_10_50_100_and_is_promoted(world: World) -> None:
@@ -172,7 +177,7 @@ def test_a_healthy_candidate_goes_0_10_50_100_and_is_promoted(world: World) -> N
         wait_until(lambda: httpx.get(world.web.url("orders") + "/", headers=TESTER).headers.get("x-instance")
                    == "orders-v2", 20, what="the tester pinned to v2")  # fmt: skip
         final = wait_phase(world, "promoted", "rolledBack", "paused")
-        assert final["phase"] == "promoted", final["reason"]
+        assert_phase(final, "promoted")
         assert route(world)["rules"][-1]["backends"] == [{"tags": {"version": "v2"}, "weight": 1}]
         after = time.time() + 1.0  # once web's Envoy has the last route
         wait_until(lambda: len([s for s in load.shots if s.at > after]) >= 30, 15, what="30 requests after promotion")
@@ -187,20 +192,21 @@ def test_a_healthy_candidate_goes_0_10_50_100_and_is_promoted(world: World) -> N
         share[name] = got.get("orders-v2", 0) / max(1, sum(got.values()))
     assert 0.0 < share["10"] < 0.3 and 0.3 < share["50"] < 0.7, share
     assert landed([s for s in load.shots if s.at > after]) == {"orders-v2": len([s for s in load.shots if s.at > after])}
-    assert all(s.status == 200 for s in load.shots), landed([s for s in load.shots if s.status != 200])
+    bad = [s for s in load.shots if s.status != 200]
+    assert not bad, (bad[:5], step_times(final))
 
 
 def test_a_candidate_failing_10_percent_is_rolled_back_at_the_first_conclusive_analysis(world: World) -> None:
     min_requests, interval, weight, fail = 20, 1.0, 10, 0.10
     doc = rollout_doc({"canary": {"steps": [{"weight": weight, "pause": "10s"}, {"weight": 50, "pause": "10s"}]}},
                       {"interval": f"{interval:g}s", "minRequests": min_requests, "inconclusiveLimit": 10,
-                       "checks": [{"metric": "successRate", "min": 99, "window": "5s"}]})  # fmt: skip
+                       "checks": [{"metric": "successRate", "min": 99, "window": "10s"}]})  # fmt: skip
     with release(world, doc, Behaviour(fail_ratio=fail)) as candidate, Load(world.web.url("orders")) as load:
         final = wait_phase(world, "rolledBack", "promoted", "paused")
         after = time.time() + 1.0
         wait_until(lambda: len([s for s in load.shots if s.at > after]) >= 30, 15, what="30 requests after rollback")
         final_route = route(world)
-    assert final["phase"] == "rolledBack", final
+    assert_phase(final, "rolledBack")
     analyses = [e for e in events(final) if e.startswith("analysis")]
     assert "analysis passed" not in analyses and "analysis failed" not in analyses  # first conclusive one rolled back
     assert final["checks"][0]["verdict"] == "fail" and final["checks"][0]["candidateRequests"] >= min_requests
@@ -227,7 +233,7 @@ def test_a_candidate_300ms_slower_is_rolled_back_on_latency_with_success_fine(wo
                       {"interval": "1s", "minRequests": 5, "inconclusiveLimit": 10, "checks": CHECKS})
     with release(world, doc, Behaviour(delay=0.3)), Load(world.web.url("orders")):
         final = wait_phase(world, "rolledBack", "promoted", "paused")
-    assert final["phase"] == "rolledBack", final
+    assert_phase(final, "rolledBack")
     verdicts = {c["metric"]: c for c in final["checks"]}
     assert verdicts["successRate"]["verdict"] == "pass" and verdicts["successRate"]["candidate"] == 100
     assert verdicts["p99"]["verdict"] == "fail" and verdicts["p99"]["candidate"] >= 300
@@ -288,7 +294,7 @@ def test_a_restarted_control_plane_continues_at_the_same_step(world: World) -> N
         assert right_after["stageStarted"] == before["stageStarted"]  # the same step, not a new one
         assert route(world) == spec_before  # no weight jump: the same route
         final = wait_phase(world, "promoted", "rolledBack", "paused")
-    assert final["phase"] == "promoted", final
+    assert_phase(final, "promoted")
     assert [d for _, d in step_times(final)] == ["20%", "60%"]  # each step once, in order
     assert events(final).count("candidate ready") == 1 and events(final).count("step") == 2
 
@@ -299,7 +305,7 @@ def test_ab_by_header_sends_only_marked_requests_to_the_candidate(world: World) 
                        "checks": [{"metric": "successRate", "min": 99, "window": "2s"}]})  # fmt: skip
     with release(world, doc, Behaviour()), Load(world.web.url("orders"), mark_every=4) as load:
         final = wait_phase(world, "promoted", "rolledBack", "paused")
-    assert final["phase"] == "promoted", final
+    assert_phase(final, "promoted")
     (t_ab, what), = step_times(final)
     assert what.startswith("A/B")
     t_end = next(h["at"] for h in final["history"] if h["event"] == "promoted")
@@ -410,7 +416,7 @@ def test_blue_green_mirrors_a_failing_candidate_and_rolls_it_back_without_one_us
     with release(world, rollout_doc(BLUE_GREEN, MIRROR_CHECKS), Behaviour(fail_ratio=0.3)) as candidate, \
             Load(world.web.url("orders")) as load:
         final = wait_phase(world, "rolledBack", "promoted", "paused")
-    assert final["phase"] == "rolledBack", final
+    assert_phase(final, "rolledBack")
     assert final["checks"][0]["verdict"] == "fail" and final["checks"][0]["candidate"] < 90
     assert candidate.count() >= 10  # the mirrored copies reached it...
     assert landed(load.shots) == {"orders-v1": len(load.shots)}  # ...but every answer came from v1
@@ -422,7 +428,7 @@ def test_blue_green_switches_a_healthy_candidate_at_once_after_the_mirror_phase(
         final = wait_phase(world, "promoted", "rolledBack", "paused")
         after = time.time() + 1.0
         wait_until(lambda: len([s for s in load.shots if s.at > after]) >= 20, 15, what="requests after the switch")
-    assert final["phase"] == "promoted", final
+    assert_phase(final, "promoted")
     (t_mirror, what), = step_times(final)
     assert what == "mirror 100%"
     before = [s for s in load.shots if s.at < next(h["at"] for h in final["history"] if h["event"] == "promoted")]

@@ -41,7 +41,8 @@ def pool() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every Dataplane and policy document of the golden tests (renamed to be unique)."""
     dataplanes: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
-    files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml"])
+    files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml",
+                    TESTS / "golden/transparent/mesh.input.yaml"])  # transparent dataplanes, Services
     for index, path in enumerate(files):
         if path.name.endswith(".golden.yaml"):
             continue
@@ -85,21 +86,26 @@ class Harness:
     def check(self) -> int:
         """Compare every dataplane's cached config with a from-scratch render; return how many."""
         rec = self.reconciler
-        resources = list(rec.resources.get("default", {}).values())
-        fresh = MeshSnapshot.build(rec.meshes["default"], resources, rec.revision, frozenset(self.offline))
+        resources = list(rec.model.resources("default").values())
+        mesh = rec.model.mesh("default")
+        assert mesh is not None
+        # the protocols of services whose instances left are the reconciler's memory, an input
+        fresh = MeshSnapshot.build(mesh, resources, rec.revision, frozenset(self.offline),
+                                   known_protocols=rec.known_protocols.get("default"))
         checked = 0
         for dp in fresh.dataplanes.values():
             node = names.node_id("default", dp.name)
             try:
                 expected = render(dp, fresh, rec.plugins)
             except Exception as err:
-                assert node in rec.errors, f"{dp.name}: from scratch fails ({err}), incrementally not"
+                assert rec.results.error(node) is not None, f"{dp.name}: from scratch fails ({err}), incrementally not"
                 continue
-            assert node not in rec.errors, f"{dp.name}: incrementally fails: {rec.errors[node]}"
+            assert rec.results.error(node) is None, f"{dp.name}: incrementally fails: {rec.results.error(node)}"
             got = rec.cache.get(node)
             assert got is not None, dp.name
             assert got.versions() == expected.snapshot.versions(), dp.name
-            assert rec.results[node].applied == expected.applied, dp.name
+            last = rec.results.get(node)
+            assert last is not None and last.applied == expected.applied, dp.name
             checked += 1
         return checked
 
@@ -127,7 +133,7 @@ async def test_incremental_equals_from_scratch(tmp_path: Path, seed: int) -> Non
     await reconciler._flush()
     present: dict[str, dict[str, Any]] = {}
     live_policies: dict[str, dict[str, Any]] = {}
-    for r in reconciler.resources["default"].values():
+    for r in reconciler.model.resources("default").values():
         if r.kind == "Dataplane":
             present[r.name] = next(d for d in dataplanes if d["name"] == r.name)
     checked = 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from meshline.controlplane.health import OfflineTracker, gone
+from meshline.controlplane.read_model import ReadModel
 from meshline.core.resource import Resource, ResourceKey
 from meshline.kinds import default_kinds
 from meshline.xds.status import StatusRegistry
@@ -44,8 +44,10 @@ def test_the_last_instance_is_kept_until_offline_after() -> None:
 
 class FakeReconciler:
     def __init__(self, resources: list[Resource]) -> None:
-        self.meshes: dict[str, Any] = {"default": object()}
-        self.resources = {"default": {ResourceKey("Dataplane", "default", r.name): r for r in resources}}
+        self.model = ReadModel()  # the real read model, filled by hand
+        self.model.replace(ResourceKey("Mesh", "", "default"), default_kinds().decode({"kind": "Mesh", "name": "default"}))
+        for r in resources:
+            self.model.replace(r.key, r)
         self.touched: list[str] = []
 
     def touch_mesh(self, mesh: str) -> None:

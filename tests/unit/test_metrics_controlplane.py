@@ -14,7 +14,8 @@ from meshline.controlplane.metrics import (
     metrics_text,
     prometheus_targets,
 )
-from meshline.core.resource import ResourceKey
+from meshline.controlplane.read_model import ReadModel
+from meshline.controlplane.results import RenderResults
 from meshline.testing.golden import load_resources
 from meshline.xds.status import StatusRegistry
 
@@ -24,18 +25,13 @@ NODE = "default.web-1"
 class FakeReconciler:
     def __init__(self, resources: list[Any] | None = None) -> None:
         self.listeners: list[Any] = []
-        self.results: dict[str, Any] = {}
-        self.errors: dict[str, str] = {}
-        self.meshes: dict[str, Any] = {}
-        self.resources: dict[str, dict[ResourceKey, Any]] = {}
+        self.model = ReadModel()  # the real read model and results registry, filled by hand
+        self.results = RenderResults()
         for r in resources or ():
-            if r.kind == "Mesh":
-                self.meshes[r.name] = r
-            else:
-                self.resources.setdefault(r.mesh, {})[r.key] = r
+            self.model.replace(r.key, r)
 
     def config(self, node: str, **versions: str) -> None:
-        self.results[node] = SimpleNamespace(snapshot=SimpleNamespace(versions=lambda: dict(versions)))
+        self.results.rendered(node, SimpleNamespace(snapshot=SimpleNamespace(versions=lambda: dict(versions))))  # type: ignore[arg-type]
 
 
 def connected(status: StatusRegistry, node: str, **versions: str) -> None:
@@ -54,7 +50,8 @@ def ack(status: StatusRegistry, node: str, at: float, **versions: str) -> None:
 
 
 def ctx(reconciler: FakeReconciler, status: StatusRegistry, metrics: ControlPlaneMetrics) -> Any:
-    return SimpleNamespace(reconciler=reconciler, status=status, metrics=metrics, services={})
+    return SimpleNamespace(reconciler=reconciler, model=reconciler.model, results=reconciler.results,
+                           status=status, metrics=metrics, services={})
 
 
 def value(text: str, name: str, **labels: str) -> float:
@@ -149,7 +146,7 @@ def test_dataplane_gauges_and_extra_series() -> None:
     status, m = StatusRegistry(), ControlPlaneMetrics()
     m.watch(rec, status)  # type: ignore[arg-type]
     connected(status, "default.orders-1", CDS="c1")
-    rec.errors["default.web-1"] = "boom"
+    rec.results.failed("default.web-1", "boom")
     c = ctx(rec, status, m)
     c.services["metrics_extra"] = lambda: {'meshline_certificate_expiry_timestamp_seconds{mesh="default",dataplane="x"}': 5.0}
     text = metrics_text(c)

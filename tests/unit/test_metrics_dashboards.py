@@ -18,7 +18,9 @@ import pytest
 import meshline.telemetry
 from meshline.agent import metrics as agent_metrics
 from meshline.controlplane.metrics import ControlPlaneMetrics
-from meshline.core.resource import ResourceKey
+from meshline.controlplane.read_model import ReadModel
+from meshline.controlplane.results import RenderResults
+from meshline.kinds import default_kinds
 from meshline.xds.status import StatusRegistry
 
 GRAFANA = Path(meshline.telemetry.__file__).parent / "grafana"
@@ -39,6 +41,7 @@ def metric_names(expr: str) -> set[str]:
     label_values = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", expr, re.S)
     if label_values:  # a dashboard variable: label_values(<series selector>, <label>)
         expr = label_values.group(1)
+    by_name = {n for alt in re.findall(r'__name__=~?"([^"]*)"', expr) for n in alt.split("|")}
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)  # matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
@@ -51,7 +54,7 @@ def metric_names(expr: str) -> set[str]:
         if word in PROMQL_WORDS or after.startswith("("):
             continue
         names.add(word)
-    return names
+    return names | by_name
 
 
 def _with_suffixes(fams: dict[str, Any]) -> set[str]:
@@ -81,14 +84,18 @@ def exported_by_agent() -> set[str]:
 
 
 def exported_by_control_plane() -> set[str]:
-    dataplane = ResourceKey("Dataplane", "default", "web-1")
-    reconciler = SimpleNamespace(listeners=[], results={}, errors={}, meshes={"default": None},
-                                 resources={"default": {dataplane: None}})
+    model = ReadModel()
+    for doc in ({"kind": "Mesh", "name": "default"}, {"kind": "Dataplane", "mesh": "default", "name": "web-1", "spec": {
+            "address": "10.0.0.1", "inbound": [{"port": 18080, "servicePort": 8080, "tags": {"service": "web"}}]}}):
+        res = default_kinds().decode(doc)
+        model.replace(res.key, res)
+    reconciler = SimpleNamespace(listeners=[], model=model, results=RenderResults())
     m = ControlPlaneMetrics()
     m.watch(reconciler, StatusRegistry())  # type: ignore[arg-type]
     m.push_latency["default"].observe(0.1)
     m.api_request("GET", "/api/v1/health", 200, 0.01)
-    ctx = SimpleNamespace(reconciler=reconciler, status=StatusRegistry(), metrics=m, services={})
+    ctx = SimpleNamespace(reconciler=reconciler, model=model, results=reconciler.results, status=StatusRegistry(),
+                          metrics=m, services={})
     return _with_suffixes(agent_metrics.parse(m.render(ctx)))  # type: ignore[arg-type]
 
 

@@ -104,6 +104,7 @@ def test_outbound_http_counts_each_request_with_the_callers_tags_and_the_answeri
         "destination_version": "%UPSTREAM_METADATA(envoy.lb:version)%",
         "destination_zone": "%UPSTREAM_METADATA(envoy.lb:zone)%",
         "response_code": "%RESPONSE_CODE%", "mesh_denied": "%RESP(x-meshline-denied)%",
+        "response_flags": "%RESPONSE_FLAGS%",
     }
     assert cfg["counters"][0]["stat"]["name"] == "requests" and cfg["counters"][0]["value_fixed"] == "1"
     hists = {h["stat"]["name"]: (h["unit"], h["value_format"]) for h in cfg["histograms"]}
@@ -124,6 +125,7 @@ def test_inbound_names_the_caller_by_certificate_and_grpc_adds_its_status() -> N
         "reporter": "destination", "mesh": "default", "destination_service": "web", "destination_version": "v9",
         "destination_zone": "z1", "protocol": "http", "source_service": "%DOWNSTREAM_PEER_URI_SAN%",
         "response_code": "%RESPONSE_CODE%", "mesh_denied": "%RESP(x-meshline-denied)%",
+        "response_flags": "%RESPONSE_FLAGS%",
     }
     (grpc,) = stats_loggers(rendered())["outbound_15003"]
     assert tags(grpc)["grpc_status"] == "%GRPC_STATUS_NUMBER%" and tags(grpc)["protocol"] == "grpc"

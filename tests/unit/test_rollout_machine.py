@@ -188,3 +188,41 @@ def test_bad_specs_are_refused_with_the_field_and_a_fix(change: dict[str, Any], 
     with pytest.raises(ValidationError) as err:
         rollout(**change)
     assert any(p.path == path and words in p.message for p in err.value.problems), err.value
+
+
+def test_step_and_pre_promotion_webhooks_gate_the_end_of_a_step_and_the_promotion() -> None:
+    spec = spec_of(rollout(strategy={"canary": {"steps": [{"weight": 50}]}}, analysis={"interval": "1s"}))
+    plan, hooks = stages(spec), {"step", "prePromotion"}
+    s = m.tick(m.start(m.State(), 0, True, False), spec.analysis, plan, m.Tick(0.1, True), hooks)
+    assert s.entered and m.pending_webhooks(s, plan, hooks) == "step"
+    s = m.tick(s, spec.analysis, plan, m.Tick(5, True), hooks)
+    assert s.stage == 0  # the step waits for its webhook
+    s = m.webhooks_answered(s, "step", None, 5.1)
+    s = m.tick(s, spec.analysis, plan, m.Tick(5.2, True), hooks)
+    assert s.stage == 1 and m.pending_webhooks(s, plan, hooks) == "prePromotion"
+    s = m.tick(s, spec.analysis, plan, m.Tick(5.3, True), hooks)
+    assert s.phase == "progressing" and m.weights(s, plan).candidate == 50  # not promoted without it
+    s = m.webhooks_answered(s, "prePromotion", "release-check answered 409", 5.4)
+    assert s.phase == "paused" and m.weights(s, plan).candidate == 50
+    s = m.webhooks_answered(m.command(s, "resume", 6, plan), "prePromotion", None, 6.1)
+    assert m.tick(s, spec.analysis, plan, m.Tick(6.2, True), hooks).phase == "promoted"
+
+
+def test_ab_by_cookie_matches_the_cookie_among_others() -> None:
+    import re
+
+    spec = spec_of(rollout(strategy={"abTest": {"cookie": {"name": "beta", "value": "yes"}, "duration": "5s"}}))
+    plan = stages(spec)
+    s = m.tick(m.start(m.State(), 0, True, False), spec.analysis, plan, m.Tick(0.1, True), set())
+    rules = route_spec(spec, m.weights(s, plan))["rules"]
+    header = rules[0]["matches"][0]["headers"][0]
+    assert header["name"] == "cookie" and rules[0]["backends"] == [{"tags": {"version": "v2"}}]
+    assert rules[-1]["backends"] == [{"tags": {"version": "v1"}}]  # everyone else: stable only
+    for cookie, hit in (("beta=yes", True), ("a=1; beta=yes; b=2", True), ("beta=no", False), ("xbeta=yes", False)):
+        assert bool(re.fullmatch(header["regex"], cookie)) is hit, cookie
+
+
+def test_a_webhook_timeout_past_the_bound_is_refused() -> None:
+    with pytest.raises(ValidationError) as err:
+        rollout(webhooks=[{"name": "load", "at": "step", "url": "http://127.0.0.1:1/", "timeout": "10m"}])
+    assert err.value.problems[0].path == "spec.webhooks[0].timeout"

@@ -43,7 +43,7 @@ def mesh(tmp_path: Path) -> Iterator[MeshHarness]:
         assert cp is not None
 
         def rendered() -> bool:  # explanations read the reconciler's view: let it catch up first
-            snap = cp.call(lambda: cp.cp.reconciler.snapshots.get("default"))
+            snap = cp.call(lambda: cp.cp.ctx.results.snapshot("default"))
             return snap is not None and "orders-1" in snap.dataplanes
 
         wait_until(rendered, 10, what="the reconciler to see the dataplanes")

@@ -53,6 +53,7 @@ class Upstream:
 
     service: str
     port: int
+    protocol: str | None = None  # what the app speaks to it, used until an instance of it says
 
     @property
     def env_name(self) -> str:
@@ -204,7 +205,8 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "address": config.address,
         "inbound": [inbound],
-        "outbound": [{"port": u.port, "service": u.service, "address": "127.0.0.1"} for u in config.upstreams],
+        "outbound": [{"port": u.port, "service": u.service, "address": "127.0.0.1",
+                      **({"protocol": u.protocol} if u.protocol else {})} for u in config.upstreams],
         "ready": ready,
     }
     t = config.transparent
@@ -305,23 +307,29 @@ def parse_tags(values: Iterable[str]) -> dict[str, str]:
 
 
 def parse_upstreams(values: Iterable[str]) -> list[Upstream]:
+    """``SERVICE=LOCALPORT`` or ``SERVICE=LOCALPORT/PROTOCOL`` (the protocol is used only while
+    the service has no instance to say it: one declared before it is deployed)."""
     out: list[Upstream] = []
     for value in values:
-        service, sep, port = value.partition("=")
-        service, port = service.strip(), port.strip()
-        if not sep or not service or not port.isdigit():
+        service, sep, rest = value.partition("=")
+        port, slash, protocol = rest.partition("/")
+        service, port, protocol = service.strip(), port.strip(), protocol.strip()
+        if not sep or not service or not port.isdigit() or (slash and not protocol):
             raise MeshlineError(
-                f"--upstream '{value}' must look like SERVICE=LOCALPORT (e.g. --upstream payments=9001)"
+                f"--upstream '{value}' must look like SERVICE=LOCALPORT or SERVICE=LOCALPORT/PROTOCOL"
+                " (e.g. --upstream payments=9001 or --upstream payments=9001/http)"
             )
         if not NAME_RE.match(service):
             raise MeshlineError(f"--upstream '{value}': service {NAME_HINT}")
         if not 1 <= int(port) <= 65535:
             raise MeshlineError(f"--upstream '{value}': port must be 1-65535")
+        if protocol and protocol not in PROTOCOLS:
+            raise MeshlineError(f"--upstream '{value}': protocol must be one of {', '.join(PROTOCOLS)}")
         if any(u.service == service for u in out):
             raise MeshlineError(f"--upstream {service} is given twice; keep one")
         if any(u.port == int(port) for u in out):
             raise MeshlineError(f"--upstream port {port} is used twice; give each upstream its own port")
-        out.append(Upstream(service, int(port)))
+        out.append(Upstream(service, int(port), protocol or None))
     return out
 
 

@@ -356,7 +356,7 @@ class Api:
         return decoded
 
     def _unknown_services(self, r: Resource, pending: Sequence[Resource] = ()) -> list[str]:
-        known = known_services([*self.ctx.reconciler.resources.get(r.mesh, {}).values(),
+        known = known_services([*self.ctx.model.resources(r.mesh).values(),
                                 *(x for x in pending if x.mesh == r.mesh)])  # fmt: skip
         return warnings_for(r, known)
 
@@ -365,7 +365,7 @@ class Api:
         principal(request).check_read(mesh)
         res = await self.ctx.store.get(ResourceKey("Dataplane", mesh, name))
         node = names.node_id(mesh, name)
-        result = self.ctx.reconciler.results.get(node)
+        result = self.ctx.results.get(node)
         config: dict[str, list[dict[str, Any]]] = {}
         if result is not None and request.query.get("config", "1") != "0":
             for type_url, slot in result.snapshot.slots.items():
@@ -377,7 +377,7 @@ class Api:
         return _json(
             {
                 "dataplane": await self._item(res),
-                "renderError": self.ctx.reconciler.errors.get(node),
+                "renderError": self.ctx.results.error(node),
                 "versions": result.snapshot.versions() if result else {},
                 "policies": [a.to_json() for a in result.applied] if result else [],
                 "warnings": self._policy_warnings(mesh, result.applied if result else []),
@@ -388,7 +388,7 @@ class Api:
 
     def _vips(self, mesh: str, dataplane: Resource) -> dict[str, str]:
         """The virtual IPs of this dataplane's own services (what `orders.mesh` resolves to)."""
-        live = self.ctx.reconciler.resources.get(mesh, {})
+        live = self.ctx.model.resources(mesh)
         spec = dataplane.spec
         services = spec.services() if isinstance(spec, DataplaneSpec) else []
         out = {}
@@ -400,7 +400,7 @@ class Api:
 
     def _policy_warnings(self, mesh: str, applied: Sequence[Any]) -> list[str]:
         """The unknown services named by the policies that apply to a dataplane."""
-        live = self.ctx.reconciler.resources.get(mesh, {})
+        live = self.ctx.model.resources(mesh)
         out: list[str] = []
         for a in applied:
             data = a.to_json()
@@ -420,12 +420,11 @@ class Api:
         principal(request).check_read(mesh)
         rec = self.ctx.reconciler
         items = []
-        dataplanes = sorted((r for r in rec.resources.get(mesh, {}).values() if r.kind == "Dataplane"),
-                            key=lambda r: r.name)  # fmt: skip
+        dataplanes = sorted(self.ctx.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name)
         statuses = await self.ctx.dataplane_statuses(dataplanes)  # ACKs seen by any replica
         for r in dataplanes:
             node = names.node_id(mesh, r.name)
-            result = rec.results.get(node)
+            result = self.ctx.results.get(node)
             st = statuses[r.key]
             items.append({
                 "name": r.name,

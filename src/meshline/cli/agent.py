@@ -79,8 +79,9 @@ def _options(f: F) -> F:
         click.option("--tag", "tags", multiple=True, envvar="MESHLINE_TAGS", metavar="KEY=VALUE",
                      help="extra inbound tag, e.g. version=v2 (repeatable)"),
         click.option("--upstream", "upstreams", multiple=True, envvar="MESHLINE_UPSTREAMS",
-                     metavar="SERVICE=LOCALPORT",
-                     help="reach SERVICE at 127.0.0.1:LOCALPORT (repeatable)"),
+                     metavar="SERVICE=LOCALPORT[/PROTOCOL]",
+                     help="reach SERVICE at 127.0.0.1:LOCALPORT (repeatable); /PROTOCOL (e.g. /http) is used"
+                          " until an instance of SERVICE registers"),
         click.option("--admin-port", default=None, envvar="MESHLINE_ADMIN_PORT", hidden=True, expose_value=False,
                      callback=_no_admin_port),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="MESHLINE_METRICS_PORT",

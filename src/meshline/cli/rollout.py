@@ -53,6 +53,7 @@ def view(data: dict[str, Any]) -> Group:
         f"[bold]Rollout {data['rollout']['name']}[/bold] ({spec['service']}: {spec['stable']['version']} ->"
         f" {spec['candidate']['version']})  [{colour}]{phase}[/{colour}]"
         + (f"  {state['reason']}" if state.get("reason") else "")
+        + (f"  [dim](driven by {state['driver']})[/dim]" if state.get("driver") else "")
     )
     w = state.get("weights") or {}
     weights = Text(f"weights: stable {w.get('stable', 100)}%  candidate {w.get('candidate', 0)}%"

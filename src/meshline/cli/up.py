@@ -21,7 +21,7 @@ from meshline.server.controlplane import ControlPlane
 def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: float,
              context: str | None = None) -> None:
     web = f"http://127.0.0.1:{demo.web_port}"
-    mesh = cp.reconciler.meshes.get("default")
+    mesh = cp.ctx.model.mesh("default")
     mode = mesh.spec.mtls.mode if mesh is not None else "strict"  # type: ignore[attr-defined]
     console.print(f"\n[bold green]Meshline is up[/bold green] in {seconds:.1f}s: control plane + 4 meshed services,"
                   f" mTLS {mode}.\n")

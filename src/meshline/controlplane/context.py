@@ -9,7 +9,9 @@ from typing import Any
 from meshline import __version__
 from meshline.controlplane.apply_limits import ApplyLimits
 from meshline.controlplane.metrics import ControlPlaneMetrics
+from meshline.controlplane.read_model import ReadModel
 from meshline.controlplane.reconciler import Reconciler
+from meshline.controlplane.results import RenderResults
 from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublisher, merged_status
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.labels import RESERVED_PREFIX
@@ -51,6 +53,16 @@ class ControlPlaneContext:
     # The last MeshView built: one apply checks each of its documents against the same view.
     _view: tuple[Sequence[Resource], str, int, MeshView] | None = field(default=None, repr=False)
 
+    @property
+    def model(self) -> ReadModel:
+        """Every resource in memory (what validators and subsystems query, never the store)."""
+        return self.reconciler.model
+
+    @property
+    def results(self) -> RenderResults:
+        """Per dataplane its last render and render error; per mesh its rendered snapshot."""
+        return self.reconciler.results
+
     def translate(self, doc: object) -> list[Resource]:
         if isinstance(doc, dict):
             for translate in self.translators:
@@ -66,7 +78,7 @@ class ControlPlaneContext:
                 check(res, self, pending)
             except ValidationError as err:
                 problems.extend(err.problems)
-        if res.mesh and any(c.every_write or kind == res.kind for kind, c in self.mesh_checks):
+        if res.mesh and any(c.runs_on(kind, res) for kind, c in self.mesh_checks):
             problems.extend(run_mesh_checks(res, self.mesh_view(res.mesh, pending), self.mesh_checks))
         if problems:
             raise ValidationError(problems, context=str(res.key))
@@ -79,7 +91,7 @@ class ControlPlaneContext:
             held, at_mesh, at_revision, view = self._view
             if held is pending and at_mesh == mesh and at_revision == revision:
                 return view
-        view = MeshView.build(mesh, self.reconciler.mesh_resources(mesh).values(), pending)
+        view = MeshView.build(mesh, self.model.resources(mesh).values(), pending)
         if pending:
             self._view = (pending, mesh, revision, view)
         return view
@@ -112,7 +124,7 @@ class ControlPlaneContext:
         out["replica"] = replica
         if stored and stored.get(CERTIFICATE_PART):
             out.update(stored[CERTIFICATE_PART])
-        err = self.reconciler.errors.get(node)
+        err = self.results.error(node)
         if err:
             out["state"] = "render-error"
             out["renderError"] = err

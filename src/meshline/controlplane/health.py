@@ -118,12 +118,12 @@ class OfflineTracker:
 
     def check(self, now: float) -> None:
         assert self._reconciler is not None
-        for mesh in list(self._reconciler.meshes):
+        for mesh in self._reconciler.model.mesh_names():
             self.check_mesh(mesh, now)
 
     def check_mesh(self, mesh: str, now: float) -> None:
         assert self._reconciler is not None
-        dataplanes = {k.name: r for k, r in self._reconciler.resources.get(mesh, {}).items() if r.kind == "Dataplane"}
+        dataplanes = {r.name: r for r in self._reconciler.model.of_kind(mesh, "Dataplane")}
         lost: dict[str, float] = {}
         for name in dataplanes:
             st = self.status.find(names.node_id(mesh, name))

@@ -201,7 +201,7 @@ class ControlPlaneMetrics:
         if ctx is not None:
             self._settle_all()
             self._count_nacks(ctx.status)
-            for mesh in ctx.reconciler.meshes:  # present from 0, so rate() sees the first increase
+            for mesh in ctx.model.mesh_names():  # present from 0, so rate() sees the first increase
                 for counter in (self.pushes, self.nacks, self.unacked):
                     counter.setdefault(mesh, 0)
         family("meshline_xds_pushes_total", "counter",
@@ -228,14 +228,14 @@ class ControlPlaneMetrics:
             if st.connected:
                 connected[_mesh_of(st.node_id)] += 1
         states: dict[tuple[str, str], int] = defaultdict(int)
-        for mesh in ctx.reconciler.meshes:
+        for mesh in ctx.model.mesh_names():
             connected.setdefault(mesh, 0)
-            for key in ctx.reconciler.resources.get(mesh, {}):
+            for key in ctx.model.resources(mesh):
                 if key.kind == "Dataplane":
                     found = ctx.status.find(names.node_id(mesh, key.name))
                     states[(mesh, found.state() if found else "offline")] += 1
         errors: dict[str, int] = defaultdict(int)
-        for node in ctx.reconciler.errors:
+        for node in ctx.results.errors():
             errors[_mesh_of(node)] += 1
         family("meshline_dataplanes_connected", "gauge",
                [f'meshline_dataplanes_connected{{mesh="{_escape(k)}"}} {n}' for k, n in sorted(connected.items())])
@@ -287,10 +287,10 @@ def prometheus_targets(reconciler: Reconciler, meshes: Iterable[str] | None = No
     """
     wanted = set(meshes) if meshes is not None else None
     groups = []
-    for mesh in sorted(reconciler.meshes):
+    for mesh in sorted(reconciler.model.mesh_names()):
         if wanted is not None and mesh not in wanted:
             continue
-        for key, res in sorted(reconciler.resources.get(mesh, {}).items(), key=lambda kv: kv[0].name):
+        for key, res in sorted(reconciler.model.resources(mesh).items(), key=lambda kv: kv[0].name):
             spec = res.spec
             if key.kind != "Dataplane" or not isinstance(spec, DataplaneSpec) or spec.metrics is None:
                 continue

@@ -33,8 +33,8 @@ async def preview(rec: Reconciler, writes: Sequence[Resource]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for mesh in sorted({r.mesh or r.name for r in writes}):
         mine = [r for r in writes if (r.mesh or r.name) == mesh]
-        live = dict(rec.resources.get(mesh, {}))
-        mesh_res = next((r for r in mine if r.kind == "Mesh"), rec.meshes.get(mesh))
+        live = dict(rec.model.resources(mesh))
+        mesh_res = next((r for r in mine if r.kind == "Mesh"), rec.model.mesh(mesh))
         for r in mine:
             if r.kind != "Mesh":
                 live[r.key] = r
@@ -46,7 +46,8 @@ async def preview(rec: Reconciler, writes: Sequence[Resource]) -> dict[str, Any]
             out[mesh] = {"dataplanes": [], "note": f"{len(dataplanes)} dataplanes: more than a dry run renders"
                          f" ({MAX_DATAPLANES}); apply to a test mesh first"}
             continue
-        snap = MeshSnapshot.build(mesh_res, list(live.values()), rec.revision + 1, rec.offline(mesh))
+        snap = MeshSnapshot.build(mesh_res, list(live.values()), rec.revision + 1, rec.offline(mesh),
+                                   known_protocols=rec.known_protocols.get(mesh))
         changed: list[dict[str, Any]] = []
         turn = time.monotonic()
         for dp in sorted(dataplanes, key=lambda r: r.name):

@@ -1,12 +1,13 @@
-"""Store changes -> debounce -> render affected dataplanes -> snapshot cache.
+"""The render loop: store changes -> debounce -> render affected dataplanes -> snapshot cache.
 
-Keeps every resource in memory (the store is the source of truth; this is its
-read model), so a change costs one render per affected dataplane and no store
-reads. Each flush builds the mesh's new snapshot from the previous one and asks
+Feeds the read model (:mod:`.read_model`: every resource in memory, so a change costs
+one render per affected dataplane and no store reads) and the results registry
+(:mod:`.results`: last render and render error per dataplane, snapshot per mesh). Each flush builds the mesh's new snapshot from the previous one and asks
 it what changed (:meth:`MeshSnapshot.changes`); the dataplanes a change affects:
 
 * the Mesh, or a policy whose destinations may select any service: all of them;
-* a policy selecting services S: those with an inbound or outbound of a service in S;
+* a policy selecting services S: those with an inbound or outbound of a service in S, and
+  every transparent dataplane (it reaches every service);
 * a Dataplane: itself, and those whose last config read the endpoints of a service
   whose endpoints (or protocol) changed: callers, including callers that reach the
   service only through a route's backend;
@@ -26,16 +27,16 @@ import contextlib
 import gc
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
+from meshline.controlplane.read_model import ReadModel
+from meshline.controlplane.results import RenderResults
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.render.mesh_snapshot import ANY_SERVICE, NOT_CARRIED, Changes, MeshSnapshot
 from meshline.render.plugins import Plugin
-from meshline.render.render import RenderResult, render
+from meshline.render.render import render
 from meshline.store.base import Resync, Store, WatchEvent
 from meshline.xds import names
 from meshline.xds.cache import SnapshotCache
@@ -60,6 +61,10 @@ class _Pending:
     first_change_at: float = 0.0
 
 
+MAX_KNOWN_PROTOCOLS = 10_000  # services remembered per mesh (Reconciler.known_protocols)
+PROTOCOLS_PART = "protocols"  # the Mesh status part that keeps them
+
+
 class Reconciler:
     def __init__(
         self,
@@ -74,15 +79,17 @@ class Reconciler:
         self.plugins = list(plugins)  # in the order they run
         self.debounce = debounce
         self.offline = offline or (lambda mesh: frozenset())
-        self.resources: dict[str, dict[ResourceKey, Resource]] = defaultdict(dict)  # mesh -> key -> res
-        self.meshes: dict[str, Resource] = {}
-        self.revision = 0
+        self.model = ReadModel()
+        self.results = RenderResults()
         # Every change up to this store revision is rendered and in the cache (`apply --wait`
         # waits for it before comparing versions).
         self.settled_revision = 0
-        self.results: dict[str, RenderResult] = {}  # node id -> last render
-        self.errors: dict[str, str] = {}  # node id -> render error
-        self.snapshots: dict[str, MeshSnapshot] = {}
+        # mesh -> service -> the protocol its instances said when it last had some: a service
+        # whose instances are all gone (a redeploy) keeps it (MeshSnapshot.service_protocol).
+        # Kept in the Mesh's status (part "protocols") so a restart or another replica renders
+        # the same; bounded (least recently seen services go first).
+        self.known_protocols: dict[str, dict[str, str]] = {}
+        self._protocols_changed: set[str] = set()  # meshes whose known protocols to store
         self._pending = _Pending()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -91,6 +98,10 @@ class Reconciler:
 
     async def start(self) -> None:
         tune_gc()
+        for key, status in (await self.store.list_status("Mesh")).items():
+            stored = status.get(PROTOCOLS_PART)
+            if isinstance(stored, dict):
+                self.known_protocols[key.name] = {str(k): str(v) for k, v in stored.items()}
         self._unsubscribe = await self.store.watch(self._on_event)  # the first Resync fills the model
         self._pending.first_change_at = 0.0  # start-up is not a change to time pushes from
         # The first render runs in the loop's task, not here: start-up goes on to open the
@@ -107,42 +118,31 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    # -- inputs --------------------------------------------------------------------
-    def _apply(self, key: ResourceKey, res: Resource | None) -> Resource | None:
-        """Replace what the model holds for ``key`` (the store's watch delivers in order:
-        the last event for a key is the newest, nothing here compares versions)."""
-        if key.kind == "Mesh":
-            prior = self.meshes.pop(key.name, None)
-            if res is not None:
-                self.meshes[key.name] = res
-            return prior
-        bucket = self.resources[key.mesh]
-        prior = bucket.pop(key, None)
-        if res is not None:
-            bucket[key] = res
-        return prior
+    @property
+    def revision(self) -> int:
+        """The store revision the read model is at."""
+        return self.model.revision
 
+    # -- inputs --------------------------------------------------------------------
     def _on_event(self, event: WatchEvent) -> None:
         if isinstance(event, Resync):
             self._resync(event)
         else:
-            prior = self._apply(event.key, event.resource)
-            self.revision = event.revision
+            prior = self.model.replace(event.key, event.resource)
+            self.model.advance(event.revision)
             self.mark(event.key, prior, event.resource)
 
     def _resync(self, event: Resync) -> None:
         """Everything as of ``event.revision``: what is gone is deleted, the rest replaced."""
         fresh = {r.key: r for r in event.resources}
-        held = [ResourceKey("Mesh", "", name) for name in self.meshes]
-        held += [key for bucket in self.resources.values() for key in bucket]
-        for key in held:
+        for key in self.model.held():
             if key not in fresh:
-                self.mark(key, self._apply(key, None), None)
+                self.mark(key, self.model.replace(key, None), None)
         for key, res in fresh.items():
-            prior = self._apply(key, res)
+            prior = self.model.replace(key, res)
             if prior != res:
                 self.mark(key, prior, res)
-        self.revision = event.revision
+        self.model.advance(event.revision)
 
     def mark(self, key: ResourceKey, prior: Resource | None, current: Resource | None) -> None:
         p = self._pending
@@ -151,20 +151,15 @@ class Reconciler:
         if key.kind == "Mesh":
             p.meshes.add(key.name)
             if current is None:
-                for dp in [r for r in self.resources.get(key.name, {}).values() if r.kind == "Dataplane"]:
+                for dp in self.model.of_kind(key.name, "Dataplane"):
                     self.cache.clear(names.node_id(key.name, dp.name))
         else:
             p.meshes.add(key.mesh)
             if key.kind == "Dataplane" and current is None:
                 node = names.node_id(key.mesh, key.name)
                 self.cache.clear(node)
-                self.results.pop(node, None)
-                self.errors.pop(node, None)
+                self.results.forget(node)
         self._wake.set()
-
-    def mesh_resources(self, mesh: str) -> Mapping[ResourceKey, Resource]:
-        """Every resource of ``mesh`` the model holds (the Mesh itself aside), read-only."""
-        return MappingProxyType(self.resources.get(mesh, {}))
 
     def touch_mesh(self, mesh: str) -> None:
         """Look at a mesh again (e.g. a dataplane went offline: its endpoints change)."""
@@ -185,27 +180,52 @@ class Reconciler:
                 log.exception("reconcile failed")
 
     def mesh_snapshot(self, mesh: str) -> MeshSnapshot | None:
-        if mesh not in self.meshes:
+        """The mesh's snapshot as last rendered (built now if it never was)."""
+        if self.model.mesh(mesh) is None:
             return None
-        snap = self.snapshots.get(mesh)
+        snap = self.results.snapshot(mesh)
         if snap is None:
-            snap = self.snapshots[mesh] = self._build(mesh, None)
+            snap = self._build(mesh, None)
+            self.results.set_snapshot(mesh, snap)
         return snap
 
     def _build(self, mesh: str, previous: MeshSnapshot | None) -> MeshSnapshot:
-        return MeshSnapshot.build(
-            self.meshes[mesh],
-            list(self.resources.get(mesh, {}).values()),
+        mesh_res = self.model.mesh(mesh)
+        assert mesh_res is not None
+        known = self.known_protocols.setdefault(mesh, {})
+        snap = MeshSnapshot.build(
+            mesh_res,
+            list(self.model.resources(mesh).values()),
             self.revision,
             self.offline(mesh),
             previous=previous,
+            known_protocols=dict(known),
         )
+        for service, protocol in snap.instance_protocols().items():
+            if known.get(service) != protocol:
+                self._protocols_changed.add(mesh)
+            known.pop(service, None)
+            known[service] = protocol
+        while len(known) > MAX_KNOWN_PROTOCOLS:
+            del known[next(iter(known))]
+        return snap
+
+    async def _store_known_protocols(self) -> None:
+        changed, self._protocols_changed = self._protocols_changed, set()
+        parts = {ResourceKey("Mesh", "", m): {PROTOCOLS_PART: dict(self.known_protocols[m])}
+                 for m in changed if m in self.known_protocols}  # fmt: skip
+        if parts:
+            try:
+                await self.store.put_status(parts)
+            except Exception:  # rendering goes on; written again with the next change
+                log.exception("cannot store the known protocols of %s", ", ".join(sorted(changed)))
+                self._protocols_changed |= changed
 
     def _affected(self, mesh: str, dp: Resource, changes: Changes | None) -> bool:
         """Whether ``dp``'s config may differ from its last render (see the module docstring)."""
         node = names.node_id(mesh, dp.name)
         last = self.results.get(node)
-        if changes is None or changes.everything or last is None or node in self.errors:
+        if changes is None or changes.everything or last is None or self.results.error(node) is not None:
             return True
         if dp.name in changes.dataplanes:
             return True
@@ -219,6 +239,8 @@ class Reconciler:
         if changes.policy_services:
             spec = dp.spec
             assert isinstance(spec, DataplaneSpec)
+            if spec.transparent is not None:  # it reaches every service of the mesh
+                return True
             if any(i.service in changes.policy_services for i in spec.inbound) or any(
                 o.service in changes.policy_services for o in spec.outbound
             ):
@@ -232,19 +254,22 @@ class Reconciler:
             await self._render_pending(pending)
         finally:
             self.settled_revision = max(self.settled_revision, revision)
+        await self._store_known_protocols()
 
     async def _render_pending(self, pending: _Pending) -> None:
         for mesh in pending.meshes:
-            if mesh not in self.meshes:
-                self.snapshots.pop(mesh, None)
+            if self.model.mesh(mesh) is None:
+                self.results.drop_snapshot(mesh)
+                self.known_protocols.pop(mesh, None)
                 continue
-            previous = self.snapshots.get(mesh)
-            snap = self.snapshots[mesh] = self._build(mesh, previous)
+            previous = self.results.snapshot(mesh)
+            snap = self._build(mesh, previous)
+            self.results.set_snapshot(mesh, snap)
             changes = snap.since_previous
             targets = [dp for dp in snap.dataplanes.values() if self._affected(mesh, dp, changes)]
             pushed = []
             turn = time.monotonic()
-            live = self.resources.get(mesh, {})
+            live = self.model.resources(mesh)
             for dp in targets:
                 if time.monotonic() - turn > YIELD_EVERY:
                     await asyncio.sleep(0)  # let streams push what is rendered, and read ACKs
@@ -255,11 +280,10 @@ class Reconciler:
                 try:
                     result = render(dp, snap, self.plugins, previous=self.results.get(node))
                 except Exception as err:  # keep the last good config; show why
-                    self.errors[node] = str(err)
+                    self.results.failed(node, str(err))
                     log.error("cannot render %s: %s", node, err)
                     continue
-                self.errors.pop(node, None)
-                self.results[node] = result
+                self.results.rendered(node, result)
                 if self.cache.set(node, result.snapshot):
                     pushed.append(node)
             for listener in self.listeners:

@@ -104,9 +104,19 @@ class Outbound(Spec):
     port: int
     service: str
     address: str = "127.0.0.1"
+    # What the caller speaks to the service, used only while no instance of it says (a service
+    # declared before it is deployed): see MeshSnapshot.service_protocol.
+    protocol: str | None = None
 
     _p = field_validator("port")(classmethod(lambda cls, v: _port(v)))
     _a = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
+
+    @field_validator("protocol")
+    @classmethod
+    def _protocol(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROTOCOLS:
+            raise ValueError(f"'{v}' must be one of {', '.join(PROTOCOLS)}")
+        return v
 
     @field_validator("service")
     @classmethod

@@ -62,8 +62,7 @@ class DashboardApi:
         principal(request).check_read(mesh)
         rec = self._ctx(mesh).reconciler
         items = []
-        for dp in sorted((r for r in rec.resources.get(mesh, {}).values() if r.kind == "Dataplane"),
-                         key=lambda r: r.name):
+        for dp in sorted(rec.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name):
             result = rec.results.get(names.node_id(mesh, dp.name))
             for a in result.applied if result is not None else ():
                 if a.kind == kind and a.name == name:
@@ -75,7 +74,7 @@ class DashboardApi:
         principal(request).check_read(mesh)
         ctx = self._ctx(mesh)
         instances, callers = [], []
-        for r in sorted(ctx.reconciler.resources.get(mesh, {}).values(), key=lambda r: r.name):
+        for r in sorted(ctx.reconciler.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name):
             spec = r.spec
             if r.kind != "Dataplane" or not isinstance(spec, DataplaneSpec):
                 continue
@@ -93,7 +92,7 @@ class DashboardApi:
     def _ctx(self, mesh: str) -> ControlPlaneContext:
         if self.ctx is None:
             raise Unavailable("the control plane is starting; retry")
-        if mesh not in self.ctx.reconciler.meshes:
+        if self.ctx.reconciler.model.mesh(mesh) is None:
             raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
         return self.ctx
 

@@ -11,7 +11,7 @@ from meshline.core.resource import Resource
 from meshline.render import envoy
 from meshline.render.defaults import L7_PROTOCOLS
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.sections import HttpChain, InboundSection
+from meshline.render.sections import HttpChain, InboundSection, SectionId
 from meshline.xds import names
 
 
@@ -32,6 +32,7 @@ def inbound_section(dataplane: Resource, inbound: Inbound, mesh: MeshSnapshot) -
     section = InboundSection(
         target=f"inbound {inbound.port} ({inbound.service})",
         listener=envoy.listener(name, spec.address, inbound.port),
+        id=SectionId("sidecar", "inbound", inbound.port),
         transports=server_transports(mesh),
         inbound=inbound,
     )

@@ -6,9 +6,9 @@ whole inbound and outbound sections) may also survive into the next snapshot, bu
 ``previous=``, when nothing they depend on changed. What they depend on:
 
 * the Mesh resource (any change: nothing survives);
-* the endpoints (and so the protocol) of every service they read, recorded while they were
-  made (``endpoints`` tracks reads; reading ``dataplanes`` inside a memoized piece makes it
-  never survive);
+* the endpoints and the protocol of every service they read, recorded while they were
+  made (``endpoints`` and ``protocols`` track reads; reading ``dataplanes`` inside a memoized
+  piece makes it never survive);
 * the policies that select their destination service: a policy only shapes sections whose
   destination service its ``destinations`` select (plugins match with the section's service,
   or an inbound's tags, as destination). A changed policy whose destinations name no exact
@@ -23,7 +23,7 @@ rendering incrementally gives exactly what rendering from scratch gives.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -119,7 +119,7 @@ class Changes:
 
     everything: bool  # the Mesh, or a policy that may select any service, changed
     dataplanes: frozenset[str]  # added, removed or changed
-    services: frozenset[str]  # whose endpoints (and so protocol) changed
+    services: frozenset[str]  # whose endpoints or protocol changed
     policy_services: frozenset[str]  # destination services of changed policies
 
 
@@ -145,6 +145,9 @@ class MeshSnapshot:
     # Dataplanes whose sidecar is known to be gone (see controlplane.health).
     offline: frozenset[str] = frozenset()
     endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    # service -> protocol, for every service with instances or an outbound to it (see
+    # service_protocol); built from the resources and ``known_protocols``.
+    protocols: Mapping[str, str] = field(default_factory=dict)
     # Memo for pieces shared by many dataplanes at this revision (render is pure, so
     # anything computed from the snapshot alone may be reused).
     memo: dict[Any, _Memo] = field(default_factory=dict, compare=False, repr=False)
@@ -160,9 +163,12 @@ class MeshSnapshot:
         revision: int,
         offline: frozenset[str] = frozenset(),
         previous: MeshSnapshot | None = None,
+        known_protocols: Mapping[str, str] | None = None,
     ) -> MeshSnapshot:
         """The snapshot of ``resources``; with ``previous`` (the same mesh's last snapshot),
-        the carried pieces of its memo that nothing changed under are kept."""
+        the carried pieces of its memo that nothing changed under are kept.
+        ``known_protocols``: service -> the protocol its instances said when it last had some
+        (kept by the reconciler), for services that have none now."""
         dataplanes: dict[str, Resource] = {}
         policies: dict[str, list[Resource]] = defaultdict(list)
         endpoints: dict[str, list[Endpoint]] = defaultdict(list)
@@ -178,6 +184,7 @@ class MeshSnapshot:
                     )
             elif r.kind != "Mesh":
                 policies[r.kind].append(r)
+        protocols = _protocols(endpoints, dataplanes.values(), known_protocols or {})
         reads = _Reads()
         snap = cls(
             mesh=mesh,
@@ -188,6 +195,7 @@ class MeshSnapshot:
             endpoints=TrackedMapping(
                 {k: tuple(sorted(v, key=lambda e: (e.dataplane, e.port))) for k, v in endpoints.items()}, reads
             ),
+            protocols=TrackedMapping(protocols, reads),
             reads=reads,
         )
         if previous is not None:
@@ -208,6 +216,8 @@ class MeshSnapshot:
         }  # fmt: skip
         old_eps, new_eps = previous._endpoints(), self._endpoints()
         services = {s for s in old_eps.keys() | new_eps.keys() if old_eps.get(s) != new_eps.get(s)}
+        old_p, new_p = previous._protocols(), self._protocols()
+        services |= {s for s in old_p.keys() | new_p.keys() if old_p.get(s) != new_p.get(s)}
         everything = False
         policy_services: set[str] = set()
         for kind in previous.policies.keys() | self.policies.keys():
@@ -234,6 +244,15 @@ class MeshSnapshot:
     def _endpoints(self) -> Mapping[str, tuple[Endpoint, ...]]:
         e = self.endpoints
         return e.raw() if isinstance(e, TrackedMapping) else e
+
+    def _protocols(self) -> Mapping[str, str]:
+        p = self.protocols
+        return p.raw() if isinstance(p, TrackedMapping) else p
+
+    def instance_protocols(self) -> dict[str, str]:
+        """service -> protocol, for the services that have instances (what the reconciler remembers)."""
+        eps = self._endpoints()
+        return {s: p for s, p in self._protocols().items() if eps.get(s)}
 
     def _carry_from(self, previous: MeshSnapshot, changes: Changes) -> None:
         if changes.everything or len(previous.memo) > MAX_CARRIED_PER_DATAPLANE * max(1, len(self._dataplanes())):
@@ -265,8 +284,9 @@ class MeshSnapshot:
         return self.policies.get(kind, ())
 
     def service_protocol(self, service: str) -> str:
-        """The protocol every instance of ``service`` declares; tcp if they disagree."""
-        return service_protocol(e.tags.get("protocol", DEFAULT_PROTOCOL) for e in self.endpoints.get(service, ()))
+        """The protocol every instance of ``service`` declares (tcp if they disagree); with no
+        instance, the one its instances last said, else the one the outbounds to it declare."""
+        return self.protocols.get(service, DEFAULT_PROTOCOL)
 
     def services(self) -> list[str]:
         return sorted(self.endpoints)
@@ -296,6 +316,31 @@ class MeshSnapshot:
     def recording(self) -> _Recording:
         """``with mesh.recording() as reads:`` collects the services read inside (for the reconciler)."""
         return _Recording(self.reads)
+
+
+def _protocols(
+    endpoints: Mapping[str, list[Endpoint]], dataplanes: Iterable[Resource], known: Mapping[str, str]
+) -> dict[str, str]:
+    """service -> protocol: what all its instances say (tcp if they disagree); for a service
+    without instances, what they last said (``known``), else what every outbound to it
+    declares. Rendering such a service as tcp would give an HTTP caller an empty reply instead
+    of a 503 it can read, and no HTTP timeouts or retries."""
+    out: dict[str, str] = {}
+    for service, eps in endpoints.items():
+        out[service] = service_protocol(e.tags.get("protocol", DEFAULT_PROTOCOL) for e in eps)
+    for service, protocol in known.items():
+        out.setdefault(service, protocol)
+    declared: dict[str, set[str]] = defaultdict(set)
+    for dp in dataplanes:
+        spec = dp.spec
+        assert isinstance(spec, DataplaneSpec)
+        for o in spec.outbound:
+            if o.service not in out:
+                declared[o.service].add(o.protocol or "")
+    for service, said in declared.items():
+        if len(said) == 1 and "" not in said:  # every outbound to it declares the same
+            out[service] = said.pop()
+    return out
 
 
 def inbound_of(dataplane: Resource, port: int) -> Inbound:

@@ -57,6 +57,7 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
     REQUESTS,
     RESPONSE_BYTES,
     RESPONSE_CODE,
+    RESPONSE_FLAGS,
     SCOPE,
     SOURCE_SERVICE,
     SOURCE_VERSION,
@@ -137,7 +138,8 @@ def _stats_logger(listener: str, fixed: tuple[tuple[str, str], ...],
 def _per_request(protocol: str) -> dict[str, str]:
     # MESH_DENIED: the policy that denied (the inbound's denial header); the agent turns it
     # into response_code_class="denied", so a denial is neither a success nor an app's 4xx.
-    out = {RESPONSE_CODE: "%RESPONSE_CODE%", MESH_DENIED: f"%RESP({names.DENIED_HEADER})%"}
+    out = {RESPONSE_CODE: "%RESPONSE_CODE%", MESH_DENIED: f"%RESP({names.DENIED_HEADER})%",
+           RESPONSE_FLAGS: "%RESPONSE_FLAGS%"}
     if protocol == "grpc":
         out[GRPC_STATUS] = "%GRPC_STATUS_NUMBER%"
     return out

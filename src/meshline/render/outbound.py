@@ -12,7 +12,7 @@ from meshline.core.dataplane import Outbound
 from meshline.render import envoy
 from meshline.render.defaults import L7_PROTOCOLS, request_timeout
 from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.sections import HttpChain, OutboundSection
+from meshline.render.sections import HttpChain, OutboundSection, SectionId
 from meshline.xds import names
 
 # Pooled mTLS connections keep the certificates of their handshake. Ending them after a
@@ -65,14 +65,16 @@ def default_route(cluster: str, protocol: str) -> route_components_pb2.Route:
 
 
 def outbound_section(
-    source_tags: tuple[Mapping[str, str], ...], outbound: Outbound, mesh: MeshSnapshot
+    source_tags: tuple[Mapping[str, str], ...], outbound: Outbound, mesh: MeshSnapshot, proxy: str = "sidecar"
 ) -> OutboundSection:
+    """``proxy``: the proxy kind it is for (a gateway reaches services as a sidecar does)."""
     service = outbound.service
     protocol = mesh.service_protocol(service)
     name = names.outbound_listener(outbound.port)
     section = OutboundSection(
         target=f"outbound {service} (port {outbound.port})",
         listener=envoy.listener(name, outbound.address, outbound.port),
+        id=SectionId(proxy, "outbound", outbound.port),
         outbound=outbound,
         service=service,
         protocol=protocol,

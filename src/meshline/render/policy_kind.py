@@ -31,7 +31,7 @@ from meshline.core.resource import KindInfo, Resource, ResourceKey
 from meshline.core.selectors import Match, SelectorSpec, TagSelector, matching
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.plugins import Plugin
-from meshline.render.sections import Applied, InboundSection, OutboundSection
+from meshline.render.sections import InboundSection, OutboundSection
 
 S = TypeVar("S", bound=SelectorSpec)
 
@@ -133,12 +133,17 @@ class MeshView:
 class MeshCheck:
     """An apply-time check of one resource against the rest of its mesh.
 
-    Runs when a resource of the kind declaring it is written, or, with ``every_write``, on
-    every write (a Retry's check also runs when a Timeout is applied; it returns nothing
-    for writes that are not its business). Returns problems, each with a field path and a fix."""
+    Runs when a resource of the kind declaring it is written, and for any other write that
+    ``also`` accepts (a Retry's check also runs when a Timeout is applied). ``also`` is a
+    cheap test of the resource alone: the mesh view (a copy of the mesh) is only built
+    when some check runs. Returns problems, each with a field path and a fix."""
 
     check: Callable[[Resource, MeshView], list[FieldProblem]]
-    every_write: bool = False
+    also: Callable[[Resource], bool] | None = None
+
+    def runs_on(self, kind: str, res: Resource) -> bool:
+        """Whether this check, declared by ``kind``, runs when ``res`` is written."""
+        return res.kind == kind or (self.also is not None and self.also(res))
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,14 +249,14 @@ def _for_destination(policy: Resource, tags: Mapping[str, str]) -> Match | None:
 def record(section: OutboundSection | InboundSection, matched: Matched[Any], note: str = "") -> None:
     """Tell ``meshline inspect`` that ``matched`` shaped ``section`` (and how, in ``note``)."""
     reason = matched.reason() + (f"; {note}" if note else "")
-    section.applied.append(Applied(matched.policy.kind, matched.policy.name, section.target, reason))
+    section.note(matched.policy.kind, matched.policy.name, reason)
 
 
 def run_mesh_checks(res: Resource, view: MeshView, checks: Iterable[tuple[str, MeshCheck]]) -> list[FieldProblem]:
     """The problems of ``res`` found by the (kind, check) pairs that run on its writes."""
     found: list[FieldProblem] = []
     for kind, check in checks:
-        if check.every_write or kind == res.kind:
+        if check.runs_on(kind, res):
             found.extend(check.check(res, view))
     return found
 

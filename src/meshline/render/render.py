@@ -14,7 +14,7 @@ from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
 from meshline.render.plugins import Plugin
-from meshline.render.sections import Applied, Section
+from meshline.render.sections import Applied, Section, SectionId
 from meshline.xds.snapshot import Packed, Snapshot, TypeSlot
 
 
@@ -32,11 +32,22 @@ class RenderResult:
     # The sections it was assembled from (see ``previous`` in :func:`render`).
     parts: tuple[object, ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def sections(self) -> tuple[RenderedSection, ...]:
+        """Each section's own resources and policies, by structured id (goldens per section)."""
+        return tuple(p for p in self.parts if isinstance(p, RenderedSection))
+
 
 @dataclass(frozen=True)
-class _Part:
+class RenderedSection:
+    """What one section contributed to a dataplane's config (see :attr:`RenderResult.sections`)."""
+
+    id: SectionId
     resources: dict[str, dict[str, Packed]]  # type -> name -> resource
     applied: tuple[Applied, ...]
+
+
+_Part = RenderedSection
 
 
 def _run(step: str, fn: object, *args: object) -> None:
@@ -50,7 +61,7 @@ def _run(step: str, fn: object, *args: object) -> None:
 
 def _finish(section: Section) -> _Part:
     by_type = {t: {p.name: p for p in items} for t, items in section.finalize().items()}
-    return _Part(by_type, tuple(section.applied))
+    return _Part(section.section_id, by_type, tuple(section.applied))
 
 
 def _outbound_part(

@@ -32,6 +32,22 @@ ORDER_FAULT = 300
 ORDER_OBSERVE = 400
 
 
+@dataclass(frozen=True, order=True)
+class SectionId:
+    """Which part of one proxy's config a section is, as data: the proxy kind, the
+    listener's role in it and its port. Telemetry joins log entries to the policies of
+    their section on it, tests pick a section's golden by it; ``Section.target`` is only
+    the human label."""
+
+    proxy: str  # sidecar | gateway | zone-ingress | zone-egress
+    role: str  # sidecar: inbound | outbound | transparent-*; gateway: listener | outbound; zones: sni
+    port: int
+    name: str = ""  # where a port holds several sections (transparent capture: the service)
+
+    def __str__(self) -> str:
+        return f"{self.proxy}/{self.role}/{self.port}" + (f"/{self.name}" if self.name else "")
+
+
 @dataclass(frozen=True)
 class Applied:
     """One policy that shaped a section, for `meshline inspect`."""
@@ -40,6 +56,7 @@ class Applied:
     name: str
     target: str  # "outbound orders (port 15001)" / "inbound 18080"
     reason: str
+    section: SectionId | None = None  # the section it shaped (not in inspect's JSON: target says it)
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "name": self.name, "target": self.target, "reason": self.reason}
@@ -75,6 +92,9 @@ class Section:
 
     target: str
     listener: listener_pb2.Listener
+    # None: derived from the listener (role from the target's first word), for generators
+    # that do not name their sections yet.
+    id: SectionId | None = None
     http: HttpChain | None = None
     tcp: tcp_proxy_pb2.TcpProxy | None = None
     # network filters that run before the HCM / tcp_proxy (e.g. L4 RBAC)
@@ -86,6 +106,20 @@ class Section:
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
     routes: dict[str, route_pb2.RouteConfiguration] = field(default_factory=dict)
     applied: list[Applied] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            port = self.listener.address.socket_address.port_value
+            self.id = SectionId("sidecar", self.target.split(" ", 1)[0], port)
+
+    @property
+    def section_id(self) -> SectionId:
+        assert self.id is not None  # set by __post_init__
+        return self.id
+
+    def note(self, kind: str, name: str, reason: str) -> None:
+        """Tell ``meshline inspect`` that policy ``kind``/``name`` shaped this section, and how."""
+        self.applied.append(Applied(kind, name, self.target, reason, self.section_id))
 
     def finalize(self) -> dict[str, list[Packed]]:
         filters = [f for _, f in sorted(self.network_filters, key=lambda item: item[0])]

@@ -51,7 +51,7 @@ from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, Endpoint, MeshSnapshot, TrackedMapping
 from meshline.render.outbound import outbound_section
 from meshline.render.plugins import Plugin
-from meshline.render.sections import Applied, Section
+from meshline.render.sections import Applied, Section, SectionId
 from meshline.xds import names
 from meshline.xds.snapshot import CLUSTER, LISTENER, Packed, pack
 
@@ -121,7 +121,10 @@ def _as_protocol(mesh: MeshSnapshot, service: str, protocol: str) -> MeshSnapsho
     """``mesh`` as if every instance of ``service`` declared ``protocol`` (one variant's view)."""
     endpoints = dict(_raw(mesh.endpoints))
     endpoints[service] = tuple(replace(e, tags={**e.tags, "protocol": protocol}) for e in mesh.endpoints.get(service, ()))
-    return replace(mesh, endpoints=TrackedMapping(endpoints, mesh.reads), memo={}, since_previous=None)
+    p = mesh.protocols
+    protocols = {**(p.raw() if isinstance(p, TrackedMapping) else p), service: protocol}
+    return replace(mesh, endpoints=TrackedMapping(endpoints, mesh.reads), protocols=TrackedMapping(protocols, mesh.reads),
+                   memo={}, since_previous=None)
 
 
 def _raw(m: Mapping[str, tuple[Endpoint, ...]]) -> Mapping[str, tuple[Endpoint, ...]]:
@@ -204,6 +207,7 @@ def _outbound_piece(source_tags: tuple[dict[str, str], ...], service: str, varia
     name = names.transparent_outbound(service, variant.suffix)
     section.listener.name = name
     section.target = f"outbound {service} (transparent{', detected ' + variant.protocol if variant.protocol else ''})"
+    section.id = SectionId("sidecar", "transparent-outbound", HTTP_PORT, f"{service}{variant.suffix}")
     if section.http is not None:
         old = section.route_name
         route = section.routes.pop(old)
@@ -297,7 +301,8 @@ def outbound_listener(spec: DataplaneSpec, mesh: MeshSnapshot, plugins: Sequence
     table = vips(mesh)
     lst = _capture_listener(names.TRANSPARENT_OUTBOUND_LISTENER, spec.transparent.outbound_port,
                             spec.transparent.ipv6, base_pb2.OUTBOUND)  # fmt: skip
-    out = _Assembled(target="outbound (transparent)", listener=lst)
+    out = _Assembled(target="outbound (transparent)", listener=lst,
+                     id=SectionId("sidecar", "transparent-outbound", spec.transparent.outbound_port))
     detect_ports: set[int] = set()
     taken: set[tuple[str, int]] = set()
     for service in mesh.services():
@@ -361,6 +366,7 @@ def _inbound_piece(dataplane: Resource, inbound: Inbound, variant: Variant, mesh
     section = inbound_section(dataplane, inbound, mesh)
     if variant.protocol:
         section.target = f"inbound {inbound.port} ({inbound.service}, detected {variant.protocol})"
+        section.id = SectionId("sidecar", "inbound", inbound.port, f"detected-{variant.protocol}")
     _run_plugins(section, run, plugins, mesh, dataplane)
     _rename_clusters(section, inbound.service, variant.suffix)
     chains, rest = _chains_of(section.finalize())
@@ -373,7 +379,8 @@ def inbound_listener(dataplane: Resource, mesh: MeshSnapshot, plugins: Sequence[
     assert isinstance(spec, DataplaneSpec) and spec.transparent is not None
     lst = _capture_listener(names.TRANSPARENT_INBOUND_LISTENER, spec.transparent.inbound_port,
                             spec.transparent.ipv6, base_pb2.INBOUND)  # fmt: skip
-    out = _Assembled(target="inbound (transparent)", listener=lst)
+    out = _Assembled(target="inbound (transparent)", listener=lst,
+                     id=SectionId("sidecar", "transparent-inbound", spec.transparent.inbound_port))
     owner = (dataplane.name, dataplane.version)
     detect_ports: set[int] = set()
     for index, inbound in enumerate(spec.inbound):

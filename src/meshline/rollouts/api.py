@@ -41,6 +41,7 @@ LONGEST_WINDOW_S = 300.0  # ...for the last five minutes (telemetry.window.LONGE
 MAX_STEPS = 50
 MAX_CHECKS = 10
 MAX_WEBHOOKS = 10
+MAX_WEBHOOK_S = 30.0  # a webhook's timeout at most
 METRICS = ("successRate", "p50", "p99")
 
 
@@ -201,6 +202,10 @@ def spec_problems(res: Resource) -> list[FieldProblem]:
                                 " keeps signals per second); use 1s or more"))
     names = [w.name for w in spec.webhooks]
     for i, w in enumerate(spec.webhooks):
+        if w.timeout.total_seconds() > MAX_WEBHOOK_S or w.timeout.total_seconds() <= 0:
+            out.append(FieldProblem(f"spec.webhooks[{i}].timeout", f"must be above 0 and at most {MAX_WEBHOOK_S:g}s"
+                                    " (the controller waits for the answer); a longer test should answer at once"
+                                    " and be checked by a later step's webhook"))
         if names.index(w.name) != i:
             out.append(FieldProblem(f"spec.webhooks[{i}].name", f"'{w.name}' is used twice; give each webhook its own"))
     return out

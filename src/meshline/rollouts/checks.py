@@ -42,7 +42,7 @@ def _routed_services(res: Resource) -> set[str]:
 
 
 def _merged(ctx: ControlPlaneContext, mesh: str, pending: Sequence[Resource]) -> list[Resource]:
-    live = dict(ctx.reconciler.resources.get(mesh, {}))
+    live = dict(ctx.model.resources(mesh))
     for p in pending:
         if p.mesh == mesh:
             live[p.key] = p

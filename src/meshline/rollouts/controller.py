@@ -73,13 +73,15 @@ def candidate_ready(resources: Mapping[ResourceKey, Resource], service: str, ver
     return False
 
 
-def status_view(res: Resource, state: m.State) -> dict[str, Any]:
-    """The stored state plus what it means (weights, stages) for readers that do not run the machine."""
+def status_view(res: Resource, state: m.State, driver: str = "") -> dict[str, Any]:
+    """The stored state plus what it means (weights, stages) for readers that do not run the
+    machine, and which replica drives it."""
     assert isinstance(res.spec, RolloutSpec)
     plan = stages(res.spec)
     w = m.weights(state, plan)
     return {
         **state.to_json(),
+        "driver": driver,
         "candidateVersion": res.spec.candidate.version,
         "stableVersion": res.spec.stable.version,
         "weights": {"stable": 100 - w.candidate, "candidate": w.candidate, "mirror": w.mirror, "ab": w.ab,
@@ -134,7 +136,7 @@ class RolloutController:
 
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile_all(self) -> None:
-        for mesh, resources in list(self.ctx.reconciler.resources.items()):
+        for mesh, resources in self.ctx.model.by_mesh():
             rollouts = [r for r in resources.values() if r.kind == "Rollout"]
             owned = {r.labels.get(OWNER): r for r in resources.values() if r.kind == "HTTPRoute" and OWNER in r.labels}
             for name, route in owned.items():  # a deleted rollout takes its route with it
@@ -171,8 +173,9 @@ class RolloutController:
         if m.analysis_due(state, spec.analysis, plan, now):
             signals = self._measure(res.mesh, spec, plan[state.stage], now - state.stage_started)
         state = m.tick(state, spec.analysis, plan, m.Tick(now, ready, signals), configured)
-        if state != before:
-            await self.ctx.store.put_status({res.key: {STATE_PART: status_view(res, state)}})
+        me = self.ctx.publisher.replica if self.ctx.publisher is not None else ""
+        if state != before or (raw or {}).get("driver") != me:  # a new driver says so at once
+            await self.ctx.store.put_status({res.key: {STATE_PART: status_view(res, state, me)}})
         await self._write_route(res, state, plan, resources)
 
     def _measure(self, mesh: str, spec: RolloutSpec, stage: Stage, age: float) -> list[tuple[m.Signal, m.Signal]] | None:

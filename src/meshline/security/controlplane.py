@@ -144,7 +144,7 @@ class Security:
         data_dir = self.settings.data_dir
         kek = crypto.KeyEncryptor.load_or_create(self.options.kek_file or data_dir / "kek")
         self.ca = CAManager(
-            ctx.store, kek, self.options.propagation, meshes=lambda name: ctx.reconciler.meshes.get(name)
+            ctx.store, kek, self.options.propagation, meshes=ctx.model.mesh
         )
         await self.ca.start()
         self.tokens = TokenService(ctx.store, kek)
@@ -199,7 +199,7 @@ class Security:
 
     @staticmethod
     def _dataplane(ctx: ControlPlaneContext, mesh: str, name: str) -> Resource | None:
-        return ctx.reconciler.resources.get(mesh, {}).get(ResourceKey("Dataplane", mesh, name))
+        return ctx.model.get(ResourceKey("Dataplane", mesh, name))
 
     async def _housekeeping(self, ctx: ControlPlaneContext) -> None:
         """Drop retired CAs and long-expired token records."""
@@ -207,7 +207,7 @@ class Security:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 assert self.ca is not None and self.tokens is not None
-                for mesh in list(ctx.reconciler.meshes):
+                for mesh in ctx.model.mesh_names():
                     await self.ca.prune(mesh)
                 await self.tokens.prune()
             except Exception:

@@ -194,7 +194,7 @@ class SecurityApi:
         for field, value in (("service", service), ("dataplane", dataplane)):
             if value is not None and not NAME_RE.match(value):
                 raise ValidationError([FieldProblem(field, NAME_HINT)])
-        mesh_res = self.ctx.reconciler.meshes.get(mesh)
+        mesh_res = self.ctx.model.mesh(mesh)
         if mesh_res is None:
             try:
                 mesh_res = await self.ctx.store.get(ResourceKey("Mesh", "", mesh))

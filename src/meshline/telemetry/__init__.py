@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
     """Add the render step, the AccessLogService, the API routes and the intake to ``ext``."""
     from meshline.controlplane.context import ControlPlaneContext
-    from meshline.controlplane.reconciler import Reconciler
     from meshline.core.dataplane import DataplaneSpec
     from meshline.core.resource import ResourceKey
     from meshline.telemetry.als import AccessLogServicer, add_to_server
@@ -33,22 +32,25 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
     from meshline.telemetry.intake import TelemetryIntake
     from meshline.telemetry.render_step import PLUGIN
 
-    running: list[Reconciler] = []  # the control plane's, once it starts (nothing is read before)
-    intake = TelemetryIntake(context_for=lambda r: context_from(running[0], r))
+    running: list[ControlPlaneContext] = []  # the control plane's, once it starts (nothing is read before)
+    intake = TelemetryIntake(context_for=lambda r: context_from(running[0].results, r))
 
     def services_of(mesh: str, dataplane: str) -> frozenset[str] | None:
-        dp = running[0].resources.get(mesh, {}).get(ResourceKey("Dataplane", mesh, dataplane)) if running else None
+        dp = running[0].model.get(ResourceKey("Dataplane", mesh, dataplane)) if running else None
         return frozenset(dp.spec.services()) if dp is not None and isinstance(dp.spec, DataplaneSpec) else None
 
     def on_start(ctx: ControlPlaneContext) -> None:
-        running[:] = [ctx.reconciler]
+        running[:] = [ctx]
         ctx.services["telemetry"] = intake
         intake.start()
 
     ext.render_steps.append(PLUGIN)
     ext.grpc_services.append(add_to_server(AccessLogServicer(intake, services_of)))
-    ext.routes.append(TelemetryApi(intake, lambda mesh: bool(running) and mesh in running[0].meshes).routes)
-    ext.routes.append(HistoryApi(intake, lambda mesh: bool(running) and mesh in running[0].meshes).routes)
+    def mesh_exists(mesh: str) -> bool:
+        return bool(running) and running[0].model.mesh(mesh) is not None
+
+    ext.routes.append(TelemetryApi(intake, mesh_exists).routes)
+    ext.routes.append(HistoryApi(intake, mesh_exists).routes)
     ext.on_start.append(on_start)
     ext.on_stop.append(intake.stop)
     return intake

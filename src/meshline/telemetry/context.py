@@ -1,6 +1,6 @@
 """What the control plane knows about a logged request, for its explanation.
 
-Reads the reconciler's in-memory state (the mesh snapshot and the last render of the
+Reads the control plane's render results (the mesh snapshot and the last render of the
 sidecar that logged the entry); no store access, cheap enough to run per failed request.
 """
 
@@ -9,21 +9,21 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshline.controlplane.reconciler import Reconciler
+from meshline.controlplane.results import RenderResults
 from meshline.telemetry.explain import EndpointCounts, ExplainContext
 from meshline.telemetry.record import OUTBOUND, LogRecord
 from meshline.xds import names
 from meshline.xds.snapshot import CLUSTER, ENDPOINT
 
 
-def context_from(reconciler: Reconciler, r: LogRecord) -> ExplainContext:
+def context_from(results: RenderResults, r: LogRecord) -> ExplainContext:
     node = names.node_id(r.mesh, r.dataplane)
-    result = reconciler.results.get(node)
+    result = results.get(node)
     policies: tuple[str, ...] = ()
     outlier = False
     in_cluster: int | None = None
     if result is not None:
-        policies = tuple(sorted({f"{a.kind}/{a.name}" for a in result.applied if a.target == r.section}))
+        policies = tuple(sorted({f"{a.kind}/{a.name}" for a in result.applied if str(a.section) == r.section}))
         cluster = result.snapshot.slot(CLUSTER).resources.get(r.upstream_cluster)
         if cluster is not None:
             c = cluster_pb2.Cluster()
@@ -35,7 +35,7 @@ def context_from(reconciler: Reconciler, r: LogRecord) -> ExplainContext:
             cla.any.Unpack(e)
             in_cluster = sum(len(loc.lb_endpoints) for loc in e.endpoints)
     endpoints = None
-    snap = reconciler.snapshots.get(r.mesh)
+    snap = results.snapshot(r.mesh)
     if snap is not None and r.direction == OUTBOUND and r.destination:
         eps = snap.endpoints.get(r.destination, ())
         endpoints = EndpointCounts(

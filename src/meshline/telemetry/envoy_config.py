@@ -46,7 +46,7 @@ class SectionInfo:
     listener: str
     direction: str  # outbound | inbound
     protocol: str  # http | tcp (how it is proxied)
-    section: str  # Section.target, e.g. "outbound orders (port 15001)"
+    section: str  # str(SectionId), e.g. "sidecar/outbound/15001": the join key to the section's policies
     mesh: str
     service: str  # the sidecar's own service for this section (file name, span service)
     version: str  # the sidecar's own version tag

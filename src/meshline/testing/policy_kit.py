@@ -6,11 +6,16 @@
   as the apply would leave it: the same checks, in the same way, as the control plane.
 * :func:`load_applied` documents as a golden input: refused unless ``meshline apply``
   would take them (so no golden pins a state the product refuses).
+* :func:`section_yaml` / :func:`check_section_golden` the part of a rendering one section
+  made (by its structured :class:`~meshline.render.sections.SectionId`), for goldens per
+  section under test: a golden of one outbound does not change when an inbound does.
 * :func:`envoy_accepts` the real Envoy's verdict (``envoy --mode validate``) on a rendering.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -34,8 +39,9 @@ from meshline.policies import mesh_checks
 from meshline.render import envoy
 from meshline.render.policy_kind import MeshView, run_mesh_checks
 from meshline.render.render import RenderResult
+from meshline.render.sections import SectionId
 from meshline.xds import names
-from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT
 
 
 class RefusedInput(AssertionError):
@@ -60,7 +66,7 @@ def apply_problems(resources: Sequence[Resource]) -> list[FieldProblem]:
     found: list[FieldProblem] = []
     views: dict[str, MeshView] = {}
     for res in resources:
-        if not res.mesh:
+        if not res.mesh or not any(c.runs_on(kind, res) for kind, c in checks):
             continue
         view = views.get(res.mesh)
         if view is None:
@@ -86,6 +92,38 @@ def load_applied(text: str, where: str = "input") -> list[Resource]:
     if found:
         raise RefusedInput(f"{where}: meshline apply refuses it, so no golden may pin it:\n  " + "\n  ".join(found))
     return resources
+
+
+# -- goldens per section ---------------------------------------------------------------
+def section_yaml(result: RenderResult, section: SectionId | str) -> str:
+    """The resources and policies one section (e.g. ``"sidecar/outbound/15001"``) rendered."""
+    wanted = str(section)
+    part = next((p for p in result.sections if str(p.id) == wanted), None)
+    if part is None:
+        known = ", ".join(str(p.id) for p in result.sections)
+        raise AssertionError(f"no section {wanted} in this rendering; it has {known}")
+    out: dict[str, Any] = {"section": wanted}
+    for type_url in sorted(part.resources, key=lambda t: SHORT.get(t, t)):
+        items = part.resources[type_url]
+        if items:
+            out[SHORT.get(type_url, type_url)] = [
+                json.loads(json_format.MessageToJson(items[name].any, sort_keys=True)) for name in sorted(items)
+            ]
+    out["policies"] = [a.to_json() for a in part.applied]
+    return yaml.safe_dump(out, sort_keys=False, width=120)
+
+
+def check_section_golden(result: RenderResult, section: SectionId | str, golden: Path) -> None:
+    """Compare one section with its golden file (``UPDATE_GOLDEN=1`` rewrites it; review the diff)."""
+    actual = section_yaml(result, section)
+    if os.environ.get("UPDATE_GOLDEN") == "1" or not golden.exists():
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(actual)
+        assert os.environ.get("UPDATE_GOLDEN") == "1", f"{golden} did not exist; wrote it. Review it and re-run."
+        return
+    assert actual == golden.read_text(), (
+        f"section {section} differs from {golden}; if intended, re-run with UPDATE_GOLDEN=1 and review the diff"
+    )
 
 
 # -- the real Envoy's verdict ----------------------------------------------------------

@@ -32,5 +32,9 @@ DESTINATION_VERSION = "destination_version"
 DESTINATION_ZONE = "destination_zone"
 RESPONSE_CODE = "response_code"
 MESH_DENIED = "mesh_denied"  # the policy that denied (the inbound's denial header)
+# Envoy's response flags ("UH", "UF,URX"...; "" for none): UH, UF, UO, UT, NC or NR mean the
+# caller's sidecar answered itself, no instance did (the "no instance answered" query); a
+# version is no such sign: instances without a version tag answer with destination_version="".
+RESPONSE_FLAGS = "response_flags"
 GRPC_STATUS = "grpc_status"
 PROTOCOL = "protocol"

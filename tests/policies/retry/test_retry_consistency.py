@@ -80,7 +80,8 @@ def test_the_check_sees_stored_and_pending_resources() -> None:
     assert RETRY_TIMEOUTS.check(r, MeshView.build("default", MESH, [r, timeout("30s")])) == []
 
 
-def test_it_runs_on_every_write_and_ignores_kinds_it_has_no_part_in() -> None:
-    assert RETRY_TIMEOUTS.every_write
-    r = retry("20s")
-    assert RETRY_TIMEOUTS.check(MESH[0], MeshView.build("default", MESH, [r])) == []
+def test_it_runs_on_retries_and_on_what_sets_the_request_timeout_only() -> None:
+    assert RETRY_TIMEOUTS.runs_on("Retry", retry("20s"))
+    assert RETRY_TIMEOUTS.runs_on("Retry", timeout("30s"))
+    assert not RETRY_TIMEOUTS.runs_on("Retry", MESH[0])
+    assert RETRY_TIMEOUTS.check(MESH[0], MeshView.build("default", MESH, [retry("20s")])) == []

@@ -17,7 +17,7 @@ from meshline.policies.common.callers import ONE_PER_CALLER, CallerRule, caller_
 from meshline.policies.faultinjection.api import KIND, Fault, FaultInjectionSpec
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.policy_kind import Merge, PolicyKind, Resolved
-from meshline.render.sections import ORDER_FAULT, Applied, InboundSection
+from meshline.render.sections import ORDER_FAULT, InboundSection
 
 FILTER = "envoy.filters.http.fault"
 
@@ -66,7 +66,7 @@ def _configure(section: InboundSection, rule: CallerRule[FaultInjectionSpec], me
     caller = rule.identity_matcher(mesh)
     for fault in rule.spec.conf.faults:
         section.http.add_filter(ORDER_FAULT, FILTER, fault_filter(fault, caller))
-    section.applied.append(Applied(KIND.kind, rule.policy.name, section.target, rule.match.reason()))
+    section.note(KIND.kind, rule.policy.name, rule.match.reason())
 
 
 def inbound(section: InboundSection, resolved: Resolved[FaultInjectionSpec], mesh: MeshSnapshot) -> None:

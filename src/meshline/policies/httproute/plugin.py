@@ -18,7 +18,7 @@ from meshline.policies.httproute.api import KIND, HTTPRouteSpec
 from meshline.policies.httproute.build import rule_routes
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.policy_kind import Merge, PolicyKind, Resolved
-from meshline.render.sections import Applied, OutboundSection
+from meshline.render.sections import OutboundSection
 
 
 def _copy(route: rc.Route) -> rc.Route:
@@ -44,7 +44,7 @@ def configure_outbound(section: OutboundSection, resolved: Resolved[HTTPRouteSpe
         for i, rule in enumerate(match.spec.rules):
             routes.extend(rule_routes(match.policy.name, i, rule, cluster_for, template))
         order = f"; rules tried {rank} of {len(found)}" if len(found) > 1 else ""
-        section.applied.append(Applied(KIND.kind, match.policy.name, section.target, match.reason() + order))
+        section.note(KIND.kind, match.policy.name, match.reason() + order)
     del vhost.routes[:]
     vhost.routes.extend(routes + fallback)
 

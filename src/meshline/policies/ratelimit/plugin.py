@@ -31,7 +31,7 @@ from meshline.policies.ratelimit.api import KIND, ConnectionRate, GlobalConf, Ra
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot, destination_services
 from meshline.render.policy_kind import Merge, PolicyKind, Resolved
-from meshline.render.sections import ORDER_RATELIMIT, Applied, InboundSection
+from meshline.render.sections import ORDER_RATELIMIT, InboundSection
 from meshline.xds import names
 from meshline.xds import rls_descriptor as d
 from meshline.xds.rls_descriptor import Limit
@@ -222,7 +222,7 @@ def inbound(section: InboundSection, resolved: Resolved[RateLimitSpec], mesh: Me
         return
     for rule in caller_rules(resolved, section.inbound.tags, mesh):
         if _configure(section, rule, mesh):
-            section.applied.append(Applied(KIND.kind, rule.policy.name, section.target, rule.match.reason()))
+            section.note(KIND.kind, rule.policy.name, rule.match.reason())
 
 
 POLICY = PolicyKind(

@@ -96,5 +96,5 @@ def _check(res: Resource, view: MeshView) -> list[FieldProblem]:
     return timeout_conflicts(res, view.with_resource(res).resources.values())
 
 
-# Runs on every write (a Retry, or whichever kind sets the request timeout) and returns at once for others.
-RETRY_TIMEOUTS = MeshCheck(_check, every_write=True)
+# Runs on writes of a Retry, and of whichever kind sets the request timeout.
+RETRY_TIMEOUTS = MeshCheck(_check, also=lambda res: isinstance(res.spec, SetsRequestTimeout))

@@ -25,7 +25,7 @@ from meshline.policies.trafficpermission.rbac import Compiled, compile_clauses
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.policy_kind import Matched, Merge, PolicyKind, Resolved
-from meshline.render.sections import ORDER_AUTHZ, Applied, InboundSection
+from meshline.render.sections import ORDER_AUTHZ, InboundSection
 from meshline.xds import names
 
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -145,18 +145,11 @@ def configure_inbound(section: InboundSection, resolved: Resolved[TrafficPermiss
     key = ("trafficpermission", json.dumps(inbound.tags, sort_keys=True), l7)
     plan = mesh.memoize(key, lambda: plan_for(resolved, l7, mesh))
     for name, reason in plan.reasons:
-        section.applied.append(Applied(KIND.kind, name, section.target, reason))
+        section.note(KIND.kind, name, reason)
     if plan.compiled.rules is None and plan.compiled.shadow is None:
         return
     if plan.default == DENY:
-        section.applied.append(
-            Applied(
-                "Mesh",
-                mesh.name,
-                section.target,
-                "default permission deny: what no TrafficPermission allows is refused",
-            )
-        )
+        section.note("Mesh", mesh.name, "default permission deny: what no TrafficPermission allows is refused")
     if l7:
         _configure_http(section, plan, mesh)
     else:

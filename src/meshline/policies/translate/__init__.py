@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 Translator = Callable[[dict[str, Any]], list[Resource] | None]
 
 
-def known_services(resources_by_mesh: Mapping[str, Mapping[Any, Resource]]) -> KnownServices:
-    """Reads the control plane's in-memory resources (Reconciler.resources) when asked."""
+def known_services(resources_of: Callable[[str], Mapping[Any, Resource]]) -> KnownServices:
+    """Reads a mesh's resources (the control plane's read model) when asked."""
 
     def known(mesh: str) -> Mapping[str, str]:
-        return service_protocols(r for r in resources_by_mesh.get(mesh, {}).values() if r.kind == "Dataplane")
+        return service_protocols(r for r in resources_of(mesh).values() if r.kind == "Dataplane")
 
     return known
 
@@ -55,4 +55,4 @@ def translators(kinds: KindRegistry, known: KnownServices) -> list[Translator]:
 
 def install(ctx: ControlPlaneContext) -> None:
     """Wire the translators into a control plane (an Extensions.on_start hook)."""
-    ctx.translators.extend(translators(ctx.kinds, known_services(ctx.reconciler.resources)))
+    ctx.translators.extend(translators(ctx.kinds, known_services(ctx.model.resources)))
