@@ -194,7 +194,11 @@ def test_every_page_renders_real_data_and_the_chart_counts_the_requests_sent(wor
         assert world.send("orders", "inventory", [f"/broken/{i}" for i in range(3)]) == [503] * 3
     finally:
         world.inventory.behaviour.fail_ratio = 0.0
-    page.goto(world.url("#/meshes/default/services/inventory"))
+    page.goto(world.url("#/meshes/default", token=""))  # from the failing arrow, one click to the callee's failures
+    edge = page.locator("svg.graph g.edge[data-source='orders'][data-destination='inventory']")
+    expect(edge).to_have_class(re.compile(r"health-bad"))
+    edge.locator("a").dispatch_event("click")
+    expect(page.locator("#page-title")).to_have_text("Service inventory")
     failure = page.locator("table.failures tbody tr", has_text="/broken/2")
     expect(failure.locator(".explanation")).to_have_text("inventory (inventory-1) answered 503")
     failure.locator("button", has_text="both halves").click()
