@@ -49,7 +49,9 @@ def _wrk_in(host_ns: str, url: str, seconds: float, connections: int) -> wrk.Wrk
     raise wrk.WrkError(f"wrk failed in {host_ns}: {out[-500:]}")
 
 
-def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float, progress: Progress) -> dict[str, float]:
+def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
+        progress: Progress) -> tuple[dict[str, float], dict[str, dict[str, list[float]]]]:  # fmt: skip
+    """(figures, every round's samples per mode)."""
     from meshline.testing.hostmesh import HostMesh
     from meshline.testing.netns import TestNetwork
 
@@ -101,4 +103,4 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float, progres
         pairs = [t / e for t, e in zip(samples["transparent"][k], samples["explicit"][k], strict=True) if e]
         figures[f"ratio.{k}"] = statistics.median(pairs)
         figures[f"ratio_spread.{k}"] = max(pairs) - min(pairs)
-    return figures
+    return figures, samples

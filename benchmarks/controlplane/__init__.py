@@ -129,7 +129,7 @@ def _transparent(settings: CpSettings, procs: ProcessGroup, workdir: Path, progr
 
     run = CpRun("transparent", "two sidecars across two hosts: explicit vs transparent")
     rounds, seconds = (1, 2.0) if settings.mode == "quick" else (9, 6.0)
-    run.figures = transparent.run(procs, workdir, rounds, seconds, progress)
+    run.figures, run.details["rounds"] = transparent.run(procs, workdir, rounds, seconds, progress)
     return run
 
 
