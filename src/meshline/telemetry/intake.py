@@ -444,8 +444,8 @@ class TelemetryIntake:
     def recent(self, mesh: str, flt: TapFilter, limit: int) -> list[LogRecord]:
         if limit <= 0:
             return []
-        out = [r for r, _ in reversed(self._view(mesh).recent) if (is_counted(r) or r.mirrored) and flt.matches(r)]
-        return list(reversed(out[:limit]))
+        newest = (r for r, _ in reversed(self._view(mesh).recent) if (is_counted(r) or r.mirrored) and flt.matches(r))
+        return list(reversed(list(itertools.islice(newest, limit))))  # stops at the limit: no full scan
 
     # -- lifecycle (on the control plane's loop) --------------------------------------
     def start(self) -> None:
