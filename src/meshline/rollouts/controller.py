@@ -100,9 +100,11 @@ class RolloutController:
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._busy: dict[ResourceKey, asyncio.Task[None]] = {}  # a rollout's tick still running
+        self.started = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.started = self.clock()  # this replica's telemetry starts empty here
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         self._task = asyncio.create_task(self._run(), name="rollouts")
 
@@ -186,8 +188,8 @@ class RolloutController:
             now = self.clock()
         signals = None
         if m.analysis_due(state, spec.analysis, plan, now):
-            signals = self._measure(res.mesh, spec, plan[state.stage], now - state.stage_started)
-        state = m.tick(state, spec.analysis, plan, m.Tick(now, ready, signals), configured)
+            signals = self._measure(res.mesh, spec, plan[state.stage], now - max(state.stage_started, self.started))
+        state = m.tick(state, spec.analysis, plan, m.Tick(now, ready, signals, self.started), configured)
         me = self.ctx.publisher.replica if self.ctx.publisher is not None else ""
         if state != before or (raw or {}).get("driver") != me:  # a new driver says so at once
             await self.ctx.store.put_status({res.key: {STATE_PART: status_view(res, state, me)}})
