@@ -97,7 +97,7 @@ export class DataplanePage {
     const p = this.parts;
     p.grafana.replaceChildren(link.grafana(session, "dataplane", { mesh, dataplane: this.name }) || "");
     const tags = (dp.spec.inbound || []).map((i) => Object.entries(i.tags).map(([k, v]) => `${k}=${v}`).join(" "));
-    p.facts.replaceChildren(
+    p.facts.replaceChildren(...[
       facts([
         ["State", stateBadge(status)],
         ["Service", servicesOf(dp).map((s, i) => [i ? ", " : "", link.service(mesh, s)])],
@@ -115,7 +115,7 @@ export class DataplanePage {
         h("p", { class: "mono" }, data.renderError)),
       nackBlock(status),
       (data.warnings || []).length ? h("ul", { class: "warnings" }, data.warnings.map((w) => h("li", { class: "warn" }, w))) : null,
-    );
+    ].filter(Boolean));
     p.versions.replaceChildren(table({
       caption: "Per xDS type: the version the control plane rendered, sent, and Envoy acknowledged (ACK).",
       headers: ["Type", "Rendered", "Sent", "Acknowledged", "ACKed", "Pushes#", "State"],
