@@ -30,6 +30,7 @@ import httpx
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, NotFound
+from meshline.core.ratelog import RateLimitedLog
 from meshline.core.resource import Resource, ResourceKey
 from meshline.rollouts import machine as m
 from meshline.rollouts.api import RolloutSpec, Version
@@ -101,6 +102,7 @@ class RolloutController:
         self._http: httpx.AsyncClient | None = None
         self._busy: dict[ResourceKey, asyncio.Task[None]] = {}  # a rollout's tick still running
         self.started = 0.0
+        self._log = RateLimitedLog(log)  # a failure that repeats every tick is one line per 10 s
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,8 +130,8 @@ class RolloutController:
                     await self.reconcile_all()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bad tick must not end the controller; the next one retries
-                log.exception("rollout controller tick failed")
+            except Exception as err:  # a bad tick must not end the controller; the next one retries
+                self._log.warning("tick", "rollout controller tick failed: %s: %s", type(err).__name__, err)
             await asyncio.sleep(self.tick_every)
 
     async def leading(self) -> bool:
@@ -163,8 +165,9 @@ class RolloutController:
             # read here, after this rollout's previous tick wrote: never a state older than its own
             status = (await self.ctx.store.list_status("Rollout", res.mesh, res.name)).get(res.key, {})
             await self.reconcile(res, status, resources)
-        except Exception:  # the next tick retries from the stored state
-            log.exception("rollout %s: tick failed", res.key)
+        except Exception as err:  # the next tick retries from the stored state (logged once per 10 s)
+            self._log.warning(str(res.key), "%s: tick failed: %s: %s", res.key, type(err).__name__, err)
+            log.debug("%s: tick failed", res.key, exc_info=True)
 
     async def reconcile(self, res: Resource, status: Mapping[str, Any], resources: Mapping[ResourceKey, Resource]) -> None:
         spec = res.spec
