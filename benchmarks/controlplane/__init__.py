@@ -7,6 +7,7 @@
 | ``cp-sidecars`` | many real sidecars (agent + Envoy) connecting at once (``real.py``) |
 | ``cp-startup`` | ``meshline control-plane`` ready; ``meshline up`` until its first request through the demo |
 | ``mesh-size`` | one real sidecar's memory in a small and a large mesh |
+| ``transparent`` | two sidecars across two test hosts, explicit against transparent mode (``benchmarks/transparent.py``) |
 
 Each returns flat figures; :func:`checks` turns them into the issue's targets with anchors.
 """

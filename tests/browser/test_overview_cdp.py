@@ -385,3 +385,65 @@ spec: {address: 127.0.0.1, inbound: [{port: 18080, servicePort: 8080, tags: {ser
         assert await browser.evaluate("sessionStorage.getItem('meshline.token')") == token
         await browser.screenshot(tmp_path / "signed-in.png")
     assert [e for e in browser.errors if "401" not in e] == []  # the refused calls, nothing else
+
+
+POLICIES_VIEW = """
+kind: FaultInjection
+mesh: default
+name: orders-chaos
+spec:
+  destinations: [{match: {service: orders}}]
+  conf: {faults: [{abort: {percentage: 5, httpStatus: 503}}]}
+---
+kind: TrafficPermission
+mesh: default
+name: deny-all-to-orders
+spec:
+  sources: [{match: {service: '*'}}]
+  destinations: [{match: {service: orders}}]
+  action: deny
+---
+kind: TrafficPermission
+mesh: default
+name: web-to-orders
+spec:
+  sources: [{match: {service: web}}]
+  destinations: [{match: {service: orders}}]
+  action: allow
+"""
+
+
+async def test_policies_view_shows_each_selector_once_and_inspect_says_who_decides(
+    tmp_path: Path, browser: Browser,
+) -> None:
+    """Issue 11, item 14: the Policies view's columns do not repeat the selectors (FaultInjection
+    had DESTINATIONS twice, TrafficPermission its selectors again); the inspect dialog says
+    which of two matching permissions decides."""
+    with MeshHarness(tmp_path / "mesh") as harness:
+        harness.api.put({"kind": "Dataplane", "mesh": "default", "name": "orders-1", "spec": {
+            "address": "127.0.0.1", "inbound": [{"port": 1, "servicePort": 2,
+                                                 "tags": {"service": "orders", "protocol": "http"}}]}})
+        harness.apply(POLICIES_VIEW)
+        await browser.goto(_dashboard_url(harness, "#policies"))
+        headers = await browser.wait_for(
+            """(() => { const out = {};
+              for (const s of document.querySelectorAll('#policies section.policy-kind')) {
+                out[s.getAttribute('aria-labelledby')] = [...s.querySelectorAll('thead th')].map(t => t.textContent);
+              }
+              return out['kind-faultinjections'] && out['kind-trafficpermissions'] ? out : null; })()""",
+            what="the FaultInjection and TrafficPermission sections")
+        for kind, cols in headers.items():
+            assert len(cols) == len(set(c.lower() for c in cols)), (kind, cols)
+        assert headers["kind-faultinjections"][:3] == ["Name", "Sources", "Destinations"]
+        assert "Faults" in headers["kind-faultinjections"]
+        assert headers["kind-trafficpermissions"][:3] == ["Name", "Sources", "Destinations"]
+        await browser.screenshot(tmp_path / "policies.png")
+
+        await browser.goto(_dashboard_url(harness))
+        await browser.wait_for("document.querySelector('[data-key=\"dp:orders-1\"]') !== null", what="orders-1")
+        await browser.evaluate("document.querySelector('[data-key=\"dp:orders-1\"]').click()")
+        reason = await browser.wait_for(
+            "document.querySelector('#inspect[open] tr[data-policy=\"TrafficPermission/deny-all-to-orders\"]')"
+            "?.cells[3].textContent", what="the permission in the inspect dialog")
+        assert "for web: web-to-orders (allow) decides instead" in " ".join(reason.split())
+        assert browser.errors == []

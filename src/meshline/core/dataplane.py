@@ -23,6 +23,9 @@ from meshline.core.schema import NAME_HINT, NAME_RE, Spec
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 PROTOCOLS: tuple[str, ...] = ("http", "http2", "grpc", "tcp")
 DEFAULT_PROTOCOL = "tcp"  # safe for any traffic; set protocol: http for L7 features
+# What a proxy is (render/proxies.py): a sidecar next to an app; a gateway into the mesh; a
+# zone's ingress (traffic from other zones in, by SNI, never decrypted) or egress.
+ProxyKind = Literal["sidecar", "gateway", "zone-ingress", "zone-egress"]
 TAG_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -173,6 +176,7 @@ class DataplaneSpec(Spec):
     # own stats, optionally the app's); listed by the control plane's Prometheus discovery.
     metrics: DataplaneMetrics | None = None
     transparent: Transparent | None = None
+    proxy: ProxyKind = "sidecar"
 
     _a = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
 
@@ -181,6 +185,21 @@ class DataplaneSpec(Spec):
 
     def tag_sets(self) -> list[dict[str, str]]:
         return [i.tags for i in self.inbound]
+
+
+def _proxy_problems(r: Resource) -> list[FieldProblem]:
+    """A zone proxy listens on one port and reaches services by SNI; only a sidecar captures."""
+    spec = r.spec
+    assert isinstance(spec, DataplaneSpec)
+    problems: list[FieldProblem] = []
+    if spec.proxy != "sidecar" and spec.transparent is not None:
+        problems.append(FieldProblem("spec.transparent", f"only a sidecar captures traffic; remove it from a {spec.proxy}"))
+    if spec.proxy in ("zone-ingress", "zone-egress"):
+        if len(spec.inbound) != 1:
+            problems.append(FieldProblem("spec.inbound", f"a {spec.proxy} listens on one port; list exactly one inbound"))
+        if spec.outbound:
+            problems.append(FieldProblem("spec.outbound", f"a {spec.proxy} reaches every service by SNI; remove the outbounds"))
+    return problems
 
 
 def _port_problems(r: Resource) -> list[FieldProblem]:
@@ -242,6 +261,6 @@ KIND = KindInfo(
     spec=DataplaneSpec,
     summary="One workload and its sidecar: address, inbound ports with tags, outbound upstreams",
     aliases=("dataplane", "dp", "dps"),
-    validators=(_port_problems,),
+    validators=(_port_problems, _proxy_problems),
     columns={"SERVICE": _service_column, "ADDRESS": _address_column},
 )

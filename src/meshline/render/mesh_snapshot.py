@@ -177,7 +177,9 @@ class MeshSnapshot:
                 dataplanes[r.name] = r
                 spec = r.spec
                 assert isinstance(spec, DataplaneSpec)
-                for inbound in spec.inbound:
+                # Only sidecars serve a service: a gateway's or zone proxy's inbounds are its
+                # own listeners, not instances callers may be sent to.
+                for inbound in spec.inbound if spec.proxy == "sidecar" else ():
                     endpoints[inbound.service].append(
                         Endpoint(r.name, spec.address, inbound.port, inbound.tags,
                                  spec.ready and r.name not in offline)

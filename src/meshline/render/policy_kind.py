@@ -221,12 +221,16 @@ class PolicyKind(Generic[S]):
 
     def _run_outbound(self, section: OutboundSection, mesh: MeshSnapshot) -> None:
         assert self.outbound is not None
+        if not self.runs_unmatched and not mesh.of_kind(self.info.kind):
+            return  # the common case: no policy of this kind in the mesh
         resolved = self.resolve_outbound(section, mesh)
         if resolved or self.runs_unmatched:
             self.outbound(section, resolved, mesh)
 
     def _run_inbound(self, section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
         assert self.inbound is not None
+        if not self.runs_unmatched and not mesh.of_kind(self.info.kind):
+            return
         resolved = self.resolve_inbound(section, mesh)
         if resolved or self.runs_unmatched:
             self.inbound(section, resolved, mesh)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
-from meshline.render import transparent
+from meshline.render import proxies, transparent
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
@@ -65,12 +65,13 @@ def _finish(section: Section) -> _Part:
 
 
 def _outbound_part(
-    source_tags: tuple[dict[str, str], ...], outbound_json: str, mesh: MeshSnapshot, plugins: Sequence[Plugin]
+    source_tags: tuple[dict[str, str], ...], outbound_json: str, mesh: MeshSnapshot, plugins: Sequence[Plugin],
+    proxy: str = "sidecar",
 ) -> _Part:
     from meshline.core.dataplane import Outbound
 
     outbound = Outbound.model_validate_json(outbound_json)
-    section = outbound_section(source_tags, outbound, mesh)
+    section = outbound_section(source_tags, outbound, mesh, proxy)
     for plugin in plugins:
         if plugin.outbound is not None:
             _run(f"policy {plugin.kind.kind} on {section.target}", plugin.outbound, section, mesh)
@@ -106,7 +107,10 @@ def render(
         # the policies selecting their service and the endpoints they read are unchanged.
         owner = (dataplane.name, dataplane.version)
         configurers = tuple(map(id, plugins))  # a piece is only valid for the plugins that made it
-        for index, inbound in enumerate(() if spec.transparent else spec.inbound):
+        sidecar = spec.proxy == "sidecar"
+        if not sidecar:  # a gateway's or zone proxy's own generators (render/proxies.py)
+            parts.extend(proxies.parts(dataplane, mesh, _finish))
+        for index, inbound in enumerate(spec.inbound if sidecar and not spec.transparent else ()):
             parts.append(
                 mesh.memoize(
                     ("inbound", owner, index, configurers),
@@ -122,11 +126,12 @@ def render(
         )
         if spec.transparent is not None:  # the capture listeners (their inbounds are chains there)
             parts.extend(transparent.parts(dataplane, mesh, plugins, _run, _finish, tags_key, source_tags))
-        for outbound, ob_json in zip(spec.outbound, outbounds, strict=True):
+        reaching = spec.outbound if spec.proxy in ("sidecar", "gateway") else []  # zone proxies: SNI only
+        for outbound, ob_json in zip(reaching, outbounds, strict=False):
             parts.append(
                 mesh.memoize(
-                    ("outbound", tags_key, ob_json, configurers),
-                    lambda ob_json=ob_json: _outbound_part(source_tags, ob_json, mesh, plugins),  # type: ignore[misc]
+                    ("outbound", spec.proxy, tags_key, ob_json, configurers),
+                    lambda ob_json=ob_json: _outbound_part(source_tags, ob_json, mesh, plugins, spec.proxy),  # type: ignore[misc]
                     Carry(frozenset({outbound.service})),
                 )
             )

@@ -47,6 +47,7 @@ from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
 from meshline.core.service import ServiceSpec, in_range, vip_table
 from meshline.render import envoy
+from meshline.render.defaults import DEFAULTS
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, Endpoint, MeshSnapshot, TrackedMapping
 from meshline.render.outbound import outbound_section
@@ -255,7 +256,7 @@ def passthrough_cluster() -> cluster_pb2.Cluster:
     c = cluster_pb2.Cluster(
         name=names.PASSTHROUGH_CLUSTER, type=cluster_pb2.Cluster.ORIGINAL_DST, lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED
     )
-    c.connect_timeout.FromMilliseconds(5000)
+    c.connect_timeout.FromTimedelta(DEFAULTS.connect)
     return c
 
 

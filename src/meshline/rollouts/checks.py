@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from meshline.core.dataplane import DataplaneSpec
+from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec, service_protocol
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.resource import Resource
 from meshline.core.schema import did_you_mean
@@ -60,9 +60,12 @@ def rollout_problems(res: Resource, others: Sequence[Resource]) -> list[FieldPro
         hint = f"did you mean '{guess}'?" if guess else "start its stable version first"
         return [FieldProblem("spec.service", f"service '{spec.service}' has no instances in mesh {res.mesh}; {hint}")]
     out: list[FieldProblem] = []
-    protocols = {t.get("protocol", "tcp") for t in tags}
-    if not protocols <= set(L7):
-        out.append(FieldProblem("spec.service", f"'{spec.service}' is served as {', '.join(sorted(protocols))};"
+    # The one protocol rule (instances that disagree make the service tcp, as rendering does).
+    protocol = service_protocol(t.get("protocol", DEFAULT_PROTOCOL) for t in tags)
+    if protocol not in L7:
+        declared = sorted({t.get("protocol", DEFAULT_PROTOCOL) for t in tags})
+        served = protocol if declared == [protocol] else f"{protocol} (its instances say {', '.join(declared)})"
+        out.append(FieldProblem("spec.service", f"'{spec.service}' is served as {served};"
                                 " a rollout moves HTTP requests, so tag its instances protocol=http (or http2, grpc)"))
     versions = sorted({t.get("version", "") for t in tags} - {""})
     if not any(_matches(t, spec.stable) for t in tags):

@@ -99,6 +99,7 @@ class RolloutController:
         self.tick_every = tick
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._busy: dict[ResourceKey, asyncio.Task[None]] = {}  # a rollout's tick still running
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,11 +107,14 @@ class RolloutController:
         self._task = asyncio.create_task(self._run(), name="rollouts")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._busy.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
+        self._busy.clear()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -143,11 +147,22 @@ class RolloutController:
                 if name is not None and ResourceKey("Rollout", mesh, name) not in resources:
                     with contextlib.suppress(NotFound, Conflict):
                         await self.ctx.store.delete(route.key, route.version)
-            if not rollouts:
-                continue
-            stored = await self.ctx.store.list_status("Rollout", mesh)
             for r in rollouts:
-                await self.reconcile(r, stored.get(r.key, {}), resources)
+                busy = self._busy.get(r.key)
+                if busy is not None and not busy.done():
+                    continue  # still waiting for its webhooks: other rollouts go on meanwhile
+                self._busy[r.key] = asyncio.create_task(self._reconcile_logged(r, resources))
+        for key, task in list(self._busy.items()):
+            if task.done():
+                del self._busy[key]
+
+    async def _reconcile_logged(self, res: Resource, resources: Mapping[ResourceKey, Resource]) -> None:
+        try:
+            # read here, after this rollout's previous tick wrote: never a state older than its own
+            status = (await self.ctx.store.list_status("Rollout", res.mesh, res.name)).get(res.key, {})
+            await self.reconcile(res, status, resources)
+        except Exception:  # the next tick retries from the stored state
+            log.exception("rollout %s: tick failed", res.key)
 
     async def reconcile(self, res: Resource, status: Mapping[str, Any], resources: Mapping[ResourceKey, Resource]) -> None:
         spec = res.spec

@@ -83,6 +83,20 @@ def service_cluster(service: str, subset: Mapping[str, str] | None = None) -> st
     return f"{service}_{parts}"
 
 
+def gateway_listener(port: int) -> str:
+    return f"gateway_{port}"
+
+
+def passthrough_listener(proxy: str, port: int) -> str:
+    """The SNI listener of a zone ingress or egress (``zone-ingress`` -> ``zone_ingress_10001``)."""
+    return f"{proxy.replace('-', '_')}_{port}"
+
+
+def passthrough_cluster(service: str) -> str:
+    """A zone proxy's cluster for one service: TCP to its instances, TLS left to the two sidecars."""
+    return f"sni_{service}"
+
+
 def stat_prefix(name: str) -> str:
     return name.replace(".", "_")
 

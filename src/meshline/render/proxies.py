@@ -1,0 +1,113 @@
+"""The proxy kinds besides the sidecar: their own generators, the same policy framework.
+
+* ``gateway``: an entry listener per inbound port (``listener/<port>``) and, like a
+  sidecar, an outbound section per outbound, shaped by the policy kinds. The entry
+  listener answers 404 until Gateway routes exist (the gateway issue fills it in).
+* ``zone-ingress`` and ``zone-egress``: one listener (``sni/<port>``) with a TLS-passthrough
+  filter chain per mesh service, picked by the SNI sidecars send (``<service>.<mesh>.mesh``),
+  to that service's instances over plain TCP: the mTLS session stays between the two
+  sidecars, the zone proxy never decrypts. Until the multi-zone issue brings other zones'
+  inventory both send to local instances; the egress is the same shape pointed the other way.
+
+The sidecar's generators are inbound.py and outbound.py (and transparent.py); render.py
+picks the generators by ``Dataplane.spec.proxy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+
+from meshline.core.dataplane import DataplaneSpec
+from meshline.core.resource import Resource
+from meshline.render import envoy
+from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.sections import HttpChain, InboundSection, Section, SectionId
+from meshline.xds import names
+from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, pack
+
+P = TypeVar("P")
+GATEWAY_NO_ROUTE = "no route on this gateway yet\n"
+
+
+@dataclass
+class PassthroughSection(Section):
+    """A listener whose filter chains are picked by SNI, each a tcp_proxy to one cluster."""
+
+    chains: dict[str, str] = field(default_factory=dict)  # server name -> cluster
+
+    def finalize(self) -> dict[str, list[Packed]]:
+        lst = listener_pb2.Listener()
+        lst.CopyFrom(self.listener)
+        del lst.filter_chains[:]
+        lst.listener_filters.append(envoy.tls_inspector())
+        for sni, cluster in sorted(self.chains.items()):
+            lst.filter_chains.append(listener_components_pb2.FilterChain(
+                name=cluster,
+                filter_chain_match=listener_components_pb2.FilterChainMatch(server_names=[sni], transport_protocol="tls"),
+                filters=[envoy.network_filter("envoy.filters.network.tcp_proxy", envoy.tcp_proxy(cluster, cluster))],
+            ))  # fmt: skip
+        return {
+            LISTENER: [pack(lst.name, lst)],
+            CLUSTER: [pack(n, c) for n, c in self.clusters.items()],
+            ENDPOINT: [pack(n, e) for n, e in self.endpoints.items()],
+            ROUTE: [],
+        }
+
+
+def gateway_listener(dataplane: Resource, port: int, service: str) -> InboundSection:
+    """An entry point of the gateway: HTTP, routes inline; for now every request gets 404."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    name = names.gateway_listener(port)
+    section = InboundSection(
+        target=f"gateway {service} listener (port {port})",
+        listener=envoy.listener(name, spec.address, port),
+        id=SectionId("gateway", "listener", port),
+    )
+    section.http = HttpChain(envoy.hcm(name))
+    section.route = route_pb2.RouteConfiguration(name=name, virtual_hosts=[route_components_pb2.VirtualHost(
+        name=service, domains=["*"], routes=[route_components_pb2.Route(
+            name="no-route", match=route_components_pb2.RouteMatch(prefix="/"),
+            direct_response=route_components_pb2.DirectResponseAction(
+                status=404, body={"inline_string": GATEWAY_NO_ROUTE}),
+        )],
+    )])  # fmt: skip
+    return section
+
+
+def passthrough(dataplane: Resource, mesh: MeshSnapshot) -> PassthroughSection:
+    """The SNI listener of a zone ingress or egress: a chain per service with instances."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    port = spec.inbound[0].port
+    section = PassthroughSection(
+        target=f"{spec.proxy} (port {port})",
+        listener=envoy.listener(names.passthrough_listener(spec.proxy, port), spec.address, port),
+        id=SectionId(spec.proxy, "sni", port),
+    )
+    own = set(spec.services())
+    for service in mesh.services():
+        if service in own:
+            continue  # the zone proxy itself
+        cluster = names.passthrough_cluster(service)
+        section.clusters[cluster] = envoy.eds_cluster(cluster, "tcp", None)
+        section.endpoints[cluster] = envoy.load_assignment(cluster, mesh.endpoints.get(service, ()))
+        section.chains[f"{service}.{mesh.name}.mesh"] = cluster
+    return section
+
+
+def parts(dataplane: Resource, mesh: MeshSnapshot, finish: Callable[[Section], P]) -> list[P]:
+    """The sections of a gateway or zone proxy (its outbounds, for a gateway, come from the
+    sidecar's outbound generator in render.py)."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    if spec.proxy == "gateway":
+        # Policies and render steps shape entry listeners once Gateway routes give them
+        # something to shape (the gateway issue); the outbounds get them now.
+        return [finish(gateway_listener(dataplane, i.port, i.service)) for i in spec.inbound]
+    return [finish(passthrough(dataplane, mesh))]
