@@ -417,7 +417,7 @@ async def test_policies_view_shows_each_selector_once_and_inspect_says_who_decid
     tmp_path: Path, browser: Browser,
 ) -> None:
     """Issue 11, item 14: the Policies view's columns do not repeat the selectors (FaultInjection
-    had DESTINATIONS twice, TrafficPermission its selectors again); the inspect dialog says
+    had DESTINATIONS twice, TrafficPermission its selectors again); the dataplane's page says
     which of two matching permissions decides."""
     with MeshHarness(tmp_path / "mesh") as harness:
         harness.api.put({"kind": "Dataplane", "mesh": "default", "name": "orders-1", "spec": {
@@ -443,7 +443,7 @@ async def test_policies_view_shows_each_selector_once_and_inspect_says_who_decid
         await browser.wait_for("document.querySelector('[data-key=\"dp:orders-1\"]') !== null", what="orders-1")
         await browser.evaluate("document.querySelector('[data-key=\"dp:orders-1\"]').click()")
         reason = await browser.wait_for(
-            "document.querySelector('#inspect[open] tr[data-policy=\"TrafficPermission/deny-all-to-orders\"]')"
-            "?.cells[3].textContent", what="the permission in the inspect dialog")
+            "document.querySelector('#view-page tr[data-policy=\"TrafficPermission/deny-all-to-orders\"]')"
+            "?.cells[3].textContent", what="the permission on orders-1's page")
         assert "for web: web-to-orders (allow) decides instead" in " ".join(reason.split())
         assert browser.errors == []
