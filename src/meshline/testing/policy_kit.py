@@ -9,6 +9,9 @@
 * :func:`section_yaml` / :func:`check_section_golden` the part of a rendering one section
   made (by its structured :class:`~meshline.render.sections.SectionId`), for goldens per
   section under test: a golden of one outbound does not change when an inbound does.
+* :func:`sections_changed_by` / :func:`check_policy_goldens` which sections a policy kind
+  changed (a rendering with its policies against one without them), and goldens of exactly
+  the sections its policies shaped, each changed section among them.
 * :func:`envoy_accepts` the real Envoy's verdict (``envoy --mode validate``) on a rendering.
 """
 
@@ -41,7 +44,7 @@ from meshline.render.policy_kind import MeshView, run_mesh_checks
 from meshline.render.render import RenderResult
 from meshline.render.sections import SectionId
 from meshline.xds import names
-from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT
+from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, Packed
 
 
 class RefusedInput(AssertionError):
@@ -124,6 +127,55 @@ def check_section_golden(result: RenderResult, section: SectionId | str, golden:
     assert actual == golden.read_text(), (
         f"section {section} differs from {golden}; if intended, re-run with UPDATE_GOLDEN=1 and review the diff"
     )
+
+
+def _digests(items: dict[str, dict[str, Packed]]) -> dict[str, dict[str, bytes]]:
+    return {t: {n: p.digest for n, p in named.items()} for t, named in items.items() if named}
+
+
+def _outside_sections(result: RenderResult) -> dict[str, dict[str, bytes]]:
+    inside = {(t, n) for part in result.sections for t, named in part.resources.items() for n in named}
+    return {
+        t: {n: p.digest for n, p in slot.resources.items() if (t, n) not in inside}
+        for t, slot in result.snapshot.slots.items()
+    }
+
+
+def sections_changed_by(result: RenderResult, baseline: RenderResult) -> list[str]:
+    """The sections of ``result`` that differ from ``baseline`` (the same mesh without the
+    policies under test): changed, added, or only in ``baseline`` (removed); ``"outside
+    sections"`` when a resource no section owns differs."""
+    before = {str(p.id): _digests(p.resources) for p in baseline.sections}
+    after = {str(p.id): _digests(p.resources) for p in result.sections}
+    changed = sorted(s for s in before.keys() | after.keys() if before.get(s) != after.get(s))
+    if _outside_sections(result) != _outside_sections(baseline):
+        changed.append("outside sections")
+    return changed
+
+
+def section_file(section: SectionId) -> str:
+    """A section's part of a golden file name: ``outbound-15001`` (``-name`` where a port holds several)."""
+    return f"{section.role}-{section.port}" + (f"-{section.name}" if section.name else "")
+
+
+def check_policy_goldens(
+    result: RenderResult, baseline: RenderResult, kinds: frozenset[str], golden_dir: Path, stem: str
+) -> None:
+    """Goldens ``<stem>.<section>.golden.yaml`` of each section a policy of ``kinds`` shaped;
+    every section those policies changed (against ``baseline``) must be among them, and no
+    golden of ``stem`` may be left over."""
+    pinned = sorted({p.id for p in result.sections if any(a.kind in kinds for a in p.applied)})
+    assert pinned, f"{stem}: no policy of {sorted(kinds)} shaped any section"
+    unpinned = set(sections_changed_by(result, baseline)) - {str(s) for s in pinned}
+    assert not unpinned, f"{stem}: {sorted(unpinned)} changed, but no policy of {sorted(kinds)} noted it there"
+    expected = {f"{stem}.{section_file(s)}.golden.yaml" for s in pinned}
+    for section in pinned:
+        check_section_golden(result, section, golden_dir / f"{stem}.{section_file(section)}.golden.yaml")
+    suffix = ".golden.yaml"
+    present = {
+        p.name for p in golden_dir.glob(f"{stem}.*{suffix}") if "." not in p.name[len(stem) + 1 : -len(suffix)]
+    }
+    assert present == expected, f"stale or missing goldens for {stem}: {sorted(present ^ expected)}"
 
 
 # -- the real Envoy's verdict ----------------------------------------------------------

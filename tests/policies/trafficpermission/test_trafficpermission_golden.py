@@ -1,8 +1,11 @@
 """Golden files for TrafficPermission (allow, deny, dry-run, L4, L7, precedence, plaintext callers),
-each also checked by the real Envoy (``--mode validate``).
+per section the permissions shaped; each whole rendering is also checked by the real Envoy
+(``--mode validate``).
 
-Inputs: ``features/<case>.yaml`` (a Mesh and permissions) plus ``dataplanes.yaml``.
-``UPDATE_GOLDEN=1`` rewrites ``golden/``; review the diff.
+Inputs: ``features/<case>.yaml`` (a Mesh and permissions) plus ``dataplanes.yaml``. Every
+section that differs from the same mesh without its permissions must have a golden
+(``golden/<case>.<dataplane>.<role>-<port>.golden.yaml``). ``UPDATE_GOLDEN=1`` rewrites
+``golden/``; review the diff.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from meshline.testing.golden import check_golden, load_resources, render_named
-from meshline.testing.policy_kit import envoy_accepts
+from meshline.testing.golden import load_resources, render_named
+from meshline.testing.policy_kit import check_policy_goldens, envoy_accepts
 
 HERE = Path(__file__).parent
+KINDS = frozenset({"TrafficPermission"})
 CASES = [
     ("allow", "orders-v1"),
     ("allow", "inventory-1"),
@@ -27,16 +31,11 @@ CASES = [
 ]
 
 
-def _input(case: str, tmp_path: Path) -> Path:
-    path = tmp_path / f"{case}.yaml"
-    path.write_text(
-        (HERE / "features" / f"{case}.yaml").read_text() + "\n---\n" + (HERE / "dataplanes.yaml").read_text()
-    )
-    return path
-
-
 @pytest.mark.parametrize(("case", "dataplane"), CASES)
 def test_golden(case: str, dataplane: str, tmp_path: Path) -> None:
-    src = _input(case, tmp_path)
-    check_golden(src, dataplane, HERE / "golden" / f"{case}.{dataplane}.golden.yaml")
-    envoy_accepts(render_named(load_resources(src.read_text()), dataplane), tmp_path / "envoy")
+    text = (HERE / "features" / f"{case}.yaml").read_text() + "\n---\n" + (HERE / "dataplanes.yaml").read_text()
+    resources = load_resources(text)
+    result = render_named(resources, dataplane)
+    baseline = render_named([r for r in resources if r.kind not in KINDS], dataplane)
+    check_policy_goldens(result, baseline, KINDS, HERE / "golden", f"{case}.{dataplane}")
+    envoy_accepts(result, tmp_path / "envoy")
