@@ -1,4 +1,7 @@
-"""Golden files for HTTPRoute, one per feature, each also checked by the real Envoy (--mode validate).
+"""Golden files for HTTPRoute, per feature and section the routes shaped
+(``golden/<feature>.<caller>.<role>-<port>.golden.yaml``); every section that differs from the
+mesh without the feature must have one. Each whole rendering is also checked by the real
+Envoy (--mode validate).
 
 The input is the demo's shape (mesh.input.yaml) plus one feature file from features/.
 UPDATE_GOLDEN=1 rewrites the golden files; review the diff.
@@ -10,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from meshline.testing.golden import check_golden, load_resources, render_named
-from meshline.testing.policy_kit import envoy_accepts
+from meshline.testing.golden import load_resources, render_named
+from meshline.testing.policy_kit import check_policy_goldens, envoy_accepts
 
 HERE = Path(__file__).parent
 FEATURES = sorted(p.stem for p in (HERE / "features").glob("*.yaml"))
 # Which caller each feature is seen from (the route only shapes that caller's outbound).
+KINDS = frozenset({"HTTPRoute"})
 CALLERS = {"grpc": ["web-1"], "precedence": ["web-1", "admin-1"]}
 
 
@@ -31,13 +35,11 @@ CASES = [(f, dp) for f in FEATURES for dp in CALLERS.get(f, ["web-1"])]
 
 @pytest.mark.parametrize(("feature", "dataplane"), CASES, ids=[f"{f}-{d}" for f, d in CASES])
 def test_feature_golden(feature: str, dataplane: str, tmp_path: Path) -> None:
-    check_golden(_input(feature, tmp_path), dataplane, HERE / "golden" / f"{feature}.{dataplane}.golden.yaml")
-
-
-@pytest.mark.parametrize(("feature", "dataplane"), CASES, ids=[f"{f}-{d}" for f, d in CASES])
-def test_envoy_accepts_feature(feature: str, dataplane: str, tmp_path: Path) -> None:
     resources = load_resources(_input(feature, tmp_path).read_text())
-    envoy_accepts(render_named(resources, dataplane), tmp_path)
+    result = render_named(resources, dataplane)
+    baseline = render_named([r for r in resources if r.kind not in KINDS], dataplane)
+    check_policy_goldens(result, baseline, KINDS, HERE / "golden", f"{feature}.{dataplane}")
+    envoy_accepts(result, tmp_path / "envoy")
 
 
 def test_a_caller_no_route_selects_is_untouched(tmp_path: Path) -> None:
