@@ -1,4 +1,6 @@
-"""TCPRoute: golden files (checked by the real Envoy) and validation."""
+"""TCPRoute: golden files per section the routes shaped (``golden/<dataplane>.<role>-<port>.golden.yaml``;
+every section that differs from the mesh without them must have one), the whole rendering
+checked by the real Envoy, and validation. ``UPDATE_GOLDEN=1`` rewrites ``golden/``; review the diff."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import pytest
 
 from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
-from meshline.testing.golden import check_golden, load_resources, render_named
-from meshline.testing.policy_kit import envoy_accepts
+from meshline.testing.golden import load_resources, render_named
+from meshline.testing.policy_kit import check_policy_goldens, envoy_accepts, sections_changed_by
 
 HERE = Path(__file__).parent
 KINDS = default_kinds()
@@ -19,13 +21,19 @@ KINDS = default_kinds()
 @pytest.mark.parametrize("dataplane", ["web-1", "orders-v1"])
 def test_golden(dataplane: str, tmp_path: Path) -> None:
     """web-1: its own 80/20 split (more specific source); orders-v1: the mesh-wide migration."""
-    check_golden(HERE / "mesh.input.yaml", dataplane, HERE / "golden" / f"{dataplane}.golden.yaml")
-    envoy_accepts(render_named(load_resources((HERE / "mesh.input.yaml").read_text()), dataplane), tmp_path)
+    resources = load_resources((HERE / "mesh.input.yaml").read_text())
+    result = render_named(resources, dataplane)
+    baseline = render_named([r for r in resources if r.kind != "TCPRoute"], dataplane)
+    check_policy_goldens(result, baseline, frozenset({"TCPRoute"}), HERE / "golden", dataplane)
+    envoy_accepts(result, tmp_path)
 
 
 def test_http_outbounds_are_untouched() -> None:
-    result = render_named(load_resources((HERE / "mesh.input.yaml").read_text()), "web-1")
+    resources = load_resources((HERE / "mesh.input.yaml").read_text())
+    result = render_named(resources, "web-1")
     assert {a.target for a in result.applied} == {"outbound payments (port 15432)"}
+    baseline = render_named([r for r in resources if r.kind != "TCPRoute"], "web-1")
+    assert sections_changed_by(result, baseline) == ["sidecar/outbound/15432"]
 
 
 def tcp_route(**spec: Any) -> dict[str, Any]:
