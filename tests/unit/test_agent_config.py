@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,13 @@ def test_sockets_fall_back_to_a_short_path(tmp_path: Path) -> None:
         assert socket_path(deep, name) == short  # stable for the same work dir
     cfg = config(deep)
     assert {cfg.sds_path, cfg.admin_socket, cfg.xds_socket} == {socket_path(deep, n) for n in ("sds", "admin", "xds")}
+
+
+def test_a_long_tmpdir_falls_back_to_tmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", "/" + "t" * 90)  # a CI runner's or a test's TMPDIR
+    short = socket_path(Path("/" + "d" * 120), "admin")
+    assert str(short).startswith("/tmp/meshline-") and len(str(short)) <= MAX_SOCKET_PATH
 
 
 def test_xds_address() -> None:

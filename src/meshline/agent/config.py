@@ -235,7 +235,8 @@ def check_config(config: AgentConfig) -> None:
     if config.drain_seconds < 0:
         problems.append(FieldProblem("--drain-seconds", "must not be negative"))
     if len(str(config.sds_path)) > MAX_SOCKET_PATH:
-        problems.append(FieldProblem("sds_socket", f"path is longer than {MAX_SOCKET_PATH} bytes"))
+        problems.append(FieldProblem("sds_socket", f"path is longer than {MAX_SOCKET_PATH} bytes; use a shorter"
+                                                   " --work-dir or set XDG_RUNTIME_DIR to a short directory"))
     if problems:
         raise ValidationError(problems)
     # The spec schema (ports in range, tag syntax...) and the cross-field port checks.
@@ -400,8 +401,14 @@ def socket_path(work_dir: Path, name: str) -> Path:
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(work_dir).encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    return base / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
+    short = Path()
+    # A long TMPDIR (a test's, a CI runner's) can be too long as well: /tmp always fits.
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"):
+        if base:
+            short = Path(base) / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
+            if len(str(short)) <= MAX_SOCKET_PATH:
+                break
+    return short
 
 
 def free_port(address: str = "127.0.0.1") -> int:
