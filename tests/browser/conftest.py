@@ -61,8 +61,11 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
     except ImportError:
         _missing("playwright is not installed (./scripts/bootstrap dev installs it)")
         raise
+    from playwright.sync_api import expect
+
     binary = chromium()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=15_000)  # a shared 2-core machine: what comes in 50 ms may take seconds
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=binary, headless=True, args=FLAGS,

@@ -12,9 +12,11 @@ traffic, mTLS strict, authentication on): what each page shows is what the mesh 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,6 +40,7 @@ spec:
   conf: {http: {requestTimeout: 10s}}
 """
 STEP_S = 10  # the series' bucket (telemetry.series.STEP_S)
+GRAFANA = "http://grafana.invalid:3000"  # only linked to, never reached
 
 
 class World:
@@ -72,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with HttpTestServer("orders-1") as orders, HttpTestServer("inventory-1") as inventory:
         spec = {"mtls": {"mode": "strict"}, "defaultPermission": "allow"}
         with MeshHarness(tmp_path_factory.mktemp("browser"), mtls="strict", auth=True, mesh_spec=spec,
-                         build=breakable_control_plane) as harness:
+                         build=breakable_control_plane, overrides={"grafana_url": GRAFANA}) as harness:
             harness.apply(TIMEOUT_POLICY)
             sidecars = {
                 "inventory": harness.sidecar("inventory", inventory.port, tags={"version": "v1", "zone": "east"}),
@@ -87,8 +90,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             yield w
 
 
+DOCS_SHOTS = {"overview", "service", "dataplane", "dataplane-nack", "policy", "apply-bad", "apply-dry-run",
+              "read-only", "graph-focus"}  # fmt: skip
+
+
 def shot(page: Page, name: str) -> None:
+    """A full-page screenshot into build/browser-screenshots/; with MESHLINE_DOCS_SCREENSHOTS=DIR,
+    the pages docs/dashboard.md shows also go to DIR (at most 1,100 px tall, to stay small)."""
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    docs = os.environ.get("MESHLINE_DOCS_SCREENSHOTS")
+    if docs and name in DOCS_SHOTS:
+        height = min(1100, int(page.evaluate("document.documentElement.scrollHeight")))
+        page.screenshot(path=str(Path(docs) / f"dashboard-{name}.png"), full_page=True,
+                        clip={"x": 0, "y": 0, "width": page.viewport_size["width"] if page.viewport_size else 1280,
+                              "height": height})
 
 
 def no_errors(browser: Browser, *expected: int) -> None:
@@ -141,6 +156,8 @@ def test_every_page_renders_real_data_and_the_chart_counts_the_requests_sent(wor
     applied = page.locator("table.policies-applied tr[data-policy='Timeout/web-to-orders']")
     expect(applied).to_contain_text("service=web")  # why it applies, as inspect says
     expect(applied).to_contain_text("outbound orders")
+    grafana = page.locator("a.grafana")
+    assert grafana.get_attribute("href") == f"{GRAFANA}/d/meshline-service?var-mesh=default&var-service=orders"
     shot(page, "service")
 
     # -- the policy, from the service page; back returns ---------------------------------------
@@ -169,6 +186,9 @@ def test_every_page_renders_real_data_and_the_chart_counts_the_requests_sent(wor
     expect(count).to_contain_text("match “inventory”")
     assert 0 < int(count.inner_text().split()[0]) < total
     expect(page.locator("details[data-resource^='Cluster/'] summary", has_text="inventory").first).to_be_visible()
+    recent = page.locator("table.recent-requests tbody tr", has_text="/burst/11")  # web -> orders-1, sent above
+    expect(recent).to_have_attribute("data-direction", "in")
+    expect(recent.locator("td").nth(3)).to_have_text("200")
     shot(page, "dataplane")
 
     # -- recent failures on a service page, with their explanation -----------------------------
@@ -177,7 +197,11 @@ def test_every_page_renders_real_data_and_the_chart_counts_the_requests_sent(wor
         assert world.send("orders", "inventory", [f"/broken/{i}" for i in range(3)]) == [503] * 3
     finally:
         world.inventory.behaviour.fail_ratio = 0.0
-    page.goto(world.url("#/meshes/default/services/inventory"))
+    page.goto(world.url("#/meshes/default", token=""))  # from the failing arrow, one click to the callee's failures
+    edge = page.locator("svg.graph g.edge[data-source='orders'][data-destination='inventory']")
+    expect(edge).to_have_class(re.compile(r"health-bad"))
+    edge.locator("a").dispatch_event("click")
+    expect(page.locator("#page-title")).to_have_text("Service inventory")
     failure = page.locator("table.failures tbody tr", has_text="/broken/2")
     expect(failure.locator(".explanation")).to_have_text("inventory (inventory-1) answered 503")
     failure.locator("button", has_text="both halves").click()
@@ -193,7 +217,7 @@ def test_a_deep_link_opens_the_right_page(world: World, browser: Browser) -> Non
     expect(page.locator("nav a[aria-current='page']")).to_have_text("Overview")
     assert "token=" not in page.url  # the token left the address at once
     page.goto(world.url("#/meshes/default/policies", token=""))
-    expect(page.locator("tr[data-policy='Timeout/web-to-orders']")).to_have_count(1)
+    expect(page.locator("#view-policies tr[data-policy='Timeout/web-to-orders']")).to_be_visible()
     page.goto(world.url("#/meshes/nowhere/services/orders", token=""))
     expect(page.locator("#status")).to_contain_text("mesh 'nowhere' does not exist")
     no_errors(browser)
@@ -288,4 +312,36 @@ def test_a_read_only_sign_in_has_no_edit_controls(world: World, browser: Browser
     expect(page.locator("#read-only")).to_contain_text("may not change resources")
     expect(page.locator("#yaml, #dry-run, #apply")).to_have_count(0)
     shot(page, "read-only")
+    no_errors(browser)
+
+
+def test_two_hundred_services_stay_readable_with_search_and_focus(tmp_path: Any, browser: Browser) -> None:
+    with MeshHarness(tmp_path / "big") as harness:
+        # svc-000 ... svc-199: each calls the next two (a declared upstream), registered without sidecars
+        docs = [{"kind": "Dataplane", "mesh": "default", "name": f"svc-{i:03d}-1",
+                 "spec": {"address": "127.0.0.1", "inbound": [{"port": 20000 + i, "servicePort": 30000 + i,
+                          "tags": {"service": f"svc-{i:03d}", "protocol": "http"}}],
+                          "outbound": [{"port": 40000 + j, "service": f"svc-{j:03d}"} for j in (i + 1, i + 2) if j < 200]}}
+                for i in range(200)]
+        harness.api.apply(docs)
+        page = open_page(browser, f"{harness.api_url}/")
+        expect(page.locator("#graph-note")).to_contain_text("200 services: the 40 busiest are drawn")
+        expect(page.locator("svg.graph a.node")).to_have_count(40)
+        page.fill("#graph-search", "svc-10")  # svc-100 ... svc-109
+        expect(page.locator("svg.graph a.node")).to_have_count(10)
+        expect(page.locator("#graph-note")).to_contain_text("10 of 200 services match")
+        page.fill("#graph-search", "svc-150")
+        page.click("#graph-form button[type=submit]")
+        nodes = page.locator("svg.graph a.node")
+        expect(nodes).to_have_count(5)  # its two callers and its two callees
+        names = sorted(nodes.evaluate_all("ns => ns.map(n => n.dataset.service)"))
+        assert names == ["svc-148", "svc-149", "svc-150", "svc-151", "svc-152"]
+        expect(page.locator("svg.graph a.node.focus")).to_have_attribute("data-service", "svc-150")
+        page.select_option("#graph-depth", "2")
+        expect(nodes).to_have_count(9)
+        shot(page, "graph-focus")
+        page.locator("svg.graph a.node[data-service='svc-151']").click()
+        expect(page.locator("#page-title")).to_have_text("Service svc-151")
+        page.go_back()
+        expect(page.locator("svg.graph a.node.focus")).to_have_attribute("data-service", "svc-150")  # kept
     no_errors(browser)

@@ -62,11 +62,21 @@ def test_one_replica_drives_the_other_takes_commands_and_takes_over(replicas: tu
         wait_until(lambda: not b.api.get("/api/v1/meshes/default/httproutes")["items"], 10, what="its route gone")
         b.apply(yaml.safe_dump(ROLLOUT))
         at_gate = wait_until(lambda: (s := state(b)).get("stage") == 1 and s.get("entered") and s, 20, what="gate")
-        a.stop()
-        taken = wait_until(lambda: (s := state(b)).get("driver") == "replica-b" and s, 10, what="B to take over")
-        assert taken["stage"] == 1 and taken["stageStarted"] == at_gate["stageStarted"]
-        assert taken["weights"] == at_gate["weights"] == {**at_gate["weights"], "candidate": 20}
-        b.api.request("POST", "/api/v1/meshes/default/rollouts/orders/promote")
-        wait_until(lambda: state(b).get("phase") == "promoted", 20, what="promoted by B")
-        spec = b.api.get("/api/v1/meshes/default/httproutes/rollout-orders")["spec"]
-        assert [r["backends"] for r in spec["rules"]] == [[{"tags": {"version": "v2"}, "weight": 1}]]
+        kept, a.sidecars[:] = list(a.sidecars), []  # A's sidecars stay (still registered) while A stops
+        try:
+            a.stop()
+            takeover(b, at_gate)
+        finally:
+            for sc in kept:
+                sc.stop()
+
+
+def takeover(b: MeshHarness, at_gate: dict[str, Any]) -> None:
+    """B drives once A is gone: the same step, the same weights, and B's promote ends it."""
+    taken = wait_until(lambda: (s := state(b)).get("driver") == "replica-b" and s, 10, what="B to take over")
+    assert taken["stage"] == 1 and taken["stageStarted"] == at_gate["stageStarted"]
+    assert taken["weights"] == at_gate["weights"] == {**at_gate["weights"], "candidate": 20}
+    b.api.request("POST", "/api/v1/meshes/default/rollouts/orders/promote")
+    wait_until(lambda: state(b).get("phase") == "promoted", 20, what="promoted by B")
+    spec = b.api.get("/api/v1/meshes/default/httproutes/rollout-orders")["spec"]
+    assert [r["backends"] for r in spec["rules"]] == [[{"tags": {"version": "v2"}, "weight": 1}]]

@@ -75,7 +75,7 @@ def _one_line_error(out: str, *words: str) -> None:
 def test_bad_input_is_one_line_and_installs_nothing(mesh: HostMesh) -> None:
     y = mesh.net.host("y")
     # the app's own port excluded from inbound capture: the app would be reachable around Envoy
-    out = failed(run(mesh, y, "--exclude-inbound-port", "8080", wait=False))
+    out = failed(run(mesh, y, "--exclude-inbound-port", "8080", name="shop-y1", wait=False))
     _one_line_error(out, "port 8080 is the app's port", "--exclude-inbound-port")
     assert "meshline" not in rules(y).lower()
 
@@ -91,13 +91,13 @@ def test_bad_input_is_one_line_and_installs_nothing(mesh: HostMesh) -> None:
     # someone else's redirect rules in this namespace
     y.run(["nft", "-f", "-"], input="table ip other {\n chain out {\n  type nat hook output priority -100;\n"
                                      "  tcp dport 80 redirect to :9999\n }\n}\n", check=True)  # fmt: skip
-    _one_line_error(failed(run(mesh, y, wait=False)), "already has redirect rules", "ip other")
+    _one_line_error(failed(run(mesh, y, name="shop-y2", wait=False)), "already has redirect rules", "ip other")
     assert "table inet meshline" not in rules(y)
     y.run(["nft", "delete", "table", "ip", "other"], check=True)
 
     # the mesh's VIP range is a route of this host
     y.run(["ip", "route", "add", "240.240.0.0/24", "dev", "eth0"], check=True)
-    _one_line_error(failed(run(mesh, y, wait=False)), "collides with this host's route 240.240.0.0/24",
+    _one_line_error(failed(run(mesh, y, name="shop-y3", wait=False)), "collides with this host's route 240.240.0.0/24",
                     "transparentProxy.vipRange")  # fmt: skip
     assert "meshline" not in rules(y).lower()
-    assert "shop-y" not in mesh.dataplanes()  # deregistered again: nothing left half-done
+    assert "shop-y3" not in mesh.dataplanes()  # deregistered again: nothing left half-done

@@ -177,6 +177,11 @@ def test_services_are_listed_with_their_vips_and_dns_names(world: World) -> None
     assert len(set(services.values())) == len(services)
     assert world.client(world.host("a"), "resolve", "orders.mesh")["result"] == [services["orders"]]
     assert world.client(world.host("b"), "resolve", "orders")["result"] == [services["orders"]]  # same on every host
+    assert f"vip      orders.mesh -> {services['orders']}" in world.mesh.cli("inspect", "dataplane", "orders-b")
+    # no --address given: each agent registered its host's address on the route to the control plane
+    dps = world.mesh.dataplanes()
+    assert dps["orders-b"]["spec"]["address"] == world.host("b").address
+    assert dps["web-a"]["spec"]["address"] == world.host("a").address
 
 
 def test_bypass_a_plaintext_client_dialing_the_app_port_is_refused_and_the_mesh_path_works(world: World) -> None:
@@ -263,10 +268,10 @@ def test_a_service_added_after_the_app_started_resolves_without_a_restart(world:
     a, d = world.host("a"), world.host("d")
     probe = textwrap.dedent("""
         import json, socket, sys, time
-        start, deadline = time.monotonic(), time.monotonic() + 20
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                print(json.dumps({"vip": socket.gethostbyname("late.mesh"), "after": time.monotonic() - start}))
+                print(json.dumps({"vip": socket.gethostbyname("late.mesh"), "at": time.time()}))
                 break
             except OSError:
                 continue  # each attempt is one query answered by the agent: NXDOMAIN until the push
@@ -278,7 +283,9 @@ def test_a_service_added_after_the_app_started_resolves_without_a_restart(world:
     got = json.loads(resolver.log().strip().splitlines()[-1])
     record = next(s for s in world.mesh.get("services") if s["name"] == "late")
     assert got["vip"] == record["spec"]["vip"]
-    print(f"late.mesh resolved {got['after']:.2f}s after the probe started (the agent registers in that time)")
+    # for the record (not asserted: speed targets live in benchmarks/): from the Service being
+    # stored (the VIP allocated) to the app's resolver answering with it
+    (world.net.work_dir / "late-resolve.txt").write_text(f"{got['at'] - record['createdAt']:.3f}\n")
     # and the explicit-mode service is reachable from the transparent caller by its mesh name
     code, body = a.curl("http://late.mesh/")
     assert code == 200 and json.loads(body)["instance"] == "late-d"

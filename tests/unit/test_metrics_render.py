@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import json_format
 from xds.type.v3 import typed_struct_pb2
@@ -86,7 +87,9 @@ def stats_loggers(result: RenderResult) -> dict[str, list[dict[str, Any]]]:
                     typed = typed_struct_pb2.TypedStruct()
                     log.typed_config.Unpack(typed)
                     assert typed.type_url == step.STATS_LOGGER_TYPE
-                    found.append(json_format.MessageToDict(typed.value))
+                    cel = cel_pb2.ExpressionFilter()
+                    log.filter.extension_filter.typed_config.Unpack(cel)
+                    found.append({**json_format.MessageToDict(typed.value), "only": cel.expression})
         out[name] = found
     return out
 
@@ -97,7 +100,7 @@ def tags(cfg: dict[str, Any]) -> dict[str, str]:
 
 def test_outbound_http_counts_each_request_with_the_callers_tags_and_the_answering_endpoint() -> None:
     loggers = stats_loggers(rendered())
-    (cfg,) = loggers["outbound_15001"]
+    cfg, upgrade = loggers["outbound_15001"]
     assert tags(cfg) == {
         "reporter": "source", "mesh": "default", "source_service": "web", "source_version": "v9",
         "source_zone": "z1", "destination_service": "orders", "protocol": "http",
@@ -117,17 +120,22 @@ def test_outbound_http_counts_each_request_with_the_callers_tags_and_the_answeri
     assert cfg["stats_scope"]["prefix"] == "meshline" and cfg["stats_scope"]["max_counters"] > 0
     # shared by every version of this listener, so a config change keeps the counters
     assert cfg["stats_scope"]["sharing_name"] == "meshline.outbound_15001"
+    # WebSocket upgrades (101) have no last byte sent back: their logger times the 101 answer
+    assert (cfg["only"], upgrade["only"]) == ("response.code != 101", "response.code == 101")
+    assert {**upgrade, "histograms": [], "only": ""} == {**cfg, "histograms": [], "only": ""}
+    durations = {h["stat"]["name"]: h["value_format"] for h in upgrade["histograms"]}
+    assert durations["request_duration"] == "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:us)%"
 
 
 def test_inbound_names_the_caller_by_certificate_and_grpc_adds_its_status() -> None:
-    (inbound,) = stats_loggers(rendered())["inbound_18080"]
+    inbound, _ = stats_loggers(rendered())["inbound_18080"]
     assert tags(inbound) == {
         "reporter": "destination", "mesh": "default", "destination_service": "web", "destination_version": "v9",
         "destination_zone": "z1", "protocol": "http", "source_service": "%DOWNSTREAM_PEER_URI_SAN%",
         "response_code": "%RESPONSE_CODE%", "mesh_denied": "%RESP(x-meshline-denied)%",
         "response_flags": "%RESPONSE_FLAGS%",
     }
-    (grpc,) = stats_loggers(rendered())["outbound_15003"]
+    grpc, _ = stats_loggers(rendered())["outbound_15003"]
     assert tags(grpc)["grpc_status"] == "%GRPC_STATUS_NUMBER%" and tags(grpc)["protocol"] == "grpc"
 
 

@@ -226,3 +226,42 @@ def test_a_webhook_timeout_past_the_bound_is_refused() -> None:
     with pytest.raises(ValidationError) as err:
         rollout(webhooks=[{"name": "load", "at": "step", "url": "http://127.0.0.1:1/", "timeout": "10m"}])
     assert err.value.problems[0].path == "spec.webhooks[0].timeout"
+
+
+def test_a_candidate_that_loses_its_instances_gets_no_share_and_is_rolled_back_after_the_grace() -> None:
+    spec = spec_of(rollout())
+    plan = stages(spec)
+    s = m.tick(m.start(m.State(), 0, True, False), spec.analysis, plan, m.Tick(0.1, True), set())
+    assert m.weights(s, plan).candidate == 10
+    s = m.tick(s, spec.analysis, plan, m.Tick(1, False), set())
+    assert m.weights(s, plan).candidate == 0 and s.phase == "progressing"  # nothing sent to an empty subset
+    s = m.tick(s, spec.analysis, plan, m.Tick(2, True), set())
+    assert m.weights(s, plan).candidate == 10  # back within the grace: the step goes on
+    s = m.tick(s, spec.analysis, plan, m.Tick(3, False), set())
+    s = m.tick(s, spec.analysis, plan, m.Tick(3 + m.CANDIDATE_GRACE_S + 0.1, False), set())
+    assert s.phase == "rolledBack" and "no ready instance" in s.reason
+
+
+def test_a_long_inconclusive_wait_is_one_history_entry_and_keeps_the_steps() -> None:
+    spec = spec_of(rollout(analysis={"interval": "1s", "minRequests": 20, "inconclusiveLimit": 1000,
+                                     "progressDeadline": "1h",
+                                     "checks": [{"metric": "successRate", "min": 99, "window": "2s"}]}))  # fmt: skip
+    s, _ = drive(spec, m.Signal(1, 0), 500)
+    assert s.phase == "progressing"
+    assert [h["event"] for h in s.history] == ["started", "step", "analysis inconclusive"]
+    assert s.history[-1]["times"] >= 400
+
+
+def test_after_a_restart_inconclusive_analyses_count_only_once_a_whole_window_was_observed() -> None:
+    spec = spec_of(rollout(analysis={"interval": "1s", "minRequests": 20, "inconclusiveLimit": 2,
+                                     "checks": [{"metric": "successRate", "min": 99, "window": "5s"}]}))  # fmt: skip
+    plan = stages(spec)
+    s = m.tick(m.start(m.State(), 0, True, False), spec.analysis, plan, m.Tick(0.1, True), set())
+    few = [(m.Signal(1, 0), HEALTHY)]
+    restarted_at = 30.0  # the step has run for 30 s, the new replica's telemetry for none of it
+    for now in (31, 32, 33, 34):
+        s = m.tick(s, spec.analysis, plan, m.Tick(now, True, few, restarted_at), set())
+    assert s.phase == "progressing" and s.inconclusive_run == 0
+    for now in (36, 37):
+        s = m.tick(s, spec.analysis, plan, m.Tick(now, True, few, restarted_at), set())
+    assert s.phase == "paused"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,22 @@ def test_bad_filters_are_refused_with_the_field(mesh: MeshHarness) -> None:
     assert resp.status_code == 422 and resp.json()["problems"][0]["path"] == "status"
     resp = httpx.get(f"{mesh.api_url}/api/v1/meshes/default/stats", params={"window": "2h"}, timeout=5)
     assert resp.status_code == 422 and resp.json()["problems"][0]["path"] == "window"
+
+
+def test_a_replayed_failure_shows_at_once_and_only_once(mesh: MeshHarness) -> None:
+    """A failure whose callee's half has not come in is held for the join window before the
+    live taps get it; a tap that replays it shows it at once and not again when it is let go."""
+    send(mesh, "default.web-1", [entry("/held", 503, "held-1")])  # via the upstream: waits for orders' half
+    intake = mesh.control_plane.cp.ctx.services["telemetry"]  # type: ignore[union-attr]
+    wait_until(lambda: mesh.control_plane.call(lambda: bool(intake.meshes.get("default")
+                                                               and intake.meshes["default"].pending)),
+               10, what="the failure to be held for its other half")
+    seen: list[float] = []
+    began = time.monotonic()
+    params = {"service": "orders", "replay": "5", "idle": "3"}
+    with httpx.stream("GET", f"{mesh.api_url}/api/v1/meshes/default/tap", params=params, timeout=20) as resp:
+        for line in resp.iter_lines():
+            if line.strip() and json.loads(line).get("requestId") == "held-1":
+                seen.append(time.monotonic() - began)
+    assert len(seen) == 1, f"the failure was shown {len(seen)} times (at {seen} s)"
+    assert seen[0] < 1.0  # in the replay, not after the join window

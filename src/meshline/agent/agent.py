@@ -274,6 +274,8 @@ class Agent:
         if self.command:
             process.check_command(self.command, self.environ)
 
+        if self.capture is not None:  # before the agent's first connection (see Capture.install)
+            self.capture.install()
         self.phase = Phase.REGISTERING
         if self._api is None:
             from meshline.agent.api import AgentApi
@@ -310,7 +312,7 @@ class Agent:
         self._supervisor = asyncio.create_task(self._supervise(self.envoy))
         uid, gid = None, None
         if self.capture is not None:
-            await self._until_stopped(self.capture.activate())
+            await self._until_stopped(self.capture.check_vips())
             uid, gid = self.capture.app_ids()
         if self.command:
             self.app = await process.spawn(

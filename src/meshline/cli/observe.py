@@ -198,6 +198,8 @@ def tap_line(r: dict[str, Any]) -> str:
         r.get("upstreamHost") or "-", f"trace={r['traceId'] or '-'}", f"id={r['requestId'] or '-'}",
     ]
     line = "  ".join(parts)
+    if r.get("mirrored"):
+        line += "  (mirrored copy: the caller never saw its answer)"
     if r.get("explanation"):
         line += f"  !! {r['explanation']}"
     return line

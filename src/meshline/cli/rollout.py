@@ -74,7 +74,8 @@ def view(data: dict[str, Any]) -> Group:
     history = Table("AT", "STEP", "EVENT", "DETAIL", box=None)
     start = state.get("started") or 0
     for h in state.get("history", [])[-8:]:
-        history.add_row(f"+{h['at'] - start:.1f}s", str(h["stage"] + 1), h["event"], h["detail"][:100])
+        times = f" x{h['times']}" if h.get("times") else ""
+        history.add_row(f"+{h['at'] - start:.1f}s", str(h["stage"] + 1), h["event"] + times, h["detail"][:100])
     return Group(head, weights, steps, checks, history)
 
 

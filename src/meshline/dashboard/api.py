@@ -6,6 +6,9 @@ the CLI uses.
   (``MESHLINE_GRAFANA_URL``), with the uids of Meshline's Grafana dashboards;
 * ``GET /api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes``: the dataplanes a policy
   shapes, where and why (the reconciler's last render of each, as ``meshline inspect`` reads it);
+* ``GET /api/v1/meshes/{mesh}/services/{service}/dataplanes``: a service's instances and its
+  callers (dataplanes with an outbound to it), with status, from the reconciler's in-memory
+  read model: the service page's refresh, without listing (and decoding) every dataplane;
 * ``POST /api/v1/dashboard/yaml``: the editor's YAML read as the CLI reads a file
   (:mod:`meshline.core.safe_yaml`), with the line of every field path, so the API's
   validation errors (which name fields) can be shown at their line. It only parses: the page
@@ -25,7 +28,9 @@ from meshline.api.routes import Route
 from meshline.api.server import CTX, principal
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core import safe_yaml
+from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import FieldProblem, NotFound, Unavailable, ValidationError
+from meshline.core.resource import Resource
 from meshline.xds import names
 
 # uid of each dashboard in telemetry/grafana/*.json, by the page that links to it
@@ -55,11 +60,7 @@ class DashboardApi:
     async def policy_dataplanes(self, request: web.Request) -> web.Response:
         mesh, kind, name = (request.match_info[k] for k in ("mesh", "kind", "name"))
         principal(request).check_read(mesh)
-        if self.ctx is None:
-            raise Unavailable("the control plane is starting; retry")
-        rec = self.ctx.reconciler
-        if rec.model.mesh(mesh) is None:
-            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
+        rec = self._ctx(mesh).reconciler
         items = []
         for dp in sorted(rec.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name):
             result = rec.results.get(names.node_id(mesh, dp.name))
@@ -67,6 +68,33 @@ class DashboardApi:
                 if a.kind == kind and a.name == name:
                     items.append({"dataplane": dp.name, "target": a.target, "reason": a.reason})
         return _json({"kind": kind, "name": name, "items": items})
+
+    async def service_dataplanes(self, request: web.Request) -> web.Response:
+        mesh, service = request.match_info["mesh"], request.match_info["service"]
+        principal(request).check_read(mesh)
+        ctx = self._ctx(mesh)
+        instances, callers = [], []
+        for r in sorted(ctx.reconciler.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name):
+            spec = r.spec
+            if r.kind != "Dataplane" or not isinstance(spec, DataplaneSpec):
+                continue
+            if service in spec.services():
+                instances.append(r)
+            elif any(o.service == service for o in spec.outbound):
+                callers.append(r)
+        statuses = await ctx.dataplane_statuses([*instances, *callers])
+
+        def item(r: Resource) -> dict[str, Any]:
+            return {**r.to_json(), "status": statuses[r.key]}
+
+        return _json({"instances": [item(r) for r in instances], "callers": [item(r) for r in callers]})
+
+    def _ctx(self, mesh: str) -> ControlPlaneContext:
+        if self.ctx is None:
+            raise Unavailable("the control plane is starting; retry")
+        if self.ctx.reconciler.model.mesh(mesh) is None:
+            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
+        return self.ctx
 
     async def parse_yaml(self, request: web.Request) -> web.Response:
         principal(request)  # any signed-in caller: parsing reads nothing
@@ -90,6 +118,8 @@ class DashboardApi:
                   "Who this token is (may it change resources?) and the Grafana the dashboard links to"),
             Route("GET", "/api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes", self.policy_dataplanes,
                   "The dataplanes a policy shapes, where and why (as the last render applied it)", codes=(404,)),
+            Route("GET", "/api/v1/meshes/{mesh}/services/{service}/dataplanes", self.service_dataplanes,
+                  "A service's instances and its callers' dataplanes, with their status", codes=(404,)),
             Route("POST", "/api/v1/dashboard/yaml", self.parse_yaml,
                   "Read YAML documents as `meshline apply -f` does, with the line of each field path",
                   body={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from google.protobuf import struct_pb2
 from xds.type.v3 import typed_struct_pb2
 
@@ -62,6 +63,7 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
     SOURCE_SERVICE,
     SOURCE_VERSION,
     SOURCE_ZONE,
+    UPGRADE_DURATION_FORMAT,
 )
 
 # A caller outside the mesh (or a plaintext one) cannot make a destination sidecar create
@@ -72,6 +74,8 @@ MAX_COUNTERS_PER_LISTENER = 1_000
 MAX_HISTOGRAMS_PER_LISTENER = 3_000  # three per counter
 
 STATS_LOGGER = "envoy.access_loggers.stats"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+UPGRADE, NOT_UPGRADE = "response.code == 101", "response.code != 101"  # which logger counts a request
 STATS_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
 
 KIND = KindInfo(
@@ -86,24 +90,38 @@ def _joined(tag_sets: tuple[Mapping[str, str], ...], name: str) -> str:
     return ",".join(sorted({tags[name] for tags in tag_sets if tags.get(name)}))
 
 
-def stats_logger(listener: str, fixed: Mapping[str, str], per_request: Mapping[str, str]) -> accesslog_pb2.AccessLog:
+def stats_loggers(listener: str, fixed: Mapping[str, str],
+                  per_request: Mapping[str, str]) -> tuple[accesslog_pb2.AccessLog, ...]:
     """One counter and three histograms per request, all with the same tags.
 
-    The stats live in a scope shared by name with every later version of ``listener``: a
-    logger owns its scope, and Envoy frees a scope's stats with it, so without a shared scope
-    any change to the listener (a no-op FaultInjection on an inbound) replaced the logger and
+    Two loggers, one for ordinary requests and one for WebSocket upgrades (code 101), alike
+    but for the duration: a WebSocket's stream never sends a last byte the way a response
+    does, so the duration of an ordinary request (to the last byte sent back) has no value for
+    it, and Envoy logged ``[error] Stats access logger computed non-number value`` for every
+    WebSocket that ended and recorded no latency. An upgrade's latency is the time to its 101
+    (the connection's life is not a latency).
+
+    The stats live in a scope shared by name with every later version of ``listener`` (and by
+    both loggers): a logger owns its scope, and Envoy frees a scope's stats with it, so
+    without a shared scope any change to the listener (a no-op FaultInjection on an inbound) replaced the logger and
     its counters started again from nothing (series gone, then 1). Envoy builds the new
     listener before it drops the old one, so the new logger finds the scope alive: counters
     go on; only an Envoy restart resets them (tests/e2e/test_metrics_prometheus.py).
 
     The same logger is shared (appending it to an HCM copies it): building one (a Struct) was
     ~15% of the control plane's CPU rendering 5,000 dataplanes."""
-    return _stats_logger(listener, tuple(fixed.items()), tuple(per_request.items()))
+    key = (listener, tuple(fixed.items()), tuple(per_request.items()))
+    return (_stats_logger(*key, DURATION_FORMAT, NOT_UPGRADE), _stats_logger(*key, UPGRADE_DURATION_FORMAT, UPGRADE))
+
+
+def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name=CEL_FILTER, typed_config=envoy.packed(cel_pb2.ExpressionFilter(expression=expression))))
 
 
 @functools.lru_cache(maxsize=4096)
-def _stats_logger(listener: str, fixed: tuple[tuple[str, str], ...],
-                  per_request: tuple[tuple[str, str], ...]) -> accesslog_pb2.AccessLog:
+def _stats_logger(listener: str, fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[str, str], ...],
+                  duration_format: str, only: str) -> accesslog_pb2.AccessLog:
     tags = [{"name": k, "value_format": v} for k, v in fixed if v] + [
         {"name": k, "value_format": v} for k, v in per_request
     ]
@@ -118,13 +136,13 @@ def _stats_logger(listener: str, fixed: tuple[tuple[str, str], ...],
     value = {
         "counters": [{"stat": {"name": REQUESTS, "tags": tags}, "value_fixed": "1"}],
         "histograms": [
-            histogram(DURATION, "Microseconds", DURATION_FORMAT),
+            histogram(DURATION, "Microseconds", duration_format),
             histogram(REQUEST_BYTES, "Bytes", "%BYTES_RECEIVED%"),
             histogram(RESPONSE_BYTES, "Bytes", "%BYTES_SENT%"),
         ],
         "stats_scope": {
             "prefix": SCOPE,
-            "sharing_name": f"{SCOPE}.{listener}",  # see stats_logger
+            "sharing_name": f"{SCOPE}.{listener}",  # see stats_loggers
             "max_counters": MAX_COUNTERS_PER_LISTENER,
             "max_histograms": MAX_HISTOGRAMS_PER_LISTENER,
         },
@@ -132,7 +150,7 @@ def _stats_logger(listener: str, fixed: tuple[tuple[str, str], ...],
     struct = struct_pb2.Struct()
     struct.update(value)
     typed = typed_struct_pb2.TypedStruct(type_url=STATS_LOGGER_TYPE, value=struct)
-    return accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=envoy.packed(typed))
+    return accesslog_pb2.AccessLog(name=STATS_LOGGER, filter=_cel(only), typed_config=envoy.packed(typed))
 
 
 def _per_request(protocol: str) -> dict[str, str]:
@@ -146,7 +164,7 @@ def _per_request(protocol: str) -> dict[str, str]:
 
 
 def outbound_logger(listener: str, mesh: str, source_tags: tuple[Mapping[str, str], ...], service: str,
-                    protocol: str) -> accesslog_pb2.AccessLog:
+                    protocol: str) -> tuple[accesslog_pb2.AccessLog, ...]:
     fixed = {
         REPORTER: "source",
         MESH: mesh,
@@ -162,10 +180,11 @@ def outbound_logger(listener: str, mesh: str, source_tags: tuple[Mapping[str, st
         DESTINATION_ZONE: "%UPSTREAM_METADATA(envoy.lb:zone)%",
         **_per_request(protocol),
     }
-    return stats_logger(listener, fixed, per_request)
+    return stats_loggers(listener, fixed, per_request)
 
 
-def inbound_logger(listener: str, mesh: str, tags: Mapping[str, str], protocol: str) -> accesslog_pb2.AccessLog:
+def inbound_logger(listener: str, mesh: str, tags: Mapping[str, str],
+                   protocol: str) -> tuple[accesslog_pb2.AccessLog, ...]:
     fixed = {
         REPORTER: "destination",
         MESH: mesh,
@@ -176,17 +195,17 @@ def inbound_logger(listener: str, mesh: str, tags: Mapping[str, str], protocol: 
     }
     # The caller's verified SPIFFE identity (empty without mTLS); the agent keeps its service.
     per_request = {SOURCE_SERVICE: "%DOWNSTREAM_PEER_URI_SAN%", **_per_request(protocol)}
-    return stats_logger(listener, fixed, per_request)
+    return stats_loggers(listener, fixed, per_request)
 
 
-def _add(chain: HttpChain | None, logger: accesslog_pb2.AccessLog) -> None:
+def _add(chain: HttpChain | None, loggers: tuple[accesslog_pb2.AccessLog, ...]) -> None:
     if chain is not None:
-        chain.hcm.access_log.append(logger)
+        chain.hcm.access_log.extend(loggers)
 
 
 def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
-    logger = outbound_logger(section.listener.name, mesh.name, section.source_tags, section.service, section.protocol)
-    _add(section.http, logger)
+    loggers = outbound_logger(section.listener.name, mesh.name, section.source_tags, section.service, section.protocol)
+    _add(section.http, loggers)
 
 
 def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:

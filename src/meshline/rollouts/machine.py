@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from meshline.rollouts.api import Analysis, Check
@@ -76,7 +76,6 @@ class State:
     stage_started: float = 0.0  # when its weights applied
     passed: bool = False  # an analysis passed in this stage
     webhooks_done: tuple[str, ...] = ()  # "<at>" stages whose webhooks answered 2xx here
-    gate_open: bool = False
     last_analysis: float = 0.0
     failures: int = 0  # failed analyses, the whole rollout
     inconclusive_run: int = 0
@@ -85,14 +84,15 @@ class State:
     history: tuple[dict[str, Any], ...] = ()
     handled: int = 0  # the last command id acted on
     started: float = 0.0
+    missing_since: float = 0.0  # when the candidate lost its last ready instance (0: it has one)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "phase": self.phase, "stage": self.stage, "entered": self.entered, "stageStarted": self.stage_started,
-            "passed": self.passed, "webhooksDone": list(self.webhooks_done), "gateOpen": self.gate_open,
+            "passed": self.passed, "webhooksDone": list(self.webhooks_done),
             "lastAnalysis": self.last_analysis, "failures": self.failures, "inconclusiveRun": self.inconclusive_run,
             "reason": self.reason, "checks": [c.to_json() for c in self.checks], "history": list(self.history),
-            "handled": self.handled, "started": self.started,
+            "handled": self.handled, "started": self.started, "missingSince": self.missing_since,
         }  # fmt: skip
 
     @classmethod
@@ -104,15 +104,24 @@ class State:
         return cls(
             phase=d.get("phase", "waiting"), stage=int(d.get("stage", 0)), entered=bool(d.get("entered")),
             stage_started=float(d.get("stageStarted", 0.0)), passed=bool(d.get("passed")),
-            webhooks_done=tuple(d.get("webhooksDone", ())), gate_open=bool(d.get("gateOpen")),
+            webhooks_done=tuple(d.get("webhooksDone", ())),
             last_analysis=float(d.get("lastAnalysis", 0.0)), failures=int(d.get("failures", 0)),
             inconclusive_run=int(d.get("inconclusiveRun", 0)), reason=str(d.get("reason", "")), checks=checks,
             history=tuple(d.get("history", ())), handled=int(d.get("handled", 0)), started=float(d.get("started", 0)),
+            missing_since=float(d.get("missingSince", 0.0)),
         )  # fmt: skip
 
 
+REPEATING = frozenset({"analysis passed", "analysis inconclusive"})  # one entry per run of them, counted
+
+
 def _event(s: State, now: float, event: str, detail: str = "") -> State:
-    entry = {"at": round(now, 3), "event": event, "stage": s.stage, "detail": detail}
+    entry: dict[str, Any] = {"at": round(now, 3), "event": event, "stage": s.stage, "detail": detail}
+    last = s.history[-1] if s.history else None
+    if last is not None and event in REPEATING and last["event"] == event and last["stage"] == s.stage:
+        # a long wait must not push the steps out of the history: the run is one entry
+        entry = {**entry, "times": int(last.get("times", 1)) + 1, "since": last.get("since", last["at"])}
+        return dataclasses.replace(s, history=(*s.history[:-1], entry))
     return dataclasses.replace(s, history=(*s.history, entry)[-HISTORY:])
 
 
@@ -134,8 +143,8 @@ def weights(s: State, stages: Sequence[Stage]) -> Weights:
     a restarted control plane writes exactly the route it left)."""
     if s.phase == "promoted":
         return Weights(100, testers=False)
-    if s.phase in ("rolledBack", "aborted", "waiting"):
-        return Weights(0, testers=False)
+    if s.phase in ("rolledBack", "aborted", "waiting") or s.missing_since:
+        return Weights(0, testers=False)  # (no instance of the candidate: nothing could answer there)
     idx = s.stage if s.entered else s.stage - 1
     if idx < 0:
         return Weights(0)
@@ -188,11 +197,13 @@ class Tick:
     candidate_ready: bool  # a ready Dataplane with the candidate's tags exists
     # one (candidate, stable) pair per check of the analysis, in order; None: not due
     signals: Sequence[tuple[Signal, Signal]] | None = None
-    webhooks: Mapping[str, bool] = field(default_factory=dict)  # "<at>" -> present in the spec
+    # since when this replica's telemetry has seen the traffic (a restarted control plane starts
+    # empty): before a whole window of it, an inconclusive analysis does not count yet
+    observed_since: float = 0.0
 
 
 def analysis_due(s: State, analysis: Analysis, stages: Sequence[Stage], now: float) -> bool:
-    if s.phase != "progressing" or not s.entered or not analysis.checks:
+    if s.phase != "progressing" or not s.entered or not analysis.checks or s.stage >= len(stages):
         return False
     if not stages[s.stage].analysed:
         return False
@@ -227,11 +238,30 @@ def start(s: State, now: float, candidate_ready: bool, wait: bool) -> State:
     return _go(s, now, "started", "", phase="progressing", started=now)
 
 
+CANDIDATE_GRACE_S = 15.0  # a candidate without a ready instance this long is rolled back
+
+
+def _candidate_presence(s: State, now: float, ready: bool) -> State:
+    """While the candidate has no ready instance its share goes to the stable version (an empty
+    subset would fail those requests); gone for longer than the grace, the release is rolled back."""
+    if ready:
+        return _go(s, now, "candidate back", "", missing_since=0.0) if s.missing_since else s
+    if not s.missing_since:
+        return _go(s, now, "candidate gone", "no ready instance: its share goes to the stable version meanwhile",
+                   missing_since=now)  # fmt: skip
+    if now - s.missing_since > CANDIDATE_GRACE_S:
+        return _go(s, now, "rolledBack", f"no ready instance of the candidate for {CANDIDATE_GRACE_S:g}s",
+                   phase="rolledBack", reason=f"the candidate had no ready instance for {CANDIDATE_GRACE_S:g}s")
+    return s
+
+
 def tick(s: State, analysis: Analysis, stages: Sequence[Stage], t: Tick, configured: set[str]) -> State:
     """Time passed (and maybe an analysis ran): the next state."""
     if s.phase == "waiting":
         return _go(s, t.now, "candidate ready", "", phase="progressing") if t.candidate_ready else s
-    if s.phase != "progressing":
+    if s.phase in ("progressing", "paused"):
+        s = _candidate_presence(s, t.now, t.candidate_ready)
+    if s.phase != "progressing" or s.missing_since:
         return s
     if s.stage >= len(stages):
         if pending_webhooks(s, stages, configured) is None:
@@ -241,7 +271,7 @@ def tick(s: State, analysis: Analysis, stages: Sequence[Stage], t: Tick, configu
         if pending_webhooks(s, stages, configured) is not None:
             return s
         st = stages[s.stage]
-        return _go(s, t.now, "step", st.describe(), entered=True, stage_started=t.now, passed=False, gate_open=False,
+        return _go(s, t.now, "step", st.describe(), entered=True, stage_started=t.now, passed=False,
                    inconclusive_run=0)  # fmt: skip
     st = stages[s.stage]
     if t.signals is not None:
@@ -249,7 +279,7 @@ def tick(s: State, analysis: Analysis, stages: Sequence[Stage], t: Tick, configu
         if s.phase != "progressing":
             return s
     deadline = analysis.progress_deadline.total_seconds()
-    waiting_for_gate = st.gate and not s.gate_open
+    waiting_for_gate = st.gate  # only `promote` ends a gated step (command() moves it on)
     if not waiting_for_gate and t.now - s.stage_started > deadline:
         return _go(s, t.now, "rolledBack", f"progress deadline ({deadline:g}s) passed in this step",
                    phase="rolledBack", reason=f"progress deadline ({deadline:g}s) passed")
@@ -265,7 +295,7 @@ def tick(s: State, analysis: Analysis, stages: Sequence[Stage], t: Tick, configu
 
 
 def _next_stage(s: State, now: float) -> State:
-    return _go(s, now, "step done", "", stage=s.stage + 1, entered=False, passed=False, gate_open=False,
+    return _go(s, now, "step done", "", stage=s.stage + 1, entered=False, passed=False,
                webhooks_done=tuple(w for w in s.webhooks_done if w == "prePromotion"))
 
 
@@ -283,7 +313,7 @@ def _analysed(s: State, analysis: Analysis, t: Tick) -> State:
                        reason=f"analysis failed {failures}x (budget {analysis.failure_budget}): {summary}")
         return _go(s, t.now, "analysis failed", summary, failures=failures, inconclusive_run=0)
     if verdict == "inconclusive":
-        if t.now - s.stage_started < max(c.window.total_seconds() for c in analysis.checks):
+        if t.now - max(s.stage_started, t.observed_since) < max(c.window.total_seconds() for c in analysis.checks):
             # the step has not run for a whole window yet: too early to call it inconclusive
             return _go(s, t.now, "analysis inconclusive", f"window not full yet; {summary}")
         run = s.inconclusive_run + 1

@@ -26,6 +26,7 @@ from meshline.core.errors import FieldProblem, NotFound, ValidationError
 from meshline.core.slices import Slices
 from meshline.telemetry.explain import explain_request
 from meshline.telemetry.intake import TapFilter, TelemetryIntake
+from meshline.telemetry.record import LogRecord
 
 KEEPALIVE_S = 10.0
 MAX_REPLAY = 1000
@@ -98,7 +99,11 @@ class TelemetryApi:
             await resp.prepare(request)
             await resp.write(_dumps({"tap": {"mesh": mesh, "service": flt.service, "path": flt.path,
                                               "status": flt.status}}))
+            # A replayed failure may still wait for its callee's half (the intake holds it up to
+            # its join window) and be published again then: show it once, now, not again later.
+            replayed = set()
             for r in self.intake.recent(mesh, flt, replay):
+                replayed.add(_entry_key(r))
                 await resp.write(_dumps(r.to_json()))
             last_write = last_item = time.monotonic()
             while True:
@@ -116,6 +121,9 @@ class TelemetryApi:
                     continue
                 if item is None:
                     break  # the control plane is stopping
+                if replayed and _entry_key(item) in replayed:
+                    replayed.discard(_entry_key(item))
+                    continue
                 await resp.write(_dumps(item.to_json()))
                 last_write = last_item = time.monotonic()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -172,3 +180,8 @@ class TelemetryApi:
             Route("GET", "/api/v1/meshes/{mesh}/requests/{id}", self._request,
                   "One recent request (both halves) with its explanation", codes=(404,)),
         ]  # fmt: skip
+
+
+def _entry_key(r: LogRecord) -> tuple[str, str, str, float, str]:
+    """One access-log entry, also when published as a copy with a longer explanation."""
+    return (r.dataplane, r.direction, r.request_id, r.time, r.path)

@@ -10,6 +10,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from meshline.controlplane.results import RenderResults
+from meshline.controlplane.unknown_services import service_refs
+from meshline.core.schema import did_you_mean
 from meshline.telemetry.explain import EndpointCounts, ExplainContext
 from meshline.telemetry.record import OUTBOUND, LogRecord
 from meshline.xds import names
@@ -41,4 +43,31 @@ def context_from(results: RenderResults, r: LogRecord) -> ExplainContext:
         endpoints = EndpointCounts(
             registered=len(eps), offline=sum(1 for e in eps if not e.healthy), in_cluster=in_cluster
         )
-    return ExplainContext(endpoints=endpoints, policies=policies, outlier_detection=outlier)
+    return ExplainContext(endpoints=endpoints, policies=policies, outlier_detection=outlier,
+                          missing_backends=_missing_backends(results, r, policies))
+
+
+ROUTE_KINDS = ("HTTPRoute", "TCPRoute")
+
+
+def _missing_backends(results: RenderResults, r: LogRecord, policies: tuple[str, ...]) -> tuple[str, ...]:
+    """Services the routes on the logging section send to that have no instance (a typo in a
+    backend takes its traffic down with nothing else to say), each with its route."""
+    snap = results.snapshot(r.mesh)
+    if snap is None or r.direction != OUTBOUND:
+        return ()
+    known = snap.services()
+    out = []
+    for p in policies:
+        kind, _, name = p.partition("/")
+        res = next((x for x in snap.of_kind(kind) if x.name == name), None) if kind in ROUTE_KINDS else None
+        if res is None:
+            continue
+        for path, service in service_refs(res.spec.to_json()):
+            if ".backends[" in path and not snap.endpoints.get(service):
+                guess = did_you_mean(service, known)
+                hint = f"; did you mean '{guess}'?" if guess else ""
+                line = f"backend {service} has no instances ({kind} {name}{hint})"
+                if line not in out:
+                    out.append(line)
+    return tuple(out)

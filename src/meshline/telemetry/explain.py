@@ -75,6 +75,9 @@ class ExplainContext:
     # "Kind/name" of policies on the logging section, for entries that carry none themselves.
     policies: tuple[str, ...] = ()
     outlier_detection: bool = False  # the cluster has outlier detection configured
+    # "backend inventroy has no instances (HTTPRoute to-inventory; ...)": routes on the logging
+    # section that send to a service nobody serves
+    missing_backends: tuple[str, ...] = ()
 
 
 EMPTY = ExplainContext()
@@ -176,6 +179,8 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
     if "NC" in flags or details == "cluster_not_found":
         return f"the route points at cluster {r.upstream_cluster or '?'}, which does not exist"
     if "UH" in flags or details == "no_healthy_upstream":
+        if ctx.missing_backends:
+            return "; ".join(ctx.missing_backends)
         return f"no healthy instance of {dest}{_why_unhealthy(r, policies, ctx)}"
     if "UO" in flags or "overflow" in details:
         return f"circuit breaker open: too many connections or requests to {dest}{_named(policies, 'circuit-breaker')}"

@@ -322,6 +322,9 @@ class TelemetryIntake:
             self._publish(r)
             return
         m.count_callee(r)
+        if r.mirrored:  # no caller's half will come: the copy's only entry goes to the taps
+            self._publish(r)
+            return
         for o in others:  # the caller's half arrived first: complete it
             if o.direction == OUTBOUND:
                 o.explanation = explain_pair(o, r)
@@ -441,8 +444,8 @@ class TelemetryIntake:
     def recent(self, mesh: str, flt: TapFilter, limit: int) -> list[LogRecord]:
         if limit <= 0:
             return []
-        out = [r for r, _ in reversed(self._view(mesh).recent) if is_counted(r) and flt.matches(r)]
-        return list(reversed(out[:limit]))
+        newest = (r for r, _ in reversed(self._view(mesh).recent) if (is_counted(r) or r.mirrored) and flt.matches(r))
+        return list(reversed(list(itertools.islice(newest, limit))))  # stops at the limit: no full scan
 
     # -- lifecycle (on the control plane's loop) --------------------------------------
     def start(self) -> None:

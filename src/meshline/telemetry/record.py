@@ -6,6 +6,7 @@ Both sides of a meshed call log it: the caller's sidecar (``outbound``) and the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -68,6 +69,15 @@ class LogRecord:
         return is_failure(self)
 
     @property
+    def mirrored(self) -> bool:
+        """A mirrored copy (an HTTPRoute's ``mirrors``), as the mirror's own sidecar logged it:
+        Envoy sends copies with ``-shadow`` appended to the authority's host
+        (``127.0.0.1-shadow:15001``), and the caller's side logs only the original, so this is
+        the one entry of the copy."""
+        host = re.sub(r":\d+$", "", self.authority)
+        return self.direction == INBOUND and host.endswith(MIRROR_SUFFIX)
+
+    @property
     def edge(self) -> tuple[str, str]:
         return (self.source or EXTERNAL, self.destination)
 
@@ -81,6 +91,7 @@ class LogRecord:
         out = {_camel(k): v for k, v in asdict(self).items()}
         out["failed"] = self.failed
         out["counted"] = is_counted(self)
+        out["mirrored"] = self.mirrored
         return out
 
     @classmethod
@@ -89,6 +100,8 @@ class LogRecord:
         kwargs = {_snake(k): v for k, v in data.items() if _snake(k) in names}
         return cls(**kwargs)
 
+
+MIRROR_SUFFIX = "-shadow"  # Envoy's mark on the authority of a mirrored request
 
 # What one entry may make the intake keep: its fields come from a sidecar, which may lie.
 MAX_TEXT = 1024  # characters of any text field (paths, names, details)

@@ -17,6 +17,8 @@ DURATION = "request_duration"  # microseconds
 # A request the caller abandoned mid-response has no end and is left out of the histogram
 # (Envoy logs that it could not compute the value); it is still counted in requests.
 DURATION_FORMAT = "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"
+# A WebSocket upgrade (101): to the first byte sent back, its answer (render.metrics.stats_loggers).
+UPGRADE_DURATION_FORMAT = "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:us)%"
 REQUEST_BYTES = "request_bytes"
 RESPONSE_BYTES = "response_bytes"
 HISTOGRAMS = (DURATION, REQUEST_BYTES, RESPONSE_BYTES)

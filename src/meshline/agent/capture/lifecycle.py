@@ -5,8 +5,10 @@
   the app's port, another live owner, a foreign rule set), each a one-line error; then the
   agent joins the proxy group, so its own connections (to the control plane, DNS forwards)
   and Envoy's are never captured;
-* :meth:`Capture.activate`, once Envoy is ready and before the app starts: the VIP range is
-  checked against this host's routes, then the rules go in (all or nothing);
+* :meth:`Capture.install`, right after: the rules go in (all or nothing), before the agent opens
+  a connection or starts Envoy or the app;
+* :meth:`Capture.check_vips`, once Envoy has its config and before the app starts: the mesh's
+  VIP range must be free and routable on this host;
 * :meth:`Capture.remove`, last in shutdown, whatever happened before.
 """
 
@@ -142,26 +144,10 @@ class Capture:
                 " (its connections must not be captured)"
             ) from None
 
-    async def activate(self) -> None:
-        """Check the VIP range, then install the rules (after Envoy is ready)."""
-        if not self.table.received:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.table.changed.wait(), TABLE_WAIT_S)
-        vip_range = self.table.vip_range
-        if vip_range:
-            clash = routes_overlapping(vip_range)
-            if clash:
-                raise CaptureError(
-                    f"the mesh's VIP range {vip_range} collides with this host's route {clash[0]}; set the Mesh's"
-                    " spec.transparentProxy.vipRange to a range no host uses (e.g. 240.241.0.0/16)"
-                )
-            first = str(next(ipaddress.ip_network(vip_range).hosts()))
-            if not routable(first):
-                raise CaptureError(
-                    f"this host has no route to the VIP range {vip_range} (a connection to {first} fails before"
-                    " any capture rule sees it); add a default route, or `ip route add "
-                    f"{vip_range} dev <your interface>`"
-                )
+    def install(self) -> None:
+        """The rules, before the agent opens any connection (they are all in the proxy group, so
+        never captured; a connection open before the rules went in was reset by them now and
+        then). The app has not started yet: nothing of it is captured half-way."""
         done = install.install(self.rules, state_dir=self.state_dir, report=self.report)
         self.installed = True
         who = f"user {self.rules.app_uid}'s" if self.rules.app_uid is not None else "every user's"
@@ -172,6 +158,29 @@ class Capture:
             + f"; not captured: inbound ports {', '.join(map(str, self.rules.exclude_inbound_ports)) or '-'},"
             f" outbound ports {', '.join(map(str, self.rules.exclude_outbound_ports)) or '-'}"
         )
+
+    async def check_vips(self) -> None:
+        """Once Envoy has its first config (and so the VIP range): the range must be free and routable
+        on this host; a failure stops the agent, which removes the rules."""
+        if not self.table.received:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.table.changed.wait(), TABLE_WAIT_S)
+        vip_range = self.table.vip_range
+        if not vip_range:
+            return
+        clash = routes_overlapping(vip_range)
+        if clash:
+            raise CaptureError(
+                f"the mesh's VIP range {vip_range} collides with this host's route {clash[0]}; set the Mesh's"
+                " spec.transparentProxy.vipRange to a range no host uses (e.g. 240.241.0.0/16)"
+            )
+        first = str(next(ipaddress.ip_network(vip_range).hosts()))
+        if not routable(first):
+            raise CaptureError(
+                f"this host has no route to the VIP range {vip_range} (a connection to {first} fails before"
+                " any capture rule sees it); add a default route, or `ip route add "
+                f"{vip_range} dev <your interface>`"
+            )
 
     def remove(self) -> None:
         if not self.installed:
@@ -185,14 +194,16 @@ class Capture:
 
 
 class DnsService:
-    """The mesh DNS server as one of the agent's local services (started before Envoy)."""
+    """The mesh DNS server as one of the agent's local services (started before Envoy), on
+    127.0.0.1 and, where IPv6 is captured too, on ::1 (REDIRECT sends a query to an IPv6
+    nameserver there)."""
 
     name = "mesh-dns"
 
     def __init__(self, table: DnsTable, resolv_conf: Path = Path("/etc/resolv.conf")) -> None:
         self.table = table
         self.resolv_conf = resolv_conf
-        self.server: DnsServer | None = None
+        self.servers: list[DnsServer] = []
 
     async def start(self, config: AgentConfig) -> None:
         from meshline.agent.capture.dns import host_resolvers
@@ -201,14 +212,19 @@ class DnsService:
         t = config.transparent
         if t is None or not t.dns_port:
             return
-        # the host's resolver as it is now (before the rules send port 53 here)
-        self.server = DnsServer(self.table, t.dns_port, upstreams=host_resolvers(self.resolv_conf))
-        try:
-            await self.server.start()
-        except OSError as err:
-            raise MeshlineError(f"mesh DNS cannot listen on 127.0.0.1:{t.dns_port} ({err.strerror}); change --dns-port") from None
+        upstreams = host_resolvers(self.resolv_conf)  # the host's resolver as it is now
+        for address in ("127.0.0.1", *(("::1",) if t.ipv6 else ())):
+            server = DnsServer(self.table, t.dns_port, address=address, upstreams=upstreams)
+            try:
+                await server.start()
+            except OSError as err:
+                await self.stop()
+                raise MeshlineError(
+                    f"mesh DNS cannot listen on {address} port {t.dns_port} ({err.strerror}); change --dns-port"
+                ) from None
+            self.servers.append(server)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
+        for server in self.servers:
+            await server.stop()
+        self.servers.clear()

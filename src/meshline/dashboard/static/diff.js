@@ -22,10 +22,10 @@ export function diffLines(a, b) {
     if (i < n && j < m && x[i] === y[j]) {
       out.push({ op: " ", line: x[i++] });
       j++;
-    } else if (j < m && (i >= n || lcs[i][j + 1] >= lcs[i + 1][j])) {
-      out.push({ op: "+", line: y[j++] });
+    } else if (i < n && (j >= m || lcs[i + 1][j] >= lcs[i][j + 1])) {
+      out.push({ op: "-", line: x[i++] }); // what goes, then what comes in its place
     } else {
-      out.push({ op: "-", line: x[i++] });
+      out.push({ op: "+", line: y[j++] });
     }
   }
   while (out.length && out[out.length - 1].line === "" && out[out.length - 1].op === " ") out.pop();

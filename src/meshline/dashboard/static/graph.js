@@ -256,7 +256,9 @@ export function render(graph, { vertical = false, href = (name) => `#tap?service
       s("g", { class: cls, role: "listitem", "data-source": e.source, "data-destination": e.destination,
         "data-mtls": e.mtls || "unknown", "aria-label": describeEdge(e) },
       s("title", {}, describeEdge(e)),
-      s("path", { d: pathOf(curve), "stroke-width": widthPx.toFixed(2), "marker-end": `url(#arrow-${status})` })),
+      // one click from a red arrow to the callee's page: its failures, explained, and its policies
+      s("a", { href: href(e.destination), "aria-label": `${describeEdge(e)} (open ${e.destination}'s page)` },
+        s("path", { d: pathOf(curve), "stroke-width": widthPx.toFixed(2), "marker-end": `url(#arrow-${status})` }))),
     );
     const [line1, line2] = edgeLabel(e);
     const w = Math.max(line1.length, line2.length) * 6.4 + 12;

@@ -52,7 +52,7 @@ function one(data) {
   const start = state.started || 0;
   const history = (state.history || []).slice(-10).reverse().map((e) => h("tr", {},
     h("td", { class: "num mono" }, `+${(e.at - start).toFixed(1)}s`), h("td", { class: "num" }, e.stage + 1),
-    h("td", {}, e.event), h("td", { class: "mono" }, e.detail)));
+    h("td", {}, e.times ? `${e.event} ×${e.times}` : e.event), h("td", { class: "mono" }, e.detail)));
   return h("section", { class: "rollout", "data-rollout": r.name, "aria-labelledby": `rollout-${r.name}` },
     h("h3", { id: `rollout-${r.name}` }, `${r.name} `, h("span", { class: "mono" },
       `${r.spec.service}: ${r.spec.stable.version} → ${r.spec.candidate.version} `),

@@ -60,13 +60,12 @@ export class ServicePage {
     const { mesh } = this.ctx;
     const svc = encodeURIComponent(this.name);
     const [dps, stats, series, failures] = await Promise.all([
-      api.get(api.meshPath(mesh, "/dataplanes")),
+      api.get(api.meshPath(mesh, `/services/${svc}/dataplanes`)),
       api.get(api.meshPath(mesh, `/stats?window=1m&service=${svc}`)),
       api.get(api.meshPath(mesh, `/services/${svc}/series?span=${this.span}`)),
       api.get(api.meshPath(mesh, `/failures?service=${svc}&limit=20`)),
     ]);
-    const instances = dps.items.filter((dp) => servicesOf(dp).includes(this.name));
-    const callers = dps.items.filter((dp) => (dp.spec.outbound || []).some((o) => o.service === this.name));
+    const { instances, callers } = dps;
     if (this.inspected === null || this.refreshes % INSPECT_EVERY === 0) {
       this.inspected = await this.inspect(instances, callers);
     }

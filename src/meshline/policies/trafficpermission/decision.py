@@ -123,6 +123,53 @@ def ordered(clauses: Iterable[Clause]) -> list[Clause]:
     return sorted(clauses, key=Clause.order_key)
 
 
+def _callers(services: frozenset[str] | None) -> str:
+    return "every caller" if services is None else ", ".join(sorted(services))
+
+
+def _why_first(winner: Clause, loser: Clause) -> str:
+    if winner.rank[0] != loser.rank[0]:
+        return "its destination is more specific"
+    if winner.rank[1] != loser.rank[1]:
+        return "its source is more specific"
+    if winner.rank[2] != loser.rank[2]:
+        return "it is limited to some requests"
+    if winner.deny != loser.deny:
+        return "deny wins at equal specificity"
+    return "equal specificity; its name sorts first"
+
+
+def precedence(clauses: Sequence[Clause]) -> dict[str, list[str]]:
+    """policy -> sentences saying which other policy decides instead of it, or which it decides
+    over, for which callers (what `meshline inspect` shows when two permissions match the same
+    traffic). Dry-run policies decide nothing; a policy limited to some requests decides only
+    those, so it overrides the other one for them and not for the rest."""
+    out: dict[str, list[str]] = {}
+    enforced = [c for c in clauses if not c.dry_run]
+    for c in enforced:
+        for e in enforced:
+            if e.policy == c.policy or e.order_key() >= c.order_key():
+                continue
+            if e.services is None:
+                callers = c.services
+            elif c.services is None:
+                callers = e.services
+            else:
+                callers = c.services & e.services or None
+                if callers is None:
+                    continue  # no caller in common
+            which = " for the requests its rules match" if e.rules else ""
+            why = _why_first(e, c)
+            for policy, line in (
+                (c.policy, f"for {_callers(callers)}: {e.policy} ({e.action}) decides instead{which}, {why}"),
+                (e.policy, f"for {_callers(callers)}: decides over {c.policy} ({c.action}){which}, {why}"),
+            ):
+                lines = out.setdefault(policy, [])
+                if line not in lines:
+                    lines.append(line)
+    return out
+
+
 def _rule_matches(rule: HttpRule, req: Request) -> bool:
     def path_ok() -> bool:
         for p in rule.paths:

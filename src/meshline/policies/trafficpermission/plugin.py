@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 
 from meshline.core.dataplane import Inbound
 from meshline.policies.trafficpermission.api import KIND, TrafficPermissionSpec
-from meshline.policies.trafficpermission.decision import DENY, Clause, clauses_for, for_tcp
+from meshline.policies.trafficpermission.decision import DENY, Clause, clauses_for, for_tcp, precedence
 from meshline.policies.trafficpermission.rbac import Compiled, compile_clauses
 from meshline.render import envoy
 from meshline.render.mesh_snapshot import MeshSnapshot
@@ -70,6 +70,8 @@ def plan_for(resolved: Resolved[TrafficPermissionSpec], l7: bool, mesh: MeshSnap
         mine = clauses_for(matched.policy, matched.match.destination, fail_closed)
         reasons.append((matched.policy.name, _reason(matched, mine, l7, fail_closed)))
         clauses.extend(mine if l7 else for_tcp(mine))
+    decides = precedence(clauses)
+    reasons = [(name, "; ".join([text, *decides.get(name, [])])) for name, text in reasons]
     default = mesh.spec.effective_default_permission()
     compiled = compile_clauses(clauses, default == DENY, mesh.identity)
     checks_paths = any(rule.paths for c in clauses for rule in c.rules)
