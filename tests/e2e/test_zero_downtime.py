@@ -1,0 +1,110 @@
+"""Operations without dropped requests (issue 16), with real Envoys and a steady bounded load
+client counting every request (meshline.testing.load).
+
+* A graceful stop (SIGTERM to the agent) of one of three instances: the agent deregisters,
+  waits until the caller's sidecar has ACKed a config without it, drains, then stops: 0 failed.
+* A long-lived connection across a graceful stop of the sidecar it goes through ends cleanly
+  (Envoy asks it to close after its request), with 0 failed requests on it.
+
+A sidecar killed first (no graceful stop) is covered by tests/security/test_agent_crash.py:
+callers stop sending to it within about a second, not after the 10 s offline timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshline.testing.load import RATE_HZ, PacedLoad
+from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
+from meshline.testing.servers import HttpTestServer, free_port
+
+AFTER = RATE_HZ  # requests counted after the stop, so the survivors are seen serving
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[MeshHarness]:
+    spec = {"mtls": {"mode": "strict"}, "defaultPermission": "allow"}
+    with MeshHarness(tmp_path, mtls="strict", auth=True, mesh_spec=spec) as m:
+        yield m
+
+
+def endpoints(caller: Sidecar, service: str = "orders") -> set[int]:
+    """The ports of ``service`` the caller's Envoy would send to now (its EDS view)."""
+    ports = set()
+    for line in caller.admin("/clusters").text.splitlines():
+        if line.startswith(f"{service}::") and "::cx_active::" in line:
+            ports.add(int(line.split("::")[1].rsplit(":", 1)[1]))
+    return ports
+
+
+def ack_seconds(log: str) -> float | None:
+    m = re.search(r"every caller ACKed a config without this instance in ([0-9.]+)s", log)
+    return float(m.group(1)) if m else None
+
+
+def test_a_graceful_stop_of_one_of_three_instances_fails_no_request(mesh: MeshHarness) -> None:
+    with HttpTestServer("orders-a") as a, HttpTestServer("orders-b") as b, HttpTestServer("orders-c") as c:
+        instances = [mesh.sidecar("orders", app_port=app.port, name=f"orders-{i}") for i, app in
+                     enumerate((a, b, c), 1)]  # fmt: skip
+        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
+        wait_until(lambda: endpoints(web) == {s.inbound_port for s in instances}, 15, what="web to see all three")
+        load = PacedLoad(web.url("orders") + "/").start()
+        try:
+            wait_until(lambda: {"orders-a", "orders-b", "orders-c"} <= {w for _, w in load.outcomes}, 15,
+                       what="all three serving")  # fmt: skip
+            stopping = instances[0]
+            stopped_at = time.monotonic()
+            rc = stopping.stop(timeout=30)  # SIGTERM: the graceful stop
+            done_at = time.monotonic()
+            wait_until(lambda: len(load.since(done_at)) >= AFTER, 30, what="requests after the stop")
+        finally:
+            load.stop()
+        log = stopping.log()
+        assert rc == 0, log
+        assert stopping.inbound_port not in endpoints(web)
+        failed = load.failed("orders-")
+        during = load.since(stopped_at)
+        print(f"graceful stop: {len(failed)} failed of {len(load.outcomes)} ({len(during)} during and after the"
+              f" stop, which took {done_at - stopped_at:.2f}s; last caller ACK {ack_seconds(log)}s after deregistering)")
+        assert failed == [], failed
+        assert ack_seconds(log) is not None, log  # it waited for web's ACK, and said so
+        assert {w for _, w in load.since(done_at)} == {"orders-b", "orders-c"}
+        # the order of events on stop, as the agent reports them
+        order = [log.index(s) for s in ("deregistered dataplane orders-1", "every caller ACKed", "draining Envoy")]
+        assert order == sorted(order), log
+
+
+def test_a_long_lived_connection_across_a_graceful_stop_ends_cleanly(mesh: MeshHarness) -> None:
+    """One keep-alive connection from web's app through web's sidecar while that sidecar stops:
+    Envoy answers the request in flight and then closes the connection (``Connection: close``),
+    rather than resetting it under a request."""
+    with HttpTestServer("orders-a") as a:
+        mesh.sidecar("orders", app_port=a.port, name="orders-1")
+        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"], extra_args=["--drain-seconds", "3"])
+        wait_until(lambda: len(endpoints(web)) == 1, 15, what="web to see orders")
+        outcomes: list[str] = []
+        closing: list[str] = []
+        with httpx.Client(timeout=5) as client:
+            for _ in range(20):  # warm: one connection, reused
+                outcomes.append(client.get(web.url("orders") + "/").json()["instance"])
+            web.proc.send_signal(15)
+            wait_until(lambda: "draining Envoy" in web.log(), 15, what="web's sidecar to drain")
+            deadline = time.monotonic() + 2  # bounded: within the drain period
+            while time.monotonic() < deadline and not closing:
+                try:
+                    r = client.get(web.url("orders") + "/")
+                except httpx.HTTPError as err:
+                    outcomes.append(type(err).__name__)
+                    break
+                outcomes.append(r.json()["instance"] if r.status_code == 200 else f"HTTP {r.status_code}")
+                if r.headers.get("connection", "").lower() == "close":
+                    closing.append(r.headers["connection"])
+        assert web.stop(timeout=30) == 0, web.log()
+        assert set(outcomes) == {"orders-a"}, outcomes  # no request failed
+        assert closing, "Envoy never asked the keep-alive connection to close while draining"
