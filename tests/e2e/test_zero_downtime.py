@@ -3,8 +3,9 @@ client counting every request (meshline.testing.load).
 
 * A graceful stop (SIGTERM to the agent) of one of three instances: the agent deregisters,
   waits until the caller's sidecar has ACKed a config without it, drains, then stops: 0 failed.
-* A long-lived connection across a graceful stop of the sidecar it goes through ends cleanly
-  (Envoy asks it to close after its request), with 0 failed requests on it.
+* A long-lived connection across a graceful stop of the sidecar it goes through ends cleanly,
+  with 0 failed requests on it: HTTP/1.1 keep-alive gets ``Connection: close`` after its
+  request, HTTP/2 (a gRPC channel) gets GOAWAY and no stream is reset.
 
 A sidecar killed first (no graceful stop) is covered by tests/security/test_agent_crash.py:
 callers stop sending to it within about a second, not after the 10 s offline timeout.
@@ -17,12 +18,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
 from meshline.testing.load import RATE_HZ, PacedLoad
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
-from meshline.testing.servers import HttpTestServer, free_port
+from meshline.testing.servers import GRPC_ECHO_METHOD, GrpcTestServer, HttpTestServer, free_port
 
 AFTER = RATE_HZ  # requests counted after the stop, so the survivors are seen serving
 
@@ -108,3 +110,52 @@ def test_a_long_lived_connection_across_a_graceful_stop_ends_cleanly(mesh: MeshH
         assert web.stop(timeout=30) == 0, web.log()
         assert set(outcomes) == {"orders-a"}, outcomes  # no request failed
         assert closing, "Envoy never asked the keep-alive connection to close while draining"
+
+
+def _drain_stats(sc: Sidecar) -> dict[str, int]:
+    """Envoy's downstream close counters summed over its HTTP connection managers."""
+    out: dict[str, int] = {}
+    for key, value in sc.stats("downstream_").items():
+        for name in ("downstream_cx_drain_close", "downstream_rq_rx_reset", "downstream_cx_destroy_remote_active_rq",
+                     "downstream_cx_destroy_local_active_rq", "downstream_rq_completed"):
+            if key.startswith("http.") and key.endswith("." + name):
+                out[name] = out.get(name, 0) + value
+    return out
+
+
+def test_a_long_lived_http2_connection_across_a_graceful_stop_gets_goaway_not_a_reset(mesh: MeshHarness) -> None:
+    """A gRPC channel (one HTTP/2 connection) from web's app through web's sidecar, used while
+    that sidecar stops: Envoy sends GOAWAY (counted as a drain close), every RPC succeeds (the
+    channel moves to a new connection), none is reset."""
+    with GrpcTestServer("echo-a") as app:
+        mesh.sidecar("echo", app_port=app.port, protocol="grpc", name="echo-1")
+        web = mesh.sidecar("web", app_port=free_port(), upstreams=["echo"], extra_args=["--drain-seconds", "3"])
+        wait_until(lambda: len(endpoints(web, "echo")) == 1, 15, what="web to see echo")
+        replies: list[str] = []
+        with grpc.insecure_channel(f"127.0.0.1:{web.port('echo')}") as channel:
+            echo = channel.unary_unary(GRPC_ECHO_METHOD)
+
+            def call() -> None:
+                try:
+                    replies.append(echo(b"x", timeout=5).decode())
+                except grpc.RpcError as err:
+                    replies.append(f"{err.code().name}")
+
+            for _ in range(20):
+                call()
+            web.proc.send_signal(15)
+            wait_until(lambda: "draining Envoy" in web.log(), 15, what="web's sidecar to drain")
+            drained: dict[str, int] = {}
+            deadline = time.monotonic() + 2  # bounded: within the 3 s drain period
+            while time.monotonic() < deadline:
+                call()
+                drained = _drain_stats(web)
+                if drained.get("downstream_cx_drain_close", 0) >= 1 and len(replies) >= 40:
+                    break
+        assert web.stop(timeout=30) == 0, web.log()
+        print(f"HTTP/2 across a graceful stop: {len(replies)} RPCs, {sum(r != 'echo-a:x' for r in replies)} failed;"
+              f" stats {drained}")
+        assert set(replies) == {"echo-a:x"}, replies
+        assert drained.get("downstream_cx_drain_close", 0) >= 1, drained  # GOAWAY sent for the drain
+        assert drained.get("downstream_rq_rx_reset", 0) == 0, drained
+        assert drained.get("downstream_cx_destroy_local_active_rq", 0) == 0, drained
