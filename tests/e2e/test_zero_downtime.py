@@ -13,7 +13,10 @@ callers stop sending to it within about a second, not after the 10 s offline tim
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +162,36 @@ def test_a_long_lived_http2_connection_across_a_graceful_stop_gets_goaway_not_a_
         assert drained.get("downstream_cx_drain_close", 0) >= 1, drained  # GOAWAY sent for the drain
         assert drained.get("downstream_rq_rx_reset", 0) == 0, drained
         assert drained.get("downstream_cx_destroy_local_active_rq", 0) == 0, drained
+
+
+def test_meshline_drain_takes_an_instance_out_and_leaves_it_running(mesh: MeshHarness) -> None:
+    with HttpTestServer("orders-a") as a, HttpTestServer("orders-b") as b:
+        first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
+        mesh.sidecar("orders", app_port=b.port, name="orders-2")
+        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
+        wait_until(lambda: len(endpoints(web)) == 2, 15, what="web to see both")
+        # while it is in service, the check sees web's config list it (what the wait relies on)
+        before = mesh.api.get("/api/v1/meshes/default/dataplanes/orders-1/removal",
+                              params={"service": "orders", "address": "127.0.0.1", "port": first.inbound_port})
+        assert before["done"] is False and "still lists this instance" in before["pending"]["web-1"], before
+        load = PacedLoad(web.url("orders") + "/").start()
+        try:
+            wait_until(lambda: {"orders-a", "orders-b"} <= {w for _, w in load.outcomes}, 15, what="both serving")
+            env = {**os.environ, "MESHLINE_TOKEN": mesh.admin_token() or ""}
+            out = subprocess.run([sys.executable, "-m", "meshline", "--api", mesh.api_url, "drain", "orders-1"],
+                                 capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+            drained_at = time.monotonic()
+            wait_until(lambda: len(load.since(drained_at)) >= AFTER, 30, what="requests after the drain")
+        finally:
+            load.stop()
+        print(out.stdout.strip())
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "drained orders-1: every caller ACKed a config without this instance" in out.stdout, out.stdout
+        assert load.failed("orders-") == []
+        # once the command returned, web's sidecar had the config without it: nothing more lands there
+        assert {w for _, w in load.since(drained_at)} == {"orders-b"}
+        assert first.proc.poll() is None and first.ready()  # agent and Envoy still running
+        assert first.inbound_port not in endpoints(web)
+        unknown = subprocess.run([sys.executable, "-m", "meshline", "--api", mesh.api_url, "drain", "nope"],
+                                 capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        assert unknown.returncode != 0 and "nope" in unknown.stderr, unknown.stderr
