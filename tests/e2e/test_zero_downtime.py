@@ -195,3 +195,24 @@ def test_meshline_drain_takes_an_instance_out_and_leaves_it_running(mesh: MeshHa
         unknown = subprocess.run([sys.executable, "-m", "meshline", "--api", mesh.api_url, "drain", "nope"],
                                  capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
         assert unknown.returncode != 0 and "nope" in unknown.stderr, unknown.stderr
+
+
+def test_the_removal_check_keeps_to_the_token_scope_and_names_bad_input(mesh: MeshHarness) -> None:
+    with HttpTestServer("orders-a") as a:
+        first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
+        url = f"{mesh.api_url}/api/v1/meshes/default/dataplanes/orders-1/removal"
+        query = {"service": "orders", "address": "127.0.0.1", "port": str(first.inbound_port)}
+
+        def ask(token: str, params: dict[str, str]) -> httpx.Response:
+            return httpx.get(url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+
+        own = ask(first.token or "", query)
+        assert own.status_code == 200 and own.json()["done"] is True, own.text  # no callers: done
+        other = ask(mesh.dataplane_token("orders", name="orders-2"), query)
+        assert other.status_code == 403 and "its own dataplane" in other.text, other.text
+        billing = ask(mesh.dataplane_token("billing"), query)
+        assert billing.status_code == 403, billing.text
+        bad = ask(first.token or "", {**query, "port": "http"})
+        assert bad.status_code == 422 and "port" in bad.text and "1-65535" in bad.text, bad.text
+        missing = ask(first.token or "", {"service": "orders"})
+        assert missing.status_code == 422 and "address" in missing.text and "port" in missing.text, missing.text
