@@ -205,3 +205,8 @@ def test_shipped_systemd_units_restart_crashed_agents_and_are_hardened(tmp_path:
     assert argv[1] == "dataplane" and argv[argv.index("--token-file") + 1] == "${CREDENTIALS_DIRECTORY}/token"
     assert {a for a in argv if a.startswith("--")} <= known
     assert dp["User"] != _unit(cp_unit)["Service"]["User"]
+    # systemd must not SIGKILL a graceful stop with the default waits (docs/operations.md)
+    from meshline.agent.config import AgentConfig
+
+    graceful = AgentConfig.callers_ack_timeout + AgentConfig.drain_seconds + 2 * AgentConfig.stop_timeout
+    assert dp["KillMode"] == "mixed" and float(dp["TimeoutStopSec"].removesuffix("s")) > graceful
