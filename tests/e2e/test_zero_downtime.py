@@ -5,7 +5,9 @@ client counting every request (meshline.testing.load).
   waits until the caller's sidecar has ACKed a config without it, drains, then stops: 0 failed.
 * A long-lived connection across a graceful stop of the sidecar it goes through ends cleanly,
   with 0 failed requests on it: HTTP/1.1 keep-alive gets ``Connection: close`` after its
-  request, HTTP/2 (a gRPC channel) gets GOAWAY and no stream is reset.
+  request, HTTP/2 (a gRPC channel) gets GOAWAY and no stream is reset, and a WebSocket under
+  `meshline run` ends with the app's own close frame (the app hears SIGTERM after the drain).
+* `meshline drain NAME` takes an instance out under load with 0 failed requests.
 
 A sidecar killed first (no graceful stop) is covered by tests/security/test_agent_crash.py:
 callers stop sending to it within about a second, not after the 10 s offline timeout.
@@ -13,6 +15,7 @@ callers stop sending to it within about a second, not after the 10 s offline tim
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -21,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import httpx
 import pytest
@@ -216,3 +220,85 @@ def test_the_removal_check_keeps_to_the_token_scope_and_names_bad_input(mesh: Me
         assert bad.status_code == 422 and "port" in bad.text and "1-65535" in bad.text, bad.text
         missing = ask(first.token or "", {"service": "orders"})
         assert missing.status_code == 422 and "address" in missing.text and "port" in missing.text, missing.text
+
+
+WEBSOCKET_APP = """
+import asyncio, signal, sys
+from aiohttp import WSCloseCode, web
+
+sockets = set()
+
+async def ws(request):
+    w = web.WebSocketResponse()
+    await w.prepare(request)
+    sockets.add(w)
+    async for msg in w:
+        await w.send_str("chat:" + msg.data)
+    sockets.discard(w)
+    return w
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for w in list(sockets):  # a clean goodbye: a close frame, code 1001
+        await w.close(code=WSCloseCode.GOING_AWAY, message=b"stopping")
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+def test_a_websocket_across_a_graceful_stop_ends_with_a_close_frame(mesh: MeshHarness) -> None:
+    """Under `meshline run`, the app hears SIGTERM only after the drain, while Envoy still
+    carries its connections: its close frame reaches the client through both sidecars."""
+    app_port = free_port()
+    name = "chat-1"
+    work_dir = mesh.tmp / "dp" / f"default.{name}"
+    work_dir.mkdir(parents=True, mode=0o700)
+    cmd = mesh.agent_command("chat", app_port, name=name, inbound_port=free_port(), protocol="http", tags={},
+                             upstreams={}, mesh="default", work_dir=work_dir)  # fmt: skip
+    cmd[cmd.index("dataplane")] = "run"
+    cmd += ["--", sys.executable, "-c", WEBSOCKET_APP, str(app_port)]
+    log_path = work_dir / "agent.log"
+    env = {**os.environ, "MESHLINE_DATA_DIR": str(mesh.data_dir), "MESHLINE_TOKEN": mesh.dataplane_token("chat", name=name)}
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    chat = Sidecar(name, "chat", "default", int(cmd[cmd.index("--inbound-port") + 1]), app_port, {}, work_dir,
+                   proc, log_path)  # fmt: skip
+    mesh.sidecars.append(chat)  # the harness stops it, whatever happens
+    web = mesh.sidecar("web", app_port=free_port(), upstreams=["chat"])
+    wait_until(lambda: endpoints(web, "chat") == {chat.inbound_port}, 30, what="web to see chat (ready)")
+
+    async def talk() -> tuple[list[str], aiohttp.WSMessage]:
+        echoes: list[str] = []
+        url = web.url("chat").replace("http", "ws") + "/ws"
+        async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+            for i in range(5):
+                await ws.send_str(f"m{i}")
+                echoes.append(str((await ws.receive(timeout=5)).data))
+            proc.send_signal(15)
+            for i in range(200):  # bounded: ~10 s at most
+                try:
+                    await ws.send_str(f"d{i}")
+                except ConnectionError:
+                    break
+                msg = await ws.receive(timeout=5)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    return echoes, msg
+                echoes.append(str(msg.data))
+                await asyncio.sleep(0.05)
+            return echoes, await ws.receive(timeout=5)
+
+    echoes, last = asyncio.run(talk())
+    assert proc.wait(30) == 0, chat.log()
+    print(f"WebSocket across a graceful stop: {len(echoes)} echoes, then {last.type.name} {last.data}")
+    assert all(e.startswith("chat:") for e in echoes) and len(echoes) >= 5, echoes
+    assert last.type == aiohttp.WSMsgType.CLOSE and last.data == 1001, (last, chat.log())
+    out = chat.log()
+    assert out.index("draining Envoy") < out.index("waiting for the app"), out
