@@ -48,10 +48,10 @@ def _pending(peer: Peer, service: str, address: str, port: int) -> str | None:
     result = peer.result
     if result is None:
         return None  # nothing rendered for it here: no config that could list the instance
+    if service not in result.reads and not (result.reads & _READS_ALL):
+        return None  # not a caller: its config reads no endpoint of the service (decode nothing)
     if lists_endpoint(result.snapshot, address, port):
         return "its configuration still lists this instance (not rendered again yet)"
-    if service not in result.reads and not (result.reads & _READS_ALL):
-        return None  # not a caller of the service
     state = peer.status.get("state")
     if state == "offline":
         return None  # not connected: nothing to wait for; reported in "offline"
