@@ -157,7 +157,7 @@ def test_build_config_from_cli_options(tmp_path: Path, monkeypatch: pytest.Monke
         service="orders", app_port=8080, mesh="default", name=None, api=None, token=None,
         token_file=token_file, ca_file=None, xds_address=None, address="127.0.0.1", inbound_port=None,
         protocol="http", tags=("version=v1",), upstreams=("payments=9001",), work_dir=None,
-        envoy_concurrency=1, envoy_log_level="warn", envoy_binary=None, drain_seconds=1.0,
+        envoy_concurrency=1, envoy_log_level="warn", envoy_binary=None, drain_seconds=1.0, callers_ack_timeout=10.0,
         register_timeout=30.0, ready_timeout=60.0,
     )
     cfg = build_config(opts, {"api": "http://10.9.9.9:15681/"})

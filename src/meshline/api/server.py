@@ -19,6 +19,7 @@ from meshline.api.request_input import if_match, json_body
 from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.preview import preview
+from meshline.controlplane.removal import Peer, removal_report
 from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.controlplane.vips import new_services
 from meshline.core.dataplane import DataplaneSpec
@@ -26,6 +27,7 @@ from meshline.core.errors import (
     ClientGone,
     Conflict,
     FieldProblem,
+    Forbidden,
     MeshlineError,
     NotFound,
     TooLarge,
@@ -430,6 +432,30 @@ class Api:
                     out.append(line)
         return out
 
+    async def removal_status(self, request: web.Request) -> web.Response:
+        """What a stopping agent (and `meshline drain`) polls after deregistering: whether every
+        caller's sidecar has ACKed a configuration that no longer sends to ``address:port``."""
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        q = request.query
+        problems = [FieldProblem(f, "is required (the instance's service, address and inbound port)")
+                    for f in ("service", "address", "port") if not q.get(f)]  # fmt: skip
+        port = q.get("port", "")
+        if port and (not port.isdigit() or not 0 < int(port) < 65536):
+            problems.append(FieldProblem("port", "must be a port number (1-65535)"))
+        if problems:
+            raise ValidationError(problems, context="cannot check the removal")
+        service = q["service"]
+        p = principal(request)
+        p.check_read(mesh)
+        if (p.dataplane is not None and p.dataplane != name) or (p.service is not None and p.service != service):
+            raise Forbidden(f"dataplane token '{p.name}' may only ask about its own dataplane")
+        dataplanes = sorted(self.ctx.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name)
+        statuses = await self.ctx.dataplane_statuses(dataplanes)
+        peers = [Peer(r.name, self.ctx.results.get(names.node_id(mesh, r.name)), statuses[r.key]) for r in dataplanes]
+        report = removal_report(peers, name, service, q["address"], int(port))
+        report["registered"] = any(r.name == name for r in dataplanes)
+        return _json(report)
+
     async def sync_status(self, request: web.Request) -> web.Response:
         """What `meshline apply --wait` polls: how far rendering got, and per dataplane the
         versions it should run and what its sidecar has ACKed."""
@@ -484,6 +510,7 @@ def build_app(
     r.add_delete("/api/v1/meshes/{mesh}", api.delete_resource)
     r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/inspect", api.inspect_dataplane)
     r.add_get("/api/v1/meshes/{mesh}/sync", api.sync_status)
+    r.add_get("/api/v1/meshes/{mesh}/dataplanes/{name}/removal", api.removal_status)
     for route in routes:
         r.add_route(route.method, route.path, route.handler)
     r.add_get("/api/v1/meshes/{mesh}/{plural}", api.list_resources)
