@@ -169,6 +169,21 @@ def test_late_entries_land_in_their_second() -> None:
     assert s.summary(103, 60).failures == 1 and s.summary(103, 60).requests == 3
 
 
+def test_a_remembered_summary_follows_the_window_and_new_requests() -> None:
+    s = RollingStats()
+    s.add(100.5, False, 1.0)
+    s.add(130.5, True, 9.0)
+    first = s.summary(150, 60)
+    assert s.summary(150.9, 60) is first  # nothing entered or left: the same answer, not recomputed
+    assert (first.requests, first.failures) == (2, 1)
+    assert s.summary(160, 60).requests == 1  # second 100 left the window
+    assert (s.summary(160, 60).failures, s.summary(160, 60).p99) == (1, 9.0)
+    s.add(159.0, False, 3.0)  # a new request is in the next answer at once
+    assert s.summary(160, 60).requests == 2 and 3.0 <= (s.summary(160, 60).p50 or 0) <= 3.12
+    assert s.summary(191, 60).requests == 1 and s.summary(260, 60).requests == 0
+    assert s.summary(150, 60).requests == 3  # asking about an earlier moment recomputes it
+
+
 # -- the intake -----------------------------------------------------------------------
 def record(direction: str = "outbound", rid: str = "r1", **kw: Any) -> LogRecord:
     base: dict[str, Any] = dict(time=1000.0, mesh="default", dataplane="web-1" if direction == "outbound" else "orders-1",

@@ -171,9 +171,20 @@ class Api:
         mesh = request.match_info["mesh"]
         principal(request).check_read(mesh)
         info = self.kind(request.match_info["plural"])
-        await self._mesh_exists(mesh)
-        items = await self.ctx.store.list(info.kind, mesh)
+        items = await self._listed(info.kind, mesh)
         return _json({"items": await self._items(items)})
+
+    async def _listed(self, kind: str, mesh: str) -> list[Resource]:
+        """``store.list(kind, mesh)``, from the read model when it holds exactly that: it is at
+        the store's revision and sorts as the store does (a dashboard lists every dataplane
+        every 2 s; decoding 400 rows from the store costs ~15 ms of CPU, the model nothing)."""
+        store, model = self.ctx.store, self.ctx.reconciler.model
+        if store.lists_in_code_point_order and model.revision >= await store.revision():
+            if model.mesh(mesh) is None:
+                await self._mesh_exists(mesh)  # raises the store's NotFound
+            return sorted(model.of_kind(mesh, kind), key=lambda r: r.name)
+        await self._mesh_exists(mesh)
+        return await store.list(kind, mesh)
 
     async def get_resource(self, request: web.Request) -> web.Response:
         key = self._key(request)
