@@ -95,6 +95,9 @@ class TapFilter:
         return not self.status or (self._status(r.status) if r.protocol == "http" else r.failed)
 
 
+FAILURES = TapFilter(status="failed,4xx")  # "recent failures": 5xx, 4xx, no response
+
+
 @dataclass
 class Subscription:
     mesh: str
@@ -130,6 +133,9 @@ class MeshTelemetry:
     def __init__(self, limits: TelemetryLimits) -> None:
         self.limits = limits
         self.recent: deque[tuple[LogRecord, int]] = deque()  # (record, its bytes), oldest first
+        # the failures among them (what a service page's "recent failures" lists), oldest first,
+        # so listing the last 20 of a service does not scan every record
+        self.recent_failures: deque[LogRecord] = deque()
         self.record_bytes = 0
         self.by_request: dict[str, list[LogRecord]] = {}
         # least recently updated first
@@ -154,11 +160,15 @@ class MeshTelemetry:
         size = record_bytes(r)
         self.recent.append((r, size))
         self.record_bytes += size
+        if FAILURES.matches(r) and (is_counted(r) or r.mirrored):
+            self.recent_failures.append(r)
         if r.request_id:
             self.by_request.setdefault(r.request_id, []).append(r)
         while len(self.recent) > self.limits.records or self.record_bytes > self.limits.record_bytes:
             old, old_size = self.recent.popleft()
             self.record_bytes -= old_size
+            if self.recent_failures and self.recent_failures[0] is old:
+                self.recent_failures.popleft()
             halves = self.by_request.get(old.request_id)
             if halves is not None:
                 if old in halves:
@@ -444,7 +454,11 @@ class TelemetryIntake:
     def recent(self, mesh: str, flt: TapFilter, limit: int) -> list[LogRecord]:
         if limit <= 0:
             return []
-        newest = (r for r, _ in reversed(self._view(mesh).recent) if (is_counted(r) or r.mirrored) and flt.matches(r))
+        m = self._view(mesh)
+        if flt.status == FAILURES.status and not flt.path:  # the failures alone, already picked
+            newest = (r for r in reversed(m.recent_failures) if flt.matches(r))
+        else:
+            newest = (r for r, _ in reversed(m.recent) if (is_counted(r) or r.mirrored) and flt.matches(r))
         return list(reversed(list(itertools.islice(newest, limit))))  # stops at the limit: no full scan
 
     # -- lifecycle (on the control plane's loop) --------------------------------------
