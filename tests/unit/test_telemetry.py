@@ -4,6 +4,7 @@ counting once per edge, joining the two halves of a request, tap filters."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,14 @@ from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
 from meshline.telemetry import tags as t
 from meshline.telemetry.convert import flag_codes, from_http, from_tcp, trace_id
-from meshline.telemetry.intake import Subscription, TapFilter, TelemetryIntake, TelemetryLimits, parse_status
+from meshline.telemetry.intake import (
+    EncodedRow,
+    Subscription,
+    TapFilter,
+    TelemetryIntake,
+    TelemetryLimits,
+    parse_status,
+)
 from meshline.telemetry.record import LogRecord, is_counted
 from meshline.telemetry.window import RollingStats, bucket_of, bucket_upper
 
@@ -220,6 +228,26 @@ async def test_each_request_counts_once_per_edge() -> None:
     tapped = [take(sub).request_id for _ in range(sub.queue.qsize())]
     assert tapped == ["a", "b"]
     assert stats["received"] == 3
+
+
+async def test_a_remembered_stats_row_changes_with_its_key_and_encodes_as_itself() -> None:
+    clock = Clock()
+    intake = TelemetryIntake(clock=clock)
+    intake.ingest([record("outbound", "a", time=clock.now - 1)])
+    first = await intake.stats("default")
+    again = await intake.stats("default")
+    assert again["services"][0] is first["services"][0]  # nothing changed: the same row, encoded once
+    intake.ingest([record("outbound", "b", time=clock.now - 1, status=503)])
+    later = await intake.stats("default")
+    assert [(r["requests"], r["failures"], r["total"]) for r in later["services"]] == [(2, 1, 2)]
+    assert [(r["requests"], r["mtls"]) for r in later["edges"]] == [(2, "unknown")]
+    intake.ingest([record("inbound", "b", time=clock.now - 1, status=503, mtls=True)])  # the edge's mTLS is now known
+    assert [r["mtls"] for r in (await intake.stats("default"))["edges"]] == ["yes"]
+    clock.now += 61  # out of the minute: the same totals, an empty window
+    gone = await intake.stats("default")
+    assert [(r["requests"], r["total"]) for r in gone["services"]] == [(0, 2)]
+    for row in (*gone["services"], *gone["edges"], *later["services"]):
+        assert isinstance(row, EncodedRow) and row.json == json.dumps(dict(row), separators=(",", ":"))
 
 
 async def test_the_callee_half_completes_a_failure_before_it_is_tapped() -> None:

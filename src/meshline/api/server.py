@@ -188,15 +188,16 @@ class Api:
         new: dict[ResourceKey, tuple[Resource, str]] = {}
         parts = []
         for r in resources:
-            held = old.get(r.key)
+            key = r.key  # a new ResourceKey each time it is read
+            held = old.get(key)
             if held is None or held[0] is not r:
                 item = r.to_json()
                 info = self.kinds.find(r.kind)
                 if info is not None and info.columns:
                     item["columns"] = {h: get(r) for h, get in info.columns.items()}
                 held = (r, json.dumps(item, separators=(",", ":")))
-            new[r.key] = held
-            status = statuses.get(r.key)
+            new[key] = held
+            status = statuses.get(key)
             parts.append(held[1] if status is None else
                          f'{held[1][:-1]},"status":{json.dumps(status, separators=(",", ":"))}}}')
         self._encoded[(kind, mesh)] = new

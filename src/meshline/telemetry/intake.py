@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
@@ -93,6 +94,18 @@ class TapFilter:
         if self.path and not r.path.startswith(self.path):
             return False
         return not self.status or (self._status(r.status) if r.protocol == "http" else r.failed)
+
+
+class EncodedRow(dict[str, Any]):
+    """A stats row that remembers its JSON (the API encodes it once per change, not every 2 s
+    for each of a mesh's hundreds of keys); shared between answers, so never changed."""
+
+    @property
+    def json(self) -> str:
+        text: str | None = self.__dict__.get("_json")
+        if text is None:
+            text = self.__dict__["_json"] = json.dumps(self, separators=(",", ":"))
+        return text
 
 
 FAILURES = TapFilter(status="failed,4xx")  # "recent failures": 5xx, 4xx, no response
@@ -396,22 +409,29 @@ class TelemetryIntake:
         m = self._view(mesh)
         slices = Slices()
 
-        def row(stats: RollingStats) -> dict[str, Any]:
-            return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures,
-                    "totalDenied": stats.total_denied}
+        def row(stats: RollingStats, head: dict[str, Any]) -> dict[str, Any]:
+            summary = stats.summary(now, seconds)
+            held = stats.rows.get(seconds)
+            values = tuple(head.values())
+            if held is not None and held[0] is summary and held[1] == stats.changes and held[2] == values:
+                return held[3]
+            out = EncodedRow({**head, **summary.to_json(), "total": stats.total,
+                              "totalFailures": stats.total_failures, "totalDenied": stats.total_denied})
+            stats.rows[seconds] = (summary, stats.changes, values, out)
+            return out
 
         services = []
         for name in sorted(m.services):
             s = m.services.get(name)
             if s is not None and (not service or name == service):
-                services.append({"service": name, **row(s)})
+                services.append(row(s, {"service": name}))
                 await slices.tick()
         edges = []
         for src, dst in sorted(m.edges):
             s = m.edges.get((src, dst))
             if s is not None and (not service or service in (src, dst)):
-                edges.append({"source": src, "destination": dst, "protocol": m.edge_protocol.get((src, dst), ""),
-                              "mtls": m.mtls((src, dst)), **row(s)})
+                edges.append(row(s, {"source": src, "destination": dst, "protocol": m.edge_protocol.get((src, dst), ""),
+                                     "mtls": m.mtls((src, dst))}))
                 await slices.tick()
         out: dict[str, Any] = {"mesh": mesh, "window": window, "at": now, "services": services, "edges": edges,
                                "received": m.received, "evicted": m.evicted, "dropped": dict(m.dropped)}
@@ -420,7 +440,7 @@ class TelemetryIntake:
             for svc, method, path in list(m.paths):
                 s = m.paths.get((svc, method, path))
                 if s is not None and (not service or svc == service):
-                    rows.append({"service": svc, "method": method, "path": path, **row(s)})
+                    rows.append(row(s, {"service": svc, "method": method, "path": path}))
                     await slices.tick()
             rows.sort(key=lambda x: (-x["requests"], x["service"], x["path"]))
             out["paths"] = rows[:paths]

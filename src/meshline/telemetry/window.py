@@ -89,6 +89,9 @@ class RollingStats:
         # ``since`` in [since, until) (no second enters or leaves the window), so a page asking
         # every 2 s for an idle key's minute costs a lookup
         self._memo: dict[int, tuple[int, int, float, Summary]] = {}
+        # window seconds -> (summary, changes, what the row adds, the row): a stats row is built
+        # and encoded once while its summary and totals stay (see TelemetryIntake.stats)
+        self.rows: dict[int, tuple[Summary, int, tuple[Any, ...], Any]] = {}
 
     def add(self, at: float, failed: bool, latency_ms: float, denied: bool = False) -> None:
         """One request: ``failed`` (see record.is_failure) or ``denied`` by the mesh, or a success."""
