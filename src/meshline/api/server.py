@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -33,6 +34,8 @@ from meshline.core.errors import (
 from meshline.core.resource import KindInfo, Resource, ResourceKey
 from meshline.core.service import ServiceSpec
 from meshline.core.slices import Slices
+from meshline.render.sections import SectionId
+from meshline.render.transparent import DETECTED
 from meshline.xds import names
 
 log = logging.getLogger("meshline.api")
@@ -106,6 +109,26 @@ def _dry_run(request: web.Request) -> bool:
 def _client_gone(request: web.Request) -> bool:
     """The client hung up (aiohttp does not cancel a handler for it: we must look)."""
     return request.transport is None or request.transport.is_closing()
+
+
+def section_json(section: SectionId | None, dataplane: Resource, known: Callable[[], set[str]]) -> dict[str, Any]:
+    """An applied policy's section as data, for the dashboard (``target`` is the human label):
+    its id's fields and, on an outbound section, the service it calls (the outbound of that
+    port; a transparent section is named for its service, plus a detected protocol's suffix:
+    the candidate that is one of the ``known`` services)."""
+    if section is None:
+        return {}
+    out: dict[str, Any] = {"proxy": section.proxy, "role": section.role, "port": section.port}
+    if section.name:
+        out["name"] = section.name
+    spec = dataplane.spec
+    if section.role == "outbound" and isinstance(spec, DataplaneSpec):
+        out["service"] = next((o.service for o in spec.outbound if o.port == section.port), "")
+    elif section.role == "transparent-outbound" and section.name:
+        candidates = [section.name] + [section.name.removesuffix(v.suffix) for v in DETECTED
+                                       if v.suffix and section.name.endswith(v.suffix)]
+        out["service"] = next((c for c in candidates if c in known()), section.name)
+    return {"section": out}
 
 
 class Api:
@@ -408,6 +431,12 @@ class Api:
         node = names.node_id(mesh, name)
         result = self.ctx.results.get(node)
         config: dict[str, list[dict[str, Any]]] = {}
+
+        @functools.cache
+        def known() -> set[str]:
+            live = self.ctx.model.resources(mesh).values()
+            return known_services(live) | {r.name for r in live if r.kind == "Service"}
+
         if result is not None and request.query.get("config", "1") != "0":
             for type_url, slot in result.snapshot.slots.items():
                 short = type_url.rsplit(".", 1)[-1]
@@ -420,7 +449,8 @@ class Api:
                 "dataplane": await self._item(res),
                 "renderError": self.ctx.results.error(node),
                 "versions": result.snapshot.versions() if result else {},
-                "policies": [a.to_json() for a in result.applied] if result else [],
+                "policies": [{**a.to_json(), **section_json(a.section, res, known)} for a in result.applied]
+                if result else [],
                 "warnings": self._policy_warnings(mesh, result.applied if result else []),
                 "config": config,
                 "vips": self._vips(mesh, res),
