@@ -6,7 +6,8 @@ sidecar's outbound listener) and ``client-t`` -> ``server-t`` in transparent mod
 the server's VIP on port 80; the kernel redirects it to the client sidecar's capture listener,
 and the server host's capture takes it to Envoy's inbound). Both pairs run the same Envoy,
 mTLS and an nginx origin on the server host; the rounds are interleaved (explicit, transparent,
-explicit, ...) and each figure is the median over rounds. wrk runs inside the client host: its
+explicit, ...) and each figure is the median over rounds; each ratio is the median of the rounds'
+own ratios, with their spread beside it. wrk runs inside the client host: its
 connections are the app's, captured in transparent mode.
 
 Latency figures are wrk's own (closed loop, 1 connection and 16 connections): this measures the
@@ -48,7 +49,9 @@ def _wrk_in(host_ns: str, url: str, seconds: float, connections: int) -> wrk.Wrk
     raise wrk.WrkError(f"wrk failed in {host_ns}: {out[-500:]}")
 
 
-def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float, progress: Progress) -> dict[str, float]:
+def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
+        progress: Progress) -> tuple[dict[str, float], dict[str, dict[str, list[float]]]]:  # fmt: skip
+    """(figures, every round's samples per mode)."""
     from meshline.testing.hostmesh import HostMesh
     from meshline.testing.netns import TestNetwork
 
@@ -95,5 +98,9 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float, progres
         for k, values in s.items():
             figures[f"{mode}.{k}"] = statistics.median(values)
     for k in METRICS:
-        figures[f"ratio.{k}"] = figures[f"transparent.{k}"] / figures[f"explicit.{k}"]
-    return figures
+        # the median of each round's own ratio: the two modes of a round ran back to back, so
+        # what the machine's other work does to both largely cancels (a ratio of medians would not)
+        pairs = [t / e for t, e in zip(samples["transparent"][k], samples["explicit"][k], strict=True) if e]
+        figures[f"ratio.{k}"] = statistics.median(pairs)
+        figures[f"ratio_spread.{k}"] = max(pairs) - min(pairs)
+    return figures, samples

@@ -128,8 +128,8 @@ def _transparent(settings: CpSettings, procs: ProcessGroup, workdir: Path, progr
     from benchmarks import transparent
 
     run = CpRun("transparent", "two sidecars across two hosts: explicit vs transparent")
-    rounds, seconds = (1, 2.0) if settings.mode == "quick" else (5, 10.0)
-    run.figures = transparent.run(procs, workdir, rounds, seconds, progress)
+    rounds, seconds = (1, 2.0) if settings.mode == "quick" else (9, 6.0)
+    run.figures, run.details["rounds"] = transparent.run(procs, workdir, rounds, seconds, progress)
     return run
 
 
@@ -261,10 +261,12 @@ def checks(run: CpRun) -> list[Check]:
                         ("c16_p99_ms", "p99, 16 connections"), ("c1_p50_ms", "p50, 1 connection")):
             out.append(Check(f"transparent / explicit latency, {what}", _get(f, f"ratio.{k}"), "x", 1.05,
                              note=f"explicit {f.get('explicit.' + k, 0):.2f} ms, transparent"
-                                  f" {f.get('transparent.' + k, 0):.2f} ms"))  # fmt: skip
+                                  f" {f.get('transparent.' + k, 0):.2f} ms; round ratios spread"
+                                  f" {f.get('ratio_spread.' + k, 0):.2f}"))  # fmt: skip
         out.append(Check("transparent / explicit saturation throughput", _get(f, "ratio.rps"), "x", 0.95,
                          better="higher", note=f"explicit {f.get('explicit.rps', 0):,.0f} req/s, transparent"
-                                               f" {f.get('transparent.rps', 0):,.0f} req/s"))  # fmt: skip
+                                               f" {f.get('transparent.rps', 0):,.0f} req/s; round ratios spread"
+                                               f" {f.get('ratio_spread.rps', 0):.2f}"))  # fmt: skip
     elif run.key == "mesh-size":
         out.append(Check("sidecar memory, large mesh / small mesh", _get(f, "large_over_small"), "x", 1.10,
                          anchor=t.ANCHOR_MESH_SIZE))  # fmt: skip

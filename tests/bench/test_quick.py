@@ -119,3 +119,18 @@ def test_quick_control_plane_real_sidecars(tmp_path: Path) -> None:
         assert size[f"m{services}.service_clusters"] == 5  # the 5 it reaches...
         assert size[f"m{services}.unreached_clusters"] == 0  # ...and none of the others
         assert size[f"m{services}.envoy_mb"] > 1
+
+
+def test_quick_transparent_against_explicit(tmp_path: Path) -> None:
+    """Two sidecars across two test hosts, explicit and transparent, one tiny round each."""
+    from meshline.testing.netns import require_netns
+
+    require_netns("nft")
+    require_programs("envoy", "wrk", "nginx")
+    doc, _ = quick(tmp_path, "transparent")
+    run = doc["controlplane"]["transparent"]
+    assert run["error"] is None, run
+    f = run["figures"]
+    assert f["explicit.rps"] > 0 and f["transparent.rps"] > 0
+    assert f["ratio.rps"] > 0 and f["transparent.c1_p50_ms"] > 0
+    assert any(t["figure"].startswith("transparent / explicit") for t in doc["targets"])

@@ -186,6 +186,9 @@ def test_every_page_renders_real_data_and_the_chart_counts_the_requests_sent(wor
     expect(count).to_contain_text("match “inventory”")
     assert 0 < int(count.inner_text().split()[0]) < total
     expect(page.locator("details[data-resource^='Cluster/'] summary", has_text="inventory").first).to_be_visible()
+    recent = page.locator("table.recent-requests tbody tr", has_text="/burst/11")  # web -> orders-1, sent above
+    expect(recent).to_have_attribute("data-direction", "in")
+    expect(recent.locator("td").nth(3)).to_have_text("200")
     shot(page, "dataplane")
 
     # -- recent failures on a service page, with their explanation -----------------------------

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,9 +139,7 @@ def test_run_exits_with_the_app_exit_code_and_leaves_nothing_behind(
     """)
     a = AgentRun(mesh, tmp_path, "run", app=[*app, str(tmp_path / "work")])
     agents.append(a)
-    start = time.monotonic()
-    assert a.wait() == 7, a.output()
-    assert time.monotonic() - start < 15
+    assert a.wait() == 7, a.output()  # promptly: wait() fails after 20 s
     out = a.output()
     envoy_pid = int(out.split("ENVOY_PID ")[1].split()[0])
     assert not alive(envoy_pid)

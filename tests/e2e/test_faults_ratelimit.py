@@ -18,7 +18,7 @@ import os
 import statistics
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -138,6 +138,10 @@ def timed_calls(web: Sidecar, n: int, headers: dict[str, str] | None = None) -> 
     return out
 
 
+# When each request of a paced run was sent, by the id of its run's response list.
+SENT_AT: defaultdict[int, list[float]] = defaultdict(list)
+
+
 def paced(web: Sidecar, rate: float, start: float, duration: float, out: list[httpx.Response]) -> None:
     """Send ``rate`` requests a second from ``start`` (time.time()) for ``duration`` seconds."""
     n = int(rate * duration)
@@ -146,20 +150,23 @@ def paced(web: Sidecar, rate: float, start: float, duration: float, out: list[ht
             wait = start + i / rate - time.time()
             if wait > 0:
                 time.sleep(wait)
+            SENT_AT[id(out)].append(time.time())
             out.append(c.get(web.url("orders") + "/"))
 
 
-def run_paced(webs: list[Sidecar], rate_each: float, start: float, duration: float) -> list[httpx.Response]:
+def run_paced_windows(webs: list[Sidecar], rate_each: float, start: float,
+                      duration: float) -> tuple[list[httpx.Response], int]:  # fmt: skip
+    """Every web sends ``rate_each`` requests a second (``paced``); the responses, and how many
+    one-second windows the requests were sent in."""
     results: list[list[httpx.Response]] = [[] for _ in webs]
-    threads = [
-        threading.Thread(target=paced, args=(w, rate_each, start, duration, r))
-        for w, r in zip(webs, results, strict=True)
-    ]
+    threads = [threading.Thread(target=paced, args=(w, rate_each, start, duration, r))
+               for w, r in zip(webs, results, strict=True)]  # fmt: skip
     for t in threads:
         t.start()
     for t in threads:
         t.join(duration + 30)
-    return [r for rs in results for r in rs]
+    windows = {int(at) for r in results for at in SENT_AT.pop(id(r), [])}
+    return [r for rs in results for r in rs], len(windows)
 
 
 # -- faults ----------------------------------------------------------------------------------
@@ -308,12 +315,12 @@ def test_a_local_limit_allows_its_rate_per_instance(mesh: Mesh) -> None:
                     break
         assert drained.count(429) > 0
         # 30 requests/s to each instance for 3s; each may pass 20/s: 60 each (+-10%)
-        responses = run_paced([web], 60, time.time(), 3.0)
+        responses, windows = run_paced_windows([web], 60, time.time(), 3.0)
         limited = [r for r in responses if r.status_code == 429]
         allowed = Counter(r.json()["instance"] for r in responses if r.status_code == 200)
         assert len(limited) + sum(allowed.values()) == len(responses) == 180
-        for instance in ("orders-a", "orders-b"):
-            assert 54 <= allowed[instance] <= 66, allowed
+        for instance in ("orders-a", "orders-b"):  # a busy machine may spread the sends wider
+            assert 54 <= allowed[instance] <= 22 * windows < 90, (allowed, windows)
         headers = limited[-1].headers
         assert headers["x-ratelimit-limit"] == "20"
         assert headers["x-ratelimit-remaining"] == "0"
@@ -343,10 +350,11 @@ def test_a_global_limit_is_shared_by_all_instances(mesh: Mesh, redis_up: None) -
         # two callers at 20/s each for three whole windows of 1s: 120 requests, 60 allowed in
         # total (+-10%). Per-instance counting would let all 120 through.
         start = int(time.time()) + 1.05
-        responses = run_paced(mesh.webs, 20, start, 2.9)
+        responses, windows = run_paced_windows(mesh.webs, 20, start, 2.9)
         codes = Counter(r.status_code for r in responses)
         assert set(codes) == {200, 429} and sum(codes.values()) == 116, codes
-        assert 54 <= codes[200] <= 66, codes
+        # 20 per window in total; a busy machine may spread the sends over a fourth window.
+        assert 54 <= codes[200] <= 22 * windows < 116, (codes, windows)
         landed = Counter(r.json()["instance"] for r in responses if r.status_code == 200)
         assert set(landed) == {"orders-a", "orders-b"}  # both instances served within one limit
         limited = next(r for r in responses if r.status_code == 429)

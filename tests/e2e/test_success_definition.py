@@ -5,7 +5,10 @@ its own column by stat/edges and as response_code_class="denied" in Prometheus; 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -32,6 +35,17 @@ def test_mesh_denials_are_their_own_column_not_successes(tmp_path: Path) -> None
 
         row = wait_until(counted, 20, what="the six requests in stat")
         assert row["denied"] == 6 and row["failures"] == 0 and row["successRate"] == 0.0
+        stats = mesh.api.get("/api/v1/meshes/default/stats", params={"window": "1m"})
+        edge = next(e for e in stats["edges"] if (e["source"], e["destination"]) == ("web", "orders"))
+        assert edge["denied"] == 6 and edge["failures"] == 0 and edge["successRate"] == 0.0  # edges, the same
+        env = {**os.environ, "MESHLINE_API": mesh.api_url, "MESHLINE_TOKEN": ""}
+        for command in ("stat", "edges"):  # the CLI's tables: a DENIED column, 0% success
+            out = subprocess.run([sys.executable, "-m", "meshline", command], capture_output=True, text=True,
+                                 env=env, timeout=30).stdout
+            rows = [ln.split() for ln in out.splitlines() if ln.strip()]
+            header = next(r for r in rows if "DENIED" in r)  # one word per column
+            row = next(r for r in rows if r[0] in ("orders", "web"))
+            assert (row[header.index("SUCCESS")], row[header.index("DENIED")]) == ("0.0%", "6"), out
 
         metrics_port = mesh.api.get(f"/api/v1/meshes/default/dataplanes/{web.name}")["spec"]["metrics"]["port"]
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text

@@ -177,6 +177,7 @@ def test_services_are_listed_with_their_vips_and_dns_names(world: World) -> None
     assert len(set(services.values())) == len(services)
     assert world.client(world.host("a"), "resolve", "orders.mesh")["result"] == [services["orders"]]
     assert world.client(world.host("b"), "resolve", "orders")["result"] == [services["orders"]]  # same on every host
+    assert f"vip      orders.mesh -> {services['orders']}" in world.mesh.cli("inspect", "dataplane", "orders-b")
     # no --address given: each agent registered its host's address on the route to the control plane
     dps = world.mesh.dataplanes()
     assert dps["orders-b"]["spec"]["address"] == world.host("b").address

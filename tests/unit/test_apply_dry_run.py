@@ -86,3 +86,16 @@ def test_a_read_only_token_is_refused_a_dry_run(api: httpx.Client) -> None:
     r = httpx.post(f"{api.base_url}/api/v1/apply?dryRun=true", json={"resources": [TIMEOUT]},
                    headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 403 and "read-only" in r.text
+
+
+def test_a_traffic_permission_dry_run_names_the_inbound_it_would_govern(api: httpx.Client) -> None:
+    deny = {"kind": "TrafficPermission", "mesh": "default", "name": "no-web",
+            "spec": {"sources": [{"match": {"service": "web"}}], "destinations": [{"match": {"service": "orders"}}],
+                     "action": "deny"}}
+    body = api.post("/api/v1/apply?dryRun=true", json={"resources": [deny]}).json()
+    changed = {d["name"]: d for d in body["affected"]["default"]["dataplanes"]}
+    assert set(changed) == {"orders-1"}, changed  # the callee's inbound decides, nobody else changes
+    gained = changed["orders-1"]["gained"]
+    assert [(g["kind"], g["name"]) for g in gained] == [("TrafficPermission", "no-web")]
+    assert gained[0]["target"].startswith("inbound ")
+    assert api.get("/api/v1/meshes/default/trafficpermissions/no-web").status_code == 404

@@ -250,3 +250,18 @@ def test_a_long_inconclusive_wait_is_one_history_entry_and_keeps_the_steps() -> 
     assert s.phase == "progressing"
     assert [h["event"] for h in s.history] == ["started", "step", "analysis inconclusive"]
     assert s.history[-1]["times"] >= 400
+
+
+def test_after_a_restart_inconclusive_analyses_count_only_once_a_whole_window_was_observed() -> None:
+    spec = spec_of(rollout(analysis={"interval": "1s", "minRequests": 20, "inconclusiveLimit": 2,
+                                     "checks": [{"metric": "successRate", "min": 99, "window": "5s"}]}))  # fmt: skip
+    plan = stages(spec)
+    s = m.tick(m.start(m.State(), 0, True, False), spec.analysis, plan, m.Tick(0.1, True), set())
+    few = [(m.Signal(1, 0), HEALTHY)]
+    restarted_at = 30.0  # the step has run for 30 s, the new replica's telemetry for none of it
+    for now in (31, 32, 33, 34):
+        s = m.tick(s, spec.analysis, plan, m.Tick(now, True, few, restarted_at), set())
+    assert s.phase == "progressing" and s.inconclusive_run == 0
+    for now in (36, 37):
+        s = m.tick(s, spec.analysis, plan, m.Tick(now, True, few, restarted_at), set())
+    assert s.phase == "paused"

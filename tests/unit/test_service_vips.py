@@ -84,3 +84,32 @@ async def test_every_service_gets_one_stored_vip_that_replicas_agree_on(tmp_path
 def test_the_default_address_is_loopback_for_a_local_control_plane() -> None:
     assert default_address("http://127.0.0.1:15681") == "127.0.0.1"
     assert default_address("https://localhost:15681") == "127.0.0.1"
+
+
+def test_a_new_service_gets_its_vip_in_the_write_that_adds_it(tmp_path: Path) -> None:
+    import httpx
+
+    from meshline.controlplane.settings import Settings
+    from meshline.testing.mesh import ControlPlaneThread
+    from meshline.testing.servers import free_port
+
+    cp = ControlPlaneThread(Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'db'}", auth=True,
+                                     api_address=f"127.0.0.1:{free_port()}", xds_address=f"127.0.0.1:{free_port()}"))  # fmt: skip
+    cp.start()
+    try:
+        admin = (tmp_path / "admin.token").read_text().strip()
+        with httpx.Client(base_url=cp.cp.api_url, headers={"Authorization": f"Bearer {admin}"}, timeout=20) as c:
+            base = "/api/v1/meshes/default"
+            doc = {"kind": "Dataplane", "mesh": "default", "name": "pay-1", "spec": {"address": "10.0.0.7",
+                   "inbound": [{"port": 8080, "servicePort": 8081, "tags": {"service": "pay"}}]}}  # fmt: skip
+            before = c.get(f"{base}/sync").json()["revision"]
+            assert c.put(f"{base}/dataplanes/pay-1", json=doc).status_code in (200, 201)
+            # one transaction: the Dataplane and its Service, and nothing written after it
+            assert c.get(f"{base}/sync").json()["revision"] == before + 2
+            assert c.get(f"{base}/services/pay").json()["spec"]["vip"] == allocate("pay", "240.240.0.0/16", [])
+            applied = {**doc, "name": "ledger-1", "spec": {**doc["spec"], "inbound": [
+                {"port": 8080, "servicePort": 8081, "tags": {"service": "ledger"}}]}}  # fmt: skip
+            assert c.post("/api/v1/apply", json={"resources": [applied]}).status_code == 200
+            assert c.get(f"{base}/services/ledger").status_code == 200
+    finally:
+        cp.stop()

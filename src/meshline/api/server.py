@@ -21,6 +21,7 @@ from meshline.api.routes import Handler, Route
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.preview import preview
 from meshline.controlplane.unknown_services import known_services, warnings_for
+from meshline.controlplane.vips import new_services
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import (
     ClientGone,
@@ -277,6 +278,13 @@ class Api:
         res = self.ctx.store.stamped(self.ctx.for_storage(res, prior))  # e.g. a provided CA key sealed
         if prior is not None and (prior.spec, prior.labels) == (res.spec, res.labels) and expected in (None, prior.version):
             return prior, False  # unchanged: no new revision, no push
+        vips = await new_services(self.ctx.store, [res])
+        if vips:  # a new service gets its VIP in the same transaction
+            try:
+                stored = await self.ctx.store.put_all([(res, expected), *((v, 0) for v in vips)])
+                return stored[0], prior is None
+            except Conflict:
+                pass  # another writer made the Service first: write the resource alone
         return await self.ctx.store.put(res, expected), prior is None
 
     async def put_resource(self, request: web.Request) -> web.Response:
@@ -357,8 +365,17 @@ class Api:
             return _json({"dryRun": True, "items": results, "affected": affected})
         if len(writes) >= 100:
             log.info("apply: writing %d resources in one transaction", len(writes))
+        vips = await new_services(self.ctx.store, [w for w, _ in writes])
+        vips = [v for v in vips if all(w.key != v.key for w, _ in writes)]  # a Service applied wins
         try:
-            stored = await self.ctx.store.put_all(writes, abandoned=lambda: _client_gone(request))
+            try:
+                stored = await self.ctx.store.put_all([*writes, *((v, 0) for v in vips)],
+                                                      abandoned=lambda: _client_gone(request))  # fmt: skip
+            except Conflict:
+                if not vips:
+                    raise
+                stored = await self.ctx.store.put_all(writes, abandoned=lambda: _client_gone(request))
+            stored = stored[: len(writes)]
         except (Conflict, NotFound) as err:
             raise Conflict(f"{err}; nothing was applied (another write came in between): apply again") from None
         versions = {str(s.key): s.version for s in stored}

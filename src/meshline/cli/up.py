@@ -56,7 +56,7 @@ def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: fl
 @click.option("--api-address", default="127.0.0.1:15681", show_default=True, envvar="MESHLINE_API_ADDRESS")
 @click.option("--xds-address", default="127.0.0.1:15678", show_default=True, envvar="MESHLINE_XDS_ADDRESS")
 @click.option("--broken-v2", is_flag=True,
-              help="make orders v2 a bad release (30%% of requests fail, +150 ms) for a rollout to roll back")
+              help="make orders v2 a bad release (30% of requests fail, +150 ms) for a rollout to roll back")
 def up(web_port: int, outbound_base: int, data_dir: Path | None, api_address: str, xds_address: str,
        broken_v2: bool) -> None:
     """Run a control plane on its embedded store and a meshed demo (web -> orders v1/v2 -> inventory)."""

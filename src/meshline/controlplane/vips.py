@@ -1,6 +1,7 @@
 """Gives every service of a mesh a virtual IP, kept in the store as a ``Service`` resource.
 
-Watches the store; whenever a Dataplane names a service that has no ``Service`` yet (or a
+The API writes a new service's record in the same transaction as the Dataplane that first
+names it (:func:`new_services`). The allocator watches the store for the rest: whenever a Dataplane names a service that has no ``Service`` yet (or a
 mesh's VIP range changes, or two records claim one address after two replicas raced), it
 writes what is missing. Each replica runs one; they agree because allocation is a pure
 function of the service name and the addresses already stored (:func:`core.service.allocate`)
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, MeshlineError, NotFound
@@ -25,6 +26,34 @@ from meshline.store.base import Change, Resync, Store, WatchEvent
 log = logging.getLogger("meshline.vips")
 KIND = "Service"
 RELEVANT = frozenset({"Mesh", "Dataplane", KIND})
+
+
+async def new_services(store: Store, writes: Sequence[Resource]) -> list[Resource]:
+    """The Service records the Dataplanes in ``writes`` need and the store lacks, to be written in
+    the same transaction (so a new service has its VIP in the revision that adds it; the
+    allocator below catches whatever this misses: a lost race, a range change)."""
+    by_mesh: dict[str, set[str]] = {}
+    for r in writes:
+        if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec):
+            by_mesh.setdefault(r.mesh, set()).update(i.service for i in r.spec.inbound)
+    out: list[Resource] = []
+    for mesh, services in sorted(by_mesh.items()):
+        try:
+            mesh_res = await store.get(ResourceKey("Mesh", "", mesh))
+        except NotFound:
+            continue
+        assert isinstance(mesh_res.spec, MeshSpec)
+        cidr = mesh_res.spec.transparent_proxy.vip_range
+        records = {r.name: r for r in await store.list(kind=KIND, mesh=mesh)}
+        table = in_range(vip_table(records.values()), cidr)
+        for service in sorted(services - records.keys()):
+            try:
+                vip = allocate(service, cidr, table.values())
+            except RangeFull:
+                continue  # the allocator logs it
+            table[service] = vip
+            out.append(Resource(kind=KIND, mesh=mesh, name=service, spec=ServiceSpec(vip=vip)))
+    return out
 
 
 class VipAllocator:

@@ -30,6 +30,7 @@ import httpx
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, NotFound
+from meshline.core.ratelog import RateLimitedLog
 from meshline.core.resource import Resource, ResourceKey
 from meshline.rollouts import machine as m
 from meshline.rollouts.api import RolloutSpec, Version
@@ -100,9 +101,12 @@ class RolloutController:
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._busy: dict[ResourceKey, asyncio.Task[None]] = {}  # a rollout's tick still running
+        self.started = 0.0
+        self._log = RateLimitedLog(log)  # a failure that repeats every tick is one line per 10 s
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.started = self.clock()  # this replica's telemetry starts empty here
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         self._task = asyncio.create_task(self._run(), name="rollouts")
 
@@ -126,8 +130,8 @@ class RolloutController:
                     await self.reconcile_all()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bad tick must not end the controller; the next one retries
-                log.exception("rollout controller tick failed")
+            except Exception as err:  # a bad tick must not end the controller; the next one retries
+                self._log.warning("tick", "rollout controller tick failed: %s: %s", type(err).__name__, err)
             await asyncio.sleep(self.tick_every)
 
     async def leading(self) -> bool:
@@ -161,8 +165,9 @@ class RolloutController:
             # read here, after this rollout's previous tick wrote: never a state older than its own
             status = (await self.ctx.store.list_status("Rollout", res.mesh, res.name)).get(res.key, {})
             await self.reconcile(res, status, resources)
-        except Exception:  # the next tick retries from the stored state
-            log.exception("rollout %s: tick failed", res.key)
+        except Exception as err:  # the next tick retries from the stored state (logged once per 10 s)
+            self._log.warning(str(res.key), "%s: tick failed: %s: %s", res.key, type(err).__name__, err)
+            log.debug("%s: tick failed", res.key, exc_info=True)
 
     async def reconcile(self, res: Resource, status: Mapping[str, Any], resources: Mapping[ResourceKey, Resource]) -> None:
         spec = res.spec
@@ -186,8 +191,8 @@ class RolloutController:
             now = self.clock()
         signals = None
         if m.analysis_due(state, spec.analysis, plan, now):
-            signals = self._measure(res.mesh, spec, plan[state.stage], now - state.stage_started)
-        state = m.tick(state, spec.analysis, plan, m.Tick(now, ready, signals), configured)
+            signals = self._measure(res.mesh, spec, plan[state.stage], now - max(state.stage_started, self.started))
+        state = m.tick(state, spec.analysis, plan, m.Tick(now, ready, signals, self.started), configured)
         me = self.ctx.publisher.replica if self.ctx.publisher is not None else ""
         if state != before or (raw or {}).get("driver") != me:  # a new driver says so at once
             await self.ctx.store.put_status({res.key: {STATE_PART: status_view(res, state, me)}})

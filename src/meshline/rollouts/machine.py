@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from meshline.rollouts.api import Analysis, Check
@@ -197,7 +197,9 @@ class Tick:
     candidate_ready: bool  # a ready Dataplane with the candidate's tags exists
     # one (candidate, stable) pair per check of the analysis, in order; None: not due
     signals: Sequence[tuple[Signal, Signal]] | None = None
-    webhooks: Mapping[str, bool] = field(default_factory=dict)  # "<at>" -> present in the spec
+    # since when this replica's telemetry has seen the traffic (a restarted control plane starts
+    # empty): before a whole window of it, an inconclusive analysis does not count yet
+    observed_since: float = 0.0
 
 
 def analysis_due(s: State, analysis: Analysis, stages: Sequence[Stage], now: float) -> bool:
@@ -311,7 +313,7 @@ def _analysed(s: State, analysis: Analysis, t: Tick) -> State:
                        reason=f"analysis failed {failures}x (budget {analysis.failure_budget}): {summary}")
         return _go(s, t.now, "analysis failed", summary, failures=failures, inconclusive_run=0)
     if verdict == "inconclusive":
-        if t.now - s.stage_started < max(c.window.total_seconds() for c in analysis.checks):
+        if t.now - max(s.stage_started, t.observed_since) < max(c.window.total_seconds() for c in analysis.checks):
             # the step has not run for a whole window yet: too early to call it inconclusive
             return _go(s, t.now, "analysis inconclusive", f"window not full yet; {summary}")
         run = s.inconclusive_run + 1

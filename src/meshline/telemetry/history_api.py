@@ -3,11 +3,14 @@
 * ``GET /api/v1/meshes/{mesh}/services/{service}/series?span=5m|15m|1h``: the service's
   golden signals in 10 s buckets (:mod:`.series`), per version and per edge in and out;
 * ``GET /api/v1/meshes/{mesh}/failures?service=&limit=N``: its recent failed requests
-  (newest first) with their explanation, from the records ``explain`` and the tap read.
+  (newest first) with their explanation, from the records ``explain`` and the tap read;
+* ``GET /api/v1/meshes/{mesh}/dataplanes/{name}/requests?limit=N``: the recent requests a
+  dataplane's sidecar sent, and those its callers' sidecars sent to it (newest first).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +21,7 @@ from meshline.api.routes import WHOLE_NUMBER, Route, query_param
 from meshline.api.server import principal
 from meshline.core.errors import FieldProblem, NotFound, ValidationError
 from meshline.telemetry.intake import TapFilter, TelemetryIntake
+from meshline.telemetry.record import is_counted
 from meshline.telemetry.series import BUCKETS, SPANS, STEP_S
 
 MAX_FAILURES = 200
@@ -29,6 +33,13 @@ def _dumps(data: Any) -> str:
 
 def json_response(data: Any) -> web.Response:
     return web.json_response(data, dumps=_dumps)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit") or "20"
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_FAILURES:
+        raise ValidationError([FieldProblem("limit", f"must be a whole number from 1 to {MAX_FAILURES}")])
+    return int(raw)
 
 
 class HistoryApi:
@@ -63,12 +74,19 @@ class HistoryApi:
 
     async def failures(self, request: web.Request) -> web.StreamResponse:
         mesh = self._mesh(request)
-        raw = request.query.get("limit") or "20"
-        if not raw.isdigit() or not 0 < int(raw) <= MAX_FAILURES:
-            raise ValidationError([FieldProblem("limit", f"must be a whole number from 1 to {MAX_FAILURES}")])
         flt = TapFilter(service=request.query.get("service", ""), status="failed,4xx")
-        records = self.intake.recent(mesh, flt, int(raw))
+        records = self.intake.recent(mesh, flt, _limit(request))
         return json_response({"mesh": mesh, "items": [r.to_json() for r in reversed(records)]})
+
+    async def dataplane_requests(self, request: web.Request) -> web.StreamResponse:
+        mesh = self._mesh(request)
+        name = request.match_info["name"]
+        limit = _limit(request)
+        seen = self.intake.meshes.get(mesh)
+        newest = (r for r, _ in reversed(seen.recent) if is_counted(r)
+                  and name in (r.dataplane, r.destination_instance)) if seen else iter(())
+        return json_response({"mesh": mesh, "dataplane": name,
+                              "items": [r.to_json() for r in itertools.islice(newest, limit)]})
 
     def routes(self) -> list[Route]:
         return [
@@ -80,5 +98,9 @@ class HistoryApi:
                   "Recent failed requests (5xx, 4xx, no response), newest first, with their explanation",
                   query=(query_param("service", {"type": "string"}),
                          query_param("limit", WHOLE_NUMBER, f"at most this many (1-{MAX_FAILURES}, default 20)")),
+                  codes=(404, 422)),
+            Route("GET", "/api/v1/meshes/{mesh}/dataplanes/{name}/requests", self.dataplane_requests,
+                  "Recent requests a dataplane sent or was sent, newest first, failures explained",
+                  query=(query_param("limit", WHOLE_NUMBER, f"at most this many (1-{MAX_FAILURES}, default 20)"),),
                   codes=(404, 422)),
         ]  # fmt: skip

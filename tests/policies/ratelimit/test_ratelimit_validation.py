@@ -58,7 +58,7 @@ def test_a_good_policy_decodes_with_defaults() -> None:
         ({"global": {"requests": 0}}, "spec.conf.global.requests: must be at least 1"),
         (
             {"global": {"requests": 10, "interval": "10s"}},
-            "spec.conf.global.interval: '10s' is not a window the global limiter supports; use one of 1s, 1m, 1h, 1d",
+            "spec.conf.global.interval: '10s' is not a window the global limiter supports; use one of 1s, 1m, 1h, 24h",
         ),
         ({"global": {"requests": 10, "interval": "1x"}}, "spec.conf.global.interval: '1x' is not a duration"),
         (

@@ -194,14 +194,16 @@ class Capture:
 
 
 class DnsService:
-    """The mesh DNS server as one of the agent's local services (started before Envoy)."""
+    """The mesh DNS server as one of the agent's local services (started before Envoy), on
+    127.0.0.1 and, where IPv6 is captured too, on ::1 (REDIRECT sends a query to an IPv6
+    nameserver there)."""
 
     name = "mesh-dns"
 
     def __init__(self, table: DnsTable, resolv_conf: Path = Path("/etc/resolv.conf")) -> None:
         self.table = table
         self.resolv_conf = resolv_conf
-        self.server: DnsServer | None = None
+        self.servers: list[DnsServer] = []
 
     async def start(self, config: AgentConfig) -> None:
         from meshline.agent.capture.dns import host_resolvers
@@ -210,14 +212,19 @@ class DnsService:
         t = config.transparent
         if t is None or not t.dns_port:
             return
-        # the host's resolver as it is now (before the rules send port 53 here)
-        self.server = DnsServer(self.table, t.dns_port, upstreams=host_resolvers(self.resolv_conf))
-        try:
-            await self.server.start()
-        except OSError as err:
-            raise MeshlineError(f"mesh DNS cannot listen on 127.0.0.1:{t.dns_port} ({err.strerror}); change --dns-port") from None
+        upstreams = host_resolvers(self.resolv_conf)  # the host's resolver as it is now
+        for address in ("127.0.0.1", *(("::1",) if t.ipv6 else ())):
+            server = DnsServer(self.table, t.dns_port, address=address, upstreams=upstreams)
+            try:
+                await server.start()
+            except OSError as err:
+                await self.stop()
+                raise MeshlineError(
+                    f"mesh DNS cannot listen on {address} port {t.dns_port} ({err.strerror}); change --dns-port"
+                ) from None
+            self.servers.append(server)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
+        for server in self.servers:
+            await server.stop()
+        self.servers.clear()

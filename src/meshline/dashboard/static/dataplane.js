@@ -9,6 +9,7 @@ import { servicesOf } from "./graph.js";
 import * as link from "./links.js";
 import { stateBadge } from "./overview.js";
 import * as route from "./router.js";
+import { statusText } from "./tap.js";
 
 const SHOWN = 200; // configuration resources drawn at once (the search narrows them)
 
@@ -57,7 +58,7 @@ export class DataplanePage {
     this.search = h("input", { id: "config-search", type: "search", placeholder: "search names and values", spellcheck: "false",
       "aria-label": "Search the Envoy configuration", value: ctx.route.params.get("q") || "", oninput: () => this.drawConfig() });
     this.parts = { head: h("div"), facts: h("div"), versions: h("div"), policies: h("div"), config: h("div"),
-      grafana: h("span") };
+      grafana: h("span"), requests: h("div") };
     root.replaceChildren(
       h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: route.meshHref(ctx.mesh) }, `mesh ${ctx.mesh}`), " / dataplanes"),
       h("div", { class: "page-head" }, h("h2", { id: "page-title" }, `Dataplane ${this.name}`), this.parts.grafana),
@@ -69,6 +70,8 @@ export class DataplanePage {
           h("p", { class: "note" }, "What the control plane rendered for it: listeners, clusters, routes, endpoints. Open one to read it."),
           this.search),
         this.parts.config),
+      h("section", { class: "panel", "aria-labelledby": "requests-title" }, h("h3", { id: "requests-title" }, "Recent requests"),
+        this.parts.requests),
       h("section", { class: "panel", "aria-labelledby": "stats-title" }, h("h3", { id: "stats-title" }, "Envoy stats"),
         h("p", { class: "note" }, "Envoy's own stats stay on the workload's host: its admin endpoint is a Unix socket only the " +
           "agent's user can open, so no control plane (or browser) can read it. On that host: ",
@@ -79,7 +82,12 @@ export class DataplanePage {
   }
 
   async refresh() {
-    const data = await api.get(api.meshPath(this.ctx.mesh, `/dataplanes/${encodeURIComponent(this.name)}/inspect?config=0`));
+    const enc = encodeURIComponent(this.name);
+    const [data, recent] = await Promise.all([
+      api.get(api.meshPath(this.ctx.mesh, `/dataplanes/${enc}/inspect?config=0`)),
+      api.get(api.meshPath(this.ctx.mesh, `/dataplanes/${enc}/requests?limit=20`)).catch(() => ({ items: [] })),
+    ]);
+    this.drawRequests(recent.items);
     const versions = JSON.stringify(data.versions || {});
     if (this.config === null || versions !== this.configVersions) { // only when its config changed
       const full = await api.get(api.meshPath(this.ctx.mesh, `/dataplanes/${encodeURIComponent(this.name)}/inspect`));
@@ -130,6 +138,26 @@ export class DataplanePage {
         h("td", {}, x.kind), h("th", { scope: "row" }, link.policy(mesh, x.kind, x.name)), h("td", {}, x.target), h("td", {}, x.reason))),
       empty: "No policy applies: the mesh defaults do.",
       className: "policies-applied",
+    }));
+  }
+
+  drawRequests(items) {
+    const { mesh } = this.ctx;
+    this.parts.requests.replaceChildren(table({
+      caption: "The last requests its sidecar sent, and those its callers' sidecars sent to it, newest first.",
+      headers: ["Time", "From → to", "Request", "Status", "Duration#", "Why"],
+      rows: items.map((r) => {
+        const failed = r.failed || r.status >= 400;
+        return h("tr", { class: failed ? "failed" : "", "data-direction": r.dataplane === this.name ? "out" : "in" },
+          h("td", { class: "mono" }, fmt.clock(r.time)),
+          h("td", {}, link.service(mesh, r.source), " → ", link.service(mesh, r.destination)),
+          h("td", { class: "mono path" }, r.protocol === "tcp" ? "TCP" : `${r.method} ${r.path}`),
+          h("td", { class: ["num", failed ? "bad" : ""] }, statusText(r)),
+          h("td", { class: "num" }, fmt.ms(r.durationMs)),
+          h("td", { class: "why" }, r.explanation || (failed ? "" : "ok")));
+      }),
+      empty: "No request through this sidecar among the recent ones.",
+      className: "recent-requests",
     }));
   }
 

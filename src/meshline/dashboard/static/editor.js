@@ -81,7 +81,10 @@ export class ApplyPage {
       h("p", { class: "note" }, "One or more documents (--- between them), as for `meshline apply -f`. A document without ",
         h("code", {}, "mesh"), ` goes to mesh ${mesh}.`),
       this.text, h("div", { class: "buttons" }, this.dryRun, this.applyButton), this.state, this.out));
-    this.load(ctx.route.params);
+    this.load(ctx.route.params).catch((err) => {
+      this.text.value = TEMPLATE(mesh);
+      this.say(`Cannot load ${ctx.route.params.get("kind")} ${ctx.route.params.get("name")}: ${err.message}`, "error");
+    });
   }
 
   async load(params) {

@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from meshline.core.resource import KindInfo, Resource, spec_as
+from meshline.core.resource import Resource, spec_as
 from meshline.core.schema import Duration, Name, Spec
 from meshline.core.selectors import SelectorSpec
 from meshline.policies.common.backends import Backend, backend_tags
@@ -282,28 +282,11 @@ class HTTPRouteSpec(SelectorSpec):
                 " use a TCPRoute, or tag its instances protocol: http")
 
 
-def _rules_column(r: Resource) -> str:
+def rules_column(r: Resource) -> str:
     spec = spec_as(r, HTTPRouteSpec)
     return str(len(spec.rules))
 
 
-def _destinations_column(r: Resource) -> str:
+def destinations_column(r: Resource) -> str:
     spec = spec_as(r, HTTPRouteSpec)
     return ",".join(d.describe() for d in spec.destinations)
-
-
-def _kind() -> KindInfo:
-    from meshline.policies.httproute.checks import route_problems
-
-    return KindInfo(
-        kind="HTTPRoute",
-        plural="httproutes",
-        spec=HTTPRouteSpec,
-        summary="L7 routing to a service: matches, weighted versions, mirroring, rewrites, redirects",
-        is_policy=True,
-        validators=(route_problems,),
-        columns={"DESTINATIONS": _destinations_column, "RULES": _rules_column},
-    )
-
-
-KIND = _kind()

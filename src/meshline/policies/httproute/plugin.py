@@ -12,10 +12,12 @@ from collections.abc import Mapping
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
+from meshline.core.resource import KindInfo
 from meshline.policies.common.references import ROUTE_REFERENCES
 from meshline.policies.common.sections import add_cluster
-from meshline.policies.httproute.api import KIND, HTTPRouteSpec
+from meshline.policies.httproute.api import HTTPRouteSpec, destinations_column, rules_column
 from meshline.policies.httproute.build import rule_routes
+from meshline.policies.httproute.checks import route_problems
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.policy_kind import Merge, PolicyKind, Resolved
 from meshline.render.sections import OutboundSection
@@ -25,6 +27,18 @@ def _copy(route: rc.Route) -> rc.Route:
     out = rc.Route()
     out.CopyFrom(route)
     return out
+
+
+# Here rather than in api.py: its checks (checks.py) read the schema's types from api.py.
+KIND = KindInfo(
+    kind="HTTPRoute",
+    plural="httproutes",
+    spec=HTTPRouteSpec,
+    summary="L7 routing to a service: matches, weighted versions, mirroring, rewrites, redirects",
+    is_policy=True,
+    validators=(route_problems,),
+    columns={"DESTINATIONS": destinations_column, "RULES": rules_column},
+)
 
 
 def configure_outbound(section: OutboundSection, resolved: Resolved[HTTPRouteSpec], mesh: MeshSnapshot) -> None:

@@ -12,7 +12,7 @@ spec:
       tcp: {connections: 20, interval: 1s}   # for tcp services
     global:                                  # one limit for all instances, kept in Redis
       requests: 300
-      interval: 1s                           # 1s, 1m, 1h or 1d
+      interval: 1s                           # 1s, 1m, 1h or 24h
       algorithm: fixed                       # or sliding
       perHeader: x-user-id                   # optional: a separate limit per header value
       perPath: false                         # optional: a separate limit per request path
@@ -33,7 +33,7 @@ from meshline.core.schema import Duration, Spec, format_duration
 from meshline.core.selectors import SelectorSpec
 from meshline.policies.common.callers import source_problems
 from meshline.policies.common.fields import HEADER_NAME_RE
-from meshline.xds.rls_descriptor import WINDOWS, window_name
+from meshline.xds.rls_descriptor import window_name
 
 # Envoy refills a token bucket at most every 50ms.
 MIN_LOCAL_INTERVAL = timedelta(milliseconds=50)
@@ -52,7 +52,7 @@ def _local_interval(v: timedelta) -> timedelta:
     if v < MIN_LOCAL_INTERVAL:
         raise ValueError("must be at least 50ms (e.g. 1s); Envoy refills token buckets at most every 50ms")
     if v > timedelta(days=1):
-        raise ValueError("must be at most 1d (24h)")
+        raise ValueError("must be at most 24h")
     return v
 
 
@@ -101,7 +101,7 @@ class GlobalConf(Spec):
         if not seconds.is_integer() or window_name(int(seconds)) is None:
             raise ValueError(
                 f"'{format_duration(v)}' is not a window the global limiter supports; use one of"
-                f" {', '.join(WINDOWS)} (e.g. 500 per 10s is 50 per 1s)"
+                " 1s, 1m, 1h, 24h (e.g. 500 per 10s is 50 per 1s)"
             )
         return v
 
