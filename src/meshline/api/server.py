@@ -46,6 +46,10 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
 
 
+# json.dumps(separators=...) makes a new encoder per call; a listing encodes hundreds of parts
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _json(data: object, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
 
@@ -219,11 +223,10 @@ class Api:
                 info = self.kinds.find(r.kind)
                 if info is not None and info.columns:
                     item["columns"] = {h: get(r) for h, get in info.columns.items()}
-                held = (r, json.dumps(item, separators=(",", ":")))
+                held = (r, _COMPACT.encode(item))
             new[key] = held
             status = statuses.get(key)
-            parts.append(held[1] if status is None else
-                         f'{held[1][:-1]},"status":{json.dumps(status, separators=(",", ":"))}}}')
+            parts.append(held[1] if status is None else f'{held[1][:-1]},"status":{_COMPACT.encode(status)}}}')
         self._encoded[(kind, mesh)] = new
         return '{"items":[' + ",".join(parts) + "]}"
 

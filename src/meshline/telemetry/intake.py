@@ -96,6 +96,9 @@ class TapFilter:
         return not self.status or (self._status(r.status) if r.protocol == "http" else r.failed)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) makes one per call
+
+
 class EncodedRow(dict[str, Any]):
     """A stats row that remembers its JSON (the API encodes it once per change, not every 2 s
     for each of a mesh's hundreds of keys); shared between answers, so never changed."""
@@ -104,7 +107,7 @@ class EncodedRow(dict[str, Any]):
     def json(self) -> str:
         text: str | None = self.__dict__.get("_json")
         if text is None:
-            text = self.__dict__["_json"] = json.dumps(self, separators=(",", ":"))
+            text = self.__dict__["_json"] = _COMPACT.encode(self)
         return text
 
 

@@ -134,8 +134,11 @@ class Series:
         return "[" + ",".join(out) + "]"
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) makes one per call
+
+
 def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return _COMPACT.encode(data)
 
 
 _EMPTY_TAIL = _dumps(_Bucket(0).point())[len('{"t":0'):]  # an empty bucket's point after its "t"
