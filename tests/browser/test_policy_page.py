@@ -4,6 +4,7 @@ structured id), not by the section's label."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,8 @@ def test_a_policy_that_lost_says_where_and_to_which(tmp_path: Path, browser: Bro
         expect(row).to_contain_text("web-to-orders (from service=web to service=orders)")  # what won, and why
         expect(page.locator("table.policy-targets tr[data-dataplane='admin-1']")).to_contain_text("outbound orders")
         page.screenshot(path=str(SCREENSHOTS / "policy-lost.png"), full_page=True)
+        if docs := os.environ.get("MESHLINE_DOCS_SCREENSHOTS"):  # as test_pages.shot: docs/dashboard.md's image
+            page.screenshot(path=str(Path(docs) / "dashboard-policy-lost.png"), full_page=True)
         row.locator("a[data-link='policy']").click()  # to the winner: it lost nowhere
         expect(page.locator("#page-title")).to_have_text("Timeout web-to-orders")
         expect(page.locator("table.policy-lost")).to_contain_text("Nowhere")
