@@ -177,6 +177,7 @@ SLEEPY_APP = """
     marks = pathlib.Path(sys.argv[1])
     def on_term(signum, frame):
         (marks / "app.signal").write_text(signal.Signals(signum).name)
+        print("APP GOT", signal.Signals(signum).name, flush=True)
         sys.exit(0)
     signal.signal(signal.SIGTERM, on_term)
     (marks / "app.pid").write_text(str(os.getpid()))
@@ -221,6 +222,10 @@ def test_sigterm_stops_the_app_deregisters_and_stops_envoy(
     a.proc.send_signal(signal.SIGTERM)
     assert a.wait() == 0, a.output()  # the app's own exit code after handling SIGTERM
     assert (tmp_path / "app.signal").read_text() == "SIGTERM"
+    # a graceful stop: the app hears of it only once callers dropped it and Envoy drained
+    out = a.output()
+    steps = ("deregistered dataplane orders-1", "every caller ACKed", "draining Envoy", "APP GOT SIGTERM")
+    assert all(s in out for s in steps) and [out.index(s) for s in steps] == sorted(out.index(s) for s in steps), out
     assert not is_registered(mesh, "orders-1")
     assert not alive(envoy_pid)
     assert envoys_for(a.work_dir) == []

@@ -16,60 +16,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 import meshline
+from meshline.testing.load import RATE_HZ, PacedLoad
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
 from meshline.testing.servers import HttpTestServer, free_port, free_ports
 
-RATE_HZ = 100  # paced load: one request every 10 ms
 STOP_SENDING_WITHIN_S = 3.0
 MAX_FAILED = 10  # requests in flight to the instance when it died, and the few sent before the push
-
-
-@dataclass
-class PacedLoad:
-    """Requests at a fixed pace through the caller's sidecar, each with its outcome and time."""
-
-    url: str
-    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (time, instance name | error)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> PacedLoad:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 120  # bounded, whatever happens
-        with httpx.Client(timeout=2) as client:
-            next_at = time.monotonic()
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                sent = time.monotonic()
-                try:
-                    r = client.get(self.url)
-                    what = r.json()["instance"] if r.status_code == 200 else f"HTTP {r.status_code}"
-                except (httpx.HTTPError, ValueError, KeyError) as err:
-                    what = type(err).__name__
-                self.outcomes.append((sent, what))
-                next_at += 1 / RATE_HZ
-                time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def since(self, t: float) -> list[tuple[float, str]]:
-        return [(at, what) for at, what in self.outcomes if at >= t]
 
 
 @pytest.fixture
@@ -245,3 +205,8 @@ def test_shipped_systemd_units_restart_crashed_agents_and_are_hardened(tmp_path:
     assert argv[1] == "dataplane" and argv[argv.index("--token-file") + 1] == "${CREDENTIALS_DIRECTORY}/token"
     assert {a for a in argv if a.startswith("--")} <= known
     assert dp["User"] != _unit(cp_unit)["Service"]["User"]
+    # systemd must not SIGKILL a graceful stop with the default waits (docs/operations.md)
+    from meshline.agent.config import AgentConfig
+
+    graceful = AgentConfig.callers_ack_timeout + AgentConfig.drain_seconds + 2 * AgentConfig.stop_timeout
+    assert dp["KillMode"] == "mixed" and float(dp["TimeoutStopSec"].removesuffix("s")) > graceful

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,13 @@ def test_sockets_fall_back_to_a_short_path(tmp_path: Path) -> None:
     assert {cfg.sds_path, cfg.admin_socket, cfg.xds_socket} == {socket_path(deep, n) for n in ("sds", "admin", "xds")}
 
 
+def test_a_long_tmpdir_falls_back_to_tmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", "/" + "t" * 90)  # a CI runner's or a test's TMPDIR
+    short = socket_path(Path("/" + "d" * 120), "admin")
+    assert str(short).startswith("/tmp/meshline-") and len(str(short)) <= MAX_SOCKET_PATH
+
+
 def test_xds_address() -> None:
     assert xds_from_api("http://10.0.0.1:15681", None) == ("10.0.0.1", 15678)
     assert xds_from_api("https://cp.example.com", None) == ("cp.example.com", 15678)
@@ -149,7 +157,7 @@ def test_build_config_from_cli_options(tmp_path: Path, monkeypatch: pytest.Monke
         service="orders", app_port=8080, mesh="default", name=None, api=None, token=None,
         token_file=token_file, ca_file=None, xds_address=None, address="127.0.0.1", inbound_port=None,
         protocol="http", tags=("version=v1",), upstreams=("payments=9001",), work_dir=None,
-        envoy_concurrency=1, envoy_log_level="warn", envoy_binary=None, drain_seconds=1.0,
+        envoy_concurrency=1, envoy_log_level="warn", envoy_binary=None, drain_seconds=1.0, callers_ack_timeout=10.0,
         register_timeout=30.0, ready_timeout=60.0,
     )
     cfg = build_config(opts, {"api": "http://10.9.9.9:15681/"})

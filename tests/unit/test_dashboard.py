@@ -5,6 +5,8 @@ tests/browser/)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +160,43 @@ def test_the_editor_yaml_is_read_as_the_cli_reads_it_with_the_line_of_each_field
         r = cp.http.post("/api/v1/dashboard/yaml", headers=_auth(cp.admin), json={"text": bad})
         assert r.status_code == 422 and r.json()["problems"][0]["path"] == where, (bad, r.text)
     assert cp.http.post("/api/v1/dashboard/yaml", json={"text": "a: 1"}).status_code == 401
+
+
+def test_a_listing_from_the_read_model_is_byte_for_byte_the_stores(cp: Running) -> None:
+    """The dashboard lists every dataplane every 2 s: answered from the read model (and each
+    resource's JSON remembered), it must be exactly what listing the store gives."""
+    from meshline.api.server import Api
+
+    auth = {"Authorization": f"Bearer {cp.admin}"}
+    docs = [{"kind": "Dataplane", "mesh": "default", "name": f"lister-{n}", "labels": {"team": "a"}, "spec": {
+        "address": f"127.0.0.{n}", "inbound": [{"port": 21000 + n, "servicePort": 31000 + n,
+                                                "tags": {"service": f"lister-{n % 2}", "version": "v1"}}],
+        "outbound": [{"port": 41000, "service": "lister-0"}]}} for n in (3, 1, 2)]
+    docs.append({"kind": "Timeout", "mesh": "default", "name": "lister-slow",
+                 "spec": {"destinations": [{"match": {"service": "lister-0"}}], "conf": {"http": {"requestTimeout": "5s"}}}})
+    assert cp.http.post("/api/v1/apply", json={"resources": docs}, headers=auth).status_code == 200
+    ctx = cp.thread.cp.ctx
+
+    async def caught_up() -> bool:
+        return ctx.reconciler.model.revision >= await ctx.store.revision()
+
+    for _ in range(500):  # the watch delivers the write to the model soon after it commits
+        if cp.thread.call(caught_up):
+            break
+        cp.thread.call(lambda: asyncio.sleep(0.01))
+    else:
+        pytest.fail("the read model never reached the store's revision")
+    for plural, kind in (("dataplanes", "Dataplane"), ("timeouts", "Timeout")):
+        for _ in range(2):  # the second answer comes from the remembered JSON
+            got = cp.http.get(f"/api/v1/meshes/default/{plural}", headers=auth)
+            assert got.status_code == 200 and got.headers["Content-Type"] == "application/json; charset=utf-8"
+
+            async def from_store(kind: str = kind) -> bytes:
+                items = await Api(ctx)._items(await ctx.store.list(kind, "default"))
+                return json.dumps({"items": items}, separators=(",", ":")).encode()
+
+            assert got.content == cp.thread.call(from_store)
+        names = [i["name"] for i in got.json()["items"]]
+        assert names == sorted(names) and len(names) >= (3 if kind == "Dataplane" else 1)
+    missing = cp.http.get("/api/v1/meshes/nowhere/dataplanes", headers=auth)
+    assert missing.status_code == 404 and "nowhere" in missing.text

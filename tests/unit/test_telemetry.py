@@ -4,6 +4,7 @@ counting once per edge, joining the two halves of a request, tap filters."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,14 @@ from meshline.core.errors import ValidationError
 from meshline.kinds import default_kinds
 from meshline.telemetry import tags as t
 from meshline.telemetry.convert import flag_codes, from_http, from_tcp, trace_id
-from meshline.telemetry.intake import Subscription, TapFilter, TelemetryIntake, TelemetryLimits, parse_status
+from meshline.telemetry.intake import (
+    EncodedRow,
+    Subscription,
+    TapFilter,
+    TelemetryIntake,
+    TelemetryLimits,
+    parse_status,
+)
 from meshline.telemetry.record import LogRecord, is_counted
 from meshline.telemetry.window import RollingStats, bucket_of, bucket_upper
 
@@ -169,6 +177,21 @@ def test_late_entries_land_in_their_second() -> None:
     assert s.summary(103, 60).failures == 1 and s.summary(103, 60).requests == 3
 
 
+def test_a_remembered_summary_follows_the_window_and_new_requests() -> None:
+    s = RollingStats()
+    s.add(100.5, False, 1.0)
+    s.add(130.5, True, 9.0)
+    first = s.summary(150, 60)
+    assert s.summary(150.9, 60) is first  # nothing entered or left: the same answer, not recomputed
+    assert (first.requests, first.failures) == (2, 1)
+    assert s.summary(160, 60).requests == 1  # second 100 left the window
+    assert (s.summary(160, 60).failures, s.summary(160, 60).p99) == (1, 9.0)
+    s.add(159.0, False, 3.0)  # a new request is in the next answer at once
+    assert s.summary(160, 60).requests == 2 and 3.0 <= (s.summary(160, 60).p50 or 0) <= 3.12
+    assert s.summary(191, 60).requests == 1 and s.summary(260, 60).requests == 0
+    assert s.summary(150, 60).requests == 3  # asking about an earlier moment recomputes it
+
+
 # -- the intake -----------------------------------------------------------------------
 def record(direction: str = "outbound", rid: str = "r1", **kw: Any) -> LogRecord:
     base: dict[str, Any] = dict(time=1000.0, mesh="default", dataplane="web-1" if direction == "outbound" else "orders-1",
@@ -205,6 +228,26 @@ async def test_each_request_counts_once_per_edge() -> None:
     tapped = [take(sub).request_id for _ in range(sub.queue.qsize())]
     assert tapped == ["a", "b"]
     assert stats["received"] == 3
+
+
+async def test_a_remembered_stats_row_changes_with_its_key_and_encodes_as_itself() -> None:
+    clock = Clock()
+    intake = TelemetryIntake(clock=clock)
+    intake.ingest([record("outbound", "a", time=clock.now - 1)])
+    first = await intake.stats("default")
+    again = await intake.stats("default")
+    assert again["services"][0] is first["services"][0]  # nothing changed: the same row, encoded once
+    intake.ingest([record("outbound", "b", time=clock.now - 1, status=503)])
+    later = await intake.stats("default")
+    assert [(r["requests"], r["failures"], r["total"]) for r in later["services"]] == [(2, 1, 2)]
+    assert [(r["requests"], r["mtls"]) for r in later["edges"]] == [(2, "unknown")]
+    intake.ingest([record("inbound", "b", time=clock.now - 1, status=503, mtls=True)])  # the edge's mTLS is now known
+    assert [r["mtls"] for r in (await intake.stats("default"))["edges"]] == ["yes"]
+    clock.now += 61  # out of the minute: the same totals, an empty window
+    gone = await intake.stats("default")
+    assert [(r["requests"], r["total"]) for r in gone["services"]] == [(0, 2)]
+    for row in (*gone["services"], *gone["edges"], *later["services"]):
+        assert isinstance(row, EncodedRow) and row.json == json.dumps(dict(row), separators=(",", ":"))
 
 
 async def test_the_callee_half_completes_a_failure_before_it_is_tapped() -> None:

@@ -12,7 +12,7 @@ import pytest
 from meshline.core import slices as slices_module
 from meshline.core.errors import Unavailable
 from meshline.telemetry.intake import MeshTelemetry, TapFilter, TelemetryIntake, TelemetryLimits
-from meshline.telemetry.record import MAX_POLICIES, MAX_TEXT, LogRecord, clip, record_bytes
+from meshline.telemetry.record import MAX_POLICIES, MAX_TEXT, LogRecord, clip, is_counted, record_bytes
 from meshline.telemetry.window import RollingStats
 
 SMALL = TelemetryLimits(records=50, record_bytes=40_000, services=5, edges=7, paths=3, cells=60, pending=4,
@@ -36,12 +36,16 @@ def check_bookkeeping(m: MeshTelemetry) -> None:
     assert m.cells == sum(cells_of(s) for index in indexes for s in index.values())
     assert m.record_bytes == sum(record_bytes(r) for r, _ in m.recent)
     assert set(m.edge_protocol) <= set(m.edges)
+    # the failures index is exactly the kept records a failures listing would pick
+    picked = [r for r, _ in m.recent if TapFilter(status="failed,4xx").matches(r) and (is_counted(r) or r.mirrored)]
+    assert list(m.recent_failures) == picked
 
 
 def test_every_index_stays_within_its_bounds() -> None:
     intake = TelemetryIntake(limits=SMALL, clock=lambda: 1300.0)
     for i in range(2000):
-        intake.ingest([record(i), record(i, direction="inbound", source=f"caller-{i}", mtls=i % 2 == 0)])
+        intake.ingest([record(i, status=(200, 503, 404, 0, 200, 302)[i % 6]),
+                       record(i, direction="inbound", source=f"caller-{i}", mtls=i % 2 == 0)])
     sizes = intake.sizes("default")
     assert sizes["services"] <= SMALL.services and sizes["edges"] <= SMALL.edges and sizes["paths"] <= SMALL.paths
     assert sizes["cells"] <= SMALL.cells and sizes["edgeTls"] <= SMALL.edges
@@ -132,3 +136,15 @@ def test_one_entry_keeps_at_most_so_much() -> None:
     assert len(r.path) == len(r.source) == len(r.explanation) == MAX_TEXT
     assert len(r.policies) == len(r.flags) == MAX_POLICIES
     assert record_bytes(r) < 200 * MAX_TEXT
+
+
+def test_recent_failures_of_a_service_are_those_a_full_scan_finds() -> None:
+    intake = TelemetryIntake(limits=SMALL, clock=lambda: 1300.0)
+    for i in range(500):
+        intake.ingest([record(i, destination=f"svc-{i % 3}", status=(200, 503, 404, 0, 200)[i % 5])])
+    m = intake.meshes["default"]
+    check_bookkeeping(m)
+    for service in ("svc-0", "svc-1", "web-2", ""):
+        flt = TapFilter(service=service, status="failed,4xx")
+        scan = [r for r, _ in m.recent if (is_counted(r) or r.mirrored) and flt.matches(r)][-7:]
+        assert intake.recent("default", flt, 7) == scan and (scan or service == "web-2")

@@ -4,7 +4,11 @@ cells stay within their bounds."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
+
+import pytest
 
 from meshline.telemetry.intake import TelemetryIntake, TelemetryLimits
 from meshline.telemetry.record import LogRecord
@@ -61,3 +65,39 @@ def test_keys_and_cells_stay_within_their_bounds() -> None:
     assert sizes["seriesKeys"] <= 10 and sizes["seriesCells"] <= 80
     m = intake.meshes["default"].series
     assert m.cells == sum(k.cells for k in m.keys.values()) and m.evicted > 0
+
+
+@pytest.mark.parametrize("span", ["5m", "1h"])
+def test_the_series_answer_is_the_json_of_its_points_byte_for_byte(span: str) -> None:
+    """The route assembles its answer from each bucket's remembered JSON; it must be exactly
+    the JSON of the points (what the dashboard's charts and the docs read)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from meshline.api.auth import Principal
+    from meshline.api.server import PRINCIPAL
+    from meshline.telemetry.history_api import HistoryApi
+    from meshline.telemetry.series import SPANS
+
+    now = 10_055.25
+    intake = TelemetryIntake(clock=lambda: now)
+    intake.ingest([record(10_000.0 + i * 7, duration_ms=float(i + 1), status=(200, 503)[i % 2],
+                          destination_version=f"v{i % 3}") for i in range(40)])
+    intake.ingest([record(10_001.0, source="web", destination="web-caller")])
+    api = HistoryApi(intake)
+    for service in ("orders", "web", "nobody"):
+        for _ in range(2):  # the second from the remembered JSON
+            request = make_mocked_request("GET", f"/api/v1/meshes/default/services/{service}/series?span={span}",
+                                          match_info={"mesh": "default", "service": service})
+            request[PRINCIPAL] = Principal("test")
+            response = asyncio.run(api.series(request))
+            data = intake.meshes["default"].series.service(service, now, SPANS[span])
+            expected = {"mesh": "default", "service": service, "span": span, "stepSeconds": STEP_S,
+                        "keptSeconds": 3600, "at": now, **data}
+            assert response.text == json.dumps(expected, separators=(",", ":"))
+            assert response.content_type == "application/json" and response.charset == "utf-8"
+    empty = HistoryApi(TelemetryIntake(clock=lambda: now))
+    request = make_mocked_request("GET", "/x", match_info={"mesh": "default", "service": "orders"})
+    request[PRINCIPAL] = Principal("test")
+    assert json.loads(asyncio.run(empty.series(request)).text) == {
+        "mesh": "default", "service": [], "span": "15m", "stepSeconds": STEP_S, "keptSeconds": 3600, "at": now,
+        "versions": {}, "inbound": {}, "outbound": {}}

@@ -8,8 +8,11 @@ Lifecycle (``Agent.phase``)::
                                               v
                                   STOPPING -> STOPPED
 
-Shutdown undoes only what was done, in reverse: deregister (callers drop this workload
-at once), drain Envoy, wait for the app, stop Envoy, stop local services. The pure
+Shutdown undoes only what was done, in reverse: deregister, wait (bounded by
+``callers_ack_timeout``) until every caller's sidecar has ACKed a config without this
+instance, drain Envoy (HTTP/1.1 ``Connection: close`` after the current request, HTTP/2
+GOAWAY), only then pass SIGTERM to the app and wait for it, stop Envoy, stop local services
+(docs/operations.md has the timeline). The pure
 parts (backoff, bootstrap, environment, arguments) live in their own modules; this one
 only sequences them.
 """
@@ -41,6 +44,7 @@ from meshline.agent.config import (
 )
 from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
 from meshline.agent.registration import Api, deregister, no_token_message, register, token_kind
+from meshline.agent.removal import wait_removed
 from meshline.core.errors import MeshlineError, NotFound, Unauthorized
 from meshline.core.unix_sockets import private_dir
 
@@ -168,6 +172,7 @@ class Agent:
         self._stop_requests = 0
         self._stop_signal: int | None = None
         self._app_done_first = False
+        self._app_signal_deferred = False
         self._registered = False
         self._started_services: list[LocalService] = []
         self._supervisor: asyncio.Task[None] | None = None
@@ -203,6 +208,12 @@ class Agent:
 
     def _on_signal(self, signum: int) -> None:
         if self.app is not None and self.app.returncode is None:
+            if signum == signal.SIGTERM and self._stop_requests == 0 and self.phase is Phase.RUNNING:
+                # Graceful stop: the app keeps serving until callers dropped this instance
+                # and Envoy drained; _shutdown passes the signal on then. A second one now.
+                self._app_signal_deferred = True
+                self.request_stop(signum)
+                return
             process.signal_group(self.app, signum)
             if signum == signal.SIGHUP:
                 return  # the app's business (e.g. reload); the agent keeps running
@@ -493,17 +504,26 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         app_running = self.app is not None and self.app.returncode is None
-        if app_running and self._stop_signal is None and self.app is not None:
-            process.signal_group(self.app, signal.SIGTERM)  # stopping for another reason
+        # A graceful stop tells the app after the drain (see _on_signal); a signal that was not
+        # deferred reached it already; any other stop tells it now.
+        defer = self._app_signal_deferred or (self._stop_signal is None and was_running)
+        if app_running and self._stop_signal is None and not defer and self.app is not None:
+            process.signal_group(self.app, signal.SIGTERM)
         try:
-            if (self._registered and self._api is not None
-                    and await deregister(self._api, cfg.mesh, cfg.name, self.report)):
+            deregistered = (self._registered and self._api is not None
+                            and await deregister(self._api, cfg.mesh, cfg.name, self.report))  # fmt: skip
+            if deregistered:
                 self.report(f"deregistered dataplane {cfg.name}")
             envoy = self.envoy
-            # Draining lets in-flight requests to the app finish; pointless once the app is gone.
+            # Waiting and draining let requests to the app finish; pointless once the app is gone.
             app_gone = self.command is not None and (self.app is None or self.app.returncode is not None)
+            if deregistered and was_running and not app_gone and cfg.callers_ack_timeout > 0:
+                await self._wait_or_hurry(self._callers_dropped())
             if envoy is not None and was_running and not app_gone and cfg.drain_seconds > 0 and await envoy.drain():
+                self.report(f"draining Envoy's connections for {cfg.drain_seconds:g}s")
                 await self._wait_or_hurry(asyncio.sleep(cfg.drain_seconds))
+            if defer and self.app is not None and self.app.returncode is None:
+                process.signal_group(self.app, signal.SIGTERM)
             if self.app is not None and self.app.returncode is None:
                 self.report(f"waiting for the app (pid {self.app.pid}) to exit")
                 await self.app.wait()
@@ -528,6 +548,18 @@ class Agent:
                 os.close(self._lock_fd)
                 self._lock_fd = None
             self.phase = Phase.STOPPED
+
+    async def _callers_dropped(self) -> None:
+        """Wait until every caller's sidecar runs a config without this instance, so that no
+        new request is on its way here when Envoy starts refusing them."""
+        cfg, api = self.config, self._api
+        ask = getattr(api, "removal", None)  # test doubles of the API may not serve it
+        if ask is None:
+            return
+        port = int(dataplane_doc(cfg, ready=False)["spec"]["inbound"][0]["port"])
+        result = await wait_removed(lambda: ask(cfg.mesh, cfg.name, cfg.service, cfg.address, port),
+                                    cfg.callers_ack_timeout)  # fmt: skip
+        self.report(result.summary())
 
     async def _wait_or_hurry(self, aw: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(aw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import ssl
 from typing import Any
+from urllib.parse import urlencode
 
 from meshline.agent import http
 from meshline.api.common import (
@@ -56,6 +57,11 @@ class AgentApi:
     async def xds_info(self) -> Any:
         """Where the control plane's xDS server is and its CA (see agent.xds_discovery)."""
         return await self.request("GET", "/api/v1/xds")
+
+    async def removal(self, mesh: str, name: str, service: str, address: str, port: int) -> Any:
+        """Whether every caller ACKed a config without this instance (see controlplane.removal)."""
+        query = urlencode({"service": service, "address": address, "port": port})
+        return await self.request("GET", f"{resource_path('Dataplane', mesh, name)}/removal?{query}")
 
     async def get(self, kind: str, mesh: str | None, name: str) -> Any:
         return await self.request("GET", resource_path(kind, mesh, name))

@@ -115,6 +115,9 @@ class AgentConfig:
     envoy_concurrency: int = 1
     envoy_log_level: str = "warn"
     drain_seconds: float = 1.0
+    # On stop, after deregistering: wait at most this long for every caller's sidecar to ACK a
+    # config without this instance before draining (0: do not wait).
+    callers_ack_timeout: float = 10.0
     register_timeout: float = 30.0  # give up registering after this long
     ready_timeout: float = 60.0  # give up waiting for Envoy's first config after this long
     stop_timeout: float = 5.0  # SIGTERM -> SIGKILL for Envoy and the app
@@ -234,8 +237,11 @@ def check_config(config: AgentConfig) -> None:
         problems.append(FieldProblem("--envoy-concurrency", "must be at least 1"))
     if config.drain_seconds < 0:
         problems.append(FieldProblem("--drain-seconds", "must not be negative"))
+    if config.callers_ack_timeout < 0:
+        problems.append(FieldProblem("--callers-ack-timeout", "must not be negative"))
     if len(str(config.sds_path)) > MAX_SOCKET_PATH:
-        problems.append(FieldProblem("sds_socket", f"path is longer than {MAX_SOCKET_PATH} bytes"))
+        problems.append(FieldProblem("sds_socket", f"path is longer than {MAX_SOCKET_PATH} bytes; use a shorter"
+                                                   " --work-dir or set XDG_RUNTIME_DIR to a short directory"))
     if problems:
         raise ValidationError(problems)
     # The spec schema (ports in range, tag syntax...) and the cross-field port checks.
@@ -400,8 +406,14 @@ def socket_path(work_dir: Path, name: str) -> Path:
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(work_dir).encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    return base / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
+    short = Path()
+    # A long TMPDIR (a test's, a CI runner's) can be too long as well: /tmp always fits.
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"):
+        if base:
+            short = Path(base) / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
+            if len(str(short)) <= MAX_SOCKET_PATH:
+                break
+    return short
 
 
 def free_port(address: str = "127.0.0.1") -> int:

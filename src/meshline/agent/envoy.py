@@ -39,9 +39,12 @@ def envoy_args(binary: str, config: AgentConfig) -> list[str]:
         str(config.envoy_concurrency),
         "--log-level",
         config.envoy_log_level,
-        # Connections are asked to close over this period after /drain_listeners?graceful.
+        # After /drain_listeners?graceful every connection is asked to close at once (HTTP/1.1
+        # Connection: close on its next response, HTTP/2 GOAWAY), not spread over the period.
         "--drain-time-s",
         str(max(1, math.ceil(config.drain_seconds))),
+        "--drain-strategy",
+        "immediate",
     ]
 
 

@@ -153,6 +153,19 @@ def openapi_document(kinds: KindRegistry, routes: Iterable[Route] = ()) -> dict[
             "responses": {"200": {"description": "sync state"}, **errors()},
         }
     }
+    paths["/api/v1/meshes/{mesh}/dataplanes/{name}/removal"] = {
+        "get": {
+            "summary": "Whether every caller's sidecar ACKed a config without this instance (graceful stop, `meshline drain`)",
+            "parameters": [
+                {"name": "mesh", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "service", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "address", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "port", "in": "query", "required": True, "schema": {"type": "integer"}},
+            ],
+            "responses": {"200": {"description": "removal state"}, **errors(403, 422)},
+        }
+    }
     paths["/api/v1/meshes/{mesh}/dataplanes/{name}/inspect"] = {
         "get": {
             "summary": "A dataplane's status, the policies that apply to it and why, and its Envoy config",

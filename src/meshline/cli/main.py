@@ -21,6 +21,7 @@ COMMANDS = {
     "apply": "meshline.cli.resources:apply",
     "get": "meshline.cli.resources:get",
     "delete": "meshline.cli.resources:delete",
+    "drain": "meshline.cli.drain:drain",
     "inspect": "meshline.cli.resources:inspect",
     "stat": "meshline.cli.observe:stat",
     "top": "meshline.cli.observe:top",

@@ -17,7 +17,9 @@ the CLI uses.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -25,13 +27,40 @@ from aiohttp import web
 
 from meshline.api.request_input import json_body
 from meshline.api.routes import Route
-from meshline.api.server import CTX, principal
+from meshline.api.server import CTX, principal, section_json
 from meshline.controlplane.context import ControlPlaneContext
+from meshline.controlplane.unknown_services import known_services
 from meshline.core import safe_yaml
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import FieldProblem, NotFound, Unavailable, ValidationError
-from meshline.core.resource import Resource
+from meshline.core.resource import Resource, ResourceKey
+from meshline.core.selectors import Match, SelectorSpec, match_policy
+from meshline.policies import kinds as policy_kinds
+from meshline.render.policy_kind import Merge
+from meshline.render.sections import SectionId
 from meshline.xds import names
+
+
+def _match_at(policy: Resource, section: SectionId | None, dp: Resource,
+              known: Callable[[], set[str]]) -> Match | None:
+    """Whether ``policy`` selects this sidecar section, as the framework resolves it: an
+    outbound by the dataplane's tags and the service called, an inbound by its tags."""
+    spec, own = policy.spec, dp.spec
+    if section is None or section.proxy != "sidecar" or not isinstance(spec, SelectorSpec):
+        return None
+    if not isinstance(own, DataplaneSpec):
+        return None
+    if section.role.endswith("outbound"):
+        service = section_json(section, dp, known)["section"].get("service")
+        return match_policy(policy, own.tag_sets(), {"service": service}) if service else None
+    if section.role == "inbound":
+        inbound = next((i for i in own.inbound if i.port == section.port), None)
+        if inbound is None or not spec.sources:
+            return None
+        best = max((d for d in spec.destinations if d.matches(inbound.tags)), key=lambda d: d.specificity(), default=None)
+        return Match(policy, max(spec.sources, key=lambda s: s.specificity()), best) if best is not None else None
+    return None
+
 
 # uid of each dashboard in telemetry/grafana/*.json, by the page that links to it
 GRAFANA_DASHBOARDS = {"mesh": "meshline-mesh", "service": "meshline-service", "dataplane": "meshline-dataplane"}
@@ -67,6 +96,36 @@ class DashboardApi:
             for a in result.applied if result is not None else ():
                 if a.kind == kind and a.name == name:
                     items.append({"dataplane": dp.name, "target": a.target, "reason": a.reason})
+        return _json({"kind": kind, "name": name, "items": items})
+
+    async def policy_outranked(self, request: web.Request) -> web.Response:
+        """Where the policy matched but lost to a more specific one of its kind: for a kind
+        where the most specific policy alone applies, each section another policy of the kind
+        shaped that this one also selects (the render applied the best match there, so this
+        one lost). Empty for kinds where every match applies."""
+        mesh, kind, name = (request.match_info[k] for k in ("mesh", "kind", "name"))
+        principal(request).check_read(mesh)
+        rec = self._ctx(mesh).reconciler
+        ours = rec.model.get(ResourceKey(kind, mesh, name))
+        policy_kind = next((k for k in policy_kinds() if k.name == kind), None)
+        items: list[dict[str, Any]] = []
+        if ours is None or policy_kind is None or policy_kind.merge is not Merge.MOST_SPECIFIC:
+            return _json({"kind": kind, "name": name, "items": items})
+        live = rec.model.resources(mesh).values()
+
+        @functools.cache
+        def known() -> set[str]:
+            return known_services(live) | {r.name for r in live if r.kind == "Service"}
+
+        for dp in sorted(rec.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name):
+            result = rec.results.get(names.node_id(mesh, dp.name))
+            for a in result.applied if result is not None else ():
+                if a.kind != kind or a.name == name:
+                    continue
+                match = _match_at(ours, a.section, dp, known)
+                if match is not None:
+                    items.append({"dataplane": dp.name, "target": a.target, "reason": match.reason(),
+                                  "winner": a.name, "winnerReason": a.reason})
         return _json({"kind": kind, "name": name, "items": items})
 
     async def service_dataplanes(self, request: web.Request) -> web.Response:
@@ -118,6 +177,8 @@ class DashboardApi:
                   "Who this token is (may it change resources?) and the Grafana the dashboard links to"),
             Route("GET", "/api/v1/meshes/{mesh}/policies/{kind}/{name}/dataplanes", self.policy_dataplanes,
                   "The dataplanes a policy shapes, where and why (as the last render applied it)", codes=(404,)),
+            Route("GET", "/api/v1/meshes/{mesh}/policies/{kind}/{name}/outranked", self.policy_outranked,
+                  "Where a policy matched but a more specific one of its kind applied instead", codes=(404,)),
             Route("GET", "/api/v1/meshes/{mesh}/services/{service}/dataplanes", self.service_dataplanes,
                   "A service's instances and its callers' dataplanes, with their status", codes=(404,)),
             Route("POST", "/api/v1/dashboard/yaml", self.parse_yaml,

@@ -99,6 +99,10 @@ Status = dict[str, Any]
 class Store(abc.ABC):
     """Async resource store. Implementations must pass :mod:`meshline.testing.store_conformance`."""
 
+    # list() orders names by code point, as Python's sorted() does (SQLite's BINARY collation;
+    # PostgreSQL's order follows the database's collation), so a caller may sort its own copy
+    lists_in_code_point_order = False
+
     def __init__(self, kinds: KindRegistry) -> None:
         self.kinds = kinds
         # Labels every write gets unless the resource sets them itself (the control plane

@@ -50,6 +50,8 @@ STATUS_CHUNK = 250  # status rows per transaction (a few milliseconds of the wri
 
 
 class SQLiteStore(Store):
+    lists_in_code_point_order = True
+
     def __init__(self, kinds: KindRegistry, path: str | Path) -> None:
         super().__init__(kinds)
         self.path = str(path)

@@ -25,7 +25,7 @@ from meshline.api.server import principal
 from meshline.core.errors import FieldProblem, NotFound, ValidationError
 from meshline.core.slices import Slices
 from meshline.telemetry.explain import explain_request
-from meshline.telemetry.intake import TapFilter, TelemetryIntake
+from meshline.telemetry.intake import EncodedRow, TapFilter, TelemetryIntake
 from meshline.telemetry.record import LogRecord
 
 KEEPALIVE_S = 10.0
@@ -61,7 +61,7 @@ async def _dumps_in_slices(data: dict[str, Any]) -> bytes:
             continue
         rows = []
         for row in value:
-            rows.append(json.dumps(row, separators=(",", ":")))
+            rows.append(row.json if isinstance(row, EncodedRow) else json.dumps(row, separators=(",", ":")))
             await slices.tick()
         parts.append(f"{json.dumps(key)}:[{','.join(rows)}]")
     return ("{" + ",".join(parts) + "}\n").encode()

@@ -27,8 +27,12 @@ from meshline.telemetry.series import BUCKETS, SPANS, STEP_S
 MAX_FAILURES = 200
 
 
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 def json_response(data: Any) -> web.Response:
-    return web.json_response(data, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+    return web.json_response(data, dumps=_dumps)
 
 
 def _limit(request: web.Request) -> int:
@@ -57,11 +61,16 @@ class HistoryApi:
             raise ValidationError([FieldProblem("span", f"'{span}' is not a span; use {', '.join(SPANS)}")])
         now = self.intake.clock()
         seen = self.intake.meshes.get(mesh)  # reading never adds a mesh
-        data = seen.series.service(request.match_info["service"], now, SPANS[span]) if seen else None
-        body = {"mesh": mesh, "service": request.match_info["service"], "span": span, "stepSeconds": STEP_S,
-                "keptSeconds": STEP_S * BUCKETS, "at": now,
-                **(data or {"service": [], "versions": {}, "inbound": {}, "outbound": {}})}
-        return json_response(body)
+        name = request.match_info["service"]
+        data = (seen.series.service_json(name, now, SPANS[span]) if seen
+                else {"service": "[]", "versions": "{}", "inbound": "{}", "outbound": "{}"})
+        # {"mesh", "service": its points, "span", "stepSeconds", "keptSeconds", "at", "versions",
+        # "inbound", "outbound"}, assembled from each bucket's remembered JSON
+        head = {"mesh": mesh, "service": None, "span": span, "stepSeconds": STEP_S, "keptSeconds": STEP_S * BUCKETS,
+                "at": now}
+        parts = [f"{_dumps(k)}:{data['service'] if k == 'service' else _dumps(v)}" for k, v in head.items()]
+        parts += [f'"{k}":{data[k]}' for k in ("versions", "inbound", "outbound")]
+        return web.Response(text="{" + ",".join(parts) + "}", content_type="application/json")
 
     async def failures(self, request: web.Request) -> web.StreamResponse:
         mesh = self._mesh(request)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
@@ -95,6 +96,24 @@ class TapFilter:
         return not self.status or (self._status(r.status) if r.protocol == "http" else r.failed)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) makes one per call
+
+
+class EncodedRow(dict[str, Any]):
+    """A stats row that remembers its JSON (the API encodes it once per change, not every 2 s
+    for each of a mesh's hundreds of keys); shared between answers, so never changed."""
+
+    @property
+    def json(self) -> str:
+        text: str | None = self.__dict__.get("_json")
+        if text is None:
+            text = self.__dict__["_json"] = _COMPACT.encode(self)
+        return text
+
+
+FAILURES = TapFilter(status="failed,4xx")  # "recent failures": 5xx, 4xx, no response
+
+
 @dataclass
 class Subscription:
     mesh: str
@@ -130,6 +149,9 @@ class MeshTelemetry:
     def __init__(self, limits: TelemetryLimits) -> None:
         self.limits = limits
         self.recent: deque[tuple[LogRecord, int]] = deque()  # (record, its bytes), oldest first
+        # the failures among them (what a service page's "recent failures" lists), oldest first,
+        # so listing the last 20 of a service does not scan every record
+        self.recent_failures: deque[LogRecord] = deque()
         self.record_bytes = 0
         self.by_request: dict[str, list[LogRecord]] = {}
         # least recently updated first
@@ -154,11 +176,15 @@ class MeshTelemetry:
         size = record_bytes(r)
         self.recent.append((r, size))
         self.record_bytes += size
+        if FAILURES.matches(r) and (is_counted(r) or r.mirrored):
+            self.recent_failures.append(r)
         if r.request_id:
             self.by_request.setdefault(r.request_id, []).append(r)
         while len(self.recent) > self.limits.records or self.record_bytes > self.limits.record_bytes:
             old, old_size = self.recent.popleft()
             self.record_bytes -= old_size
+            if self.recent_failures and self.recent_failures[0] is old:
+                self.recent_failures.popleft()
             halves = self.by_request.get(old.request_id)
             if halves is not None:
                 if old in halves:
@@ -386,22 +412,29 @@ class TelemetryIntake:
         m = self._view(mesh)
         slices = Slices()
 
-        def row(stats: RollingStats) -> dict[str, Any]:
-            return {**stats.summary(now, seconds).to_json(), "total": stats.total, "totalFailures": stats.total_failures,
-                    "totalDenied": stats.total_denied}
+        def row(stats: RollingStats, head: dict[str, Any]) -> dict[str, Any]:
+            summary = stats.summary(now, seconds)
+            held = stats.rows.get(seconds)
+            values = tuple(head.values())
+            if held is not None and held[0] is summary and held[1] == stats.changes and held[2] == values:
+                return held[3]
+            out = EncodedRow({**head, **summary.to_json(), "total": stats.total,
+                              "totalFailures": stats.total_failures, "totalDenied": stats.total_denied})
+            stats.rows[seconds] = (summary, stats.changes, values, out)
+            return out
 
         services = []
         for name in sorted(m.services):
             s = m.services.get(name)
             if s is not None and (not service or name == service):
-                services.append({"service": name, **row(s)})
+                services.append(row(s, {"service": name}))
                 await slices.tick()
         edges = []
         for src, dst in sorted(m.edges):
             s = m.edges.get((src, dst))
             if s is not None and (not service or service in (src, dst)):
-                edges.append({"source": src, "destination": dst, "protocol": m.edge_protocol.get((src, dst), ""),
-                              "mtls": m.mtls((src, dst)), **row(s)})
+                edges.append(row(s, {"source": src, "destination": dst, "protocol": m.edge_protocol.get((src, dst), ""),
+                                     "mtls": m.mtls((src, dst))}))
                 await slices.tick()
         out: dict[str, Any] = {"mesh": mesh, "window": window, "at": now, "services": services, "edges": edges,
                                "received": m.received, "evicted": m.evicted, "dropped": dict(m.dropped)}
@@ -410,7 +443,7 @@ class TelemetryIntake:
             for svc, method, path in list(m.paths):
                 s = m.paths.get((svc, method, path))
                 if s is not None and (not service or svc == service):
-                    rows.append({"service": svc, "method": method, "path": path, **row(s)})
+                    rows.append(row(s, {"service": svc, "method": method, "path": path}))
                     await slices.tick()
             rows.sort(key=lambda x: (-x["requests"], x["service"], x["path"]))
             out["paths"] = rows[:paths]
@@ -444,7 +477,11 @@ class TelemetryIntake:
     def recent(self, mesh: str, flt: TapFilter, limit: int) -> list[LogRecord]:
         if limit <= 0:
             return []
-        newest = (r for r, _ in reversed(self._view(mesh).recent) if (is_counted(r) or r.mirrored) and flt.matches(r))
+        m = self._view(mesh)
+        if flt.status == FAILURES.status and not flt.path:  # the failures alone, already picked
+            newest = (r for r in reversed(m.recent_failures) if flt.matches(r))
+        else:
+            newest = (r for r, _ in reversed(m.recent) if (is_counted(r) or r.mirrored) and flt.matches(r))
         return list(reversed(list(itertools.islice(newest, limit))))  # stops at the limit: no full scan
 
     # -- lifecycle (on the control plane's loop) --------------------------------------

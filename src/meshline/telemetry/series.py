@@ -17,6 +17,7 @@ costs nothing once its buckets age out of the hour. Counted requests only (see
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class _Bucket:
     lo: float = math.inf
     hi: float = 0.0
     cached: dict[str, Any] | None = None  # point(), until the next request counted in it
+    cached_json: str | None = None  # point() as JSON, likewise
 
     def point(self) -> dict[str, Any]:
         """The bucket's figures; computed once per change (a page asks for the same hour every 2 s
@@ -56,6 +58,11 @@ class _Bucket:
         if self.cached is None:
             self.cached = self._point()
         return self.cached
+
+    def point_json(self) -> str:
+        if self.cached_json is None:
+            self.cached_json = _dumps(self.point())
+        return self.cached_json
 
     def _point(self) -> dict[str, Any]:
         ok = self.count - self.failures - self.denied
@@ -95,7 +102,7 @@ class Series:
             b = self.ring[slot] = _Bucket(start)
             self.cells += 1
         failed = failed and not denied
-        b.cached = None
+        b.cached = b.cached_json = None
         b.count += 1
         b.failures += failed
         b.denied += denied
@@ -115,6 +122,26 @@ class Series:
             b = self.ring[(start // STEP_S) % BUCKETS]
             out.append(b.point() if b is not None and b.start == start else _Bucket(start).point())
         return out
+
+
+    def points_json(self, now: float, seconds: int) -> str:
+        """``points()`` as JSON text, each bucket encoded once per change."""
+        last = int(now) // STEP_S * STEP_S
+        out = []
+        for start in range(last - (seconds // STEP_S - 1) * STEP_S, last + 1, STEP_S):
+            b = self.ring[(start // STEP_S) % BUCKETS]
+            out.append(b.point_json() if b is not None and b.start == start else f'{{"t":{start}{_EMPTY_TAIL}')
+        return "[" + ",".join(out) + "]"
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) makes one per call
+
+
+def _dumps(data: Any) -> str:
+    return _COMPACT.encode(data)
+
+
+_EMPTY_TAIL = _dumps(_Bucket(0).point())[len('{"t":0'):]  # an empty bucket's point after its "t"
 
 
 class MeshSeries:
@@ -139,6 +166,24 @@ class MeshSeries:
             _, old = self.keys.popitem(last=False)
             self.cells -= old.cells
             self.evicted += 1
+
+    def service_json(self, service: str, now: float, seconds: int) -> dict[str, str]:
+        """:meth:`service` with each value as its JSON text (``versions`` etc. as objects), for
+        a response assembled without encoding an hour of points again every 2 s."""
+        def pts(key: SeriesKey) -> str:
+            s = self.keys.get(key)
+            return s.points_json(now, seconds) if s is not None else "null"
+
+        def obj(items: dict[str, str]) -> str:
+            return "{" + ",".join(f"{_dumps(k)}:{v}" for k, v in sorted(items.items())) + "}"
+
+        own = self.keys.get(("service", service)) or Series()
+        return {
+            "service": own.points_json(now, seconds),
+            "versions": obj({k[2]: pts(k) for k in list(self.keys) if k[0] == "version" and k[1] == service}),
+            "inbound": obj({k[1]: pts(k) for k in list(self.keys) if k[0] == "edge" and k[2] == service}),
+            "outbound": obj({k[2]: pts(k) for k in list(self.keys) if k[0] == "edge" and k[1] == service}),
+        }
 
     def service(self, service: str, now: float, seconds: int) -> dict[str, Any]:
         """A service's points, each version's, and each edge into and out of it."""

@@ -84,11 +84,20 @@ class RollingStats:
         self.last_seen = 0.0
         self.cells = 0  # seconds kept + histogram cells in them
         self.touched = 0  # its owner's stamp of the last update (for least-recently-updated eviction)
+        self.changes = 0  # adds so far: a memoised summary is stale once this moves
+        # window seconds -> (changes, since, until, summary): the summary holds for every
+        # ``since`` in [since, until) (no second enters or leaves the window), so a page asking
+        # every 2 s for an idle key's minute costs a lookup
+        self._memo: dict[int, tuple[int, int, float, Summary]] = {}
+        # window seconds -> (summary, changes, what the row adds, the row): a stats row is built
+        # and encoded once while its summary and totals stay (see TelemetryIntake.stats)
+        self.rows: dict[int, tuple[Summary, int, tuple[Any, ...], Any]] = {}
 
     def add(self, at: float, failed: bool, latency_ms: float, denied: bool = False) -> None:
         """One request: ``failed`` (see record.is_failure) or ``denied`` by the mesh, or a success."""
         failed = failed and not denied
         second = int(at)
+        self.changes += 1
         self.total += 1
         self.total_failures += failed
         self.total_denied += denied
@@ -128,12 +137,23 @@ class RollingStats:
 
     def summary(self, now: float, seconds: int) -> Summary:
         since = int(now) - seconds
+        memo = self._memo.get(seconds)
+        if memo is not None and memo[0] == self.changes and memo[1] <= since < memo[2]:
+            return memo[3]
+        out, until = self._summary(since, seconds)
+        self._memo[seconds] = (self.changes, since, until, out)
+        return out
+
+    def _summary(self, since: int, seconds: int) -> tuple[Summary, float]:
+        """The window's summary, and the ``since`` at which its oldest second leaves it."""
         count = failures = denied = 0
         hist: dict[int, int] = {}
         hi, lo = 0.0, math.inf
-        for b in self._seconds:
+        until = math.inf
+        for b in reversed(self._seconds):  # oldest first in the deque: the window is its tail
             if b.second <= since:
-                continue
+                break
+            until = b.second
             count += b.count
             failures += b.failures
             denied += b.denied
@@ -148,7 +168,7 @@ class RollingStats:
             p50=_percentile(hist, count, 0.50, lo, hi),
             p95=_percentile(hist, count, 0.95, lo, hi),
             p99=_percentile(hist, count, 0.99, lo, hi),
-        )
+        ), until
 
 
 def _percentile(hist: dict[int, int], count: int, q: float, lo: float, hi: float) -> float | None:

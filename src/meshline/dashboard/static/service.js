@@ -89,9 +89,11 @@ export class ServicePage {
       rows.set(key, row);
     };
     for (const { dp, policies } of own) for (const p of policies) add(p, dp, "its own sidecar");
-    // a caller's policies on its outbound section to this service (the section's name says which)
+    // a caller's policies on its outbound sections to this service (explicit or transparent),
+    // by the section's id as the control plane resolved it, not by its label
+    const callsThis = (p) => p.section && p.section.role.endsWith("outbound") && p.section.service === this.name;
     for (const { dp, policies } of calling) {
-      for (const p of policies) if (p.target.startsWith(`outbound ${this.name} (`)) add(p, dp, "its callers' sidecars");
+      for (const p of policies) if (callsThis(p)) add(p, dp, "its callers' sidecars");
     }
     return [...rows.values()].sort((a, b) => a.kind.localeCompare(b.kind) || a.name.localeCompare(b.name));
   }
