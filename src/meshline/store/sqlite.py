@@ -16,6 +16,7 @@ import asyncio
 import builtins
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,6 +28,8 @@ from meshline.core.errors import ClientGone, Conflict, NotFound
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
 from meshline.core.slices import Slices
 from meshline.store.base import REPLICA_FORGOTTEN_AFTER, Abandoned, Change, Status, Store, Write
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -60,6 +63,7 @@ class SQLiteStore(Store):
         self._lock = asyncio.Lock()
         self._status_db: sqlite3.Connection | None = None  # status batches, written off the loop
         self._status_lock = asyncio.Lock()
+        self._status_write: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         if self.path != ":memory:":
@@ -91,6 +95,7 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         await self._stop_delivery()
         async with self._status_lock:  # a batch in its thread finishes first
+            await self._status_write_done()  # even one whose caller was cancelled
             if self._status_db is not None:
                 self._status_db.close()
                 self._status_db = None
@@ -264,7 +269,19 @@ class SQLiteStore(Store):
                 self._write_status(self.wdb, parts)
             return
         async with self._status_lock:
-            await asyncio.to_thread(self._status_txn, self._status_db, dict(parts))
+            await self._status_write_done()
+            # Shielded: a caller cancelled mid-batch must not release the lock (and let close()
+            # close the connection) while the thread still writes on it.
+            self._status_write = asyncio.ensure_future(asyncio.to_thread(self._status_txn, self._status_db, dict(parts)))
+            await asyncio.shield(self._status_write)
+
+    async def _status_write_done(self) -> None:
+        """Wait for the last batch's thread (its caller may have been cancelled and gone)."""
+        write, self._status_write = self._status_write, None
+        if write is not None:
+            await asyncio.wait([write])
+            if not write.cancelled() and write.exception() is not None:
+                log.debug("a status batch whose caller left failed: %s", write.exception())
 
     @staticmethod
     def _write_status(db: sqlite3.Connection, parts: Mapping[ResourceKey, Status]) -> None:
