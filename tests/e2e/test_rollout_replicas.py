@@ -16,7 +16,7 @@ import yaml
 
 from meshline.testing.mesh import MeshHarness, wait_until
 from meshline.testing.servers import HttpTestServer
-from tests.e2e.test_status_replicas import QUICK, second_replica
+from tests.e2e.test_status_replicas import two_replicas
 from tests.store.test_postgres import admin_url, database_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.postgres
@@ -28,16 +28,8 @@ ROLLOUT = {"kind": "Rollout", "mesh": "default", "name": "orders", "spec": {
 
 @pytest.fixture
 def replicas(tmp_path: Path, database_url: str) -> Iterator[tuple[MeshHarness, MeshHarness]]:  # noqa: F811
-    a = MeshHarness(tmp_path / "a", overrides={**QUICK, "store_url": database_url, "replica_id": "replica-a"})
-    a.start()
-    b = None
-    try:
-        b = second_replica(tmp_path / "b", a, database_url, "replica-b")
-        yield a, b
-    finally:
-        a.stop()
-        if b is not None:
-            b.stop()
+    with two_replicas(tmp_path, database_url) as pair:
+        yield pair
 
 
 def state(h: MeshHarness) -> dict[str, Any]:

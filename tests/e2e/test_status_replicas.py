@@ -8,6 +8,7 @@ Needs PostgreSQL (see tests/store/test_postgres.py): skipped locally without it,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -43,20 +44,26 @@ def second_replica(tmp: Path, first: MeshHarness, database: str, replica_id: str
     return b
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, database_url: str) -> Iterator[tuple[MeshHarness, MeshHarness]]:  # noqa: F811
-    a = MeshHarness(tmp_path / "a", mtls="strict", mesh_spec={"defaultPermission": "allow"},
-                    build=breakable_control_plane,
-                    overrides={**QUICK, "store_url": database_url, "replica_id": "replica-a"})  # fmt: skip
+@contextlib.contextmanager
+def two_replicas(tmp: Path, database: str, **first: Any) -> Iterator[tuple[MeshHarness, MeshHarness]]:
+    """Replicas A and B on one PostgreSQL database (A built with ``first``), both stopped after."""
+    a = MeshHarness(tmp / "a", **first, overrides={**QUICK, "store_url": database, "replica_id": "replica-a"})
     a.start()
     b = None
     try:
-        b = second_replica(tmp_path / "b", a, database_url, "replica-b")
+        b = second_replica(tmp / "b", a, database, "replica-b")
         yield a, b
     finally:
         a.stop()
         if b is not None:
             b.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, database_url: str) -> Iterator[tuple[MeshHarness, MeshHarness]]:  # noqa: F811
+    with two_replicas(tmp_path, database_url, mtls="strict", mesh_spec={"defaultPermission": "allow"},
+                      build=breakable_control_plane) as pair:  # fmt: skip
+        yield pair
 
 
 def test_replica_b_shows_what_replica_a_sees(replicas: tuple[MeshHarness, MeshHarness]) -> None:

@@ -17,7 +17,7 @@ import pytest
 from meshline.testing.load import RATE_HZ, PacedLoad
 from meshline.testing.mesh import MeshHarness, wait_until
 from meshline.testing.servers import HttpTestServer, free_port
-from tests.e2e.test_status_replicas import QUICK, second_replica
+from tests.e2e.test_status_replicas import two_replicas
 from tests.store.test_postgres import admin_url, database_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.postgres
@@ -25,17 +25,8 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 def replicas(tmp_path: Path, database_url: str) -> Iterator[tuple[MeshHarness, MeshHarness]]:  # noqa: F811
-    a = MeshHarness(tmp_path / "a", mtls="strict", mesh_spec={"defaultPermission": "allow"},
-                    overrides={**QUICK, "store_url": database_url, "replica_id": "replica-a"})  # fmt: skip
-    a.start()
-    b = None
-    try:
-        b = second_replica(tmp_path / "b", a, database_url, "replica-b")
-        yield a, b
-    finally:
-        a.stop()
-        if b is not None:
-            b.stop()
+    with two_replicas(tmp_path, database_url, mtls="strict", mesh_spec={"defaultPermission": "allow"}) as pair:
+        yield pair
 
 
 def acked(mesh: MeshHarness, name: str) -> dict[str, Any]:
