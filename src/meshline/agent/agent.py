@@ -91,6 +91,12 @@ async def app_listening(host: str, port: int) -> bool:
 
 
 def summary_lines(config: AgentConfig) -> list[str]:
+    if config.proxy == "gateway":
+        ports = ", ".join(f"{config.address}:{p}" for p in config.gateway_ports)
+        lines = [f"gateway   {config.service}: entry ports {ports} (listeners from MeshGateway {config.service})"]
+        if config.certs_dir is not None:
+            lines.append(f"certs     {config.certs_dir}/<certificate>/tls.crt,tls.key (served to Envoy by SDS)")
+        return [*lines, f"admin     {config.admin_socket}", f"envoy log {config.envoy_log_path}"]
     protocol = "detected per connection" if config.detect_protocol else config.protocol
     t = config.transparent
     if t is not None:
@@ -348,7 +354,7 @@ class Agent:
         """Once the app accepts connections, tell the control plane this instance can take traffic."""
         cfg = self.config
         waited, said = 0.0, False
-        while not await app_listening(cfg.app_address, cfg.app_port):
+        while cfg.proxy == "sidecar" and not await app_listening(cfg.app_address, cfg.app_port):
             # Not only cancellation: on 3.11 wait_for() can swallow a cancel that races
             # with a refused connection, and this loop must never outlive RUNNING.
             if self.phase is not Phase.RUNNING or (self.app is not None and self.app.returncode is not None):

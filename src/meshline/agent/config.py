@@ -134,6 +134,13 @@ class AgentConfig:
     # No --protocol given in transparent mode: the inbound has no protocol tag and each
     # connection's protocol is detected.
     detect_protocol: bool = False
+    # `meshline gateway`: a standalone Envoy of proxy kind gateway (no app beside it). Its
+    # entry ports are the inbounds it registers (``gateway_ports``); certificates named by its
+    # MeshGateway listeners are read from ``certs_dir`` (<name>/tls.crt and tls.key) and served
+    # to Envoy by the agent's SDS.
+    proxy: str = "sidecar"
+    gateway_ports: tuple[int, ...] = ()
+    certs_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.sds_socket is None:
@@ -212,6 +219,9 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
                       **({"protocol": u.protocol} if u.protocol else {})} for u in config.upstreams],
         "ready": ready,
     }
+    if config.proxy == "gateway":  # entry ports, no app behind them
+        spec["proxy"] = "gateway"
+        spec["inbound"] = [{"port": p, "tags": {**config.tags, "service": config.service}} for p in config.gateway_ports]
     t = config.transparent
     if t is not None:  # callers dial the app's own port; capture takes it to Envoy
         inbound["port"] = config.app_port
@@ -266,6 +276,8 @@ def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
             claims.append(("0.0.0.0", config.metrics_port, "--metrics-port"))
         return claims
     claims = [(config.address, config.inbound_port, "--inbound-port")]
+    if config.proxy == "gateway":
+        claims = [(config.address, p, "--port") for p in config.gateway_ports]
     claims += [("127.0.0.1", u.port, f"--upstream {u.service}") for u in config.upstreams]
     if config.metrics_port:
         claims.append((config.address, config.metrics_port, "--metrics-port"))
@@ -284,6 +296,8 @@ def listen_ports(config: AgentConfig) -> list[tuple[str, int, str]]:
             out.append(("127.0.0.1", t.dns_port, "--dns-port"))
         return out + [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     out = [(config.address, config.inbound_port, "--inbound-port")]
+    if config.proxy == "gateway":
+        out = [(config.address, p, "--port") for p in config.gateway_ports]
     out += [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     return out
 

@@ -327,3 +327,56 @@ def run(command: tuple[str, ...], **opts: Any) -> None:
     """
     config = build_config(opts, _group_obj(), run_app=True)
     sys.exit(_run_agent(config, list(command)))
+
+
+_GATEWAY_SHARED = ("--mesh", "--api", "--context", "--token", "--token-file", "--ca-file", "--xds-address",
+                   "--address", "--metrics-port", "--work-dir", "--envoy-concurrency", "--envoy-log-level",
+                   "--envoy-binary", "--drain-seconds", "--register-timeout", "--ready-timeout")
+
+
+def _gateway_options(f: F) -> F:
+    """The agent's options a gateway shares with a sidecar, plus its own."""
+    shared = [o for o in dataplane.params if isinstance(o, click.Option) and o.opts[0] in _GATEWAY_SHARED]
+    own = [
+        click.Option(["--name", "gateway_name"], required=True, envvar="MESHLINE_GATEWAY_NAME",
+                     help="the gateway's name: its service (SPIFFE identity, TrafficPermission sources) and the"
+                          " MeshGateway / Gateway API Gateway that configures its listeners"),
+        click.Option(["--port", "ports"], type=click.IntRange(1, 65535), multiple=True, required=True,
+                     envvar="MESHLINE_GATEWAY_PORTS", help="an entry port (repeatable); ports of its listeners are"
+                     " opened as the Gateway's listeners say, others answer 404"),
+        click.Option(["--dataplane-name"], default=None, envvar="MESHLINE_NAME",
+                     help="this instance's Dataplane name [default: <name>-<hostname>-<first port>]"),
+        click.Option(["--certs-dir"], type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+                     envvar="MESHLINE_GATEWAY_CERTS_DIR",
+                     help="listener certificates: <dir>/<certificate name>/tls.crt and tls.key (as a Kubernetes TLS"
+                          " Secret is mounted); a replaced file is served to Envoy at once, without dropping"
+                          " connections"),
+    ]  # fmt: skip
+    cmd_params = getattr(f, "__click_params__", [])
+    f.__click_params__ = [*cmd_params, *reversed(shared), *reversed(own)]  # type: ignore[attr-defined]
+    return f
+
+
+@click.command("gateway")
+@_gateway_options
+def gateway(**opts: Any) -> None:
+    """Run an ingress gateway: a standalone Envoy (no app beside it) with its own mesh identity,
+    configured by the MeshGateway (or Gateway API Gateway) named --name and the routes attached
+    to it. Traffic from the gateway into the mesh is mTLS, like a sidecar's.
+
+    \b
+    Example:
+      meshline gateway --name edge --port 8443 --port 8080 --token-file edge.token --certs-dir ./certs
+    """
+    name: str = opts.pop("gateway_name")
+    ports: tuple[int, ...] = tuple(dict.fromkeys(opts.pop("ports")))
+    certs_dir: Path | None = opts.pop("certs_dir")
+    dp_name = opts.pop("dataplane_name")
+    opts.update(service=name, app_port=ports[0], name=dp_name or default_name(name, ports[0]), inbound_port=ports[0],
+                protocol=None, tags=(), upstreams=(), app_metrics_url=None, transparent=False)  # fmt: skip
+    config = build_config(opts, _group_obj())
+    config.proxy = "gateway"
+    config.gateway_ports = ports
+    config.certs_dir = certs_dir.resolve() if certs_dir is not None else None
+    config.local_services = local_services(config)
+    sys.exit(_run_agent(config, None))

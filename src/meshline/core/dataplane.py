@@ -223,6 +223,8 @@ def _port_problems(r: Resource) -> list[FieldProblem]:
             claim("0.0.0.0", inbound.port, f"spec.inbound[{i}].port")
             continue
         claim(spec.address, inbound.port, f"spec.inbound[{i}].port")
+        if spec.proxy != "sidecar":
+            continue  # an entry port of a gateway or zone proxy: no app behind it
         if inbound.service_port is None and inbound.service_address == spec.address:
             problems.append(
                 FieldProblem(

@@ -159,6 +159,9 @@ class PolicyKind(Generic[S]):
     explains: frozenset[Cause] = frozenset()
     # Run the configurer even when no policy matches (TrafficPermission: a mesh default deny).
     runs_unmatched: bool = False
+    # The inbound configurer also shapes a gateway's entry listeners (their callers are outside
+    # the mesh: only kinds that need no caller identity).
+    on_gateway: bool = False
     doc: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -217,6 +220,7 @@ class PolicyKind(Generic[S]):
             kind=self.info,
             outbound=self._run_outbound if self.outbound is not None else None,
             inbound=self._run_inbound if self.inbound is not None else None,
+            on_gateway=self.on_gateway,
         )
 
     def _run_outbound(self, section: OutboundSection, mesh: MeshSnapshot) -> None:

@@ -14,7 +14,7 @@ from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
 from meshline.render.plugins import Plugin
-from meshline.render.sections import Applied, Section, SectionId
+from meshline.render.sections import Applied, InboundSection, OutboundSection, Section, SectionId
 from meshline.xds.snapshot import Packed, Snapshot, TypeSlot
 
 
@@ -86,6 +86,38 @@ def _inbound_part(dataplane: Resource, inbound: Inbound, mesh: MeshSnapshot, plu
     return _finish(section)
 
 
+def _gateway_sections(dataplane: Resource, mesh: MeshSnapshot, plugins: Sequence[Plugin]) -> list[InboundSection]:
+    """A gateway's entry listeners: built by the gateway generators, then shaped by the inbound
+    kinds that apply on a gateway (a rate limit on the gateway's service)."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    source_tags = tuple(dict(sorted(t.items())) for t in spec.tag_sets())
+
+    def backend(service: str) -> OutboundSection:
+        from meshline.core.dataplane import Outbound
+
+        section = outbound_section(source_tags, Outbound(port=spec.inbound[0].port, service=service), mesh, "gateway")
+        for plugin in plugins:
+            if plugin.outbound is not None and plugin.gateway is None:
+                _run(f"policy {plugin.kind.kind} on gateway backend {service}", plugin.outbound, section, mesh)
+        return section
+
+    sections: list[InboundSection] = []
+    for plugin in plugins:
+        if plugin.gateway is not None:
+            try:
+                sections.extend(plugin.gateway(dataplane, mesh, backend))
+            except MeshlineError:
+                raise
+            except Exception as err:
+                raise RenderError(f"{plugin.kind.kind} generator failed: {type(err).__name__}: {err}") from err
+    for section in sections:
+        for plugin in plugins:
+            if plugin.inbound is not None and plugin.on_gateway:
+                _run(f"policy {plugin.kind.kind} on {section.target}", plugin.inbound, section, dataplane, mesh)
+    return sections
+
+
 def _outbound_keys(spec: DataplaneSpec) -> tuple[tuple[dict[str, str], ...], str, tuple[str, ...]]:
     source_tags = tuple(dict(sorted(t.items())) for t in spec.tag_sets())
     return source_tags, json.dumps(source_tags, sort_keys=True), tuple(o.model_dump_json() for o in spec.outbound)
@@ -109,7 +141,8 @@ def render(
         configurers = tuple(map(id, plugins))  # a piece is only valid for the plugins that made it
         sidecar = spec.proxy == "sidecar"
         if not sidecar:  # a gateway's or zone proxy's own generators (render/proxies.py)
-            parts.extend(proxies.parts(dataplane, mesh, _finish))
+            entry = _gateway_sections(dataplane, mesh, plugins) if spec.proxy == "gateway" else []
+            parts.extend(proxies.parts(dataplane, mesh, _finish, entry))
         for index, inbound in enumerate(spec.inbound if sidecar and not spec.transparent else ()):
             parts.append(
                 mesh.memoize(

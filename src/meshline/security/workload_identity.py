@@ -232,6 +232,7 @@ class SdsService:
         self.start_timeout = start_timeout
         self.server: SdsServer | None = None
         self.identity: WorkloadIdentity | None = None
+        self.certificates: Any = None  # a gateway's CertificateFiles
         self._api: Any = None
 
     async def start(self, config: AgentConfig) -> None:
@@ -243,9 +244,16 @@ class SdsService:
         self.identity = WorkloadIdentity(self._api, config.mesh, config.service, config.name, self.server.update)
         material = await self.identity.start(self.start_timeout)
         log.info("certificate for %s, expires %s", material.identity, crypto.iso(material.expires_at))
+        if config.certs_dir is not None:  # a gateway's listener certificates, served by the same SDS
+            from meshline.security.gateway_certs import CertificateFiles
+
+            self.certificates = CertificateFiles(config.certs_dir, self.server.update_extra)
+            await self.certificates.start()
         await self.server.start()
 
     async def stop(self) -> None:
+        if self.certificates is not None:
+            await self.certificates.stop()
         if self.identity is not None:
             await self.identity.stop()
         if self.server is not None:

@@ -87,6 +87,25 @@ def gateway_listener(port: int) -> str:
     return f"gateway_{port}"
 
 
+def gateway_certificate_secret(certificate: str) -> str:
+    """A gateway listener's certificate, served by the gateway's agent over SDS (from its
+    --certs-dir, ``<certificate>/tls.crt`` and ``tls.key``)."""
+    return f"gateway_cert_{certificate}"
+
+
+GATEWAY_CERT_PREFIX = "gateway_cert_"
+
+
+def gateway_chain(listener: str, hostname: str = "") -> str:
+    """One filter chain of a gateway listener (a Gateway listener section, maybe one SNI of it)."""
+    return f"{listener}_{hostname.replace('*', 'wildcard')}" if hostname else listener
+
+
+def gateway_cluster(service: str, subset: Mapping[str, str] | None = None) -> str:
+    """The gateway's cluster to a mesh service (mTLS with the gateway's identity)."""
+    return service_cluster(service, subset)
+
+
 def passthrough_listener(proxy: str, port: int) -> str:
     """The SNI listener of a zone ingress or egress (``zone-ingress`` -> ``zone_ingress_10001``)."""
     return f"{proxy.replace('-', '_')}_{port}"
