@@ -27,50 +27,81 @@ from meshline.testing.tls_certs import TestCA
 APPS = [sys.executable, "-m", "meshline.testing.apps"]
 HTTP_PORT, HTTPS_PORT = 8080, 8443
 
+# Gateway API documents applied as they are.
 GATEWAY = """
-kind: MeshGateway
-mesh: default
-name: edge
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
 spec:
+  gatewayClassName: meshline
   listeners:
     - {name: http, port: 8080, protocol: HTTP}
-    - {name: web, port: 8443, protocol: HTTPS, hostname: web.example.test, tls: {certificates: [web-example]}}
-    - {name: api, port: 8443, protocol: HTTPS, hostname: "*.api.test", tls: {certificates: [api-wildcard]}}
+    - name: web
+      port: 8443
+      protocol: HTTPS
+      hostname: web.example.test
+      tls: {certificateRefs: [{name: web-example}]}
+    - name: api
+      port: 8443
+      protocol: HTTPS
+      hostname: "*.api.test"
+      tls: {certificateRefs: [{name: api-wildcard}]}
+    - {name: secure, port: 8443, protocol: TLS, hostname: secure.example.test, tls: {mode: Passthrough}}
 ---
-kind: MeshGatewayRoute
-mesh: default
-name: to-https
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-https, namespace: default}
 spec:
-  parents: [{gateway: edge, listener: http}]
-  rules: [{redirect: {scheme: https, port: 8443, statusCode: 301}}]
----
-kind: MeshGatewayRoute
-mesh: default
-name: web
-spec:
-  parents: [{gateway: edge, listener: web}]
+  parentRefs: [{name: edge, sectionName: http}]
   rules:
-    - matches: [{path: {prefix: /api}}]
-      rewrite: {prefix: /v1}
-      backends: [{service: api}]
-    - backends: [{service: web}]
+    - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443, statusCode: 301}}]
 ---
-kind: MeshGatewayRoute
-mesh: default
-name: api
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: default}
 spec:
-  parents: [{gateway: edge, listener: api}]
+  parentRefs: [{name: edge, sectionName: web}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v1}}}]
+      backendRefs: [{name: api, port: 9001}]
+    - backendRefs: [{name: web, port: 9000}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: api}]
   hostnames: [eu.api.test]
-  rules: [{backends: [{service: api}]}]
+  rules: [{backendRefs: [{name: api, port: 9001}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: api}]
+  hostnames: [grpc.api.test]
+  rules:
+    - matches: [{method: {service: meshline.test.Echo}}]
+      backendRefs: [{name: greeter, port: 9003}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: secure}]
+  hostnames: [secure.example.test]
+  rules: [{backendRefs: [{name: secure, port: 9002}]}]
 ---
 kind: TrafficPermission
 mesh: default
-name: edge-to-api
+name: edge-in
 spec:
   sources: [{match: {service: edge}}]
-  destinations: [{match: {service: api}}]
+  destinations: [{match: {service: api}}, {match: {service: greeter}}, {match: {service: secure}}]
   action: allow
 """
+PERMIT = GATEWAY.split("---")[-1]
 
 
 @dataclass
@@ -126,6 +157,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         certs = work / "certs"
         ca.issue_to(certs / "web-example", ["web.example.test"])
         ca.issue_to(certs / "api-wildcard", ["*.api.test"])
+        ca.issue_to(work / "secure", ["secure.example.test"])  # the backend's own certificate: not the gateway's
         mesh = HostMesh(net, work).start()  # strict mTLS: default deny
         http = [*APPS, "http"]
         procs = [
@@ -133,6 +165,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                      transparent=False, wait=False),
             mesh.run(hosts["w"], "api", 9001, [*http, "--name", "api-w", "--port", "9001"], protocol="http",
                      transparent=False, wait=False),
+            mesh.run(hosts["w"], "greeter", 9003, [*APPS, "grpc", "--name", "greeter-w", "--port", "9003"],
+                     protocol="grpc", transparent=False, wait=False),
+            # a backend that terminates TLS itself: the gateway passes its connections through by SNI
+            mesh.run(hosts["w"], "secure", 9002, ["openssl", "s_server", "-accept", "127.0.0.1:9002", "-www", "-quiet",
+                     "-cert", str(work / "secure" / "tls.crt"), "-key", str(work / "secure" / "tls.key")],
+                     protocol="tcp", transparent=False, wait=False),
         ]  # fmt: skip
         for proc in procs:
             mesh.wait_serving(proc, proc.name.split(".agent-", 1)[1])
@@ -186,7 +224,7 @@ def test_strict_default_deny_refuses_the_gateway_until_a_traffic_permission_allo
     edge.mesh.apply(textwrap.dedent("""
         kind: TrafficPermission
         mesh: default
-        name: edge-to-api
+        name: edge-in
         spec:
           sources: [{match: {service: web}}]
           destinations: [{match: {service: api}}]
@@ -199,5 +237,20 @@ def test_strict_default_deny_refuses_the_gateway_until_a_traffic_permission_allo
         assert code == 403, body
         assert "no TrafficPermission allows this request and the default permission of mesh default is deny" in body
     finally:
-        edge.mesh.apply(GATEWAY.split("---")[-1], wait=True)
+        edge.mesh.apply(PERMIT, wait=True)
     wait_until(lambda: edge.https("eu.api.test", "/")[0] == 200, 30, interval=0.2, what="api to take the gateway again")
+
+
+def test_tls_passthrough_reaches_a_backend_that_terminates_tls_itself(edge: Edge) -> None:
+    code, body = edge.https("secure.example.test", "/")
+    assert code == 200 and "s_server" in body, body  # openssl's status page, over the backend's own TLS
+    assert "CN = secure.example.test" in edge.served_names("secure.example.test")
+    # the gateway holds no certificate for that name: it never decrypted the connection
+    assert "secure" not in edge.admin("/certs").replace("secure.example.test", "")
+
+
+def test_grpc_is_routed_by_grpc_route_over_https(edge: Edge) -> None:
+    gw = edge.host("gw").address
+    done = edge.host("out").run([*APPS, "client", "grpcs", f"{gw}:{HTTPS_PORT}", "grpc.api.test", str(edge.ca_file),
+                                 "--timeout", "10"], timeout=30)  # fmt: skip
+    assert json.loads(done.stdout.strip().splitlines()[-1]).get("result") == "greeter-w:ping", done.stdout + done.stderr

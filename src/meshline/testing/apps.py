@@ -31,7 +31,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from meshline.testing.servers import Behaviour, GrpcTestServer, HttpTestServer, TcpEchoServer, grpc_echo
+from meshline.testing.servers import (
+    Behaviour,
+    GrpcTestServer,
+    HttpTestServer,
+    TcpEchoServer,
+    grpc_echo,
+    grpcs_echo,
+)
 
 
 def _serve_until_signalled(server: Any) -> None:
@@ -158,6 +165,8 @@ def client(mode: str, args: list[str], timeout: float) -> dict[str, Any]:
                 out = f.readline().decode().strip()
         elif mode == "grpc":
             out = grpc_echo(args[0], b"ping", timeout=timeout).decode()
+        elif mode == "grpcs":  # TARGET SERVER_NAME CA_FILE: over TLS, verifying SERVER_NAME against CA_FILE
+            out = grpcs_echo(args[0], args[1], Path(args[2]).read_bytes(), timeout=timeout).decode()
         elif mode == "ws":
             out = _websocket(args[0], timeout)
         else:
@@ -197,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=53)
     p.add_argument("--record", action="append", default=[], help="NAME=IPV4")
     p = sub.add_parser("client")
-    p.add_argument("mode", choices=["resolve", "tcp", "banner", "grpc", "ws"])
+    p.add_argument("mode", choices=["resolve", "tcp", "banner", "grpc", "grpcs", "ws"])
     p.add_argument("args", nargs="*")
     p.add_argument("--timeout", type=float, default=5.0)
     p = sub.add_parser("origdst")
