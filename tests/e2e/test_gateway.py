@@ -98,7 +98,7 @@ mesh: default
 name: edge-in
 spec:
   sources: [{match: {service: edge}}]
-  destinations: [{match: {service: api}}, {match: {service: greeter}}, {match: {service: secure}}]
+  destinations: [{match: {service: web}}, {match: {service: api}}, {match: {service: greeter}}, {match: {service: secure}}]
   action: allow
 """
 PERMIT = GATEWAY.split("---")[-1]
@@ -121,6 +121,13 @@ class Edge:
         gw = self.host("gw").address
         return self.host("out").curl(f"https://{hostname}:{HTTPS_PORT}{path}", "--resolve",
                                      f"{hostname}:{HTTPS_PORT}:{gw}", "--cacert", str(self.ca_file), *args)  # fmt: skip
+
+    def served_cert(self, hostname: str) -> str:
+        """The PEM certificate the gateway presents for SNI ``hostname``."""
+        out = self.served_names(hostname)
+        begin, end = out.find("-----BEGIN CERTIFICATE-----"), out.find("-----END CERTIFICATE-----")
+        assert begin >= 0 and end > begin, out
+        return out[begin:end]
 
     def served_names(self, hostname: str) -> str:
         """The subject the gateway presents for SNI ``hostname``."""
@@ -195,15 +202,6 @@ def test_https_by_sni_two_hostnames_two_certificates_routed_by_host_and_path(edg
     assert "CN = web.example.test" in edge.served_names("web.example.test")
     assert "CN = *.api.test" in edge.served_names("eu.api.test")
     # web.example.test/api/... goes to api with the prefix rewritten
-    edge.mesh.apply(textwrap.dedent("""
-        kind: TrafficPermission
-        mesh: default
-        name: edge-to-web
-        spec:
-          sources: [{match: {service: edge}}]
-          destinations: [{match: {service: web}}]
-          action: allow
-    """), wait=True)
     code, body = edge.https("web.example.test", "/api/items")
     assert code == 200, body
     assert json.loads(body)["instance"] == "api-w" and json.loads(body)["path"] == "/v1/items"
@@ -254,3 +252,26 @@ def test_grpc_is_routed_by_grpc_route_over_https(edge: Edge) -> None:
     done = edge.host("out").run([*APPS, "client", "grpcs", f"{gw}:{HTTPS_PORT}", "grpc.api.test", str(edge.ca_file),
                                  "--timeout", "10"], timeout=30)  # fmt: skip
     assert json.loads(done.stdout.strip().splitlines()[-1]).get("result") == "greeter-w:ping", done.stdout + done.stderr
+
+
+def test_replacing_a_certificate_under_https_load_fails_no_request(edge: Edge) -> None:
+    before = edge.served_cert("web.example.test")
+    out, gw, work = edge.host("out"), edge.host("gw").address, edge.net.work_dir
+    count = 300
+    loaders = {}
+    for mode in ("handshakes", "keepalive"):
+        argv = [*APPS, "load", "--url", f"https://web.example.test:{HTTPS_PORT}/", "--connect", gw, "--cafile",
+                str(edge.ca_file), "--count", str(count), "--interval", "0.02", "--out", str(work / f"load-{mode}.json")]
+        loaders[mode] = out.spawn(f"load-{mode}", [*argv, *(["--keepalive"] if mode == "keepalive" else [])])  # fmt: skip
+    for proc in loaders.values():
+        wait_until(lambda proc=proc: "done 50" in proc.log() or not proc.alive(), 60, what="the load to run")  # type: ignore[misc]
+    edge.ca.issue_to(edge.certs / "web-example", ["web.example.test"])  # a new key and certificate, files replaced
+    wait_until(lambda: edge.served_cert("web.example.test") != before, 30, interval=0.2, what="the new certificate")
+    for mode in loaders:
+        wait_until(lambda mode=mode: (work / f"load-{mode}.json").exists(), 120, what=f"the {mode} load to finish")  # type: ignore[misc]
+    results = {mode: json.loads((work / f"load-{mode}.json").read_text()) for mode in loaders}
+    for mode, got in results.items():
+        assert got["codes"] == {"200": count}, (mode, got)
+    # new connections got the new certificate; the kept-alive one kept its own (never dropped)
+    assert len(results["handshakes"]["serials"]) == 2, results
+    assert len(results["keepalive"]["serials"]) == 1, results
