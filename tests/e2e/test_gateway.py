@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +94,28 @@ spec:
   hostnames: [secure.example.test]
   rules: [{backendRefs: [{name: secure, port: 9002}]}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: flaky, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: api}]
+  hostnames: [flaky.api.test]
+  rules: [{backendRefs: [{name: flaky, port: 9004}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: slow, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: api}]
+  hostnames: [slow.api.test]
+  rules: [{backendRefs: [{name: slow, port: 9005}]}]
+---
 kind: TrafficPermission
 mesh: default
 name: edge-in
 spec:
   sources: [{match: {service: edge}}]
-  destinations: [{match: {service: web}}, {match: {service: api}}, {match: {service: greeter}}, {match: {service: secure}}]
+  destinations: [{match: {service: '*'}}]
   action: allow
 """
 PERMIT = GATEWAY.split("---")[-1]
@@ -174,6 +191,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                      transparent=False, wait=False),
             mesh.run(hosts["w"], "greeter", 9003, [*APPS, "grpc", "--name", "greeter-w", "--port", "9003"],
                      protocol="grpc", transparent=False, wait=False),
+            mesh.run(hosts["w"], "flaky", 9004, [*http, "--name", "flaky-w", "--port", "9004", "--fail-ratio", "0.5"],
+                     protocol="http", transparent=False, wait=False),
+            mesh.run(hosts["w"], "slow", 9005, [*http, "--name", "slow-w", "--port", "9005", "--delay", "2"],
+                     protocol="http", transparent=False, wait=False),
             # a backend that terminates TLS itself: the gateway passes its connections through by SNI
             mesh.run(hosts["w"], "secure", 9002, ["openssl", "s_server", "-accept", "127.0.0.1:9002", "-www", "-quiet",
                      "-cert", str(work / "secure" / "tls.crt"), "-key", str(work / "secure" / "tls.key")],
@@ -275,3 +296,78 @@ def test_replacing_a_certificate_under_https_load_fails_no_request(edge: Edge) -
     # new connections got the new certificate; the kept-alive one kept its own (never dropped)
     assert len(results["handshakes"]["serials"]) == 2, results
     assert len(results["keepalive"]["serials"]) == 1, results
+
+
+def _codes(edge: Edge, hostname: str, count: int) -> dict[int, int]:
+    got: dict[int, int] = {}
+    for _ in range(count):
+        code = edge.https(hostname, "/")[0]
+        got[code] = got.get(code, 0) + 1
+    return got
+
+
+def test_mesh_policies_apply_on_gateway_routes_retry_timeout_and_rate_limit(edge: Edge) -> None:
+    edge.mesh.apply(textwrap.dedent("""
+        kind: Retry
+        mesh: default
+        name: edge-retries
+        spec:
+          sources: [{match: {service: edge}}]
+          destinations: [{match: {service: flaky}}]
+          conf:
+            http: {attempts: 8, retriableStatusCodes: [503], budget: {disabled: true}}
+        ---
+        kind: Timeout
+        mesh: default
+        name: edge-timeouts
+        spec:
+          sources: [{match: {service: edge}}]
+          destinations: [{match: {service: slow}}]
+          conf:
+            http: {requestTimeout: 300ms}
+    """), wait=True)
+    # flaky answers 503 half the time: the gateway retries (as a sidecar would), every request ends 200
+    assert _codes(edge, "flaky.api.test", 20) == {200: 20}
+    # slow takes 2 s: the gateway gives up after 300 ms
+    code, body = edge.https("slow.api.test", "/")
+    assert (code, body) == (504, "upstream request timeout")
+    # a local rate limit on the gateway's own service caps what enters through it: 429 past the rate
+    edge.mesh.apply(textwrap.dedent("""
+        kind: RateLimit
+        mesh: default
+        name: edge-limit
+        spec:
+          destinations: [{match: {service: edge}}]
+          conf:
+            local: {http: {requests: 5, interval: 1m}}
+    """), wait=True)
+    try:
+        got = _codes(edge, "eu.api.test", 8)
+        assert got == {200: 5, 429: 3}, got
+        code, body = edge.https("eu.api.test", "/", "-i")
+        assert code == 429 and "retry-after: 60" in body.lower(), body
+    finally:
+        edge.mesh.cli("delete", "ratelimit", "edge-limit")
+    wait_until(lambda: edge.https("eu.api.test", "/")[0] == 200, 30, interval=0.2, what="the limit to be lifted")
+
+
+def test_gateway_requests_show_in_tap_at_the_gateway_and_at_the_callee_with_one_request_id(edge: Edge) -> None:
+    path = f"/tapped-{uuid.uuid4().hex[:8]}"
+    code, body = edge.https("eu.api.test", path)
+    assert code == 200, body
+    request_id = json.loads(body)["headers"]["X-Request-ID"]  # made by the gateway, kept by api's sidecar
+    out = edge.mesh.cli("tap", "edge", "--path", path, "--replay", "20", "--max", "1", "-o", "json")
+    [at_gateway] = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert (at_gateway["requestId"], at_gateway["source"], at_gateway["destination"]) == (request_id, "edge", "api")
+    assert at_gateway["dataplane"] == "edge-gw" and at_gateway["section"] == "gateway/listener/8443"
+
+    def both_halves() -> list[dict[str, str]] | None:
+        records = json.loads(edge.mesh.cli("explain", request_id, "-o", "json", check=False) or "{}").get("records", [])
+        return records if len(records) == 2 else None
+
+    halves = wait_until(both_halves, 20, interval=0.2, what="both halves of the request")
+    assert {(r["dataplane"], r["direction"], r["requestId"]) for r in halves} == {
+        ("edge-gw", "outbound", request_id), ("api-w", "inbound", request_id)}
+    assert [r["source"] for r in halves] == ["edge", "edge"]  # api's sidecar saw the gateway's certificate
+    stat = edge.mesh.cli("stat", "edge")
+    assert "api" in stat, stat  # the edge -> api edge is counted

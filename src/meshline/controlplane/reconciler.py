@@ -239,7 +239,7 @@ class Reconciler:
         if changes.policy_services:
             spec = dp.spec
             assert isinstance(spec, DataplaneSpec)
-            if spec.transparent is not None:  # it reaches every service of the mesh
+            if spec.transparent is not None or spec.proxy == "gateway":  # it reaches every service of the mesh
                 return True
             if any(i.service in changes.policy_services for i in spec.inbound) or any(
                 o.service in changes.policy_services for o in spec.outbound

@@ -215,4 +215,5 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
         _add(section.http, inbound_logger(section.listener.name, mesh.name, inbound.tags, inbound.protocol))
 
 
-PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound)
+# on_gateway: a gateway counts what enters through it (reporter destination, service = the gateway)
+PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound, on_gateway=True)

@@ -58,6 +58,9 @@ class GatewayListenerSection(InboundSection):
 
     chains: list[GatewayChain] = field(default_factory=list)
 
+    def route_configs(self) -> list[route_pb2.RouteConfiguration]:
+        return [c.route for c in self.chains if c.route is not None]
+
     def finalize(self) -> dict[str, list[Packed]]:
         lst = listener_pb2.Listener()
         lst.CopyFrom(self.listener)

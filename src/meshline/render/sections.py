@@ -159,6 +159,10 @@ class InboundSection(Section):
     # HTTP inbound routes live inline in the HCM (they change with the listener anyway).
     route: route_pb2.RouteConfiguration | None = None
 
+    def route_configs(self) -> list[route_pb2.RouteConfiguration]:
+        """Every route table of the section (a gateway listener has one per filter chain)."""
+        return [self.route] if self.route is not None else []
+
     def finalize(self) -> dict[str, list[Packed]]:
         if self.http is not None and self.route is not None:
             self.http.hcm.route_config.CopyFrom(self.route)

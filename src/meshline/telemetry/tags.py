@@ -20,6 +20,7 @@ META = "meshline"
 META_POLICIES = "policies"  # "Timeout/orders-timeouts,Retry/orders-retries"
 META_TIMEOUT_MS = "timeoutMs"  # route timeout when the entry was logged ("0": none)
 META_PER_TRY_TIMEOUT_MS = "perTryTimeoutMs"
+META_SERVICE = "service"  # a gateway's cluster: the mesh service it reaches (its logs' destination)
 META_DATAPLANE = "dataplane"  # endpoint metadata the base generator sets
 
 # custom tag names on access-log entries

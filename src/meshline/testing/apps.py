@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--host", default="127.0.0.1")
         if kind == "http":
             p.add_argument("--fail-ratio", type=float, default=0.0, help="share of requests answered 503")
+            p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
         if kind == "tcp":
             p.add_argument("--banner", action="store_true", help="speak first (server-speaks-first protocols)")
     p = sub.add_parser("dns")
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.what == "http":
         server: Any = HttpTestServer(name=args.name, port=args.port, host=args.host,
-                                     behaviour=Behaviour(fail_ratio=args.fail_ratio))  # fmt: skip
+                                     behaviour=Behaviour(fail_ratio=args.fail_ratio, delay=args.delay))  # fmt: skip
     elif args.what == "tcp":
         server = TcpEchoServer(name=args.name, port=args.port, host=args.host, banner=args.banner)
     else:

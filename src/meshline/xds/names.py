@@ -83,6 +83,11 @@ def service_cluster(service: str, subset: Mapping[str, str] | None = None) -> st
     return f"{service}_{parts}"
 
 
+def cluster_service(cluster: str) -> str:
+    """The service of a :func:`service_cluster` name (service names hold no '_')."""
+    return cluster.split("_", 1)[0]
+
+
 def gateway_listener(port: int) -> str:
     return f"gateway_{port}"
 

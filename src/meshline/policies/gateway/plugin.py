@@ -82,6 +82,7 @@ class _Backends:
         self.backend = backend
         self.mesh = mesh
         self.sections: dict[str, OutboundSection] = {}
+        self._noted: set[tuple[int, str]] = set()
 
     def of(self, service: str) -> OutboundSection:
         if service not in self.sections:
@@ -93,6 +94,10 @@ class _Backends:
         name = add_cluster(section, self.mesh, service, tags)
         into.clusters[name] = section.clusters[name]
         into.endpoints[name] = section.endpoints[name]
+        if (id(into), service) not in self._noted:  # inspect: the policies that shaped calls to it
+            self._noted.add((id(into), service))
+            for a in section.applied:
+                into.note(a.kind, a.name, f"{a.reason} (calls from the gateway to {service})")
         return name
 
     def template(self, service: str) -> rc.RouteAction:

@@ -16,7 +16,7 @@ from meshline.kinds import default_kinds
 from meshline.policies.translate import translators
 from meshline.testing.policy_kit import apply_problems
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent / "gateway"
 KINDS = default_kinds()
 
 
