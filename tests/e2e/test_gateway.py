@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from meshline.testing.hostmesh import HostMesh
+from meshline.testing.jwt import TestIssuer
 from meshline.testing.mesh import wait_until
 from meshline.testing.netns import Host, HostProcess, TestNetwork, require_netns
 from meshline.testing.tls_certs import TestCA
@@ -371,3 +372,49 @@ def test_gateway_requests_show_in_tap_at_the_gateway_and_at_the_callee_with_one_
     assert [r["source"] for r in halves] == ["edge", "edge"]  # api's sidecar saw the gateway's certificate
     stat = edge.mesh.cli("stat", "edge")
     assert "api" in stat, stat  # the edge -> api edge is counted
+
+
+def _jwt_policy(name: str, service: str, jwks: str, **conf: object) -> str:
+    return json.dumps({"kind": "JWTAuthentication", "mesh": "default", "name": name, "spec": {
+        "destinations": [{"match": {"service": service}}],
+        "conf": {"issuer": "https://login.example.test", "jwks": {"inline": jwks}, **conf}}})  # fmt: skip
+
+
+def test_jwt_on_gateway_routes_and_on_a_sidecar_inbound(edge: Edge) -> None:
+    issuer = TestIssuer.make("https://login.example.test")
+    other = TestIssuer.make("https://login.example.test", kid="not-published")
+
+    def call(token: str | None) -> tuple[int, str]:
+        return edge.https("eu.api.test", "/", "-i", *(["-H", f"Authorization: Bearer {token}"] if token else []))
+
+    edge.mesh.apply(_jwt_policy("users", "edge", issuer.jwks(), audiences=["web"],
+                                claimToHeaders=[{"claim": "sub", "header": "x-user"}]), wait=True)  # fmt: skip
+    try:
+        cases = {
+            "no token": (None, "Jwt is missing"),
+            "expired": (issuer.token(aud="web", sub="alice", expires_in=-120), "Jwt is expired"),
+            "wrong audience": (issuer.token(aud="billing", sub="alice"), "Audiences in Jwt are not allowed"),
+            "unknown key": (other.token(aud="web", sub="alice"), "Jwks doesn't have key to match kid or alg from Jwt"),
+        }
+        for what, (token, reason) in cases.items():
+            code, body = call(token)
+            assert code == 401, (what, body)
+            assert reason in body, (what, body)  # Envoy's reason, in the body and www-authenticate
+        code, body = call(issuer.token(aud="web", sub="alice"))
+        assert code == 200, body
+        seen = json.loads(body[body.index("{"):])
+        assert seen["headers"]["x-user"] == "alice"  # the claim, forwarded to the app
+        assert "Authorization" not in seen["headers"]  # the token itself stays at the gateway
+    finally:
+        edge.mesh.cli("delete", "jwtauthentication", "users")
+    # on a mesh service: its sidecar checks the token the gateway passes on
+    edge.mesh.apply(_jwt_policy("api-users", "api", issuer.jwks()), wait=True)
+    try:
+        wait_until(lambda: call(None)[0] == 401, 30, interval=0.2, what="api's sidecar to require a token")
+        code, body = call(None)
+        assert "Jwt is missing" in body, body
+        code, body = call(issuer.token(aud="api", sub="bob"))
+        assert code == 200, body
+    finally:
+        edge.mesh.cli("delete", "jwtauthentication", "api-users")
+    wait_until(lambda: call(None)[0] == 200, 30, interval=0.2, what="api without the token requirement")

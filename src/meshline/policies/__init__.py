@@ -17,6 +17,7 @@ from meshline.policies import (
     gateway,
     healthcheck,
     httproute,
+    jwtauthn,
     loadbalancer,
     ratelimit,
     retry,
@@ -30,6 +31,7 @@ from meshline.render.policy_kind import MeshCheck, PolicyKind, in_order
 KINDS: tuple[PolicyKind[Any], ...] = (
     httproute.POLICY,
     tcproute.POLICY,
+    jwtauthn.POLICY,
     trafficpermission.POLICY,
     ratelimit.POLICY,
     faultinjection.POLICY,

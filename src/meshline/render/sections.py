@@ -26,6 +26,7 @@ from meshline.render import envoy
 from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, pack
 
 # Well-known HTTP filter orders (lower runs first). Policies pick a slot between them.
+ORDER_AUTHN = 50  # JWTAuthentication: who the end user is, before anything decides on it
 ORDER_AUTHZ = 100  # TrafficPermission (RBAC)
 ORDER_RATELIMIT = 200
 ORDER_FAULT = 300
