@@ -400,6 +400,13 @@ def test_jwt_on_gateway_routes_and_on_a_sidecar_inbound(edge: Edge) -> None:
             code, body = call(token)
             assert code == 401, (what, body)
             assert reason in body, (what, body)  # Envoy's reason, in the body and www-authenticate
+        # tap explains the refusal in plain words
+        path = f"/no-token-{uuid.uuid4().hex[:8]}"
+        assert edge.https("eu.api.test", path)[0] == 401
+        out = edge.mesh.cli("tap", "edge", "--path", path, "--replay", "5", "--max", "1", "-o", "json")
+        explanation = json.loads(out.strip().splitlines()[-1])["explanation"]
+        assert explanation.startswith("not authenticated: Jwt is missing; send a valid token"), explanation
+        assert "JWTAuthentication users" in explanation or "JWTAuthentication/users" in explanation, explanation
         code, body = call(issuer.token(aud="web", sub="alice"))
         assert code == 200, body
         seen = json.loads(body[body.index("{"):])

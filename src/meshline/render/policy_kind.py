@@ -39,7 +39,8 @@ Target = Literal["inbound", "outbound"]
 # The parts of a section a configurer may change (documentation, and what inspect says).
 Shape = Literal["route", "cluster", "endpoints", "http-filter", "network-filter", "listener"]
 # Failure causes telemetry's explanations attribute to policies (see telemetry.explain).
-Cause = Literal["timeout", "retry", "rate-limit", "permission", "fault", "circuit-breaker", "health-check", "route"]
+Cause = Literal["timeout", "retry", "rate-limit", "permission", "authentication", "fault", "circuit-breaker",
+                "health-check", "route"]
 
 
 class PolicyKindError(MeshlineError):

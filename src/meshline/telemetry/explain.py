@@ -163,6 +163,10 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
         return _denied(r, rbac.group(1), policies)
     if details.startswith("rbac_access_denied"):
         return f"denied by {_kinds_or(policies, 'permission', 'an authorization policy')}"
+    if details.startswith("jwt_authn_access_denied"):  # "jwt_authn_access_denied{Jwt_is_expired}"
+        reason = details[len("jwt_authn_access_denied"):].strip("{}").replace("_", " ") or "no valid token"
+        return (f"not authenticated: {reason}; send a valid token (Authorization: Bearer ...)"
+                + _named(policies, "authentication"))
     if "UAEX" in flags or details.startswith("ext_authz"):
         return "denied by external authorization" + (f" ({details})" if details else "")
     if "RL" in flags or details in ("local_rate_limited", "request_rate_limited"):

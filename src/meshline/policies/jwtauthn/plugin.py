@@ -108,6 +108,6 @@ POLICY = PolicyKind(
     merge=Merge.MOST_SPECIFIC,
     shapes=frozenset({"http-filter", "cluster"}),
     inbound=configure,
-    explains=frozenset({"permission"}),
+    explains=frozenset({"authentication"}),
     on_gateway=True,  # on a gateway's service: tokens are checked where requests enter the mesh
 )
