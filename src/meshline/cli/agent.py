@@ -244,7 +244,8 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None, run_
         address=address,
         app_port=app_port,
         inbound_port=app_port if opts.get("transparent") else opts["inbound_port"] or free_port(address),
-        work_dir=opts["work_dir"] or default_work_dir(mesh, name),
+        # absolute: Envoy is started with paths in it (a relative one would be read from Envoy's cwd)
+        work_dir=opts["work_dir"].absolute() if opts["work_dir"] else default_work_dir(mesh, name),
         api_url=api_url,
         xds_host=xds_host,
         xds_port=xds_port,
