@@ -111,7 +111,7 @@ def _rounds(ns: str, urls: dict[str, str], rounds: int, seconds: float,
     for r in range(rounds):
         for path, url in urls.items():
             c16 = _wrk_in(ns, url, seconds, 16)
-            c1 = _wrk_in(ns, url, max(1.0, seconds / 2), 1)
+            c1 = _wrk_in(ns, url, max(1, int(seconds) // 2), 1)
             if c16.non_2xx or c16.socket_errors:
                 raise RuntimeError(f"{path}: {c16.non_2xx} non-2xx, {c16.socket_errors} socket errors")
             s = samples[path]

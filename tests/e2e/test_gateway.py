@@ -425,3 +425,43 @@ def test_jwt_on_gateway_routes_and_on_a_sidecar_inbound(edge: Edge) -> None:
     finally:
         edge.mesh.cli("delete", "jwtauthentication", "api-users")
     wait_until(lambda: call(None)[0] == 200, 30, interval=0.2, what="api without the token requirement")
+
+
+def test_a_traffic_permission_on_jwt_claims(edge: Edge) -> None:
+    """api's sidecar checks the token (JWTAuthentication on api) and a TrafficPermission lets the
+    gateway's requests through only for tokens with role admin or group ops (claims from the
+    verified token, not from a header a caller could set)."""
+    issuer = TestIssuer.make("https://login.example.test")
+    only_some = PERMIT.replace("destinations: [{match: {service: '*'}}]",
+                               "destinations: [{match: {service: web}}, {match: {service: greeter}}]")  # fmt: skip
+    assert only_some != PERMIT
+    edge.mesh.apply("\n---\n".join([only_some, _jwt_policy("api-users", "api", issuer.jwks()), textwrap.dedent("""
+        kind: TrafficPermission
+        mesh: default
+        name: api-admins
+        spec:
+          sources: [{match: {service: edge}}]
+          destinations: [{match: {service: api}}]
+          action: allow
+          rules:
+            - claims: [{name: role, value: admin}]
+            - claims: [{name: groups, value: ops}]
+    """)]), wait=True)  # fmt: skip
+
+    def call(**claims: object) -> int:
+        token = issuer.token(**claims)
+        return edge.https("eu.api.test", "/", "-H", f"Authorization: Bearer {token}")[0]
+
+    try:
+        wait_until(lambda: call(role="user") == 403, 30, interval=0.2, what="a user token to be refused")
+        assert call(role="admin") == 200
+        assert call(role="user", groups=["dev", "ops"]) == 200  # a list claim holding the value
+        assert call(role="user", groups=["dev"]) == 403
+        # a header named like the claim changes nothing: claims come from the verified token
+        token = issuer.token(role="user")
+        assert edge.https("eu.api.test", "/", "-H", f"Authorization: Bearer {token}", "-H", "role: admin")[0] == 403
+    finally:
+        edge.mesh.cli("delete", "trafficpermission", "api-admins")
+        edge.mesh.cli("delete", "jwtauthentication", "api-users")
+        edge.mesh.apply(PERMIT, wait=True)
+    wait_until(lambda: edge.https("eu.api.test", "/")[0] == 200, 30, interval=0.2, what="api open to the gateway again")

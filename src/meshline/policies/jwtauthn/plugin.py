@@ -17,6 +17,7 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
+from meshline.policies.common.fields import JWT_FILTER, JWT_PAYLOAD_KEY
 from meshline.policies.common.sections import proto_duration
 from meshline.policies.jwtauthn.api import KIND, JWTAuthenticationSpec, JWTConf
 from meshline.render import envoy
@@ -24,7 +25,7 @@ from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.policy_kind import Merge, PolicyKind, Resolved, record
 from meshline.render.sections import ORDER_AUTHN, InboundSection
 
-FILTER = "envoy.filters.http.jwt_authn"
+FILTER = JWT_FILTER
 CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 PROVIDER = "meshline"
 FETCH_TIMEOUT_S = 5
@@ -54,7 +55,9 @@ def jwks_cluster(name: str, uri: str, ca: str | None) -> cluster_pb2.Cluster:
 
 
 def provider(conf: JWTConf, cluster: str) -> jwt.JwtProvider:
-    p = jwt.JwtProvider(issuer=conf.issuer, audiences=conf.audiences, forward=conf.forward_token)
+    # The verified claims in dynamic metadata: what TrafficPermission rules on claims read.
+    p = jwt.JwtProvider(issuer=conf.issuer, audiences=conf.audiences, forward=conf.forward_token,
+                        payload_in_metadata=JWT_PAYLOAD_KEY)
     p.claim_to_headers.extend(jwt.JwtClaimToHeader(header_name=c.header, claim_name=c.claim) for c in conf.claim_to_headers)
     src = conf.jwks
     if src.inline is not None:
