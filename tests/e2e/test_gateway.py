@@ -465,3 +465,67 @@ def test_a_traffic_permission_on_jwt_claims(edge: Edge) -> None:
         edge.mesh.cli("delete", "jwtauthentication", "api-users")
         edge.mesh.apply(PERMIT, wait=True)
     wait_until(lambda: edge.https("eu.api.test", "/")[0] == 200, 30, interval=0.2, what="api open to the gateway again")
+
+
+def _certificate_doc(name: str, chain: bytes, key: bytes) -> str:
+    return json.dumps({"kind": "GatewayCertificate", "mesh": "default", "name": name,
+                       "spec": {"certificate": chain.decode(), "privateKey": key.decode()}})  # fmt: skip
+
+
+def test_a_stored_certificate_is_sealed_checked_at_apply_and_served(edge: Edge) -> None:
+    import datetime
+
+    chain, key = edge.ca.issue(["*.stored.test"])
+    _, other_key = edge.ca.issue(["*.stored.test"])
+    old_chain, old_key = edge.ca.issue(["*.stored.test"], valid=datetime.timedelta(minutes=1),
+                                       not_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1))  # fmt: skip
+    # refused at apply: a key of another certificate, an expired certificate
+    def refused(doc: str) -> str:
+        done = edge.host("cp").run([sys.executable, "-m", "meshline", "apply", "-f", "-"], env=edge.mesh.env(),
+                                   input=doc, timeout=60)  # fmt: skip
+        assert done.returncode != 0, done.stdout
+        return done.stdout + done.stderr
+
+    found = refused(_certificate_doc("stored", chain, other_key))
+    assert "spec.privateKey: the private key is not the key of the certificate" in found, found
+    found = refused(_certificate_doc("stored", old_chain, old_key))
+    assert "spec.certificate: the certificate expired on" in found, found
+    assert "stored" not in edge.mesh.cli("get", "gatewaycertificates")
+    edge.mesh.apply(_certificate_doc("stored", chain, key))
+    # kept sealed: an admin reads the sealed text back, another token not even that
+    stored = edge.mesh.get("gatewaycertificates", "stored")
+    assert stored["spec"]["privateKey"].startswith("kek1:") and "PRIVATE KEY" not in json.dumps(stored)
+    env = {**edge.mesh.env(), "MESHLINE_TOKEN_FILE": str(edge.mesh.token("web"))}
+    as_web = edge.host("cp").run([sys.executable, "-m", "meshline", "get", "gatewaycertificates", "stored", "-o", "json"],
+                                 env=env, timeout=60)  # fmt: skip
+    assert as_web.returncode == 0, as_web.stderr
+    assert json.loads(as_web.stdout)["spec"]["privateKey"] == "(redacted: only admin tokens can read it)"
+    # a listener naming it: the gateway fetches it (no file in its certs dir) and serves it by SNI
+    with_stored = GATEWAY.replace(
+        "    - {name: secure, port: 8443,",
+        "    - {name: stored, port: 9443, protocol: HTTPS, hostname: '*.stored.test',"
+        " tls: {certificateRefs: [{name: stored}]}}\n    - {name: secure, port: 8443,")  # fmt: skip
+    assert with_stored != GATEWAY
+    route = textwrap.dedent("""
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: stored, namespace: default}
+        spec:
+          parentRefs: [{name: edge, sectionName: stored}]
+          rules: [{backendRefs: [{name: api, port: 9001}]}]
+    """)
+    edge.mesh.apply(with_stored + route, wait=True)
+    try:
+        gw = edge.host("gw").address
+
+        def served() -> tuple[int, str]:
+            return edge.host("out").curl("https://eu.stored.test:9443/", "--resolve", f"eu.stored.test:9443:{gw}",
+                                         "--cacert", str(edge.ca_file))  # fmt: skip
+
+        wait_until(lambda: served()[0] == 200, 30, interval=0.3, what="the stored certificate to be served")
+        assert json.loads(served()[1])["instance"] == "api-w"
+    finally:
+        edge.mesh.cli("delete", "httproute", "stored", check=False)
+        edge.mesh.cli("delete", "meshgatewayroute", "stored", check=False)
+        edge.mesh.apply(GATEWAY, wait=True)

@@ -50,6 +50,11 @@ def test_the_https_snippet_runs_as_written_against_up(tmp_path: Path) -> None:
         answer, redirect = ran.stdout.strip().splitlines()[-2:]
         assert '"service": "web"' in answer or '"service":"web"' in answer, ran.stdout
         assert redirect == f"301 https://web.localhost:{https_port}/", ran.stdout
+        # the same certificate kept by the control plane instead (the block after it, same directory)
+        stored = subprocess.run(["bash", "-euo", "pipefail", "-c", sh_block("### Certificates kept by the control plane")],
+                                capture_output=True, text=True, env=shell_env, cwd=tmp_path, timeout=120)  # fmt: skip
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        assert "web-localhost" in stored.stdout.splitlines()[-1], stored.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)

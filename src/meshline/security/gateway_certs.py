@@ -15,78 +15,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
-from meshline.security import crypto
+from meshline.core.tls_pair import (
+    CERT_FILE,
+    KEY_FILE,
+    CertificatePair,
+    CertificateProblem,
+    check_pair,
+    load_certs,
+)
 from meshline.xds import names
 
 log = logging.getLogger("meshline.security.gateway_certs")
 
-CERT_FILE, KEY_FILE = "tls.crt", "tls.key"
 MAX_FILE = 1 << 20  # a certificate chain or key file larger than this is not one
 MAX_CERTIFICATES = 1000
 
 
-class CertificateProblem(ValueError):
-    """A certificate pair that cannot be served, with what to do."""
-
-
-@dataclass(frozen=True)
-class CertificatePair:
-    name: str
-    chain_pem: bytes
-    key_pem: bytes
-    not_after: datetime.datetime
-
-    def secret(self) -> secret_pb2.Secret:
-        return secret_pb2.Secret(
-            name=names.gateway_certificate_secret(self.name),
-            tls_certificate=common_pb2.TlsCertificate(
-                certificate_chain=base_pb2.DataSource(inline_bytes=self.chain_pem),
-                private_key=base_pb2.DataSource(inline_bytes=self.key_pem),
-            ),
-        )
-
-
-def check_pair(name: str, chain_pem: bytes, key_pem: bytes, now: datetime.datetime | None = None) -> CertificatePair:
-    """The pair if it can be served; else :class:`CertificateProblem` saying why and what to do."""
-    try:
-        certs = crypto.load_certs(chain_pem)
-    except Exception:
-        certs = []
-    if not certs:
-        raise CertificateProblem(f"{name}/{CERT_FILE} holds no PEM certificate; put the certificate chain there")
-    try:
-        key = crypto.load_key(key_pem)
-    except Exception:
-        raise CertificateProblem(f"{name}/{KEY_FILE} holds no usable PEM private key (unencrypted PKCS#8, EC or RSA)") from None
-    leaf = certs[0]
-    if crypto.public_der(key.public_key()) != crypto.public_der(leaf.public_key()):
-        raise CertificateProblem(
-            f"{name}/{KEY_FILE} is not the key of {name}/{CERT_FILE} (leaf {leaf.subject.rfc4514_string()});"
-            " put the matching key next to the certificate"
-        )
-    now = now or datetime.datetime.now(datetime.UTC)
-    if leaf.not_valid_after_utc <= now:
-        raise CertificateProblem(
-            f"{name}/{CERT_FILE} expired on {leaf.not_valid_after_utc.isoformat()}; renew it"
-        )
-    if leaf.not_valid_before_utc > now:
-        raise CertificateProblem(f"{name}/{CERT_FILE} is not valid before {leaf.not_valid_before_utc.isoformat()}")
-    return CertificatePair(name, chain_pem, key_pem, leaf.not_valid_after_utc)
+def secret(pair: CertificatePair) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=names.gateway_certificate_secret(pair.name),
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=pair.chain_pem),
+            private_key=base_pb2.DataSource(inline_bytes=pair.key_pem),
+        ),
+    )
 
 
 def dns_names(chain_pem: bytes) -> list[str]:
     """The DNS names of the leaf (for messages and tests)."""
-    leaf = crypto.load_certs(chain_pem)[0]
+    leaf = load_certs(chain_pem)[0]
     try:
         ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -150,7 +116,7 @@ class CertificateFiles:
         return changed
 
     def secrets(self) -> dict[str, secret_pb2.Secret]:
-        return {names.gateway_certificate_secret(n): p.secret() for n, p in self.pairs.items()}
+        return {names.gateway_certificate_secret(n): secret(p) for n, p in self.pairs.items()}
 
     async def start(self) -> None:
         self.scan()
@@ -165,6 +131,68 @@ class CertificateFiles:
                     self.publish(self.secrets())
             except OSError as err:
                 log.warning("cannot read the gateway certs dir %s: %s", self.directory, err)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class StoredCertificates:
+    """The GatewayCertificates a gateway's listeners name, fetched from the control plane
+    (``GET /api/v1/meshes/{mesh}/gateways/{gateway}/certificates`` with the gateway's dataplane
+    token) every ``interval`` seconds; each pair is checked as a file's is, and the good ones go
+    to ``publish``. A failed fetch keeps what is served."""
+
+    def __init__(self, api: Any, mesh: str, gateway: str, publish: Callable[[dict[str, secret_pb2.Secret]], None],
+                 interval: float = 2.0) -> None:  # fmt: skip
+        self.api = api
+        self.path = f"/api/v1/meshes/{mesh}/gateways/{gateway}/certificates"
+        self.publish = publish
+        self.interval = interval
+        self.pairs: dict[str, CertificatePair] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._said = ""
+
+    async def fetch(self) -> bool:
+        """Look once; True when what is served changed."""
+        try:
+            data = await self.api.request("GET", self.path)
+        except Exception as err:  # the control plane is away or the gateway not applied yet: keep serving
+            if str(err) != self._said:
+                self._said = str(err)
+                log.warning("cannot fetch the gateway's certificates (%s); keeping the ones served", err)
+            return False
+        found: dict[str, CertificatePair] = {}
+        for item in (data or {}).get("items", [])[:MAX_CERTIFICATES]:
+            name = str(item.get("name", ""))
+            try:
+                found[name] = check_pair(name, str(item.get("certificate", "")).encode(),
+                                         str(item.get("privateKey", "")).encode())  # fmt: skip
+            except CertificateProblem as err:
+                log.warning("stored gateway certificate %s not served: %s", name, err)
+                if name in self.pairs:
+                    found[name] = self.pairs[name]
+        if found == self.pairs:
+            return False
+        self.pairs = found
+        return True
+
+    def secrets(self) -> dict[str, secret_pb2.Secret]:
+        return {names.gateway_certificate_secret(n): secret(p) for n, p in self.pairs.items()}
+
+    async def start(self) -> None:
+        await self.fetch()
+        self.publish(self.secrets())
+        self._task = asyncio.create_task(self._loop(), name="gateway-stored-certs")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if await self.fetch():
+                self.publish(self.secrets())
 
     async def stop(self) -> None:
         if self._task is not None:

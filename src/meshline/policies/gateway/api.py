@@ -232,3 +232,40 @@ def route_problems(r: Resource) -> list[FieldProblem]:
         if spec.protocol == "tls" and not spec.hostnames:
             problems.append(FieldProblem("spec.hostnames", "a TLS passthrough route is picked by SNI: list the hostnames"))
     return problems
+
+
+SEALED_PREFIX = "kek1:"  # security.crypto.KeyEncryptor.PREFIX: a key sealed by the control plane
+MAX_PEM = 64 * 1024
+
+
+class GatewayCertificateSpec(Spec):
+    """A listener certificate kept by the control plane: ``certificate`` (PEM chain, leaf first)
+    and ``privateKey`` (PEM; sealed before it is stored, never shown to non-admins)."""
+
+    certificate: str = Field(min_length=1, max_length=MAX_PEM)
+    private_key: str = Field(min_length=1, max_length=MAX_PEM)
+
+
+def certificate_problems(r: Resource) -> list[FieldProblem]:
+    """The key must be the leaf's and the leaf valid now (a sealed key was checked when sealed)."""
+    from meshline.core.tls_pair import CertificateProblem, check_pair, load_certs
+
+    spec = spec_as(r, GatewayCertificateSpec)
+    chain = spec.certificate.encode()
+    if spec.private_key.startswith(SEALED_PREFIX):
+        certs = load_certs(chain)
+        if not certs:
+            return [FieldProblem("spec.certificate", "holds no PEM certificate; paste the chain (leaf first)")]
+        import datetime
+
+        if certs[0].not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+            return [FieldProblem("spec.certificate", f"expired on {certs[0].not_valid_after_utc.isoformat()}; renew it")]
+        return []
+    try:
+        check_pair(r.name, chain, spec.private_key.encode())
+    except CertificateProblem as err:
+        text = str(err)
+        path = "spec.privateKey" if "tls.key" in text.split(" ", 1)[0] else "spec.certificate"
+        text = text.replace(f"{r.name}/tls.key", "the private key").replace(f"{r.name}/tls.crt", "the certificate")
+        return [FieldProblem(path, text)]
+    return []

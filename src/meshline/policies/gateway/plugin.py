@@ -25,9 +25,11 @@ from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.policies.common.sections import add_cluster
 from meshline.policies.gateway.api import (
     ATTACHES,
+    GatewayCertificateSpec,
     Listener,
     MeshGatewayRouteSpec,
     MeshGatewaySpec,
+    certificate_problems,
     effective_hostnames,
     gateway_problems,
     route_problems,
@@ -70,7 +72,23 @@ ROUTE = KindInfo(
     validators=(route_problems,),
     columns={"PARENTS": _parents_column, "PROTOCOL": lambda r: spec_as(r, MeshGatewayRouteSpec).protocol},
 )
-KINDS = (GATEWAY, ROUTE)
+CERTIFICATE = KindInfo(
+    kind="GatewayCertificate",
+    plural="gatewaycertificates",
+    spec=GatewayCertificateSpec,
+    summary="A gateway listener's certificate and key, kept sealed by the control plane (admins only read the key)",
+    validators=(certificate_problems,),
+    columns={"NOT AFTER": lambda r: _not_after(r)},
+)
+KINDS = (GATEWAY, ROUTE, CERTIFICATE)
+
+
+def _not_after(r: Resource) -> str:
+    from meshline.core.tls_pair import load_certs
+
+    certs = load_certs(spec_as(r, GatewayCertificateSpec).certificate.encode())
+    return certs[0].not_valid_after_utc.isoformat() if certs else "?"
+
 MESH_CHECKS = ((ROUTE_KIND, PARENTS),)
 
 
