@@ -42,8 +42,11 @@ def test_the_https_snippet_runs_as_written_against_up(tmp_path: Path) -> None:
         # the demo's first request enters through its gateway
         body = httpx.get(f"http://127.0.0.1:{web_port}/", timeout=5).json()
         assert body["service"] == "web" and body["caller"].endswith("/default/edge"), body
-        script = sh_block("## Expose web over HTTPS").replace("9443", str(https_port)).replace("9080", str(http_port))
         shell_env = {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        inspect = subprocess.run(["meshline", "inspect", "dataplane", "edge-1"], capture_output=True, text=True,
+                                 env=shell_env, timeout=60)  # fmt: skip
+        assert inspect.returncode == 0 and "MeshGatewayRoute" in inspect.stdout, inspect.stdout + inspect.stderr
+        script = sh_block("## Expose web over HTTPS").replace("9443", str(https_port)).replace("9080", str(http_port))
         ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
                              env=shell_env, cwd=tmp_path, timeout=120)  # fmt: skip
         assert ran.returncode == 0, ran.stdout + ran.stderr + (tmp_path / "gateway.log").read_text()
