@@ -1,0 +1,213 @@
+"""REST routes of learning from traffic:
+
+* ``GET /api/v1/meshes/{mesh}/permissions/suggest?since=1h&l7=&mode=&includeDenied=&collapseAt=``:
+  TrafficPermissions allowing exactly the observed edges, as YAML with comments (and as JSON);
+* ``GET /api/v1/meshes/{mesh}/permissions/report?since=1h``: requests refused, or that a dry-run
+  permission would have refused, per policy, caller, callee, method and path;
+* ``GET /api/v1/meshes/{mesh}/record?service=&version=&duration=&sample=&maxBody=&redact=&max=``:
+  writes a TrafficRecording for the time of the stream, streams each captured request as a JSON
+  line (the first line confirms the recording is on) and deletes the recording when the stream
+  ends, however it ends. Needs write rights (it changes what sidecars do); subscribed to the
+  telemetry intake the way a tap is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from meshline.api.routes import WHOLE_NUMBER, Route, query_param
+from meshline.api.server import principal
+from meshline.controlplane.context import ControlPlaneContext
+from meshline.core.errors import FieldProblem, NotFound, Unavailable, ValidationError
+from meshline.core.resource import Resource, ResourceKey
+from meshline.core.schema import parse_duration
+from meshline.core.selectors import TagSelector
+from meshline.learn.recording import DEFAULT_MAX_BODY, KIND, MAX_BODY_LIMIT, TrafficRecordingSpec
+from meshline.learn.suggest import Edge, SeenPath, suggest, to_yaml
+from meshline.telemetry.intake import TapFilter, TelemetryIntake
+
+MAX_SINCE_S = 3600  # the per-edge signals keep an hour (telemetry.series)
+MAX_RECORD_S = 3600
+MAX_RECORDED = 100_000
+GRACE_S = 30  # a recording outlives its stream by at most this (the janitor's margin)
+
+
+class Running(Protocol):
+    def __call__(self) -> ControlPlaneContext: ...
+
+
+def _since(request: web.Request, default: str = "1h") -> int:
+    raw = request.query.get("since", "") or default
+    try:
+        seconds = parse_duration(raw).total_seconds()
+    except ValueError as err:
+        raise ValidationError([FieldProblem("since", str(err))]) from None
+    if not 1 <= seconds <= MAX_SINCE_S:
+        raise ValidationError([FieldProblem(
+            "since", f"must be from 1s to 1h: the control plane keeps the last hour of per-edge signals (got {raw})")])
+    return int(seconds)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+class LearnApi:
+    def __init__(self, running: Running, intake: Callable[[], TelemetryIntake | None]) -> None:
+        self.running = running
+        self.intake = intake
+
+    def _telemetry(self, mesh: str, read: web.Request, write: bool = False) -> TelemetryIntake:
+        ctx = self.running()
+        who = principal(read)
+        if write:
+            who.check_write(mesh, KIND.kind)
+        else:
+            who.check_read(mesh)
+        if ctx.model.mesh(mesh) is None:
+            raise NotFound(f"mesh '{mesh}' does not exist; `meshline get meshes` lists what exists")
+        intake = self.intake()
+        if intake is None:
+            raise Unavailable("telemetry is not running on this control plane")
+        return intake
+
+    async def _suggest(self, request: web.Request) -> web.StreamResponse:
+        mesh = request.match_info["mesh"]
+        intake = self._telemetry(mesh, request)
+        since = _since(request)
+        mode = request.query.get("mode", "") or "enforce"
+        if mode not in ("enforce", "dry-run"):
+            raise ValidationError([FieldProblem("mode", f"'{mode}' must be enforce or dry-run")])
+        raw_collapse = request.query.get("collapseAt", "") or "3"
+        if not raw_collapse.isdigit() or not 2 <= int(raw_collapse) <= 1000:
+            raise ValidationError([FieldProblem("collapseAt", "must be a whole number from 2 to 1000")])
+        edges = [Edge(e["source"], e["destination"], e["requests"], e["denied"], e["lastSeen"], e["protocol"])
+                 for e in intake.observed_edges(mesh, since)]
+        paths = None
+        if _flag(request, "l7"):
+            paths = {(e.source, e.destination): [SeenPath(p["method"], p["path"], p["prefix"], p["requests"],
+                                                          p["lastSeen"])
+                                                 for p in intake.observed_paths(mesh, (e.source, e.destination), since)]
+                     for e in edges}
+        s = suggest(mesh, edges, paths, mode=mode, collapse_at=int(raw_collapse),
+                    include_denied=_flag(request, "includeDenied"))
+        header = [f"TrafficPermissions learned from the traffic of mesh {mesh} in the last {since}s"
+                  f" ({sum(e.requests for e in edges)} requests on {len(edges)} edges)."
+                  " Review, then `meshline apply -f` this file."]
+        if mode == "dry-run":
+            header.append("mode dry-run: nothing is refused; `meshline permissions report` shows what would be.")
+        body = {"mesh": mesh, "since": since, "yaml": to_yaml(s, header), "documents": s.docs, "skipped": s.skipped}
+        return web.Response(body=_dumps(body), content_type="application/json")
+
+    async def _report(self, request: web.Request) -> web.StreamResponse:
+        mesh = request.match_info["mesh"]
+        intake = self._telemetry(mesh, request)
+        since = _since(request)
+        rows = intake.denied(mesh, since)
+        return web.Response(body=_dumps({"mesh": mesh, "since": since, "denials": rows}),
+                            content_type="application/json")
+
+    async def _record(self, request: web.Request) -> web.StreamResponse:
+        mesh = request.match_info["mesh"]
+        intake = self._telemetry(mesh, request, write=True)
+        ctx = self.running()
+        q = request.query
+        service = q.get("service", "")
+        if not service:
+            raise ValidationError([FieldProblem("service", "name the service to record, e.g. service=orders")])
+        try:
+            duration = parse_duration(q.get("duration", "") or "60s").total_seconds()
+        except ValueError as err:
+            raise ValidationError([FieldProblem("duration", str(err))]) from None
+        if not 0 < duration <= MAX_RECORD_S:
+            raise ValidationError([FieldProblem("duration", "must be more than 0 and at most 1h")])
+        limit = int(q["max"]) if q.get("max", "").isdigit() else 0
+        if limit > MAX_RECORDED:
+            raise ValidationError([FieldProblem("max", f"at most {MAX_RECORDED}")])
+        match = {"service": service, **({"version": q["version"]} if q.get("version") else {})}
+        try:
+            spec = TrafficRecordingSpec(
+                destinations=[TagSelector(match=match)],
+                samplePercent=float(q.get("sample", "") or 100),
+                maxBodyBytes=int(q.get("maxBody", "") or DEFAULT_MAX_BODY),
+                redactHeaders=[h for h in q.get("redact", "").split(",") if h.strip()],
+                until=time.time() + duration + GRACE_S,
+            )
+        except ValueError as err:
+            raise ValidationError([FieldProblem("", f"{err}; maxBody is at most {MAX_BODY_LIMIT}")]) from None
+        name = f"record-{service}-{int(time.time() * 1000)}"
+        res = Resource(kind=KIND.kind, mesh=mesh, name=name, spec=spec, labels=dict(ctx.store.stamp_labels))
+        sub = intake.subscribe(mesh, TapFilter(service=service, captures=True, version=q.get("version", "")))
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        try:
+            await ctx.validate_in_context(res)
+            await ctx.store.put(res)
+            await resp.prepare(request)
+            await resp.write(_dumps({"recording": {"mesh": mesh, "name": name, "service": service,
+                                                   "version": q.get("version", ""), "duration": duration,
+                                                   "redacted": list(spec.redacted()),
+                                                   "samplePercent": spec.samplePercent,
+                                                   "maxBodyBytes": spec.maxBodyBytes}}))
+            await self._stream(request, resp, sub.queue, time.monotonic() + duration, limit)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            intake.unsubscribe(sub)
+            with contextlib.suppress(NotFound):
+                await ctx.store.delete(ResourceKey(KIND.kind, mesh, name))
+        return resp
+
+    async def _stream(self, request: web.Request, resp: web.StreamResponse, queue: asyncio.Queue[Any],
+                      deadline: float, limit: int) -> None:
+        sent = 0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = await asyncio.wait_for(queue.get(), min(1.0, left))
+            except TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    return
+                await resp.write(b"\n")  # keeps the stream alive while nothing is recorded
+                continue
+            if item is None:
+                return
+            await resp.write(_dumps(item.to_json()))
+            sent += 1
+            if limit and sent >= limit:
+                break
+        await resp.write(_dumps({"end": f"recorded {sent} request(s)"}))
+
+    def routes(self) -> list[Route]:
+        text = {"type": "string"}
+        since = query_param("since", text, "how far back, e.g. 10m (at most 1h)")
+        return [
+            Route("GET", "/api/v1/meshes/{mesh}/permissions/suggest", self._suggest,
+                  "TrafficPermissions that allow exactly the service-to-service traffic observed",
+                  query=(since, query_param("l7", text, "true: methods and path prefixes per edge"),
+                         query_param("mode", {"enum": ["enforce", "dry-run"]}),
+                         query_param("includeDenied", text, "true: also edges whose requests were all refused"),
+                         query_param("collapseAt", WHOLE_NUMBER, "siblings that collapse into their prefix")),
+                  codes=(404, 422)),
+            Route("GET", "/api/v1/meshes/{mesh}/permissions/report", self._report,
+                  "Requests refused, or that dry-run TrafficPermissions would refuse, per policy and caller",
+                  query=(since,), codes=(404, 422)),
+            Route("GET", "/api/v1/meshes/{mesh}/record", self._record,
+                  "Record a service's requests and answers (headers, bodies) as JSON lines for a while",
+                  query=(query_param("service", text), query_param("version", text),
+                         query_param("duration", text, "e.g. 60s (at most 1h)"),
+                         query_param("sample", text, "percent of requests, default 100"),
+                         query_param("maxBody", text, f"bytes kept per body, default {DEFAULT_MAX_BODY}"),
+                         query_param("redact", text, "more headers to redact, comma-separated"),
+                         query_param("max", text, "stop after this many requests")),
+                  codes=(404, 409, 422, 503)),
+        ]  # fmt: skip
