@@ -62,18 +62,19 @@ end
 
 function envoy_on_request(handle)
   if SAMPLE < 1 and math.random() >= SAMPLE then return end
-  local meta = handle:streamInfo():dynamicMetadata()
-  meta:set(NS, "reqHeaders", headers_of(handle:headers()))
+  handle:streamInfo():dynamicMetadata():set(NS, "reqHeaders", headers_of(handle:headers()))
   local body, total = read(handle)
+  -- objects of the stream do not survive the yields of bodyChunks(): ask again
+  local meta = handle:streamInfo():dynamicMetadata()
   meta:set(NS, "reqBody", handle:base64Escape(body))
   meta:set(NS, "reqBodyBytes", total)
 end
 
 function envoy_on_response(handle)
-  local meta = handle:streamInfo():dynamicMetadata()
-  if meta:get(NS) == nil then return end
-  meta:set(NS, "respHeaders", headers_of(handle:headers()))
+  if handle:streamInfo():dynamicMetadata():get(NS) == nil then return end
+  handle:streamInfo():dynamicMetadata():set(NS, "respHeaders", headers_of(handle:headers()))
   local body, total = read(handle)
+  local meta = handle:streamInfo():dynamicMetadata()
   meta:set(NS, "respBody", handle:base64Escape(body))
   meta:set(NS, "respBodyBytes", total)
 end

@@ -1,6 +1,7 @@
 """Replay a recording against a target and say, per endpoint, what differs from the recording.
 
-An endpoint is a method and a path without its query string. For each one:
+An endpoint is a method and a path without its query string, id-like segments as ``{id}``
+(:func:`endpoint_path`). For each one:
 
 * **status**: how many replayed answers had another status than the recorded one;
 * **headers**: the selected response headers (``content-type`` by default) that differed;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,16 @@ DROPPED = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "c
                      "x-b3-parentspanid", "x-b3-sampled"})
 
 
+_ID_SEGMENT = re.compile(r"^(?:[0-9]+|[0-9a-fA-F-]{8,})$")
+
+
+def endpoint_path(path: str) -> str:
+    """The path without its query, each segment that looks like an id (digits, a UUID, a long
+    hex string) as ``{id}``: ``/items/42?x=1`` is the endpoint ``/items/{id}``."""
+    parts = path.split("?", 1)[0].split("/")
+    return "/".join("{id}" if p and _ID_SEGMENT.match(p) and any(c.isdigit() for c in p) else p for p in parts)
+
+
 @dataclass(frozen=True)
 class Recorded:
     method: str
@@ -53,7 +65,7 @@ class Recorded:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.method} {self.path.split('?', 1)[0]}"
+        return f"{self.method} {endpoint_path(self.path)}"
 
 
 def from_har(har: Mapping[str, Any]) -> list[Recorded]:
