@@ -209,5 +209,5 @@ class LearnApi:
                          query_param("maxBody", text, f"bytes kept per body, default {DEFAULT_MAX_BODY}"),
                          query_param("redact", text, "more headers to redact, comma-separated"),
                          query_param("max", text, "stop after this many requests")),
-                  codes=(404, 409, 422, 503)),
+                  codes=(404, 409, 422)),
         ]  # fmt: skip
