@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -183,6 +186,30 @@ def test_replay_against_identical_v1_reports_no_difference(
     assert {r["endpoint"] for r in reports} == {"GET /items", "GET /items/{id}", "POST /orders", "GET /health"}
     assert not [r for r in reports if r["differs"]]
     assert sum(r["requests"] for r in reports) == 200
+
+
+def test_replay_through_the_mesh_carries_its_own_identity_and_meets_the_policies(
+    mesh: tuple[MeshHarness, Sidecar, Sidecar], recording: Path, tmp_path: Path
+) -> None:
+    """Inside `meshline run` the replayer is a workload (service replayer, its own certificate):
+    its requests go through its sidecar, so the callee's permissions apply to it."""
+    h, _, _ = mesh
+    h.apply([{"kind": "TrafficPermission", "mesh": "default", "name": "replayer-no-orders", "spec": {
+        "sources": [{"match": {"service": "replayer"}}], "destinations": [{"match": {"service": "orders"}}],
+        "action": "deny", "rules": [{"paths": [{"prefix": "/orders"}], "methods": ["POST"]}]}}])
+    cmd = [sys.executable, "-m", "meshline", "run", "--service", "replayer", "--port", str(free_port()),
+           "--name", "replayer-1", "--api", h.api_url, "--xds-address", f"127.0.0.1:{h.xds_port}",
+           "--work-dir", str(tmp_path / "work"), "--upstream", f"orders={free_port()}", "--protocol", "http",
+           "--drain-seconds", "0.2", "--",
+           sys.executable, "-m", "meshline", "--api", h.api_url, "replay", str(recording), "--to", "orders",
+           "--through-mesh", "-o", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MESHLINE_DATA_DIR": str(h.data_dir)})
+    assert done.returncode == 1, done.stdout + done.stderr  # replay's own exit code: a difference
+    reports = json.loads(done.stdout[done.stdout.index("["):done.stdout.rindex("]") + 1])
+    differing = {r["endpoint"]: r["status"] for r in reports if r["differs"]}
+    posts = next(r["requests"] for r in reports if r["endpoint"] == "POST /orders")
+    assert differing == {"POST /orders": {"201 -> 403": posts}}
 
 
 def test_replay_against_v2_reports_exactly_the_endpoint_that_changed(
