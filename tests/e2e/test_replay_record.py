@@ -212,11 +212,17 @@ def test_replay_through_the_mesh_carries_its_own_identity_and_meets_the_policies
     assert differing == {"POST /orders": {"201 -> 403": posts}}
 
 
+@pytest.fixture(scope="module")
+def orders_v2(mesh: tuple[MeshHarness, Sidecar, Sidecar], recording: Path) -> Sidecar:
+    """v2, started once the tests that want v1 alone behind orders ran (they come first)."""
+    h, _, _ = mesh
+    return h.sidecar("orders", app_port=h.v2_port, tags={"version": "v2"}, name="orders-v2")  # type: ignore[attr-defined]
+
+
 def test_replay_against_v2_reports_exactly_the_endpoint_that_changed(
-    mesh: tuple[MeshHarness, Sidecar, Sidecar], recording: Path
+    mesh: tuple[MeshHarness, Sidecar, Sidecar], recording: Path, orders_v2: Sidecar
 ) -> None:
     h, _, _ = mesh
-    h.sidecar("orders", app_port=h.v2_port, tags={"version": "v2"}, name="orders-v2")  # type: ignore[attr-defined]
     result = replay(h, recording, "--to", "orders,version=v2")
     assert result.exit_code == 1, result.output
     reports = json.loads(result.output)
@@ -229,3 +235,27 @@ def test_replay_against_v2_reports_exactly_the_endpoint_that_changed(
 
     table = CliRunner().invoke(cli, ["--api", h.api_url, "replay", str(recording), "--to", "orders,version=v2"])
     assert "1 endpoint(s) differ: GET /items/{id}" in table.output
+
+
+def test_replay_as_a_rollout_webhook_answers_422_for_a_differing_candidate(
+    mesh: tuple[MeshHarness, Sidecar, Sidecar], recording: Path, orders_v2: Sidecar
+) -> None:
+    """What a Rollout's webhook POSTs (rollouts/controller.py): 2xx lets the step go on."""
+    h, _, _ = mesh
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "meshline", "--api", h.api_url, "replay", str(recording),
+                             "--serve", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def post(candidate: str) -> httpx.Response:
+            body = {"rollout": "orders", "mesh": "default", "service": "orders", "at": "preStep", "stage": 0,
+                    "stable": "v1", "candidate": candidate}
+            return httpx.post(f"http://127.0.0.1:{port}/", json=body, timeout=30)
+
+        first = wait_until(lambda: post("v2"), 20, what="the webhook to listen")
+        assert first.status_code == 422
+        assert first.json()["differing"] == ["GET /items/{id}"]
+        assert post("v1").status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/", content=b"{}", timeout=10).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(10)

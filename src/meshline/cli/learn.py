@@ -164,21 +164,30 @@ def _ms(v: float | None) -> str:
 @click.option("--body", type=click.Choice(["json", "exact", "none"]), default="json", show_default=True)
 @click.option("-H", "--header", "extra", multiple=True, help="'name: value' to add (e.g. a token for redacted ones)")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--serve", default="", metavar="HOST:PORT",
+              help="serve as a rollout webhook: each POST replays FILE to the rollout's candidate")
 @click.pass_context
 def replay(ctx: click.Context, file: Path, to: str, url: str, mesh: str, rate: str, through_mesh: bool,
            compare_header: tuple[str, ...], ignore_field: tuple[str, ...], body: str, extra: tuple[str, ...],
-           output: str) -> None:
+           output: str, serve: str) -> None:
     """Send FILE's recorded requests to a target and report, per endpoint, what differs. Exits 1 on a difference."""
-    from meshline.learn.replay import DEFAULT_IGNORED, compare, from_har
+    from meshline.learn.replay import DEFAULT_IGNORED, EndpointReport, compare, from_har
     from meshline.learn.replay import replay as run
 
+    recorded = from_har(json.loads(file.read_text()))
+    headers = dict((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in extra))
+
+    def against(base: str) -> list[EndpointReport]:
+        got = run(recorded, base, rate=rate, extra=headers)
+        return compare(recorded, got, headers=compare_header, ignored=DEFAULT_IGNORED | set(ignore_field), body=body)
+
+    if serve:
+        _serve_webhook(serve, lambda m, target: against(_target(ctx, m, target, through_mesh)), mesh)
+        return
     if not (to or url):
         raise click.UsageError("give --to SERVICE[,version=v] or --url")
-    recorded = from_har(json.loads(file.read_text()))
     base = url or _target(ctx, mesh, to, through_mesh)
-    headers = dict((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in extra))
-    got = run(recorded, base, rate=rate, extra=headers)
-    reports = compare(recorded, got, headers=compare_header, ignored=DEFAULT_IGNORED | set(ignore_field), body=body)
+    reports = against(base)
     if output == "json":
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
     else:
@@ -200,3 +209,48 @@ def replay(ctx: click.Context, file: Path, to: str, url: str, mesh: str, rate: s
              + (f"{len(differing)} endpoint(s) differ: {', '.join(differing)}" if differing else "no difference"))
     if any(r.differs for r in reports):
         sys.exit(1)
+
+
+def _serve_webhook(address: str, replay_to: Any, default_mesh: str) -> None:
+    """A rollout webhook (docs/rollouts.md): the rollout POSTs {mesh, service, candidate, ...};
+    the answer is 200 when the candidate answers the recording as recorded, else 422 with the
+    differing endpoints (the rollout pauses and shows it), 400 for a body it cannot use."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    host, _, port = address.rpartition(":")
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            try:
+                size = min(int(self.headers.get("content-length", "0")), 65536)
+                data = json.loads(self.rfile.read(size) or b"{}")
+                target = f"{data['service']},version={data['candidate']}"
+                reports = replay_to(str(data.get("mesh") or default_mesh), target)
+            except (ValueError, KeyError, MeshlineError) as err:
+                self._answer(400, {"error": f"{type(err).__name__}: {err}"})
+                return
+            differing = [r.endpoint for r in reports if r.differs]
+            self._answer(422 if differing else 200, {"target": target, "differing": differing,
+                                                     "endpoints": [r.to_json() for r in reports]})
+            click.echo(f"replayed to {target}: " + (", ".join(differing) + " differ" if differing else "no difference"),
+                       err=True)
+
+        def _answer(self, code: int, body: dict[str, Any]) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = HTTPServer((host or "127.0.0.1", int(port)), Hook)
+    click.echo(f"serving the replay webhook on http://{host or '127.0.0.1'}:{port}/ (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
