@@ -178,7 +178,7 @@ def test_dry_run_report_counts_exactly_what_a_removed_rule_would_deny(
                                    "--since", "10m"])
     assert out.exit_code == 0, out.output
     assert "learned-deny-unobserved" in out.output and "/legacy/0" in out.output
-    assert "legacy -> orders has no allowing permission" in out.output
+    assert "--only 'legacy->orders' | meshline apply -f -" in out.output
 
 
 def test_enforcing_mesh_report_groups_denials_by_rule(harness: MeshHarness, observed_mesh: Mesh) -> None:
@@ -195,9 +195,11 @@ def test_enforcing_mesh_report_groups_denials_by_rule(harness: MeshHarness, obse
 
     wait_until(lambda: sum(r["requests"] for r in rows()) >= 3, 20, what="the denials in the report")
     assert {(r["policy"], r["destination"], r["path"]) for r in rows()} == {("mesh_default", "orders", "/x")}
-    # The missing rule, one command away: suggest with the refused edges included.
-    data = suggestion(harness, mesh, includeDenied="true")
-    assert "learned-legacy-to-orders" in [d["name"] for d in data["documents"]]
+    # The missing rule, one command away: that edge alone, its refused paths included.
+    data = suggestion(harness, mesh, includeDenied="true", l7="true", only="legacy->orders")
+    [doc] = data["documents"]
+    assert doc["name"] == "learned-legacy-to-orders"
+    assert {"paths": [{"exact": "/x"}], "methods": ["GET"]} in doc["spec"]["rules"]
     harness.apply(data["documents"])
     wait_until(lambda: get(legacy, "orders", "/x") == 200, 20, what="legacy allowed again")
 

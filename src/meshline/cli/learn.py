@@ -32,14 +32,16 @@ def permissions() -> None:
 @click.option("--dry-run", "dry_run", is_flag=True, help="every permission in mode dry-run (refuses nothing)")
 @click.option("--include-denied", is_flag=True, help="also allow edges whose requests were all refused")
 @click.option("--collapse-at", default=3, show_default=True, help="paths sharing a parent that become its prefix")
+@click.option("--only", multiple=True, metavar="CALLER->SERVICE",
+              help="only these edges (and no deny of the rest): a missing rule for a set already applied")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
 @click.pass_context
 def suggest(ctx: click.Context, mesh: str, since: str, l7: bool, dry_run: bool, include_denied: bool,
-            collapse_at: int, output: str) -> None:
+            collapse_at: int, only: tuple[str, ...], output: str) -> None:
     """TrafficPermissions that allow exactly the service-to-service calls observed, as YAML to review."""
     params: dict[str, str | int] = {"since": since, "l7": str(l7).lower(), "collapseAt": collapse_at,
                                     "mode": "dry-run" if dry_run else "enforce",
-                                    "includeDenied": str(include_denied).lower()}
+                                    "includeDenied": str(include_denied).lower(), "only": ",".join(only)}
     with _client(ctx) as c:
         data: dict[str, Any] = c.get(f"/api/v1/meshes/{mesh}/permissions/suggest", params=params)
     click.echo(json.dumps(data["documents"], indent=2) if output == "json" else data["yaml"], nl=False)
@@ -65,15 +67,25 @@ def report(ctx: click.Context, mesh: str, since: str, output: str) -> None:
     if not rows:
         echo(f"nothing refused or would-be refused in mesh {mesh} in the last {since}")
         return
-    table(["MODE", "POLICY", "CALLER", "SERVICE", "METHOD", "PATH", "REQUESTS", "LAST SEEN"],
-          [[r["mode"], r["policy"], r["source"], r["destination"], r["method"], r["path"], r["requests"],
-            _when(r["lastSeen"])] for r in rows])
+    from meshline.learn.suggest import SeenPath, collapse
+
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["policy"], r["source"], r["destination"]), []).append(r)
+    out = []
+    for (mode, policy, src, dst), items in groups.items():
+        rules = collapse([SeenPath(i["method"], i["path"], False, i["requests"], i["lastSeen"]) for i in items])
+        paths = ", ".join(f"{'/'.join(sorted(x.methods))} {x.path}{'*' if x.prefix else ''} x{x.requests}"
+                          for x in sorted(rules, key=lambda x: -x.requests)[:5])
+        out.append([mode, policy, src, dst, sum(i["requests"] for i in items), paths,
+                    _when(max(i["lastSeen"] for i in items))])
+    table(["MODE", "DECIDED BY", "CALLER", "SERVICE", "REQUESTS", "PATHS", "LAST SEEN"], out)
+    echo("(dry-run: allowed, but would be refused if enforced; enforced: refused)")
     missing = sorted({(r["source"], r["destination"]) for r in rows
                       if r["policy"] == "mesh_default" or r["policy"].endswith("deny-unobserved")})
     for src, dst in missing:
-        echo(f"{src} -> {dst} has no allowing permission; to allow what it sent: meshline permissions suggest"
-             f" --mesh {mesh} --since {since} --include-denied --l7 > p.yaml (keep the {src}-to-{dst} document),"
-             " then meshline apply -f p.yaml")
+        echo(f"{src} -> {dst}: refused (or would be) where no permission allows it; to allow what it sent: meshline permissions suggest"
+             f" --mesh {mesh} --since {since} --l7 --include-denied --only '{src}->{dst}' | meshline apply -f -")
 
 
 @click.command()

@@ -55,6 +55,10 @@ def _since(request: web.Request, default: str = "1h") -> int:
     return int(seconds)
 
 
+def _span(seconds: int) -> str:
+    return f"{seconds // 3600}h" if seconds % 3600 == 0 else f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
+
+
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("1", "true", "yes", "on")
 
@@ -92,17 +96,26 @@ class LearnApi:
         raw_collapse = request.query.get("collapseAt", "") or "3"
         if not raw_collapse.isdigit() or not 2 <= int(raw_collapse) <= 1000:
             raise ValidationError([FieldProblem("collapseAt", "must be a whole number from 2 to 1000")])
+        only = {tuple(p.split("->", 1)) for p in request.query.get("only", "").replace(" ", "").split(",") if p}
+        if any(len(p) != 2 for p in only):
+            raise ValidationError([FieldProblem("only", "edges as CALLER->SERVICE, comma-separated (e.g. web->orders)")])
         edges = [Edge(e["source"], e["destination"], e["requests"], e["denied"], e["lastSeen"], e["protocol"])
-                 for e in intake.observed_edges(mesh, since)]
+                 for e in intake.observed_edges(mesh, since)
+                 if not only or (e["source"], e["destination"]) in only]
         paths = None
         if _flag(request, "l7"):
             paths = {(e.source, e.destination): [SeenPath(p["method"], p["path"], p["prefix"], p["requests"],
                                                           p["lastSeen"])
                                                  for p in intake.observed_paths(mesh, (e.source, e.destination), since)]
                      for e in edges}
+            if _flag(request, "includeDenied"):  # what was refused is not among the paths seen: add it
+                for d in intake.denied(mesh, since):
+                    if d["mode"] == "enforced" and (d["source"], d["destination"]) in paths:
+                        paths[(d["source"], d["destination"])].append(
+                            SeenPath(d["method"], d["path"], False, d["requests"], d["lastSeen"]))
         s = suggest(mesh, edges, paths, mode=mode, collapse_at=int(raw_collapse),
-                    include_denied=_flag(request, "includeDenied"))
-        header = [f"TrafficPermissions learned from the traffic of mesh {mesh} in the last {since}s"
+                    include_denied=_flag(request, "includeDenied"), deny_rest=not only)
+        header = [f"TrafficPermissions learned from the traffic of mesh {mesh} in the last {_span(since)}"
                   f" ({sum(e.requests for e in edges)} requests on {len(edges)} edges)."
                   " Review, then `meshline apply -f` this file."]
         if mode == "dry-run":
@@ -196,7 +209,8 @@ class LearnApi:
                   query=(since, query_param("l7", text, "true: methods and path prefixes per edge"),
                          query_param("mode", {"enum": ["enforce", "dry-run"]}),
                          query_param("includeDenied", text, "true: also edges whose requests were all refused"),
-                         query_param("collapseAt", WHOLE_NUMBER, "siblings that collapse into their prefix")),
+                         query_param("collapseAt", WHOLE_NUMBER, "siblings that collapse into their prefix"),
+                         query_param("only", text, "only these edges, CALLER->SERVICE comma-separated; no deny of the rest")),
                   codes=(404, 422)),
             Route("GET", "/api/v1/meshes/{mesh}/permissions/report", self._report,
                   "Requests refused, or that dry-run TrafficPermissions would refuse, per policy and caller",

@@ -117,7 +117,9 @@ def suggest(
     name_prefix: str = "learned-",
     collapse_at: int = 3,
     include_denied: bool = False,
+    deny_rest: bool = True,
 ) -> Suggestion:
+    """``deny_rest`` false: the allows alone (adding a missing rule to a set already enforced)."""
     out = Suggestion([], [], [], [])
     for e in sorted(edges, key=lambda e: (e.destination, e.source)):
         allowed = e.requests - e.denied
@@ -156,6 +158,8 @@ def suggest(
             note += f"; {e.denied} of them refused by the mesh"
         out.comments.append([note])
         out.rule_comments.append(rule_notes)
+    if not deny_rest:
+        return out
     deny: dict[str, Any] = {"sources": [{"match": {"service": "*"}}], "destinations": [{"match": {"service": "*"}}],
                             "action": "deny"}
     if mode != "enforce":
