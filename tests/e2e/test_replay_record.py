@@ -259,3 +259,24 @@ def test_replay_as_a_rollout_webhook_answers_422_for_a_differing_candidate(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_recording_whose_recorder_is_gone_is_deleted_once_its_time_is_up(
+    mesh: tuple[MeshHarness, Sidecar, Sidecar],
+) -> None:
+    h, orders_v1, _ = mesh
+    h.apply([{"kind": "TrafficRecording", "mesh": "default", "name": "orphan", "spec": {
+        "destinations": [{"match": {"service": "orders", "version": "v1"}}], "until": time.time() + 2}}])
+    wait_until(lambda: has_lua(orders_v1), 20, what="the orphan recording's filter")
+    wait_until(lambda: h.api.get("/api/v1/meshes/default/trafficrecordings")["items"] == [], 30,
+               what="the janitor to delete the expired recording")
+    wait_until(lambda: not has_lua(orders_v1), 20, what="its filter to go")
+
+
+def test_recording_needs_a_service_and_bounded_options(mesh: tuple[MeshHarness, Sidecar, Sidecar]) -> None:
+    h, _, _ = mesh
+    for params, field in (({}, "service"), ({"service": "orders", "duration": "2h"}, "duration"),
+                          ({"service": "orders", "maxBody": str(10**8)}, "maxBody")):
+        r = httpx.get(f"{h.api_url}/api/v1/meshes/default/record", params=params, timeout=10)
+        assert r.status_code == 422 and field in r.text, r.text
+    assert h.api.get("/api/v1/meshes/default/trafficrecordings")["items"] == []  # a refused one changes nothing

@@ -138,3 +138,35 @@ def test_compare_reports_per_endpoint() -> None:
     assert rep.to_json()["latencyMs"]["replayed"]["p99"] == 3.0
     assert endpoint_path("/u/3f2b8c1e-1111-2222-3333-444455556666/orders/7") == "/u/{id}/orders/{id}"
     assert endpoint_path("/facade/v1") == "/facade/v1"
+
+
+def test_intake_counts_edges_paths_denials_and_publishes_captures_to_recordings_only() -> None:
+    import asyncio
+
+    from meshline.telemetry.intake import TapFilter, TelemetryIntake
+
+    async def run() -> None:
+        intake = TelemetryIntake(clock=lambda: 1010.0)
+        tap = intake.subscribe("m", TapFilter(service="orders"))
+        recording = intake.subscribe("m", TapFilter(service="orders", captures=True, version="v1"))
+        out = LogRecord(time=1000.0, mesh="m", dataplane="web-1", direction="outbound", source="web",
+                        destination="orders", destination_version="v1", method="GET", path="/items/1", status=200)
+        shadow = LogRecord(time=1000.0, mesh="m", dataplane="orders-1", direction="inbound", source="web",
+                           destination="orders", destination_version="v1", method="GET", path="/items/1",
+                           status=200, shadow_denied_by="learned-deny-unobserved",
+                           capture={"reqHeaders": {}, "size": 10})
+        refused = LogRecord(time=1001.0, mesh="m", dataplane="orders-1", direction="inbound", source="legacy",
+                            destination="orders", method="POST", path="/x?y=1", status=403, denied=True,
+                            details="rbac_access_denied_matched_policy[mesh_default]")
+        intake.ingest([out, shadow, refused])
+        [edge] = [e for e in intake.observed_edges("m", 60) if e["source"] == "web"]
+        assert (edge["requests"], edge["denied"], edge["lastSeen"]) == (1, 0, 1000.0)
+        assert [p["path"] for p in intake.observed_paths("m", ("web", "orders"), 60)] == ["/items/1"]
+        rows = {(d["mode"], d["policy"], d["source"], d["path"], d["requests"]) for d in intake.denied("m", 60)}
+        assert rows == {("dry-run", "learned-deny-unobserved", "web", "/items/1", 1),
+                        ("enforced", "mesh_default", "legacy", "/x", 1)}
+        assert recording.queue.get_nowait() is shadow and recording.queue.empty()
+        assert tap.queue.get_nowait() is out  # the tap sees the request once, not its captured half
+        assert intake.sizes("m")["denials"] == 2
+
+    asyncio.run(run())

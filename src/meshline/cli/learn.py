@@ -118,6 +118,8 @@ def record(ctx: click.Context, service: str, mesh: str, version: str, duration: 
                        f" redacting {', '.join(head['redacted'])})", err=True)
             continue
         if "end" in item:
+            if item.get("dropped"):
+                click.echo(f"warning: {item['end']}", err=True)
             break
         records.append(item)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # bodies may be private

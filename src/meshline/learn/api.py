@@ -31,7 +31,7 @@ from meshline.core.schema import parse_duration
 from meshline.core.selectors import TagSelector
 from meshline.learn.recording import DEFAULT_MAX_BODY, KIND, MAX_BODY_LIMIT, TrafficRecordingSpec
 from meshline.learn.suggest import Edge, SeenPath, suggest, to_yaml
-from meshline.telemetry.intake import TapFilter, TelemetryIntake
+from meshline.telemetry.intake import Subscription, TapFilter, TelemetryIntake
 
 MAX_SINCE_S = 3600  # the per-edge signals keep an hour (telemetry.series)
 MAX_RECORD_S = 3600
@@ -172,7 +172,7 @@ class LearnApi:
                                                    "redacted": list(spec.redacted()),
                                                    "samplePercent": spec.samplePercent,
                                                    "maxBodyBytes": spec.maxBodyBytes}}))
-            await self._stream(request, resp, sub.queue, time.monotonic() + duration, limit)
+            await self._stream(request, resp, sub, time.monotonic() + duration, limit)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -181,9 +181,9 @@ class LearnApi:
                 await ctx.store.delete(ResourceKey(KIND.kind, mesh, name))
         return resp
 
-    async def _stream(self, request: web.Request, resp: web.StreamResponse, queue: asyncio.Queue[Any],
+    async def _stream(self, request: web.Request, resp: web.StreamResponse, sub: Subscription,
                       deadline: float, limit: int) -> None:
-        sent = 0
+        queue, sent = sub.queue, 0
         while (left := deadline - time.monotonic()) > 0:
             try:
                 item = await asyncio.wait_for(queue.get(), min(1.0, left))
@@ -198,7 +198,8 @@ class LearnApi:
             sent += 1
             if limit and sent >= limit:
                 break
-        await resp.write(_dumps({"end": f"recorded {sent} request(s)"}))
+        lost = f"; {sub.dropped} more missed: the recorder read too slowly" if sub.dropped else ""
+        await resp.write(_dumps({"end": f"recorded {sent} request(s){lost}", "dropped": sub.dropped}))
 
     def routes(self) -> list[Route]:
         text = {"type": "string"}
