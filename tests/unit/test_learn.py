@@ -170,3 +170,14 @@ def test_intake_counts_edges_paths_denials_and_publishes_captures_to_recordings_
         assert intake.sizes("m")["denials"] == 2
 
     asyncio.run(run())
+
+
+def test_denials_stay_within_their_bound_and_forget_idle_rows() -> None:
+    from meshline.telemetry.denials import DenialKey, DenialLimits, Denials
+
+    d = Denials(DenialLimits(keys=3, ttl_s=60))
+    for i in range(5):
+        d.add(DenialKey("p", "enforced", "web", "orders", "GET", f"/{i}"), at=1000.0 + i)
+    assert len(d.rows) == 3 and d.evicted == 2
+    assert [k.path for k, _ in d.since(now=1004, seconds=3600)] == ["/2", "/3", "/4"]
+    assert [k.path for k, _ in d.since(now=1063.5, seconds=3600)] == ["/4"]  # the others idle for over 60 s
