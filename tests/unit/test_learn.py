@@ -181,3 +181,18 @@ def test_denials_stay_within_their_bound_and_forget_idle_rows() -> None:
     assert len(d.rows) == 3 and d.evicted == 2
     assert [k.path for k, _ in d.since(now=1004, seconds=3600)] == ["/2", "/3", "/4"]
     assert [k.path for k, _ in d.since(now=1063.5, seconds=3600)] == ["/4"]  # the others idle for over 60 s
+
+
+def test_a_har_from_another_tool_with_plain_text_bodies_replays() -> None:
+    har = {"log": {"version": "1.2", "entries": [{
+        "startedDateTime": "2026-12-03T10:00:00.000+01:00", "time": 12.5,
+        "request": {"method": "POST", "url": "http://shop.test/orders?x=1", "headers": [{"name": "Accept", "value": "*/*"}],
+                    "postData": {"mimeType": "application/json", "text": '{"qty": 2}'}},
+        "response": {"status": 201, "headers": [{"name": "Content-Type", "value": "application/json"}],
+                     "content": {"size": 8, "mimeType": "application/json", "text": '{"ok":1}'}}}]}}
+    [r] = from_har(har)
+    assert (r.path, r.body, r.response_body, r.response_cut, r.endpoint) == (
+        "/orders?x=1", b'{"qty": 2}', b'{"ok":1}', False, "POST /orders")
+    assert r.response_headers["content-type"] == "application/json"
+    assert entry(captured("/a?b=1&c=", 200, b""))["request"]["queryString"] == [
+        {"name": "b", "value": "1"}, {"name": "c", "value": ""}]

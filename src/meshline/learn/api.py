@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import pydantic
 from aiohttp import web
 
 from meshline.api.routes import WHOLE_NUMBER, Route, query_param
@@ -29,7 +31,7 @@ from meshline.core.errors import FieldProblem, NotFound, Unavailable, Validation
 from meshline.core.resource import Resource, ResourceKey
 from meshline.core.schema import parse_duration
 from meshline.core.selectors import TagSelector
-from meshline.learn.recording import DEFAULT_MAX_BODY, KIND, MAX_BODY_LIMIT, TrafficRecordingSpec
+from meshline.learn.recording import DEFAULT_MAX_BODY, KIND, TrafficRecordingSpec
 from meshline.learn.suggest import Edge, SeenPath, suggest, to_yaml
 from meshline.telemetry.intake import Subscription, TapFilter, TelemetryIntake
 
@@ -37,6 +39,8 @@ MAX_SINCE_S = 3600  # the per-edge signals keep an hour (telemetry.series)
 MAX_RECORD_S = 3600
 MAX_RECORDED = 100_000
 GRACE_S = 30  # a recording outlives its stream by at most this (the janitor's margin)
+QUERY_OF = {"samplePercent": "sample", "maxBodyBytes": "maxBody", "redactHeaders": "redact",
+            "destinations": "service"}  # spec field -> the query parameter that set it
 
 
 class Running(Protocol):
@@ -157,9 +161,13 @@ class LearnApi:
                 redactHeaders=[h for h in q.get("redact", "").split(",") if h.strip()],
                 until=time.time() + duration + GRACE_S,
             )
+        except pydantic.ValidationError as err:
+            raise ValidationError([FieldProblem(QUERY_OF.get(str(e["loc"][0]) if e["loc"] else "", ""), e["msg"])
+                                   for e in err.errors()]) from None
         except ValueError as err:
-            raise ValidationError([FieldProblem("", f"{err}; maxBody is at most {MAX_BODY_LIMIT}")]) from None
-        name = f"record-{service}-{int(time.time() * 1000)}"
+            raise ValidationError([FieldProblem("sample", f"{err}: sample and maxBody are numbers")]) from None
+        # a name of its own even when two recorders of one service start in the same millisecond
+        name = f"record-{service}-{int(time.time() * 1000)}-{secrets.token_hex(2)}"
         res = Resource(kind=KIND.kind, mesh=mesh, name=name, spec=spec, labels=dict(ctx.store.stamp_labels))
         sub = intake.subscribe(mesh, TapFilter(service=service, captures=True, version=q.get("version", "")))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})

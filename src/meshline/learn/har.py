@@ -11,6 +11,7 @@ import base64
 import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from meshline import __version__
 
@@ -39,7 +40,7 @@ def entry(record: Mapping[str, Any]) -> dict[str, Any]:
         "httpVersion": "HTTP/1.1",
         "cookies": [],
         "headers": _headers(req_h),
-        "queryString": [],
+        "queryString": [{"name": k, "value": v} for k, v in parse_qsl(path.partition("?")[2], keep_blank_values=True)],
         "headersSize": -1,
         "bodySize": int(cap.get("reqBodyBytes", 0)),
     }

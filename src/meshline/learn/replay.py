@@ -68,18 +68,25 @@ class Recorded:
         return f"{self.method} {endpoint_path(self.path)}"
 
 
+def _text(part: Mapping[str, Any]) -> bytes:
+    """A HAR body: base64 when ``encoding`` says so (Meshline's), else the text itself (other tools')."""
+    text = str(part.get("text", ""))
+    return body_bytes(text) if part.get("encoding") == "base64" else text.encode()
+
+
 def from_har(har: Mapping[str, Any]) -> list[Recorded]:
+    """Requests of a HAR file, oldest first (Meshline's own or another tool's)."""
     out = []
     for e in har["log"]["entries"]:
         req, resp = e["request"], e["response"]
         url = httpx.URL(req["url"])
         path = url.raw_path.decode() or "/"
-        resp_body = body_bytes(resp.get("content", {}).get("text", ""))
+        resp_body = _text(resp.get("content", {}))
         started = e["startedDateTime"].replace("Z", "+00:00")
         out.append(Recorded(
             method=req["method"], path=path,
             headers={h["name"]: h["value"] for h in req.get("headers", [])},
-            body=body_bytes(req.get("postData", {}).get("text", "")),
+            body=_text(req.get("postData", {})),
             status=int(resp.get("status", 0)),
             response_headers={h["name"].lower(): h["value"] for h in resp.get("headers", [])},
             response_body=resp_body,
