@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
 import subprocess
@@ -36,6 +37,13 @@ http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fast
         uwsgi_temp_path {dir}; scgi_temp_path {dir};
         server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}
 """
+
+
+def listeners(sc: Sidecar) -> list[Any]:
+    """The sidecar's listeners as Envoy runs them, without versions and timestamps."""
+    dump = json.loads(sc.admin("/config_dump?resource=dynamic_listeners").text)
+    return sorted((c["active_state"]["listener"] for c in dump["configs"] if "active_state" in c),
+                  key=lambda x: str(x.get("name")))
 
 
 def has_lua(sc: Sidecar) -> bool:
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             web = h.sidecar("web", app_port=free_port(), upstreams=["orders"])
             url = web.url("orders") + "/"
             wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 20, what="web -> orders")
+            before = listeners(orders)
+            same = True
             for _ in range(args.rounds):
                 assert not has_lua(orders)
                 samples["off"].append(measure(url, args.rate, args.seconds))
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 samples["on"].append(measure(url, args.rate, args.seconds))
                 h.api.request("DELETE", "/api/v1/meshes/default/trafficrecordings/bench")
                 wait_until(lambda: not has_lua(orders), 20, what="the filter to go")
+                same = same and listeners(orders) == before
                 samples["off-after"].append(measure(url, args.rate, args.seconds))
     finally:
         origin.terminate()
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         med: dict[str, Any] = {k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p90_ms", "p99_ms")}
         errors = sum(int(r["errors"]) for r in rows)
         print(f"| {mode} | {med['p50_ms']:.3f} | {med['p90_ms']:.3f} | {med['p99_ms']:.3f} | {errors} |")
+    print(f"\norders' listeners after each recording identical to before any: {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":
