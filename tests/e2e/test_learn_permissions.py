@@ -208,3 +208,6 @@ def test_suggest_refuses_a_window_longer_than_what_is_kept(harness: MeshHarness)
     r = httpx.get(f"{harness.api_url}/api/v1/meshes/default/permissions/suggest", params={"since": "2h"}, timeout=5)
     assert r.status_code == 422
     assert "keeps the last hour" in r.text
+    # No traffic: nothing is suggested (a deny of everything else alone would refuse everything).
+    out = CliRunner().invoke(cli, ["--api", harness.api_url, "permissions", "suggest", "--since", "5m"])
+    assert out.exit_code != 0 and "no service-to-service traffic to allow was observed" in out.output, out.output

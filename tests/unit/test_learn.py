@@ -196,3 +196,9 @@ def test_a_har_from_another_tool_with_plain_text_bodies_replays() -> None:
     assert r.response_headers["content-type"] == "application/json"
     assert entry(captured("/a?b=1&c=", 200, b""))["request"]["queryString"] == [
         {"name": "b", "value": "1"}, {"name": "c", "value": ""}]
+
+
+def test_nothing_observed_suggests_nothing_rather_than_a_deny_of_everything() -> None:
+    assert suggest("default", []).docs == []
+    only_external = suggest("default", [Edge("external", "orders", 3, 0, 1000.0)])
+    assert only_external.docs == [] and len(only_external.skipped) == 1

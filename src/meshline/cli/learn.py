@@ -44,6 +44,12 @@ def suggest(ctx: click.Context, mesh: str, since: str, l7: bool, dry_run: bool, 
                                     "includeDenied": str(include_denied).lower(), "only": ",".join(only)}
     with _client(ctx) as c:
         data: dict[str, Any] = c.get(f"/api/v1/meshes/{mesh}/permissions/suggest", params=params)
+    if not data["documents"]:
+        for line in data["skipped"]:
+            click.echo(f"skipped: {line}", err=True)
+        raise MeshlineError(f"no service-to-service traffic to allow was observed in mesh {mesh} in the last {since}"
+                            + (f" on {', '.join(only)}" if only else "")
+                            + "; send traffic through the sidecars (or widen --since, up to 1h) and suggest again")
     click.echo(json.dumps(data["documents"], indent=2) if output == "json" else data["yaml"], nl=False)
 
 

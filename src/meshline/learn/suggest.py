@@ -158,8 +158,8 @@ def suggest(
             note += f"; {e.denied} of them refused by the mesh"
         out.comments.append([note])
         out.rule_comments.append(rule_notes)
-    if not deny_rest:
-        return out
+    if not deny_rest or not out.docs:
+        return out  # nothing observed to allow: a deny of the rest alone would refuse everything
     deny: dict[str, Any] = {"sources": [{"match": {"service": "*"}}], "destinations": [{"match": {"service": "*"}}],
                             "action": "deny"}
     if mode != "enforce":
