@@ -126,7 +126,8 @@ def suggest(
         if e.source in ("", EXTERNAL):
             out.skipped.append(
                 f"{e.requests} request(s) to {e.destination} from callers without a mesh identity (no sidecar):"
-                " not allowed here; a permission from service '*' would let every caller in"
+                " applying this file refuses them (learned-deny-unobserved); a permission from service '*'"
+                f" to {e.destination} would let them in, and every other caller too"
             )
             continue
         if allowed <= 0 and not include_denied:
