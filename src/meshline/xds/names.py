@@ -98,17 +98,9 @@ def gateway_certificate_secret(certificate: str) -> str:
     return f"gateway_cert_{certificate}"
 
 
-GATEWAY_CERT_PREFIX = "gateway_cert_"
-
-
 def gateway_chain(listener: str, hostname: str = "") -> str:
     """One filter chain of a gateway listener (a Gateway listener section, maybe one SNI of it)."""
     return f"{listener}_{hostname.replace('*', 'wildcard')}" if hostname else listener
-
-
-def gateway_cluster(service: str, subset: Mapping[str, str] | None = None) -> str:
-    """The gateway's cluster to a mesh service (mTLS with the gateway's identity)."""
-    return service_cluster(service, subset)
 
 
 def passthrough_listener(proxy: str, port: int) -> str:
