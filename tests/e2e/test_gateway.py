@@ -372,6 +372,17 @@ def test_gateway_requests_show_in_tap_at_the_gateway_and_at_the_callee_with_one_
     assert [r["source"] for r in halves] == ["edge", "edge"]  # api's sidecar saw the gateway's certificate
     stat = edge.mesh.cli("stat", "edge")
     assert "api" in stat, stat  # the edge -> api edge is counted
+    # and the gateway's Prometheus endpoint counts it as a call from edge to api
+    port = edge.mesh.dataplanes()["edge-gw"]["spec"]["metrics"]["port"]
+    gw = edge.host("gw")
+
+    def counted() -> bool:
+        text = gw.run(["curl", "-sS", f"http://{gw.address}:{port}/metrics"], timeout=15).stdout
+        return any(line.startswith("meshline_requests_total{") and 'reporter="source"' in line
+                   and 'source_service="edge"' in line and 'destination_service="api"' in line
+                   for line in text.splitlines())  # fmt: skip
+
+    wait_until(counted, 20, interval=0.3, what="edge -> api in the gateway's metrics")
 
 
 def _jwt_policy(name: str, service: str, jwks: str, **conf: object) -> str:

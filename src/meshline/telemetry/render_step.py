@@ -159,9 +159,7 @@ def _configure_gateway(section: InboundSection, dataplane: Resource, mesh: MeshS
     inbound = section.inbound
     if not _enabled(mesh.spec) or inbound is None:
         return
-    _annotate(section, section.route_configs())
-    for name, cluster in section.clusters.items():
-        cluster.metadata.filter_metadata[t.META].update({t.META_SERVICE: names.cluster_service(name)})
+    _annotate(section, section.route_configs())  # the generator named each cluster's service
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="outbound",

@@ -88,6 +88,12 @@ def cluster_service(cluster: str) -> str:
     return cluster.split("_", 1)[0]
 
 
+# A gateway's cluster names the mesh service it reaches in its metadata: the per-request stats
+# and the access logs of a gateway listener take their destination from it (a route decides).
+CLUSTER_SERVICE_META = ("meshline", "service")
+CLUSTER_SERVICE_FORMAT = "%CLUSTER_METADATA(meshline:service)%"
+
+
 def gateway_listener(port: int) -> str:
     return f"gateway_{port}"
 

@@ -110,7 +110,10 @@ class _Backends:
     def cluster(self, into: InboundSection, service: str, tags: Mapping[str, str]) -> str:
         section = self.of(service)
         name = add_cluster(section, self.mesh, service, tags)
-        into.clusters[name] = section.clusters[name]
+        cluster = section.clusters[name]
+        namespace, key = names.CLUSTER_SERVICE_META
+        cluster.metadata.filter_metadata[namespace].update({key: service})  # the logs' destination
+        into.clusters[name] = cluster
         into.endpoints[name] = section.endpoints[name]
         if (id(into), service) not in self._noted:  # inspect: the policies that shaped calls to it
             self._noted.add((id(into), service))
