@@ -372,6 +372,8 @@ def test_gateway_requests_show_in_tap_at_the_gateway_and_at_the_callee_with_one_
     assert [r["source"] for r in halves] == ["edge", "edge"]  # api's sidecar saw the gateway's certificate
     stat = edge.mesh.cli("stat", "edge")
     assert "api" in stat, stat  # the edge -> api edge is counted
+    found = json.loads(edge.mesh.cli("edges", "-o", "json"))
+    assert any(e["source"] == "edge" and e["destination"] == "api" for e in found), found
     # and the gateway's Prometheus endpoint counts it as a call from edge to api
     port = edge.mesh.dataplanes()["edge-gw"]["spec"]["metrics"]["port"]
     gw = edge.host("gw")
