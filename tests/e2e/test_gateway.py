@@ -332,6 +332,21 @@ def test_mesh_policies_apply_on_gateway_routes_retry_timeout_and_rate_limit(edge
     # slow takes 2 s: the gateway gives up after 300 ms
     code, body = edge.https("slow.api.test", "/")
     assert (code, body) == (504, "upstream request timeout")
+    # a fault on the gateway's own service: marked requests are aborted where they enter
+    edge.mesh.apply(textwrap.dedent("""
+        kind: FaultInjection
+        mesh: default
+        name: edge-chaos
+        spec:
+          destinations: [{match: {service: edge}}]
+          conf:
+            faults: [{match: {headers: {x-chaos: "true"}}, abort: {percentage: 100, httpStatus: 418}}]
+    """), wait=True)
+    try:
+        assert edge.https("eu.api.test", "/", "-H", "x-chaos: true")[0] == 418
+        assert edge.https("eu.api.test", "/")[0] == 200
+    finally:
+        edge.mesh.cli("delete", "faultinjection", "edge-chaos")
     # a local rate limit on the gateway's own service caps what enters through it: 429 past the rate
     edge.mesh.apply(textwrap.dedent("""
         kind: RateLimit
