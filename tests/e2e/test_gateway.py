@@ -376,6 +376,7 @@ def test_gateway_requests_show_in_tap_at_the_gateway_and_at_the_callee_with_one_
     [at_gateway] = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert (at_gateway["requestId"], at_gateway["source"], at_gateway["destination"]) == (request_id, "edge", "api")
     assert at_gateway["dataplane"] == "edge-gw" and at_gateway["section"] == "gateway/listener/8443"
+    assert at_gateway["client"].startswith(edge.host("out").address + ":")  # the outside caller
 
     def both_halves() -> list[dict[str, str]] | None:
         records = json.loads(edge.mesh.cli("explain", request_id, "-o", "json", check=False) or "{}").get("records", [])

@@ -96,6 +96,8 @@ def _common(
         attempts=common.upstream_request_attempt_count,
         section=tags.get(t.T_SECTION, ""),
     )
+    if r.section.startswith("gateway/"):  # who outside the mesh made the request
+        r.client = _address(common.downstream_remote_address)
     if r.direction == INBOUND:
         r.peer = _spiffe(common)
         r.mtls = bool(r.peer) or bool(common.tls_properties.tls_version)

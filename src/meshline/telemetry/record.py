@@ -67,6 +67,7 @@ class LogRecord:
     shadow_denied_by: str = ""
     # inbound, while a TrafficRecording is on: headers and bodies (see meshline.learn.capture)
     capture: dict[str, Any] | None = None
+    client: str = ""  # a gateway's entry: the outside caller's ip:port (it has no mesh identity)
 
     @property
     def failed(self) -> bool:
