@@ -558,3 +558,50 @@ def test_a_stored_certificate_is_sealed_checked_at_apply_and_served(edge: Edge) 
         edge.mesh.cli("delete", "httproute", "stored", check=False)
         edge.mesh.cli("delete", "meshgatewayroute", "stored", check=False)
         edge.mesh.apply(GATEWAY, wait=True)
+
+
+def test_a_listener_that_validates_client_certificates(edge: Edge) -> None:
+    """Mutual TLS with the outside: only clients with a certificate from the listener's CA get in,
+    and the app gets the verified subject (a header the caller cannot set itself)."""
+    clients = TestCA.make("partner CA")
+    chain, key = clients.issue(["partner.example.test"])
+    work = edge.net.work_dir
+    (work / "partner.crt").write_bytes(chain)
+    (work / "partner.key").write_bytes(key)
+    stranger_chain, stranger_key = TestCA.make("someone else").issue(["partner.example.test"])
+    (work / "stranger.crt").write_bytes(stranger_chain)
+    (work / "stranger.key").write_bytes(stranger_key)
+    ca_option = json.dumps(clients.pem.decode())
+    with_mtls = GATEWAY.replace(
+        "    - {name: secure, port: 8443,",
+        "    - {name: partners, port: 9444, protocol: HTTPS, hostname: partners.example.test,"
+        " tls: {certificateRefs: [{name: web-example}], options: {meshline.io/client-ca: " + ca_option + "}}}\n"
+        "    - {name: secure, port: 8443,")  # fmt: skip
+    # the listener's own certificate: web-example, now also naming partners.example.test
+    edge.ca.issue_to(edge.certs / "web-example", ["web.example.test", "partners.example.test"])
+    route = textwrap.dedent("""
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: partners, namespace: default}
+        spec:
+          parentRefs: [{name: edge, sectionName: partners}]
+          rules: [{backendRefs: [{name: api, port: 9001}]}]
+    """)
+    edge.mesh.apply(with_mtls + route, wait=True)
+    gw = edge.host("gw").address
+
+    def call(*args: str) -> tuple[int, str]:
+        return edge.host("out").curl("https://partners.example.test:9444/", "--resolve",
+                                     f"partners.example.test:9444:{gw}", "--cacert", str(edge.ca_file), *args)  # fmt: skip
+
+    try:
+        cert = ["--cert", str(work / "partner.crt"), "--key", str(work / "partner.key")]
+        wait_until(lambda: call(*cert)[0] == 200, 30, interval=0.3, what="the partners listener")
+        seen = json.loads(call(*cert, "-H", "x-client-subject: CN=forged")[1])
+        assert seen["headers"]["x-client-subject"] == "CN=partner.example.test", seen["headers"]
+        assert call()[0] == 0  # no client certificate: the handshake fails
+        assert call("--cert", str(work / "stranger.crt"), "--key", str(work / "stranger.key"))[0] == 0
+    finally:
+        edge.mesh.cli("delete", "meshgatewayroute", "partners", check=False)
+        edge.mesh.apply(GATEWAY, wait=True)

@@ -92,6 +92,24 @@ def effective_hostnames(listener: str | None, route: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+class ClientValidation(Spec):
+    """Clients must present a certificate signed by ``ca`` (PEM bundle) to connect (mutual TLS
+    with the outside world); the app gets the verified subject in ``x-client-subject`` (set by
+    the gateway, never taken from the caller)."""
+
+    ca: str = Field(min_length=1, max_length=64 * 1024)
+    optional: bool = False  # true: a client without a certificate is let in, a bad one refused
+
+    @field_validator("ca")
+    @classmethod
+    def _ca(cls, v: str) -> str:
+        from meshline.core.tls_pair import load_certs
+
+        if not load_certs(v.encode()):
+            raise ValueError("holds no PEM certificate; paste the CA bundle that signs the clients' certificates")
+        return v
+
+
 class ListenerTLS(Spec):
     """``Terminate``: the gateway holds the certificates (HTTPS); ``Passthrough``: it routes the
     encrypted connection by SNI and never decrypts it (TLS)."""
@@ -100,6 +118,7 @@ class ListenerTLS(Spec):
     # Names of certificates: <gateway's --certs-dir>/<name>/tls.crt and tls.key. Several: Envoy
     # picks by the client's SNI among their names (and by key type).
     certificates: list[Name] = Field(default_factory=list, max_length=MAX_CERTIFICATES)
+    client_validation: ClientValidation | None = None
 
 
 class Listener(Spec):
@@ -154,6 +173,9 @@ def _listener_problems(i: int, lst: Listener) -> Iterator[FieldProblem]:
                                                    " tls: {mode: Passthrough} (use HTTPS to terminate TLS)")
         elif tls.certificates:
             yield FieldProblem(f"{path}.tls.certificates", "a passthrough listener never decrypts: remove the certificates")
+        elif tls.client_validation is not None:
+            yield FieldProblem(f"{path}.tls.clientValidation", "a passthrough listener never sees the client's"
+                                                                " certificate (the backend does): remove it")  # fmt: skip
 
 
 def gateway_problems(r: Resource) -> list[FieldProblem]:

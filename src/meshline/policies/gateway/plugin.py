@@ -25,6 +25,7 @@ from meshline.core.resource import KindInfo, Resource, spec_as
 from meshline.policies.common.sections import add_cluster
 from meshline.policies.gateway.api import (
     ATTACHES,
+    ClientValidation,
     GatewayCertificateSpec,
     Listener,
     MeshGatewayRouteSpec,
@@ -178,18 +179,32 @@ def _tcp(section: InboundSection, stat: str, spec: MeshGatewayRouteSpec, backend
     return out
 
 
-def terminate_tls(certificates: Sequence[str]) -> base_pb2.TransportSocket:
-    """Server side of an HTTPS listener: its certificates from the agent's SDS; no client certificate."""
+def terminate_tls(certificates: Sequence[str], client: ClientValidation | None = None) -> base_pb2.TransportSocket:
+    """Server side of an HTTPS listener: its certificates from the agent's SDS; a client
+    certificate only when the listener validates clients (signed by its CA bundle)."""
     ctx = tls_pb2.DownstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(
         tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
         tls_certificate_sds_secret_configs=[envoy.sds(names.gateway_certificate_secret(c)) for c in certificates],
         alpn_protocols=["h2", "http/1.1"],
     ))  # fmt: skip
+    if client is not None:
+        ctx.common_tls_context.validation_context.trusted_ca.inline_string = client.ca
+        ctx.require_client_certificate.value = not client.optional
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=envoy.packed(ctx))
 
 
-def _route_config(name: str, vhosts: list[rc.VirtualHost]) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts)
+CLIENT_SUBJECT_HEADER = "x-client-subject"
+
+
+def _route_config(name: str, vhosts: list[rc.VirtualHost], client_subject: bool = False) -> route_pb2.RouteConfiguration:
+    out = route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts)
+    # Removed first, then set from the verified certificate: a caller cannot send its own.
+    out.request_headers_to_remove.append(CLIENT_SUBJECT_HEADER)
+    if client_subject:
+        out.request_headers_to_add.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=CLIENT_SUBJECT_HEADER, value="%DOWNSTREAM_PEER_SUBJECT%"),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))  # fmt: skip
+    return out
 
 
 def _port_chains(section: GatewayListenerSection, listeners: Sequence[Listener], routes: Sequence[Resource],
@@ -205,8 +220,9 @@ def _port_chains(section: GatewayListenerSection, listeners: Sequence[Listener],
             name = names.gateway_chain(lst.name)
             chains.append(GatewayChain(
                 name, server_names=(lst.hostname,) if lst.hostname else (), tls=True,
-                transport=terminate_tls(lst.tls.certificates),
-                route=_route_config(name, _virtual_hosts(section, [lst], routes, gateway, backends)),
+                transport=terminate_tls(lst.tls.certificates, lst.tls.client_validation),
+                route=_route_config(name, _virtual_hosts(section, [lst], routes, gateway, backends),
+                                    client_subject=lst.tls.client_validation is not None),
             ))  # fmt: skip
         elif lst.protocol == "TLS":
             for route in routes:

@@ -22,6 +22,9 @@ from meshline.policies.translate.common import KnownServices, Translation, as_li
 GROUP = "gateway.networking.k8s.io"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
 _PROTOCOLS = {"HTTP", "HTTPS", "TLS", "TCP"}
+# tls.options of a listener (the Gateway API's implementation-specific map): client certificates
+CLIENT_CA_OPTION = "meshline.io/client-ca"  # PEM bundle the clients' certificates must chain to
+CLIENT_OPTIONAL_OPTION = "meshline.io/client-certificate-optional"  # "true": a client may have none
 _ROUTE_PROTOCOL = {"HTTPRoute": "http", "GRPCRoute": "grpc", "TLSRoute": "tls", "TCPRoute": "tcp"}
 
 
@@ -77,6 +80,10 @@ def _listener(t: Translation, value: Any, path: str) -> dict[str, Any]:
             certs.append(ref.get("name"))
         if certs:
             native["certificates"] = certs
+        options = as_mapping(tls.get("options"), f"{path}.tls.options", t)
+        if options.get(CLIENT_CA_OPTION):  # implementation-specific: Meshline validates clients
+            native["clientValidation"] = {"ca": options[CLIENT_CA_OPTION],
+                                          "optional": str(options.get(CLIENT_OPTIONAL_OPTION, "")).lower() == "true"}
         _no_others(t, tls, f"{path}.tls", {"mode", "certificateRefs", "options"})
         out["tls"] = native
     allowed = as_mapping(lst.get("allowedRoutes"), f"{path}.allowedRoutes", t)
