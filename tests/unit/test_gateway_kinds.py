@@ -79,3 +79,27 @@ def test_hostname_matching() -> None:
     assert effective_hostnames("*.example.test", ["web.example.test", "other.test"]) == ["web.example.test"]
     assert effective_hostnames("web.example.test", ["*.example.test"]) == ["web.example.test"]
     assert effective_hostnames(None, []) == ["*"]
+
+
+def test_client_validation_needs_a_ca_and_a_terminating_listener() -> None:
+    found = problems("""
+kind: MeshGateway
+mesh: default
+name: edge
+spec:
+  listeners:
+    - {name: a, port: 8443, protocol: HTTPS, tls: {certificates: [a], clientValidation: {ca: junk}}}
+""")
+    assert any(p.startswith("spec.listeners[0].tls.clientValidation.ca: holds no PEM certificate") for p in found), found
+    from meshline.testing.tls_certs import TestCA
+
+    pem = TestCA.make().pem.decode().replace("\n", "\\n")
+    found = problems(f"""
+kind: MeshGateway
+mesh: default
+name: edge
+spec:
+  listeners:
+    - {{name: p, port: 8443, protocol: TLS, tls: {{mode: Passthrough, clientValidation: {{ca: "{pem}"}}}}}}
+""")
+    assert any(p.startswith("spec.listeners[0].tls.clientValidation: a passthrough listener never sees") for p in found)
