@@ -75,7 +75,10 @@ metadata: {name: api, namespace: default}
 spec:
   parentRefs: [{name: edge, sectionName: api}]
   hostnames: [eu.api.test]
-  rules: [{backendRefs: [{name: api, port: 9001}]}]
+  rules:
+    - filters: [{type: CORS, cors: {allowOrigins: ["https://*.example.test"], allowMethods: [GET, POST],
+                                    allowHeaders: [authorization], maxAge: 600}}]
+      backendRefs: [{name: api, port: 9001}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -605,3 +608,14 @@ def test_a_listener_that_validates_client_certificates(edge: Edge) -> None:
     finally:
         edge.mesh.cli("delete", "meshgatewayroute", "partners", check=False)
         edge.mesh.apply(GATEWAY, wait=True)
+
+
+def test_cors_preflights_answered_for_allowed_origins_only(edge: Edge) -> None:
+    preflight = ["-X", "OPTIONS", "-i", "-H", "Access-Control-Request-Method: POST"]
+    code, body = edge.https("eu.api.test", "/items", *preflight, "-H", "Origin: https://app.example.test")
+    assert code == 200, body
+    head = body.lower()
+    assert "access-control-allow-origin: https://app.example.test" in head, body
+    assert "access-control-allow-methods: get,post" in head and "access-control-max-age: 600" in head, body
+    code, body = edge.https("eu.api.test", "/items", "-i", "-H", "Origin: https://evil.test")
+    assert code == 200 and "access-control-allow-origin" not in body.lower(), body  # served, but not shared

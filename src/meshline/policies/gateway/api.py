@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 
 from meshline.core.errors import FieldProblem
 from meshline.core.resource import Resource, spec_as
-from meshline.core.schema import Name, Spec
+from meshline.core.schema import Duration, Name, Spec
 from meshline.policies.common.backends import Backend, backend_problems
 from meshline.policies.httproute.api import Rule
 
@@ -140,12 +140,37 @@ class ParentRef(Spec):
     listener: Name | None = None  # one of its listeners; none: every listener of a fitting protocol
 
 
+_ORIGIN_RE = re.compile(r"^(\*|https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)$")
+
+
+class Cors(Spec):
+    """Cross-origin requests from browsers: which origins may call (``*``, an origin, or
+    ``https://*.example.test``), with which methods and headers; preflights are answered by the
+    gateway (before any token check)."""
+
+    allow_origins: list[str] = Field(min_length=1, max_length=64)
+    allow_methods: list[str] = Field(default_factory=list)
+    allow_headers: list[str] = Field(default_factory=list)
+    expose_headers: list[str] = Field(default_factory=list)
+    max_age: Duration | None = None
+    allow_credentials: bool = False
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not _ORIGIN_RE.match(origin):
+                raise ValueError(f"'{origin}' is not an origin: use *, https://app.example.test or https://*.example.test")
+        return v
+
+
 class MeshGatewayRouteSpec(Spec):
     parents: list[ParentRef] = Field(min_length=1)
     protocol: RouteProtocol = "http"
     hostnames: list[str] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)  # http, grpc
     backends: list[Backend] = Field(default_factory=list)  # tls, tcp: where connections go
+    cors: Cors | None = None  # http, grpc: for every rule of the route
 
     @field_validator("hostnames")
     @classmethod
@@ -249,6 +274,8 @@ def route_problems(r: Resource) -> list[FieldProblem]:
             if b.service is None:
                 problems.append(FieldProblem(f"spec.backends[{k}].service", "name the service"))
         problems.extend(backend_problems("spec.backends", spec.backends))
+        if spec.cors is not None:
+            problems.append(FieldProblem("spec.cors", f"a {spec.protocol} route carries no HTTP requests; remove cors"))
         if spec.protocol == "tcp" and spec.hostnames:
             problems.append(FieldProblem("spec.hostnames", "a TCP connection carries no hostname; remove hostnames"))
         if spec.protocol == "tls" and not spec.hostnames:

@@ -12,13 +12,16 @@ the gateway's service.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.resource import KindInfo, Resource, spec_as
@@ -26,6 +29,7 @@ from meshline.policies.common.sections import add_cluster
 from meshline.policies.gateway.api import (
     ATTACHES,
     ClientValidation,
+    Cors,
     GatewayCertificateSpec,
     Listener,
     MeshGatewayRouteSpec,
@@ -159,6 +163,12 @@ def _virtual_hosts(section: InboundSection, listeners: Sequence[Listener], route
                     return backends.cluster(section, service, tags)
 
                 built.extend(rule_routes(route.name, i, rule, cluster_for, template))
+            if spec.cors is not None:
+                policy = envoy.packed(cors_policy(spec.cors))
+                for r in built:
+                    r.typed_per_filter_config[CORS_FILTER].CopyFrom(policy)
+                if section.http is not None and not any(f.name == CORS_FILTER for _, f in section.http.filters):
+                    section.http.add_filter(ORDER_CORS, CORS_FILTER, cors_pb2.Cors())
             section.note(ROUTE_KIND, route.name, f"attached to gateway {gateway} listener {lst.name}")
             for host in effective_hostnames(lst.hostname, spec.hostnames):
                 by_host.setdefault(host, []).extend(built)
@@ -191,6 +201,30 @@ def terminate_tls(certificates: Sequence[str], client: ClientValidation | None =
         ctx.common_tls_context.validation_context.trusted_ca.inline_string = client.ca
         ctx.require_client_certificate.value = not client.optional
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=envoy.packed(ctx))
+
+
+CORS_FILTER = "envoy.filters.http.cors"
+ORDER_CORS = 10  # first: a browser's preflight is answered before a token is asked for
+
+
+def _origin(origin: str) -> string_pb2.StringMatcher:
+    if origin == "*":
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))
+    if "*." in origin:
+        scheme, rest = origin.split("://", 1)
+        pattern = re.escape(scheme + "://") + "[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*" + re.escape(rest[1:])
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+    return string_pb2.StringMatcher(exact=origin)
+
+
+def cors_policy(c: Cors) -> cors_pb2.CorsPolicy:
+    out = cors_pb2.CorsPolicy(allow_origin_string_match=[_origin(o) for o in c.allow_origins],
+                              allow_methods=",".join(c.allow_methods), allow_headers=",".join(c.allow_headers),
+                              expose_headers=",".join(c.expose_headers))  # fmt: skip
+    out.allow_credentials.value = c.allow_credentials
+    if c.max_age is not None:
+        out.max_age = str(int(c.max_age.total_seconds()))
+    return out
 
 
 CLIENT_SUBJECT_HEADER = "x-client-subject"

@@ -148,6 +148,30 @@ def _l4_backends(t: Translation, spec: Mapping[str, Any]) -> list[dict[str, Any]
     return backends
 
 
+_CORS_FIELDS = {"allowOrigins": "allowOrigins", "allowMethods": "allowMethods", "allowHeaders": "allowHeaders",
+                "exposeHeaders": "exposeHeaders", "allowCredentials": "allowCredentials"}
+
+
+def _without_cors(t: Translation, rule: Any, path: str, native_spec: dict[str, Any]) -> Any:
+    """The rule without its CORS filter, which becomes the route's ``cors`` (one per route)."""
+    if not isinstance(rule, Mapping) or not isinstance(rule.get("filters"), list):
+        return rule
+    kept = []
+    for k, f in enumerate(rule["filters"]):
+        if not isinstance(f, Mapping) or f.get("type") != "CORS":
+            kept.append(f)
+            continue
+        body = as_mapping(f.get("cors"), f"{path}.filters[{k}].cors", t)
+        cors: dict[str, Any] = {v: body[k2] for k2, v in _CORS_FIELDS.items() if k2 in body}
+        if "maxAge" in body:
+            cors["maxAge"] = f"{body['maxAge']}s"
+        if native_spec.get("cors", cors) != cors:
+            t.refuse(f"{path}.filters[{k}]", "differs from another rule's CORS filter; Meshline applies one CORS"
+                                             " policy per route: give every rule the same one, or split the route")  # fmt: skip
+        native_spec["cors"] = cors
+    return {**rule, "filters": kept}
+
+
 def translate_attached_route(doc: Mapping[str, Any], kinds: KindRegistry, known: KnownServices) -> list[Resource]:
     from meshline.policies.translate.gateway import rule as http_rule
 
@@ -160,8 +184,8 @@ def translate_attached_route(doc: Mapping[str, Any], kinds: KindRegistry, known:
     if spec.get("hostnames"):
         native_spec["hostnames"] = list(as_list(spec.get("hostnames"), "spec.hostnames", t))
     if protocol in ("http", "grpc"):
-        rules = [http_rule(t, r, f"spec.rules[{i}]", [], protocol == "grpc")
-                 for i, r in enumerate(as_list(spec.get("rules"), "spec.rules", t))]  # fmt: skip
+        raw = [_without_cors(t, r, f"spec.rules[{i}]", native_spec) for i, r in enumerate(as_list(spec.get("rules"), "spec.rules", t))]
+        rules = [http_rule(t, r, f"spec.rules[{i}]", [], protocol == "grpc") for i, r in enumerate(raw)]
         native_spec["rules"] = rules or [{"directResponse": {"status": 404}}]
     else:
         native_spec["backends"] = _l4_backends(t, spec)
