@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS, DataplaneSpec, check_tags
 from meshline.core.errors import FieldProblem, MeshlineError, ValidationError
+from meshline.core.external_service import HOST_RE as EXTERNAL_HOST_RE
 from meshline.core.locations import DEFAULT_XDS_PORT, default_data_dir
 from meshline.core.schema import NAME_HINT, NAME_RE, parse_spec
 from meshline.xds import names
@@ -325,8 +326,9 @@ def parse_upstreams(values: Iterable[str]) -> list[Upstream]:
                 f"--upstream '{value}' must look like SERVICE=LOCALPORT or SERVICE=LOCALPORT/PROTOCOL"
                 " (e.g. --upstream payments=9001 or --upstream payments=9001/http)"
             )
-        if not NAME_RE.match(service):
-            raise MeshlineError(f"--upstream '{value}': service {NAME_HINT}")
+        if not NAME_RE.match(service) and not EXTERNAL_HOST_RE.match(service):
+            raise MeshlineError(f"--upstream '{value}': service {NAME_HINT} (or the host of an ExternalService,"
+                                " e.g. api.example.com)")
         if not 1 <= int(port) <= 65535:
             raise MeshlineError(f"--upstream '{value}': port must be 1-65535")
         if protocol and protocol not in PROTOCOLS:

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from meshline.core.errors import FieldProblem
+from meshline.core.external_service import HOST_RE as EXTERNAL_HOST_RE
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import NAME_HINT, NAME_RE, Spec
 
@@ -124,8 +125,9 @@ class Outbound(Spec):
     @field_validator("service")
     @classmethod
     def _service(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(NAME_HINT)
+        # a mesh service or ExternalService name, or an ExternalService's host (api.example.com)
+        if not NAME_RE.match(v) and not (EXTERNAL_HOST_RE.match(v) and len(v) <= 253):
+            raise ValueError(NAME_HINT + " (or the host of an ExternalService, e.g. api.example.com)")
         return v
 
 

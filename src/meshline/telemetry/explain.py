@@ -158,6 +158,9 @@ def _local_reply(r: LogRecord) -> bool:
 def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainContext) -> str:
     dest = r.destination or "the upstream"
     details = r.details
+    mode = names.blocked_mode(r.section)
+    if mode is not None:  # the transparent listener's chain of refused destinations
+        return blocked(r.authority or "the destination", r.mesh, mode)
     rbac = _RBAC_RE.search(details)
     if rbac:
         return _denied(r, rbac.group(1), policies)
@@ -226,6 +229,13 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
             return f"no response ({details})" if details else "no response"
         return f"{_answerer(r)} answered {r.status}"
     return ""
+
+
+def blocked(host: str, mesh: str, mode: str) -> str:
+    """Why a connection to ``host`` was refused by the mesh's passthrough mode."""
+    if mode == "none":
+        return f"blocked: {host} is outside mesh {mesh} and passthrough is none (nothing leaves the mesh)"
+    return f"blocked: {host} is not an ExternalService of mesh {mesh} and passthrough is {mode}"
 
 
 def _denied(r: LogRecord, rule: str, policies: Sequence[str]) -> str:

@@ -1,0 +1,113 @@
+"""ExternalService and the mesh's passthrough settings: what `meshline apply` refuses (field
+path and fix), the old boolean still read, the agent's DNS answering ExternalService hosts,
+and a blocked connection explained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshline.agent.capture.dns_table import DnsTable
+from meshline.agent.config import parse_upstreams
+from meshline.core.mesh import MeshSpec
+from meshline.telemetry.explain import explain
+from meshline.telemetry.record import LogRecord
+from meshline.testing.policy_kit import problems
+from meshline.xds import names
+
+INPUT = Path(__file__).parent.parent / "golden" / "egress" / "mesh.input.yaml"
+PEM = next(d for d in yaml.safe_load_all(INPUT.read_text()) if d["name"] == "httpbin" and d["kind"] == "ExternalService")[
+    "spec"]["tls"]["ca"]["pem"]  # fmt: skip
+
+
+def es(**spec: Any) -> dict[str, Any]:
+    return {"kind": "ExternalService", "mesh": "default", "name": "httpbin", "spec": spec}
+
+
+def mesh(**tp: Any) -> dict[str, Any]:
+    return {"kind": "Mesh", "name": "default", "spec": {"transparentProxy": tp}}
+
+
+def test_a_host_with_tls_origination_is_accepted() -> None:
+    assert problems(es(host="api.example.test", port=443, protocol="http", tls={"ca": {"pem": PEM}})) == []
+    assert problems(es(address="203.0.113.0/24", port=443, protocol="tls")) == []
+    assert problems(es(address="203.0.113.7", port=123)) == []
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"port": 443}, "spec.host: set exactly one of host (a DNS name) or address (an IP or CIDR)"),
+    ({"host": "api.example.test", "address": "203.0.113.7", "port": 443}, "spec.host: set exactly one"),
+    ({"host": "localhost", "port": 443}, "spec.host: 'localhost' is not a DNS name with a dot"),
+    ({"host": "orders.mesh", "port": 80}, "spec.host: 'orders.mesh' is a mesh name (*.mesh)"),
+    ({"address": "203.0.113.7/16", "port": 443}, "spec.address: '203.0.113.7/16' is not an IP address or CIDR"),
+    ({"address": "127.0.0.1", "port": 443}, "spec.address: '127.0.0.1' is loopback"),
+    ({"host": "api.example.test", "port": 0}, "spec.port: must be 1-65535"),
+    ({"host": "api.example.test", "port": 443, "protocol": "udp"}, "spec.protocol:"),
+    ({"host": "api.example.test", "port": 443, "tls": {}}, "spec.tls.ca: "),
+    ({"host": "api.example.test", "port": 443, "tls": {"ca": {}}}, "spec.tls.ca: set exactly one of pem"),
+    ({"host": "api.example.test", "port": 443, "tls": {"ca": {"pem": "hello"}}}, "spec.tls.ca.pem: is not PEM certificates"),
+    ({"host": "api.example.test", "port": 443, "tls": {"ca": {"file": "ca.pem"}}}, "spec.tls.ca.file: 'ca.pem' must be an absolute path"),
+    ({"host": "api.example.test", "port": 443, "protocol": "tls", "tls": {"ca": {"file": "/ca.pem"}}},
+     "spec.tls: protocol tls means the app speaks TLS itself"),
+    ({"address": "203.0.113.7", "port": 443, "tls": {"ca": {"file": "/ca.pem"}}}, "spec.tls.serverName: is required with an address"),
+    ({"host": "api.example.test", "port": 443, "tls": {"ca": {"file": "/ca.pem"}, "subjectAltNames": ["a b"]}},
+     "spec.tls.subjectAltNames: 'a b' is not a DNS name"),
+    ({"host": "api.example.test", "port": 443, "tsl": {}}, "spec.tsl: is not a known field; did you mean 'tls'?"),
+])  # fmt: skip
+def test_bad_external_services_are_refused_with_the_field_path(spec: dict[str, Any], expected: str) -> None:
+    found = problems(es(**spec))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_passthrough_modes_and_the_old_boolean() -> None:
+    def read(**tp: Any) -> MeshSpec:
+        return MeshSpec.model_validate({"transparentProxy": tp})
+
+    assert read().transparent_proxy.passthrough == "all"
+    assert read(passthrough=True).transparent_proxy.passthrough == "all"
+    assert read(passthrough=False).transparent_proxy.passthrough == "declared"  # it refused what was not the mesh
+    assert read(passthrough="none").transparent_proxy.passthrough == "none"
+    ok = mesh(passthrough="declared", allow=[{"domain": "*.example.com"}, {"ip": "192.0.2.1", "port": 5432},
+                                             {"cidr": "198.51.100.0/24"}])  # fmt: skip
+    assert problems(ok) == []
+
+
+@pytest.mark.parametrize(("tp", "expected"), [
+    ({"passthrough": "some"}, "spec.transparentProxy.passthrough: "),
+    ({"allow": [{"cidr": "10.0.0.0/8"}]}, "spec.transparentProxy: allow lists destinations let through with passthrough: "
+                                          "declared; passthrough is all"),
+    ({"passthrough": "declared", "allow": [{}]}, "spec.transparentProxy.allow[0]: set exactly one of domain, ip or cidr"),
+    ({"passthrough": "declared", "allow": [{"cidr": "10.0.0.1/8"}]}, "spec.transparentProxy.allow[0].cidr: '10.0.0.1/8' is not a CIDR"),
+    ({"passthrough": "declared", "allow": [{"domain": "*"}]}, "spec.transparentProxy.allow[0].domain: '*' is not a domain"),
+    ({"passthrough": "declared", "allow": [{"ip": "10.0.0.0/8"}]}, "spec.transparentProxy.allow[0].ip: '10.0.0.0/8' is not an IP"),
+    ({"passthrough": "declared", "allow": [{"ip": "10.0.0.1", "port": 70000}]}, "spec.transparentProxy.allow[0].port: must be"),
+])  # fmt: skip
+def test_bad_passthrough_settings_are_refused_with_the_field_path(tp: dict[str, Any], expected: str) -> None:
+    found = problems(mesh(**tp))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_an_upstream_may_name_an_external_service_by_host() -> None:
+    assert [(u.service, u.port) for u in parse_upstreams(["api.example.test=15010", "httpbin=15011"])] == [
+        ("api.example.test", 15010), ("httpbin", 15011)]  # fmt: skip
+
+
+def test_mesh_dns_answers_an_external_services_host_with_its_vip() -> None:
+    table = DnsTable()
+    table.update('{"range": "240.240.0.0/16", "bare": true, "vips": {"httpbin": "240.240.0.20"},'
+                 ' "hosts": {"api.example.test": "240.240.0.20"}}')  # fmt: skip
+    assert table.lookup("API.example.test.") == (True, "240.240.0.20")
+    assert table.lookup("httpbin.mesh") == (True, "240.240.0.20")
+    assert table.lookup("other.example.test") == (False, None)
+
+
+def test_a_blocked_connection_is_explained_with_where_it_was_going() -> None:
+    section = f"sidecar/transparent-outbound/15001/{names.blocked_section('declared')}"
+    r = LogRecord(time=0, mesh="default", dataplane="web-a", direction="outbound", protocol="tcp", flags=["UH"],
+                  section=section, authority="203.0.113.9:443", destination=names.BLOCKED_DESTINATION)  # fmt: skip
+    assert explain(r) == "blocked: 203.0.113.9:443 is not an ExternalService of mesh default and passthrough is declared"
+    r.section = f"sidecar/transparent-outbound/15001/{names.blocked_section('none')}"
+    assert explain(r).startswith("blocked: 203.0.113.9:443 is outside mesh default and passthrough is none")
