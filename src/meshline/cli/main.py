@@ -34,6 +34,7 @@ COMMANDS = {
     "context": "meshline.cli.context:context",
     "rollout": "meshline.cli.rollout:rollout",
     "transparent-proxy": "meshline.cli.transparent:transparent_proxy",
+    "egress-gateway": "meshline.cli.egress:egress_gateway",
 }
 
 

@@ -26,7 +26,8 @@ PROTOCOLS: tuple[str, ...] = ("http", "http2", "grpc", "tcp")
 DEFAULT_PROTOCOL = "tcp"  # safe for any traffic; set protocol: http for L7 features
 # What a proxy is (render/proxies.py): a sidecar next to an app; a gateway into the mesh; a
 # zone's ingress (traffic from other zones in, by SNI, never decrypted) or egress.
-ProxyKind = Literal["sidecar", "gateway", "zone-ingress", "zone-egress"]
+# An egress gateway: the one proxy that talks to ExternalServices when the Mesh names it.
+ProxyKind = Literal["sidecar", "gateway", "zone-ingress", "zone-egress", "egress-gateway"]
 TAG_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -196,7 +197,7 @@ def _proxy_problems(r: Resource) -> list[FieldProblem]:
     problems: list[FieldProblem] = []
     if spec.proxy != "sidecar" and spec.transparent is not None:
         problems.append(FieldProblem("spec.transparent", f"only a sidecar captures traffic; remove it from a {spec.proxy}"))
-    if spec.proxy in ("zone-ingress", "zone-egress"):
+    if spec.proxy in ("zone-ingress", "zone-egress", "egress-gateway"):
         if len(spec.inbound) != 1:
             problems.append(FieldProblem("spec.inbound", f"a {spec.proxy} listens on one port; list exactly one inbound"))
         if spec.outbound:

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshline.core.resource import KindInfo, Resource
-from meshline.core.schema import Duration, Spec
+from meshline.core.schema import Duration, Name, Spec
 
 
 class CertificateAuthority(Spec):
@@ -259,6 +259,14 @@ class TransparentProxySettings(Spec):
         return str(net)
 
 
+class MeshEgress(Spec):
+    """How the mesh's workloads reach ExternalServices. ``gateway``: the name of an egress
+    gateway (``meshline egress-gateway --name NAME``): sidecars send ExternalService traffic to
+    it over mTLS and only it talks to the outside (docs/egress.md)."""
+
+    gateway: Name | None = None
+
+
 class MeshSpec(Spec):
     mtls: MTLS = Field(default_factory=MTLS)
     # SPIFFE trust domain; identities are spiffe://<trustDomain>/<mesh>/<service>.
@@ -270,6 +278,7 @@ class MeshSpec(Spec):
     logging: MeshLogging = Field(default_factory=MeshLogging)
     tracing: MeshTracing | None = None
     transparent_proxy: TransparentProxySettings = Field(default_factory=TransparentProxySettings)
+    egress: MeshEgress = Field(default_factory=MeshEgress)
 
     def effective_default_permission(self) -> str:
         if self.default_permission:

@@ -13,19 +13,28 @@ differs: instead of EDS and mesh mTLS to a service identity,
 and, with ``tls``, an upstream TLS context that sends the server name as SNI and verifies
 the server's chain against the CA bundle and its DNS SANs (no client certificate: the mesh
 identity is not shown outside the mesh).
+
+When the Mesh names an egress gateway (``spec.egress.gateway``), a sidecar's cluster for a
+host or address goes to the gateway's instances instead, over mesh mTLS with SNI
+``<name>.<mesh>.external``; the gateway (``render/egress_gateway.py``) has the cluster above
+and is the only proxy that talks to the outside. A CIDR is dialled by address, so it stays
+direct (the gateway would not know which address of it the app meant).
 """
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from meshline.core.dataplane import DataplaneSpec
 from meshline.core.external_service import ExternalServiceSpec
 from meshline.render import envoy
 from meshline.render.defaults import DEFAULTS
-from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.mesh_snapshot import Endpoint, MeshSnapshot
+from meshline.xds import names
 
 KIND = "ExternalService"
 
@@ -91,12 +100,43 @@ def blackhole_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
     return c
 
 
-def external_cluster(mesh: MeshSnapshot, name: str, spec: ExternalServiceSpec, explicit: bool = False) -> cluster_pb2.Cluster:
-    """The cluster of ExternalService ``name``. ``explicit``: for an outbound port, where a CIDR
-    has no one address to go to (it answers as a service without instances)."""
+def gateway_instances(mesh: MeshSnapshot) -> list[Endpoint]:
+    """The mesh's egress gateway instances (``spec.egress.gateway``), where sidecars send
+    ExternalService traffic; empty when the mesh names none."""
+    gateway = mesh.spec.egress.gateway
+    if gateway is None:
+        return []
+    out = []
+    for name, dp in sorted(mesh.dataplanes.items()):
+        spec = dp.spec
+        if not isinstance(spec, DataplaneSpec) or spec.proxy != "egress-gateway" or spec.services() != [gateway]:
+            continue
+        inbound = spec.inbound[0]
+        out.append(Endpoint(name, spec.address, inbound.port, inbound.tags, spec.ready and name not in mesh.offline))
+    return out
+
+
+def via_gateway(mesh: MeshSnapshot, name: str, spec: ExternalServiceSpec) -> tuple[cluster_pb2.Cluster, ClusterLoadAssignment]:
+    """A sidecar's cluster for an ExternalService behind the egress gateway: mTLS to the
+    gateway's identity, the ExternalService named in the SNI (the gateway picks its chain by it)."""
+    assert mesh.spec.egress.gateway is not None
+    transport = envoy.upstream_mtls(mesh.identity(mesh.spec.egress.gateway), names.egress_sni(name, mesh.name),
+                                    spec.mesh_protocol)  # fmt: skip
+    cluster = envoy.eds_cluster(name, spec.mesh_protocol, transport)
+    return cluster, envoy.load_assignment(name, gateway_instances(mesh))
+
+
+def external_cluster(mesh: MeshSnapshot, name: str, spec: ExternalServiceSpec, explicit: bool = False,
+                     gateway: bool = True) -> tuple[cluster_pb2.Cluster, ClusterLoadAssignment | None]:  # fmt: skip
+    """The cluster of ExternalService ``name`` (and its endpoints, for EDS). ``explicit``: for an
+    outbound port, where a CIDR has no one address to go to (it answers as a service without
+    instances). ``gateway``: through the mesh's egress gateway when it names one (False: the
+    gateway's own cluster, to the outside)."""
     protocol = spec.mesh_protocol
     if name not in external_services(mesh) or (spec.is_cidr and explicit):
-        return blackhole_cluster(name, protocol)
+        return blackhole_cluster(name, protocol), None
+    if gateway and mesh.spec.egress.gateway is not None and not spec.is_cidr:
+        return via_gateway(mesh, name, spec)
     if spec.is_cidr:
         c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.ORIGINAL_DST,
                                 lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED)  # fmt: skip
@@ -109,4 +149,4 @@ def external_cluster(mesh: MeshSnapshot, name: str, spec: ExternalServiceSpec, e
             c.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
     if spec.tls is not None:
         c.transport_socket.CopyFrom(originate_tls(spec))
-    return c
+    return c, None

@@ -40,7 +40,7 @@ def service_cluster(
     name = names.service_cluster(service, subset)
     spec = external.declared(mesh).get(service)
     if spec is not None:
-        return external.external_cluster(mesh, name, spec, explicit), None
+        return external.external_cluster(mesh, name, spec, explicit)
     protocol = mesh.service_protocol(service)
     transport = None
     if mesh.spec.mtls.mode != "disabled":

@@ -114,6 +114,16 @@ def passthrough_cluster(service: str) -> str:
     return f"sni_{service}"
 
 
+def egress_gateway_listener(port: int) -> str:
+    """The egress gateway's one listener: mTLS from sidecars, a chain per ExternalService by SNI."""
+    return f"egress_{port}"
+
+
+def egress_sni(external_service: str, mesh: str) -> str:
+    """What a sidecar sends as SNI to the egress gateway for ExternalService ``external_service``."""
+    return f"{external_service}.{mesh}.external"
+
+
 def stat_prefix(name: str) -> str:
     return name.replace(".", "_")
 

@@ -19,7 +19,7 @@ from meshline.xds.snapshot import CLUSTER, LISTENER, ROUTE
 
 HERE = Path(__file__).parent
 INPUT = HERE / "mesh.input.yaml"
-DATAPLANES = ["web-1", "legacy-1"]
+DATAPLANES = ["web-1", "legacy-1", "egress-1"]
 
 
 def _render(dataplane: str, text: str | None = None) -> RenderResult:
@@ -104,3 +104,45 @@ def test_passthrough_all_passes_the_rest_and_none_blocks_external_services_too(m
     assert lst.default_filter_chain.name == chain
     external = [c.name for c in lst.filter_chains if "_external_" in c.name]
     assert bool(external) == (mode == "all")
+
+
+def _with_gateway() -> str:
+    text = INPUT.read_text()
+    return text.replace("spec:\n  transparentProxy:", "spec:\n  egress: {gateway: egress}\n  transparentProxy:", 1)
+
+
+def test_with_an_egress_gateway_sidecars_send_external_traffic_to_it_over_mtls(tmp_path: Path) -> None:
+    result = _render("web-1", _with_gateway())
+    c = _cluster(result, "httpbin")
+    assert c.type == cluster_pb2.Cluster.EDS  # the gateway's instances
+    ctx = tls_pb2.UpstreamTlsContext()
+    c.transport_socket.typed_config.Unpack(ctx)
+    assert ctx.sni == "httpbin.default.external"
+    sans = ctx.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names
+    assert [m.matcher.exact for m in sans] == ["spiffe://meshline.local/default/egress"]
+    assert _cluster(result, "partners").type == cluster_pb2.Cluster.ORIGINAL_DST  # a CIDR stays direct
+    kit_envoy_accepts(result, tmp_path, node=names.node_id("default", "validate"), cluster="validate")
+
+
+def test_the_egress_gateway_has_a_chain_per_external_service_and_originates_tls(tmp_path: Path) -> None:
+    result = _render("egress-1", _with_gateway())
+    lst = _listener(result, names.egress_gateway_listener(10002))
+    chains = {c.name: c for c in lst.filter_chains}
+    assert set(chains) == {"egress_10002_httpbin", "egress_10002_ntp"}
+    chain = chains["egress_10002_httpbin"]
+    assert list(chain.filter_chain_match.server_names) == ["httpbin.default.external"]
+    down = tls_pb2.DownstreamTlsContext()
+    chain.transport_socket.typed_config.Unpack(down)
+    assert down.require_client_certificate.value  # only the mesh's sidecars
+    up = tls_pb2.UpstreamTlsContext()
+    _cluster(result, "httpbin").transport_socket.typed_config.Unpack(up)
+    assert up.sni == "api.example.test"  # the gateway is the one that talks to the outside
+    kit_envoy_accepts(result, tmp_path, node=names.node_id("default", "validate"), cluster="validate")
+
+
+def test_an_egress_gateway_of_a_mesh_without_external_services_is_valid(tmp_path: Path) -> None:
+    text = "\n---\n".join(d for d in INPUT.read_text().split("\n---\n") if "kind: ExternalService" not in d)
+    result = _render("egress-1", text)
+    lst = _listener(result, names.egress_gateway_listener(10002))
+    assert not lst.filter_chains and lst.default_filter_chain.name == names.BLOCKED_LISTENER
+    kit_envoy_accepts(result, tmp_path, node=names.node_id("default", "validate"), cluster="validate")
