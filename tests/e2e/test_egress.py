@@ -3,7 +3,8 @@
 Hosts: ``cp`` (the control plane and the hosts' ordinary resolver, which knows
 ``api.example.test`` and ``wrong.example.test`` as host ``i``), ``a`` (a transparent workload
 ``web``), ``i`` (the "internet": nginx with TLS, its certificate from a CA this test makes,
-and plain HTTP on port 80) and ``j`` (more "internet": nginx, plain HTTP). ``g`` runs the egress gateway. The app on ``a`` is
+and plain HTTP on port 80) and ``j`` (more "internet": nginx, plain HTTP). ``b`` an explicit-mode workload (``--upstream api.example.test=15010``), ``g`` runs the egress
+gateway. The app on ``a`` is
 curl: it calls ``http://api.example.test/``, plain HTTP; its sidecar speaks TLS to nginx and
 verifies it. nginx's access log says who connected, over what.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ spec:
   action: allow
 """
 HELLO = "hello from the internet"
+SILENT_PORT = 9999
 
 
 # -- the "internet" ------------------------------------------------------------------------
@@ -100,6 +103,8 @@ NGINX_TLS = """
     ssl_certificate {work}/server.pem;
     ssl_certificate_key {work}/server.key;
     location / {{ return 200 "{hello} (tls)\\n"; }}
+    location /flaky {{ return 503 "flaky\\n"; }}
+    location /slow {{ proxy_pass http://127.0.0.1:{silent}; }}
   }}
 """
 
@@ -121,7 +126,10 @@ def start_nginx(host: Host, work: Path, server: tuple[bytes, bytes] | None) -> I
         (work / "server.pem").write_bytes(server[0])
         (work / "server.key").write_bytes(server[1])
         (work / "server.key").chmod(0o600)
-        tls = NGINX_TLS.format(address=host.address, work=work, hello=HELLO)
+        tls = NGINX_TLS.format(address=host.address, work=work, hello=HELLO, silent=SILENT_PORT)
+        # /slow: nginx waits on a server that accepts and never answers (the sidecar's Timeout ends it)
+        host.spawn("silent", [sys.executable, "-c", "import socket, time; s = socket.socket(); "
+                              f"s.bind(('127.0.0.1', {SILENT_PORT})); s.listen(128); time.sleep(3600)"])  # fmt: skip
     (work / "nginx.conf").write_text(NGINX.format(work=work, address=host.address, hello=HELLO, tls=tls))
     proc = host.spawn("nginx", ["nginx", "-p", str(work), "-c", str(work / "nginx.conf")])
     wait_until(lambda: host.curl(f"http://{host.address}/")[0] == 200 or not proc.alive(), 15, what="nginx")
@@ -183,8 +191,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("egress")
     ca, wrong = make_ca("internet CA"), make_ca("some other CA")
     with TestNetwork(work) as net:
-        cp, a, i, j, g = (net.host(n) for n in ("cp", "a", "i", "j", "g"))
-        for h in (cp, a, i, j, g):
+        cp, a, b, i, j, g = (net.host(n) for n in ("cp", "a", "b", "i", "j", "g"))
+        for h in (cp, a, b, i, j, g):
             h.set_resolver(cp.address)
         dns = cp.spawn("resolver", [*APPS, "dns", "--port", "53", "--record", f"api.example.test={i.address}",
                                     "--record", f"wrong.example.test={i.address}",
@@ -198,6 +206,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             external("httpbin", "api.example.test", pem(ca[1])), external("wrongca", "wrong.example.test", pem(wrong[1])))))
         mesh.run(a, "web", 9000, [*APPS, "http", "--name", "web-a", "--port", "9000", "--host", "0.0.0.0"],
                  protocol="http")  # fmt: skip
+        # an explicit-mode workload (no capture on b): reaches the external service at 127.0.0.1:15010
+        mesh.run(b, "legacy", 9100, [*APPS, "http", "--name", "legacy-b", "--port", "9100"], protocol="http",
+                 transparent=False, extra=["--upstream", "api.example.test=15010"])  # fmt: skip
         world = World(net, mesh, internet, other, pem(ca[1]), pem(wrong[1]))
         try:
             yield world
@@ -230,6 +241,44 @@ def test_a_server_that_the_ca_bundle_does_not_vouch_for_is_refused_and_explained
     assert record["destination"] == "wrongca"
     assert "CERTIFICATE VERIFY FAILED" in record["explanation"], record
     assert "unable to get local issuer certificate" in record["explanation"], record
+
+
+def test_an_explicit_workload_reaches_the_external_service_through_an_outbound_port(world: World) -> None:
+    b = world.net.hosts["b"]
+    # the app calls 127.0.0.1:15010; its sidecar sends the external host as Host and SNI, over TLS
+    assert b.curl("http://127.0.0.1:15010/explicit") == (200, f"{HELLO} (tls)\n")
+    line = next(x for x in reversed(world.internet.access_log()) if "/explicit" in x)
+    assert line.split(" ")[0] == b.address and " api.example.test " in line, line
+
+
+def test_retries_and_timeouts_apply_to_an_external_service_as_to_a_mesh_service(world: World) -> None:
+    world.set_mesh(passthrough="all")
+    world.mesh.apply(textwrap.dedent("""
+        kind: Retry
+        mesh: default
+        name: httpbin-retry
+        spec:
+          destinations: [{match: {service: httpbin}}]
+          conf: {http: {attempts: 3, retriableStatusCodes: [503], budget: {disabled: true}}}
+        ---
+        kind: Timeout
+        mesh: default
+        name: httpbin-timeout
+        spec:
+          destinations: [{match: {service: httpbin}}]
+          conf: {http: {requestTimeout: 1s}}
+        """), wait=True)
+    try:
+        assert world.a.curl("http://api.example.test/flaky")[0] == 503
+        flaky = world.explained("answered 503")
+        assert flaky["destination"] == "httpbin" and "Retry httpbin-retry" in flaky["explanation"], flaky
+        assert sum("/flaky" in x for x in world.internet.access_log()) == flaky["attempts"] >= 2
+        assert world.a.curl("http://api.example.test/slow")[0] == 504
+        slow = world.explained("timed out after 1s")
+        assert "Timeout httpbin-timeout" in slow["explanation"], slow
+    finally:
+        world.mesh.cli("delete", "retry", "httpbin-retry", "-m", "default")
+        world.mesh.cli("delete", "timeout", "httpbin-timeout", "-m", "default")
 
 
 def test_passthrough_declared_refuses_an_undeclared_destination_and_explains_it(world: World) -> None:

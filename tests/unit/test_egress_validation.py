@@ -43,7 +43,7 @@ def test_a_host_with_tls_origination_is_accepted() -> None:
     ({"host": "localhost", "port": 443}, "spec.host: 'localhost' is not a DNS name with a dot"),
     ({"host": "orders.mesh", "port": 80}, "spec.host: 'orders.mesh' is a mesh name (*.mesh)"),
     ({"address": "203.0.113.7/16", "port": 443}, "spec.address: '203.0.113.7/16' is not an IP address or CIDR"),
-    ({"address": "127.0.0.1", "port": 443}, "spec.address: '127.0.0.1' is loopback"),
+    ({"address": "0.0.0.0", "port": 443}, "spec.address: '0.0.0.0' is the unspecified address"),
     ({"host": "api.example.test", "port": 0}, "spec.port: must be 1-65535"),
     ({"host": "api.example.test", "port": 443, "protocol": "udp"}, "spec.protocol:"),
     ({"host": "api.example.test", "port": 443, "tls": {}}, "spec.tls.ca: "),

@@ -128,8 +128,8 @@ class ExternalServiceSpec(Spec):
             net = ipaddress.ip_network(v, strict=True)
         except ValueError as err:
             raise ValueError(f"'{v}' is not an IP address or CIDR ({err}); e.g. 203.0.113.7 or 203.0.113.0/24") from None
-        if net.is_loopback or net.is_unspecified:
-            raise ValueError(f"'{v}' is loopback or unspecified; name an address outside the host")
+        if net.is_unspecified:
+            raise ValueError(f"'{v}' is the unspecified address; name the address the service listens on")
         return str(net.network_address) if net.num_addresses == 1 else str(net)
 
     @field_validator("port")

@@ -97,13 +97,13 @@ def outbound_section(
         h.rds.config_source.CopyFrom(envoy.ads())
         h.rds.route_config_name = section.route_name
         section.http = HttpChain(h)
+        route = default_route(cluster.name, protocol)
+        es = external.declared(mesh).get(service)
+        if es is not None and es.host is not None:  # an app on 127.0.0.1:<port> sends that as Host
+            route.route.host_rewrite_literal = es.host
         section.routes[section.route_name] = route_pb2.RouteConfiguration(
             name=section.route_name,
-            virtual_hosts=[
-                route_components_pb2.VirtualHost(
-                    name=service, domains=["*"], routes=[default_route(cluster.name, protocol)]
-                )
-            ],
+            virtual_hosts=[route_components_pb2.VirtualHost(name=service, domains=["*"], routes=[route])],
         )
     else:
         section.tcp = envoy.tcp_proxy(name, cluster.name)
