@@ -102,6 +102,7 @@ NGINX_TLS = """
     server_name api.example.test wrong.example.test;
     ssl_certificate {work}/server.pem;
     ssl_certificate_key {work}/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ return 200 "{hello} (tls)\\n"; }}
     location /flaky {{ return 503 "flaky\\n"; }}
     location /slow {{ proxy_pass http://127.0.0.1:{silent}; }}
@@ -229,7 +230,7 @@ def test_the_sidecar_originates_tls_to_an_external_service_and_verifies_the_serv
     # nginx saw a TLS connection from web's host, with the external host as SNI
     line = next(x for x in reversed(world.internet.access_log()) if "/hello" in x)
     remote, port, protocol, sni = line.split(" ")[:4]
-    assert (remote, port, sni) == (world.a.address, "443", "api.example.test") and protocol.startswith("TLSv1."), line
+    assert (remote, port, sni) == (world.a.address, "443", "api.example.test") and protocol == "TLSv1.3", line
 
 
 def test_a_server_that_the_ca_bundle_does_not_vouch_for_is_refused_and_explained(world: World) -> None:
@@ -293,6 +294,11 @@ def test_passthrough_declared_refuses_an_undeclared_destination_and_explains_it(
     assert record["explanation"] == f"blocked: {other}:80 is not an ExternalService of mesh default and passthrough is declared"
     assert record["failed"] and record["destination"] == "(blocked)"
     assert world.envoy_stat("tcp.outbound_blocked.downstream_cx_total") > before, world.last_stats  # counted
+    edges = json.loads(world.mesh.cli("stat", "-o", "json"))
+    assert "(blocked)" in json.dumps(edges), edges  # an edge web -> (blocked) in the golden signals
+    sock = world.mesh.work / "dp" / "web-a" / "admin.sock"
+    prom = world.a.run(["curl", "-sS", "--unix-socket", str(sock), "http://envoy/stats/prometheus"]).stdout
+    assert 'envoy_tcp_downstream_cx_total{envoy_tcp_prefix="outbound_blocked"}' in prom
     # a declared destination still passes
     assert world.a.curl("http://api.example.test/declared") == (200, f"{HELLO} (tls)\n")
 

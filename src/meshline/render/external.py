@@ -83,7 +83,9 @@ def originate_tls(spec: ExternalServiceSpec) -> base_pb2.TransportSocket:
     ctx = tls_pb2.UpstreamTlsContext(
         sni=spec.server_name,
         common_tls_context=tls_pb2.CommonTlsContext(
-            tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
+            # Envoy's client default stops at TLS 1.2; the outside gets the best both ends speak
+            tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2,
+                                                tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3),
             validation_context=_validation(spec),
             alpn_protocols=["http/1.1"] if spec.protocol == "http" else [],
         ),

@@ -99,8 +99,8 @@ def outbound_section(
         section.http = HttpChain(h)
         route = default_route(cluster.name, protocol)
         es = external.declared(mesh).get(service)
-        if es is not None and es.host is not None:  # an app on 127.0.0.1:<port> sends that as Host
-            route.route.host_rewrite_literal = es.host
+        if es is not None and (es.host or es.server_name):  # an app on 127.0.0.1:<port> sends that as Host
+            route.route.host_rewrite_literal = es.host or es.server_name
         section.routes[section.route_name] = route_pb2.RouteConfiguration(
             name=section.route_name,
             virtual_hosts=[route_components_pb2.VirtualHost(name=service, domains=["*"], routes=[route])],
