@@ -154,9 +154,22 @@ class World:
         self.ca, self.wrong_ca = ca, wrong_ca
         self.a = net.hosts["a"]
 
-    def set_mesh(self, **transparent_proxy: Any) -> None:
-        spec = {"mtls": {"mode": "strict"}, "transparentProxy": transparent_proxy}
-        self.mesh.apply(json.dumps({"kind": "Mesh", "name": "default", "spec": spec}), wait=True)
+    def set_mesh(self, egress: dict[str, Any] | None = None, **transparent_proxy: Any) -> None:
+        spec = {"mtls": {"mode": "strict"}, "transparentProxy": transparent_proxy, "egress": egress or {}}
+        try:
+            self.mesh.apply(json.dumps({"kind": "Mesh", "name": "default", "spec": spec}), wait=True)
+        except AssertionError as err:  # what each sidecar runs, to tell why one did not ACK
+            details = [str(err)]
+            for name in ("web-a", "legacy-b"):
+                details.append(self.mesh.cli("get", "dataplane", name, "-o", "json", check=False))
+                sock = self.mesh.work / "dp" / name / "admin.sock"
+                host = self.a if name == "web-a" else self.net.hosts["b"]
+                dump = host.run(["curl", "-sS", "--unix-socket", str(sock),
+                                 "http://envoy/config_dump?include_eds&resource=dynamic_endpoint_configs"]).stdout
+                details.append(f"{name} EDS: {dump[:3000]}")
+                details.append(host.run(["curl", "-sS", "--unix-socket", str(sock), "http://envoy/clusters"]).stdout[-3000:])
+            (self.net.work_dir / "not-acked.txt").write_text("\n".join(details))
+            raise AssertionError("\n".join(details)) from None
 
     def records(self) -> list[dict[str, Any]]:
         """What `meshline tap web` would show of web's recent traffic (the control plane's memory)."""
@@ -197,7 +210,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             h.set_resolver(cp.address)
         dns = cp.spawn("resolver", [*APPS, "dns", "--port", "53", "--record", f"api.example.test={i.address}",
                                     "--record", f"wrong.example.test={i.address}",
-                                    "--record", f"plain.example.test={j.address}"])  # fmt: skip
+                                    "--record", f"plain.example.test={j.address}",
+                                    "--record", f"api.allowed.test={i.address}",
+                                    "--record", f"api.denied.test={i.address}"])  # fmt: skip
         wait_until(lambda: "serving DNS" in dns.log() or not dns.alive(), 15, what="the test resolver")
         internet = start_nginx(i, work / "nginx-i", make_server_cert(ca, ["api.example.test", "wrong.example.test"]))
         other = start_nginx(j, work / "nginx-j", None)
@@ -313,6 +328,15 @@ def test_an_allow_list_by_cidr_lets_a_network_through_with_passthrough_declared(
     assert world.a.curl(f"http://{other}/none")[0] == 0
 
 
+def test_an_allow_list_by_domain_matches_the_tls_server_name_the_app_sends(world: World) -> None:
+    world.set_mesh(passthrough="declared", allow=[{"domain": "*.allowed.test"}])
+    # the app speaks TLS itself (-k: nginx's certificate names other hosts); its SNI decides
+    assert world.a.curl("https://api.allowed.test/by-domain", "-k") == (200, f"{HELLO} (tls)\n")
+    assert world.a.curl("https://api.denied.test/by-domain", "-k")[0] == 0
+    record = world.explained("blocked: api.denied.test")
+    assert record["explanation"] == "blocked: api.denied.test is not an ExternalService of mesh default and passthrough is declared"
+
+
 def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: World) -> None:
     g = world.net.hosts["g"]
     mesh = world.mesh
@@ -326,9 +350,7 @@ def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: Wor
                what="the egress gateway to register ready")  # fmt: skip
     assert proc.alive(), proc.log()
     try:
-        spec = {"mtls": {"mode": "strict"}, "transparentProxy": {"passthrough": "declared"},
-                "egress": {"gateway": "egress"}}  # fmt: skip
-        mesh.apply(json.dumps({"kind": "Mesh", "name": "default", "spec": spec}), wait=True)
+        world.set_mesh(passthrough="declared", egress={"gateway": "egress"})
         before = len(world.internet.access_log())
         for n in range(5):
             assert world.a.curl(f"http://api.example.test/via-gateway-{n}") == (200, f"{HELLO} (tls)\n")

@@ -20,7 +20,7 @@ counts (``meshline stat``, and Envoy's ``tcp.outbound_blocked.*`` stats).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
@@ -44,14 +44,30 @@ def cidr_range(prefix: str) -> address_pb2.CidrRange:
     return out
 
 
-def allow_chain(index: int, entry: PassthroughAllow, passthrough: lc.FilterChain) -> lc.FilterChain:
-    """A chain that passes one ``allow`` entry's connections through."""
+def allow_chains(entries: Sequence[PassthroughAllow], passthrough: lc.FilterChain,
+                 taken_ports: Iterable[int]) -> list[lc.FilterChain]:  # fmt: skip
+    """The chains that pass the ``allow`` entries' connections through.
+
+    Envoy picks a chain by destination port first and never falls back from a port that
+    has chains of its own to the chains of any port: an entry without a port is repeated on
+    every port the listener's other chains name (``taken_ports``)."""
+    ports = sorted(set(taken_ports))
+    out = []
+    for index, entry in enumerate(entries):
+        for port in [entry.port] if entry.port is not None else [None, *ports]:
+            chain = allow_chain(index, entry, passthrough, port)
+            out.append(chain)
+    return out
+
+
+def allow_chain(index: int, entry: PassthroughAllow, passthrough: lc.FilterChain, port: int | None) -> lc.FilterChain:
+    """A chain that passes one ``allow`` entry's connections to ``port`` (None: any) through."""
     chain = lc.FilterChain()
     chain.CopyFrom(passthrough)
-    chain.name = f"{names.PASSTHROUGH_CLUSTER}_allow_{index}"
+    chain.name = f"{names.PASSTHROUGH_CLUSTER}_allow_{index}" + (f"_{port}" if port is not None and entry.port is None else "")
     match = chain.filter_chain_match
-    if entry.port is not None:
-        match.destination_port.value = entry.port
+    if port is not None:
+        match.destination_port.value = port
     prefix = entry.prefix
     if prefix is not None:
         match.prefix_ranges.append(cidr_range(prefix))

@@ -78,6 +78,10 @@ def test_transparent_chains_route_the_vip_the_address_and_the_cidr_and_block_the
     assert allowed[0].prefix_ranges[0].prefix_len.value == 24
     assert allowed[1].destination_port.value == 5432
     assert list(allowed[2].server_names) == ["*.allowed.example"] and allowed[2].transport_protocol == "tls"
+    # Envoy never falls back from a port with chains of its own: an entry without a port is
+    # repeated on each (443 has the ExternalServices' chains)
+    assert chains["passthrough_allow_2_443"].destination_port.value == 443
+    assert "passthrough_allow_1_443" not in chains  # that one names its port
     assert lst.default_filter_chain.name == names.BLOCKED_LISTENER
     assert _cluster(result, names.BLOCKED_CLUSTER).load_assignment.endpoints == []
     assert "envoy.filters.listener.tls_inspector" in [f.name for f in lst.listener_filters]  # for the domain
