@@ -341,8 +341,8 @@ def outbound_listener(spec: DataplaneSpec, mesh: MeshSnapshot, plugins: Sequence
         lst.default_filter_chain.CopyFrom(_passthrough_chain(names.PASSTHROUGH_CLUSTER))
     else:
         chain = _passthrough_chain(names.PASSTHROUGH_CLUSTER)
-        taken = {c.filter_chain_match.destination_port.value for c in lst.filter_chains}
-        lst.filter_chains.extend(passthrough.allow_chains(settings.allow, chain, taken))
+        chain_ports = [c.filter_chain_match.destination_port.value for c in lst.filter_chains]
+        lst.filter_chains.extend(passthrough.allow_chains(settings.allow, chain, chain_ports))
         blocked = mesh.memoize(
             ("transparent blocked", tags_key, spec.transparent.outbound_port, configurers),
             lambda: _blocked_piece(source_tags, spec.transparent.outbound_port if spec.transparent else 0, mesh,
