@@ -289,6 +289,10 @@ def test_retries_and_timeouts_apply_to_an_external_service_as_to_a_mesh_service(
         flaky = world.explained("answered 503")
         assert flaky["destination"] == "httpbin" and "Retry httpbin-retry" in flaky["explanation"], flaky
         assert sum("/flaky" in x for x in world.internet.access_log()) == flaky["attempts"] >= 2
+        # the explicit workload's outbound (named by host) got the Retry too
+        before = sum("/flaky-explicit" in x for x in world.internet.access_log())
+        assert world.net.hosts["b"].curl("http://127.0.0.1:15010/flaky-explicit")[0] == 503
+        assert sum("/flaky-explicit" in x for x in world.internet.access_log()) - before == flaky["attempts"]
         assert world.a.curl("http://api.example.test/slow")[0] == 504
         slow = world.explained("timed out after 1s")
         assert "Timeout httpbin-timeout" in slow["explanation"], slow

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
-from meshline.render import egress_gateway, proxies, transparent
+from meshline.render import egress_gateway, external, proxies, transparent
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
@@ -134,7 +134,8 @@ def render(
                 mesh.memoize(
                     ("outbound", spec.proxy, tags_key, ob_json, configurers),
                     lambda ob_json=ob_json: _outbound_part(source_tags, ob_json, mesh, plugins, spec.proxy),  # type: ignore[misc]
-                    Carry(frozenset({outbound.service})),
+                    # the destination policies select: an outbound by host is its ExternalService
+                    Carry(frozenset({external.resolve(mesh, outbound.service) or outbound.service})),
                 )
             )
 

@@ -150,3 +150,20 @@ def test_an_egress_gateway_of_a_mesh_without_external_services_is_valid(tmp_path
     lst = _listener(result, names.egress_gateway_listener(10002))
     assert not lst.filter_chains and lst.default_filter_chain.name == names.BLOCKED_LISTENER
     kit_envoy_accepts(result, tmp_path, node=names.node_id("default", "validate"), cluster="validate")
+
+
+def test_a_policy_change_reaches_an_outbound_named_by_host_when_rendering_incrementally() -> None:
+    """A section carried into the next snapshot must not outlive a policy of its ExternalService."""
+    from meshline.render.mesh_snapshot import MeshSnapshot
+    from meshline.render.render import render
+    from meshline.testing.golden import plugins
+
+    resources = load_resources(INPUT.read_text())
+    without = [r for r in resources if r.kind != "Timeout"]
+    mesh = next(r for r in resources if r.kind == "Mesh")
+    first = MeshSnapshot.build(mesh, [r for r in without if r.mesh], revision=1)
+    before = render(first.dataplanes["legacy-1"], first, plugins())
+    second = MeshSnapshot.build(mesh, [r for r in resources if r.mesh], revision=2, previous=first)
+    after = render(second.dataplanes["legacy-1"], second, plugins(), previous=before)
+    assert ("Timeout", "httpbin-timeout") in {(a.kind, a.name) for a in after.applied}
+    assert after.snapshot.versions() == _render("legacy-1").snapshot.versions()
