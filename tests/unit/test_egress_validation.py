@@ -111,3 +111,16 @@ def test_a_blocked_connection_is_explained_with_where_it_was_going() -> None:
     assert explain(r) == "blocked: 203.0.113.9:443 is not an ExternalService of mesh default and passthrough is declared"
     r.section = f"sidecar/transparent-outbound/15001/{names.blocked_section('none')}"
     assert explain(r).startswith("blocked: 203.0.113.9:443 is outside mesh default and passthrough is none")
+
+
+def test_a_type_left_without_resources_is_not_waited_for() -> None:
+    """An explicit sidecar whose one EDS cluster (an ExternalService via the egress gateway) turns
+    into a DNS cluster watches no endpoints any more; Envoy takes the empty EDS response without an
+    ACK, so `apply --wait` must not wait for one (seen in tests/e2e/test_egress.py)."""
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from meshline.xds.snapshot import CLUSTER, ENDPOINT, Snapshot, pack
+
+    snap = Snapshot.build({CLUSTER: [pack("httpbin", cluster_pb2.Cluster(name="httpbin"))], ENDPOINT: []})
+    assert set(snap.versions()) == {"CDS", "EDS"}
+    assert set(snap.versions_to_ack()) == {"CDS"}

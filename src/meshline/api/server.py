@@ -545,7 +545,7 @@ class Api:
             st = statuses[r.key]
             items.append({
                 "name": r.name,
-                "versions": result.snapshot.versions() if result else {},
+                "versions": result.snapshot.versions_to_ack() if result else {},
                 "acked": {t: v["acked"] for t, v in st.get("types", {}).items()},
                 "state": st.get("state"),
                 "lastNack": st.get("lastNack"),
