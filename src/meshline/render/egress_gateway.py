@@ -10,8 +10,8 @@ cluster: DNS, TLS origination and verification as a sidecar would do it without 
 
 Routes, timeouts and retries stay with the caller's sidecar (it speaks HTTP to the gateway
 inside the mTLS session); the gateway works at L4, so it never needs a policy of its own and
-firewall rules name one host. Its connections are logged and counted by the render steps
-like a sidecar's TCP outbound (its section is ``egress-gateway/egress/<port>/<service>``).
+firewall rules name one host. Its connections are logged (when they close) and counted by the
+render steps like a sidecar's TCP outbound (its section is ``egress-gateway/egress/<port>/<service>``).
 """
 
 from __future__ import annotations
