@@ -124,3 +124,23 @@ def test_a_type_left_without_resources_is_not_waited_for() -> None:
     snap = Snapshot.build({CLUSTER: [pack("httpbin", cluster_pb2.Cluster(name="httpbin"))], ENDPOINT: []})
     assert set(snap.versions()) == {"CDS", "EDS"}
     assert set(snap.versions_to_ack()) == {"CDS"}
+
+
+def test_a_ca_bundle_whose_certificates_all_expired_is_refused() -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old CA")])
+    then = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(then).not_valid_after(then + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256()))  # fmt: skip
+    old = cert.public_bytes(serialization.Encoding.PEM).decode()
+    found = problems(es(host="api.example.test", port=443, tls={"ca": {"pem": old}}))
+    assert found == ["spec.tls.ca.pem: every certificate in it has expired (the latest on 2020-01-31); paste a current"
+                     " CA bundle"], found  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import field_validator, model_validator
@@ -70,6 +71,10 @@ class CaBundle(Spec):
             raise ValueError("is not PEM certificates (-----BEGIN CERTIFICATE-----...); paste the CA bundle") from None
         if not certs:
             raise ValueError("holds no certificate; paste the CA bundle")
+        now = datetime.now(UTC)
+        if all(c.not_valid_after_utc < now for c in certs):
+            latest = max(c.not_valid_after_utc for c in certs)
+            raise ValueError(f"every certificate in it has expired (the latest on {latest:%Y-%m-%d}); paste a current CA bundle")
         return v if v.endswith("\n") else v + "\n"
 
     @field_validator("file")
