@@ -257,6 +257,8 @@ def test_a_server_that_the_ca_bundle_does_not_vouch_for_is_refused_and_explained
     assert record["destination"] == "wrongca"
     assert "CERTIFICATE VERIFY FAILED" in record["explanation"], record
     assert "unable to get local issuer certificate" in record["explanation"], record
+    assert record["explanation"].endswith("; check ExternalService wrongca's spec.tls (its CA bundle and the server"
+                                          " name wrong.example.test must present); gave up after 3 attempts"), record
 
 
 def test_an_explicit_workload_reaches_the_external_service_through_an_outbound_port(world: World) -> None:

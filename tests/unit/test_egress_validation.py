@@ -144,3 +144,22 @@ def test_a_ca_bundle_whose_certificates_all_expired_is_refused() -> None:
     found = problems(es(host="api.example.test", port=443, tls={"ca": {"pem": old}}))
     assert found == ["spec.tls.ca.pem: every certificate in it has expired (the latest on 2020-01-31); paste a current"
                      " CA bundle"], found  # fmt: skip
+
+
+def test_failures_to_an_external_service_say_what_to_check() -> None:
+    from meshline.telemetry.explain import ExplainContext
+
+    tls = LogRecord(time=0, mesh="default", dataplane="web-a", direction="outbound", destination="httpbin",
+                    flags=["UF"], upstream_host="203.0.113.9:443",
+                    transport_failure="TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED")  # fmt: skip
+    ctx = ExplainContext(external="api.example.com")
+    assert explain(tls, ctx).endswith("; check ExternalService httpbin's spec.tls (its CA bundle and the server name"
+                                      " api.example.com must present)")  # fmt: skip
+    assert "check ExternalService" not in explain(tls)  # a mesh service: no such hint
+    none = LogRecord(time=0, mesh="default", dataplane="web-a", direction="outbound", destination="httpbin",
+                     flags=["UH"], status=503)  # fmt: skip
+    assert explain(none, ctx) == ("no address for ExternalService httpbin (api.example.com): its host did not resolve,"
+                                  " or passthrough is none")  # fmt: skip
+    via = ExplainContext(external="api.example.com", egress_gateway="egress")
+    assert explain(none, via) == ("no healthy instance of httpbin: its traffic goes through egress gateway egress,"
+                                  " which has no ready instance")  # fmt: skip
