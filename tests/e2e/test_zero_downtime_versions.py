@@ -8,6 +8,12 @@ The control plane runs in this process, so the test gives it another version by 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 import meshline
 from meshline.core import versions
+from meshline.core.resource import KindRegistry
 from meshline.testing.mesh import MeshHarness, wait_until
 from meshline.testing.servers import HttpTestServer
 
@@ -98,3 +105,88 @@ def test_an_envoy_reporting_an_old_agent_version_is_refused_on_the_xds_stream(
     assert served is None and type_url.endswith("Cluster"), (served, type_url)
     newer, message = first_answer(f"{MAJOR}.{MINOR + 4}.0")
     assert newer == grpc.StatusCode.FAILED_PRECONDITION and "upgrade the control plane first" in message, message
+
+
+# -- meshline upgrade-check --------------------------------------------------------------------
+
+TIMEOUT = {"kind": "Timeout", "mesh": "default", "name": "web-to-orders",
+           "spec": {"sources": [{"match": {"service": "web"}}], "destinations": [{"match": {"service": "orders"}}],
+                    "conf": {"http": {"requestTimeout": "5s"}}}}  # fmt: skip
+
+
+def upgrade_check(mesh: MeshHarness, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESHLINE_TOKEN": mesh.admin_token() or ""}
+    return subprocess.run([sys.executable, "-m", "meshline", "--api", mesh.api_url, "upgrade-check", *args],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize("control_plane_version", [OURS], indirect=True)
+def test_upgrade_check_lists_agents_by_version_and_those_an_upgrade_would_refuse(
+    mesh: MeshHarness, control_plane_version: str
+) -> None:
+    with HttpTestServer("orders-a") as app:
+        mesh.sidecar("orders", app_port=app.port)
+        mesh.sidecar("orders", app_port=app.port)
+        mesh.api.put(TIMEOUT)
+        wait_until(lambda: all(mesh.dataplane_status(n).get("agentVersion") == OURS for n in ("orders-1", "orders-2")),
+                   15, what="the agents' versions in their status")  # fmt: skip
+        ok = upgrade_check(mesh, "--to", f"{MAJOR}.{MINOR + 1}.0")
+        print(ok.stdout)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert re.search(rf"{re.escape(OURS)}\s+2\s+2\s+served", ok.stdout), ok.stdout
+        assert "would be rejected" in ok.stdout and ": 0 would be rejected" in ok.stdout, ok.stdout
+        assert "compatible: upgrading the control plane" in ok.stdout, ok.stdout
+
+        bad = upgrade_check(mesh, "--to", TWO_NEWER)
+        print(bad.stdout)
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert f"REFUSED: agent {OURS} is too old for control plane {TWO_NEWER}" in bad.stdout, bad.stdout
+        assert "default/orders-1" in bad.stdout and "default/orders-2" in bad.stdout, bad.stdout
+        assert "incompatible: upgrade 2 agent(s) first" in bad.stdout, bad.stdout
+
+        as_json = json.loads(upgrade_check(mesh, "--to", TWO_NEWER, "-o", "json").stdout)
+        assert as_json["compatible"] is False and as_json["agents"][0]["version"] == OURS
+        assert as_json["resourcesChecked"] >= 4  # the mesh, two dataplanes, the Timeout
+
+        nonsense = upgrade_check(mesh, "--to", "latest")
+        assert nonsense.returncode != 0 and "is not a version" in nonsense.stderr, nonsense.stderr
+
+
+@pytest.mark.parametrize("control_plane_version", [OURS], indirect=True)
+def test_upgrade_check_names_stored_resources_the_new_kinds_would_reject(
+    mesh: MeshHarness, control_plane_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a newer installation would see them: one whose Timeout checks are stricter (every
+    Timeout rejected) and which no longer knows RateLimit."""
+    from click.testing import CliRunner
+
+    from meshline.cli import upgrade_check as module
+    from meshline.cli.main import cli
+    from meshline.core.errors import FieldProblem
+    from meshline.kinds import default_kinds
+
+    mesh.api.put(TIMEOUT)
+    mesh.api.put({"kind": "RateLimit", "mesh": "default", "name": "orders-limit",
+                  "spec": {"sources": [{"match": {"service": "*"}}], "destinations": [{"match": {"service": "orders"}}],
+                           "conf": {"local": {"http": {"requests": 100, "interval": "1s"}}}}})  # fmt: skip
+
+    def newer_kinds() -> KindRegistry:
+        def stricter(res: object) -> list[FieldProblem]:
+            return [FieldProblem("spec.conf.http.requestTimeout", "must be set per route in this version")]
+
+        out = []
+        for info in default_kinds():
+            if info.kind == "RateLimit":
+                continue
+            if info.kind == "Timeout":
+                info = dataclasses.replace(info, validators=(*info.validators, stricter))
+            out.append(info)
+        return KindRegistry(out)
+
+    monkeypatch.setattr(module, "installed_kinds", newer_kinds)
+    result = CliRunner().invoke(cli, ["--api", mesh.api_url, "--token", mesh.admin_token() or "", "upgrade-check"])
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    assert re.search(r"Timeout\s+default\s+web-to-orders\s+.*requestTimeout: must be set per route", result.output)
+    assert re.search(r"RateLimit\s+default\s+orders-limit\s+.*unknown kind 'RateLimit'", result.output), result.output
+    assert ": 2 would be rejected" in result.output and "fix or delete 2 resource(s)" in result.output
