@@ -17,6 +17,7 @@ upgraded agent still stops the app and reports its exit code.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -222,6 +223,21 @@ def test_an_upgrade_to_a_program_that_does_not_run_changes_nothing(mesh: MeshHar
     assert "upgrade of web-1 failed" in out.stderr and "--version failed" in out.stderr, out.stderr
     assert "ImportError" in out.stderr, out.stderr
     assert web.proc.poll() is None and envoy_pid(web) == before and web.ready()
+    # an agent that does not catch SIGUSR2 (one from before in-place upgrades) is not sent it
+    old_agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old_dir = tmp_path / "old-agent"
+        old_dir.mkdir(mode=0o700)
+        (old_dir / "agent.lock").write_text(f"{old_agent.pid}\n")
+        with open(old_dir / "agent.lock") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # as a running agent holds it
+            refused = subprocess.run([sys.executable, "-m", "meshline", "upgrade-sidecar", "old", "--work-dir",
+                                      str(old_dir)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert refused.returncode == 1 and "cannot be upgraded in place" in refused.stderr, refused.stderr
+        assert old_agent.poll() is None  # not killed by a SIGUSR2 it does not handle
+    finally:
+        old_agent.kill()
+        old_agent.wait()
     stopped = subprocess.run([sys.executable, "-m", "meshline", "upgrade-sidecar", "nope", "--work-dir",
                               str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert stopped.returncode == 1 and "no agent has run in" in stopped.stderr, stopped.stderr

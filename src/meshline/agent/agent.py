@@ -394,7 +394,8 @@ class Agent:
         if self.phase is not Phase.RUNNING:
             return
         self.phase = Phase.HANDING_OVER
-        self.report(f"upgrading to meshline {version}: handing the app and Envoy over to {' '.join(command)}")
+        self.report(f"upgrading to meshline {version}: handing the app and Envoy over to"
+                    f" {' '.join(program or handoff.own_program())}")  # fmt: skip
         await self._pause_for_handover()
         envoy, app = self.envoy, self.app
         state = handoff.HandoffState(

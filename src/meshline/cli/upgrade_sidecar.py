@@ -46,8 +46,23 @@ def agent_pid(work_dir: Path) -> int:
     return int(text)
 
 
+def handles_upgrades(pid: int) -> bool | None:
+    """Whether the process catches SIGUSR2 (/proc's SigCgt mask; None where unknown). An agent
+    from before upgrades existed does not, and SIGUSR2 would kill it, and with it its app."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGUSR2 - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def upgrade(work_dir: Path, program: list[str] | None, timeout: float) -> dict[str, object]:
     pid = agent_pid(work_dir)
+    if handles_upgrades(pid) is False:
+        raise MeshlineError(f"the agent (pid {pid}) cannot be upgraded in place (it is older than in-place upgrades);"
+                            " stop it gracefully (SIGTERM) and start the new version instead")  # fmt: skip
     asked_at = time.time()
     handoff.write_request(work_dir, program)
     os.kill(pid, signal.SIGUSR2)
