@@ -172,6 +172,7 @@ def test_an_upgrade_of_a_sidecar_and_its_envoy_fails_no_request(mesh: MeshHarnes
         drained_in = time.monotonic() - started
 
         # 2. web-1 (`meshline dataplane`), as `systemctl reload` does: SIGUSR2, the installed program
+        web_asked = time.monotonic()
         web.proc.send_signal(signal.SIGUSR2)
         wait_until(lambda: (read_status(web.work_dir) or {}).get("state") in ("done", "failed"), 120,
                    what="web-1's upgrade")  # fmt: skip
@@ -183,7 +184,13 @@ def test_an_upgrade_of_a_sidecar_and_its_envoy_fails_no_request(mesh: MeshHarnes
         load.stop()
 
     failed = load.failed("orders-")
-    print(f"sidecar upgrade: {len(failed)} failed of {len(load.outcomes)} requests; `upgrade-sidecar` returned"
+    marks = {"orders upgrade asked": started, "orders old Envoy gone": started + drained_in, "web asked": web_asked}
+    for at, what in failed[:5] + failed[-3:]:
+        print(f"  failed at {at - started:+.3f}s after the orders upgrade began: {what}")
+    print("  marks:", {k: round(v - started, 3) for k, v in marks.items()})
+    gap = re.search(r"xDS proxy up ([0-9.]+)s after", orders.log())
+    print(f"sidecar upgrade: {len(failed)} failed of {len(load.outcomes)} requests; xDS proxy back"
+          f" {gap.group(1) if gap else '?'}s after the handover; `upgrade-sidecar` returned"
           f" after {upgraded_in:.2f}s, the replaced Envoy had exited {drained_in:.2f}s after it was asked;"
           f" {out.stdout.strip().splitlines()[-1]}")
     assert failed == [], failed
@@ -241,3 +248,24 @@ def test_an_upgrade_to_a_program_that_does_not_run_changes_nothing(mesh: MeshHar
     stopped = subprocess.run([sys.executable, "-m", "meshline", "upgrade-sidecar", "nope", "--work-dir",
                               str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert stopped.returncode == 1 and "no agent has run in" in stopped.stderr, stopped.stderr
+
+
+def test_a_stop_in_the_middle_of_an_upgrade_is_still_graceful(mesh: MeshHarness) -> None:
+    """SIGTERM right after the old program exec'd the new one (its signals are held across the
+    exec and delivered to the new program) or while the new one takes over: the stop is the
+    graceful one (deregistered, drained), not a death by signal."""
+    app_port = free_port()
+    orders = run_orders(mesh, app_port)
+    wait_until(lambda: "orders-1 is ready for traffic" in orders.log(), 30, what="orders-1 to be ready")
+    orders.proc.send_signal(signal.SIGUSR2)
+    wait_until(lambda: (read_status(orders.work_dir) or {}).get("state") in ("exec", "done"), 60, interval=0.005,
+               what="the exec")  # fmt: skip
+    state = (read_status(orders.work_dir) or {}).get("state")
+    orders.proc.send_signal(signal.SIGTERM)
+    rc = orders.proc.wait(60)
+    log = orders.log()
+    print(f"SIGTERM sent while the upgrade was at {state!r}: agent exit {rc}")
+    assert rc == 0, log  # the app's exit code after its SIGTERM: a graceful stop
+    assert "took over dataplane orders-1" in log and "deregistered dataplane orders-1" in log, log
+    assert "waiting for the app" in log, log
+    assert "orders-1" not in {d["name"] for d in mesh.api.get("/api/v1/meshes/default/dataplanes")["items"]}

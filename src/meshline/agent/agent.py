@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshline import __version__
@@ -65,6 +66,7 @@ UPGRADE_SIGNAL = signal.SIGUSR2
 # Blocked from just before an upgrade's exec until the new program handles them: one arriving
 # in between waits (pending) instead of killing the process and, with it, the app.
 HELD_SIGNALS = (*FORWARDED_SIGNALS, UPGRADE_SIGNAL)
+XDS_PROXY = "xds-proxy"  # the LocalService an upgrade starts first (agent/xds_proxy.py)
 PROGRESS_AFTER = 1.0  # say what we wait for once Envoy takes longer than this to be ready
 PROGRESS_EVERY = 5.0
 # How often a running agent checks that its Dataplane still exists (seconds).
@@ -232,12 +234,20 @@ class Agent:
             return
         self._upgrading = asyncio.create_task(self._upgrade(), name="upgrade")
 
+    @property
+    def _serving(self) -> bool:
+        """Whether the workload takes traffic, so a stop must be the graceful one: running, or
+        in a program an upgrade started (the app and Envoy serve while it takes over)."""
+        if self.phase in (Phase.RUNNING, Phase.HANDING_OVER):
+            return True
+        return self.takeover is not None and self.phase not in (Phase.STOPPING, Phase.STOPPED)
+
     def _on_signal(self, signum: int) -> None:
         if signum == UPGRADE_SIGNAL:
             self.request_upgrade()
             return
         if self.app is not None and self.app.returncode is None:
-            if signum == signal.SIGTERM and self._stop_requests == 0 and self.phase is Phase.RUNNING:
+            if signum == signal.SIGTERM and self._stop_requests == 0 and self._serving:
                 # Graceful stop: the app keeps serving until callers dropped this instance
                 # and Envoy drained; _shutdown passes the signal on then. A second one now.
                 self._app_signal_deferred = True
@@ -407,6 +417,11 @@ class Agent:
             inbound_port=cfg.inbound_port,
             metrics_port=cfg.metrics_port,
             ready_for_traffic=self._ready_for_traffic,
+            xds_host=cfg.xds_host,
+            xds_port=cfg.xds_port,
+            xds_tls=cfg.xds_tls,
+            xds_ca_file=str(cfg.xds_ca_file) if cfg.xds_ca_file else None,
+            xds_source=cfg.xds_source,
         )
         path = handoff.write_state(cfg.work_dir, state)
         handoff.write_status(cfg.work_dir, "exec", f"starting meshline {version}", pid=os.getpid(),
@@ -486,19 +501,32 @@ class Agent:
         self.envoy = old  # until its successor is ready: a stop meanwhile stops this one
         self.report(f"took over dataplane {cfg.name} from meshline {st.from_version} (pid {os.getpid()} kept;"
                     f" app pid {st.app_pid}, Envoy pid {st.envoy_pid})")  # fmt: skip
+        self._ready_for_traffic = st.ready_for_traffic
+        self._registered = True  # by the old program: a stop from now on deregisters
+        self.phase = Phase.STARTING_SERVICES
+        # The xDS proxy first, with the old program's xDS settings: the running Envoy's stream
+        # ended with the exec, and the control plane drops a silent instance after a while.
+        if st.xds_port:
+            cfg.xds_host, cfg.xds_port, cfg.xds_tls, cfg.xds_source = st.xds_host, st.xds_port, st.xds_tls, st.xds_source
+            cfg.xds_ca_file = Path(st.xds_ca_file) if st.xds_ca_file else None
+        first = sorted(cfg.local_services, key=lambda svc: svc.name != XDS_PROXY)
+        for svc in first[:1] if st.xds_port else []:
+            await self._until_stopped(svc.start(cfg))
+            self._started_services.append(svc)
+            self.report(f"xDS proxy up {max(0.0, time.time() - st.started_at):.1f}s after the old program handed over")
         self.phase = Phase.REGISTERING
         self._make_api()
         assert self._api is not None
-        self._ready_for_traffic = st.ready_for_traffic
         await self._until_stopped(
             register(self._api, dataplane_doc(cfg, ready=st.ready_for_traffic), cfg.register_timeout, self.report)
         )
-        self._registered = True
-        await self._until_stopped(self._find_xds())
+        if not st.xds_port:
+            await self._until_stopped(self._find_xds())
         self.phase = Phase.STARTING_SERVICES
-        for svc in cfg.local_services:
-            await self._until_stopped(svc.start(cfg))
-            self._started_services.append(svc)
+        for svc in first:
+            if svc not in self._started_services:
+                await self._until_stopped(svc.start(cfg))
+                self._started_services.append(svc)
         self.phase = Phase.STARTING_ENVOY
         write_bootstrap(cfg.bootstrap_path, build_bootstrap(cfg))
         outcome = await self._hot_restart(binary, old)
@@ -712,7 +740,7 @@ class Agent:
 
     async def _shutdown(self) -> None:
         cfg = self.config
-        was_running = self.phase in (Phase.RUNNING, Phase.HANDING_OVER)
+        was_running = self._serving
         self.phase = Phase.STOPPING
         if self._upgrading is not None and self._upgrading is not asyncio.current_task():
             self._upgrading.cancel()

@@ -50,6 +50,13 @@ class HandoffState:
     inbound_port: int
     metrics_port: int | None
     ready_for_traffic: bool
+    # where xDS is, as the old program found it: the new one starts the xDS proxy first thing,
+    # before asking the API anything, so the running Envoy's stream is back within a second
+    xds_host: str = ""
+    xds_port: int = 0
+    xds_tls: bool | None = None
+    xds_ca_file: str | None = None
+    xds_source: str = ""
     started_at: float = field(default_factory=time.time)
 
 
