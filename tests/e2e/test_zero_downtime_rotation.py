@@ -1,8 +1,10 @@
-"""CA rotation combined with the operations of issue 16, under a steady bounded load through a
+"""CA and token rotation combined with the operations of issue 16, under a steady bounded load through a
 caller's sidecar (every request counted): while the mesh's CA rotates, one instance's sidecar
 is upgraded in place (SIGUSR2: the agent re-executes, hot restarts Envoy, and its new program
 asks for a certificate in the middle of the rotation) and the other instance stops gracefully.
 0 failed requests, and afterwards every remaining sidecar serves a certificate of the new CA.
+A dataplane token is rotated the same way: a new token file, an in-place upgrade, the old token
+revoked.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from meshline.agent.handoff import read_status
@@ -74,3 +77,48 @@ def test_ca_rotation_during_a_sidecar_upgrade_and_a_graceful_stop_fails_no_reque
         assert first.proc.poll() is None and first.ready()
         assert {w for _, w in load.since(after)} == {"orders-a"}
         assert mesh.api.get("/api/v1/ca/default/trust-bundle")["roots"] == 2  # the old root is still trusted
+
+
+def test_a_dataplane_token_rotated_by_an_in_place_upgrade_fails_no_request(mesh: MeshHarness, tmp_path: Path) -> None:
+    """Token rotation without a restart: a new token in the agent's --token-file, SIGUSR2 (what
+    `systemctl reload` sends: the new program reads the file again), then the old token revoked.
+    The sidecar keeps serving on the new token; the old one is refused from then on."""
+    def issue() -> tuple[str, str]:
+        body = {"kind": "dataplane", "mesh": "default", "service": "orders", "dataplane": "orders-1", "ttl": "24h"}
+        out = mesh.api.request("POST", "/api/v1/tokens", json=body)
+        return str(out["token"]), str(out["id"])
+
+    old_token, old_id = issue()
+    token_file = tmp_path / "orders-1.token"
+    token_file.write_text(old_token)
+    token_file.chmod(0o600)
+    with HttpTestServer("orders-a") as a:
+        orders = mesh.sidecar("orders", app_port=a.port, name="orders-1", issue_token=False,
+                              extra_args=["--token-file", str(token_file)])  # fmt: skip
+        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
+        wait_until(lambda: endpoints(web) == {orders.inbound_port}, 30, what="web to see orders-1")
+        load = PacedLoad(web.url("orders") + "/").start()
+        try:
+            wait_until(lambda: len(load.outcomes) >= RATE_HZ // 2, 30, what="the load to flow")
+            new_token, _ = issue()
+            staged = token_file.with_suffix(".new")
+            staged.write_text(new_token)
+            staged.chmod(0o600)
+            staged.replace(token_file)
+            orders.proc.send_signal(signal.SIGUSR2)
+            wait_until(lambda: (read_status(orders.work_dir) or {}).get("state") in ("done", "failed"), 120,
+                       what="orders-1's upgrade")  # fmt: skip
+            assert (read_status(orders.work_dir) or {}).get("state") == "done", orders.log()
+            mesh.api.request("POST", f"/api/v1/tokens/{old_id}/revoke")
+            revoked = time.monotonic()
+            wait_until(lambda: len(load.since(revoked)) >= 2 * RATE_HZ, 30, what="requests after the revocation")
+        finally:
+            load.stop()
+        failed = load.failed("orders-")
+        print(f"token rotation by an in-place upgrade: {len(failed)} failed of {len(load.outcomes)} requests")
+        assert failed == [], failed
+        assert mesh.dataplane_status("orders-1")["connected"] is True
+        assert orders.proc.poll() is None and orders.ready()
+        refused = httpx.get(f"{mesh.api_url}/api/v1/meshes/default/dataplanes/orders-1",
+                            headers={"Authorization": f"Bearer {old_token}"}, timeout=5)  # fmt: skip
+        assert refused.status_code == 401 and "revoked" in refused.text, refused.text
