@@ -7,9 +7,11 @@ from meshline.core.resource import KindRegistry
 
 
 def default_kinds() -> KindRegistry:
+    from meshline.learn.recording import KIND as RECORDING
     from meshline.policies import kinds
     from meshline.rollouts.api import KIND as ROLLOUT
     from meshline.security.kinds import KINDS as SECURITY_KINDS
 
     # The security kinds are internal (KindInfo.internal): stored, never served.
-    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, *(k.info for k in kinds()), ROLLOUT])
+    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, *(k.info for k in kinds()), ROLLOUT,
+                         RECORDING])

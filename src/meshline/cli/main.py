@@ -36,6 +36,9 @@ COMMANDS = {
     "context": "meshline.cli.context:context",
     "rollout": "meshline.cli.rollout:rollout",
     "transparent-proxy": "meshline.cli.transparent:transparent_proxy",
+    "permissions": "meshline.cli.learn:permissions",
+    "record": "meshline.cli.learn:record",
+    "replay": "meshline.cli.learn:replay",
 }
 
 
