@@ -230,6 +230,15 @@ def test_an_upgrade_to_a_program_that_does_not_run_changes_nothing(mesh: MeshHar
     assert "upgrade of web-1 failed" in out.stderr and "--version failed" in out.stderr, out.stderr
     assert "ImportError" in out.stderr, out.stderr
     assert web.proc.poll() is None and envoy_pid(web) == before and web.ready()
+    # a program the control plane would not serve (two minor versions newer) is refused as well
+    major, minor = (int(p) for p in meshline.__version__.split(".")[:2])
+    too_new = tmp_path / "meshline-too-new"
+    too_new.write_text(f"#!/bin/sh\necho 'meshline, version {major}.{minor + 2}.0'\n")
+    too_new.chmod(0o755)
+    out = subprocess.run([sys.executable, "-m", "meshline", "upgrade-sidecar", "web-1", "--work-dir", str(web.work_dir),
+                          "--program", str(too_new), "--timeout", "60"], capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert out.returncode == 1 and f"agent {major}.{minor + 2}.0 is newer than control plane" in out.stderr, out.stderr
+    assert web.proc.poll() is None and envoy_pid(web) == before and web.ready()
     # an agent that does not catch SIGUSR2 (one from before in-place upgrades) is not sent it
     old_agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

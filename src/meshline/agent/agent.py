@@ -50,7 +50,8 @@ from meshline.agent.config import (
 from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
 from meshline.agent.registration import Api, deregister, no_token_message, register, token_kind
 from meshline.agent.removal import wait_removed
-from meshline.core.errors import MeshlineError, NotFound, Unauthorized
+from meshline.core import versions
+from meshline.core.errors import MeshlineError, NotFound, Unauthorized, Unavailable
 from meshline.core.unix_sockets import private_dir
 
 if TYPE_CHECKING:
@@ -397,6 +398,7 @@ class Agent:
                 raise MeshlineError("upgrading a transparent-mode sidecar in place is not supported yet;"
                                     " stop it gracefully and start the new version")  # fmt: skip
             version = await self._preflight(program or handoff.own_program())
+            await self._check_served(version)
         except MeshlineError as err:
             self.report(f"upgrade refused: {err}")
             handoff.write_status(cfg.work_dir, "failed", str(err))
@@ -464,6 +466,20 @@ class Agent:
                                 f" {text.strip()[-300:]}")  # fmt: skip
         return version
 
+    async def _check_served(self, version: str) -> None:
+        """Refuse an upgrade to a version the control plane would not serve (the new program
+        would be refused at registration and stop the workload)."""
+        ask = getattr(self._api, "request", None)  # test doubles of the API may not serve it
+        if ask is None:
+            return
+        try:
+            health = await ask("GET", "/api/v1/health")
+        except MeshlineError:
+            return  # unreachable now: the new program keeps serving and registers when it can
+        served = versions.refusal(str(health.get("version", "")), version) if isinstance(health, dict) else None
+        if served is not None:
+            raise MeshlineError(served)
+
     async def _pause_for_handover(self) -> None:
         for task in (self._readiness, self._registration, self._supervisor):
             if task is not None:
@@ -517,9 +533,12 @@ class Agent:
         self.phase = Phase.REGISTERING
         self._make_api()
         assert self._api is not None
-        await self._until_stopped(
-            register(self._api, dataplane_doc(cfg, ready=st.ready_for_traffic), cfg.register_timeout, self.report)
-        )
+        try:  # the Dataplane is there already: an unreachable control plane is no reason to stop
+            await self._until_stopped(register(self._api, dataplane_doc(cfg, ready=st.ready_for_traffic),
+                                               min(cfg.register_timeout, 5.0), self.report))  # fmt: skip
+        except Unavailable as err:
+            self.report(f"could not register again ({err}); carrying on, it is checked every"
+                        f" {self.registration_check_every:g}s")  # fmt: skip
         if not st.xds_port:
             await self._until_stopped(self._find_xds())
         self.phase = Phase.STARTING_SERVICES

@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,11 @@ def take_state(environ: MutableMapping[str, str]) -> HandoffState | None:
     path.unlink(missing_ok=True)
     if data is None:
         raise MeshlineError(f"the upgrade's handoff state {path} is missing or unreadable; restart the agent")
+    # a field of another version is left out rather than refused: failing here ends the process,
+    # and the app with it
+    known = {f.name for f in fields(HandoffState)}
     try:
-        return HandoffState(**data)
+        return HandoffState(**{k: v for k, v in data.items() if k in known})
     except TypeError as err:
         raise MeshlineError(f"the upgrade's handoff state {path} does not fit this version ({err})") from None
 
