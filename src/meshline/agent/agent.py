@@ -474,8 +474,8 @@ class Agent:
             return
         try:
             health = await ask("GET", "/api/v1/health")
-        except MeshlineError:
-            return  # unreachable now: the new program keeps serving and registers when it can
+        except MeshlineError as err:  # the new program needs it at once, for its certificate
+            raise MeshlineError(f"the control plane does not answer ({err}); try again once it does") from None
         served = versions.refusal(str(health.get("version", "")), version) if isinstance(health, dict) else None
         if served is not None:
             raise MeshlineError(served)
