@@ -406,19 +406,20 @@ def default_work_dir(mesh: str, name: str, data_dir: Path | None = None) -> Path
     return (data_dir or default_data_dir()) / "dataplanes" / names.node_id(mesh, name)
 
 
-def socket_path(work_dir: Path, name: str) -> Path:
-    """``<work_dir>/<name>.sock``, or a short path in the runtime dir if that one is too long
-    (a directory of our own there: see :func:`meshline.core.unix_sockets.private_dir`)."""
-    path = work_dir / f"{name}.sock"
-    if len(str(path)) <= MAX_SOCKET_PATH:
+def socket_path(work_dir: Path, name: str, suffix: str = ".sock", reserve: int = 0) -> Path:
+    """``<work_dir>/<name><suffix>``, or a short path in the runtime dir if that one is too long
+    (a directory of our own there: see :func:`meshline.core.unix_sockets.private_dir`);
+    ``reserve``: bytes someone else appends to the path (Envoy's hot-restart sockets)."""
+    path = work_dir / f"{name}{suffix}"
+    if len(str(path)) + reserve <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(work_dir).encode()).hexdigest()[:16]
     short = Path()
     # A long TMPDIR (a test's, a CI runner's) can be too long as well: /tmp always fits.
     for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"):
         if base:
-            short = Path(base) / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
-            if len(str(short)) <= MAX_SOCKET_PATH:
+            short = Path(base) / f"meshline-{os.getuid()}" / f"{digest}.{name}{suffix}"
+            if len(str(short)) + reserve <= MAX_SOCKET_PATH:
                 break
     return short
 
