@@ -23,6 +23,8 @@ COMMANDS = {
     "get": "meshline.cli.resources:get",
     "delete": "meshline.cli.resources:delete",
     "drain": "meshline.cli.drain:drain",
+    "upgrade-sidecar": "meshline.cli.upgrade_sidecar:upgrade_sidecar",
+    "upgrade-check": "meshline.cli.upgrade_check:upgrade_check",
     "inspect": "meshline.cli.resources:inspect",
     "stat": "meshline.cli.observe:stat",
     "top": "meshline.cli.observe:top",
@@ -38,6 +40,7 @@ COMMANDS = {
     "permissions": "meshline.cli.learn:permissions",
     "record": "meshline.cli.learn:record",
     "replay": "meshline.cli.learn:replay",
+    "egress-gateway": "meshline.cli.egress:egress_gateway",
 }
 
 

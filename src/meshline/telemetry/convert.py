@@ -12,6 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from meshline.telemetry import tags as t
 from meshline.telemetry.explain import FLAGS
 from meshline.telemetry.record import EXTERNAL, INBOUND, LogRecord, clip
+from meshline.xds import names
 
 
 def flag_codes(flags: accesslog_pb2.ResponseFlags) -> list[str]:
@@ -163,4 +164,9 @@ def from_tcp(entry: accesslog_pb2.TCPAccessLogEntry, mesh: str, dataplane: str) 
     r.bytes_in = entry.connection_properties.received_bytes
     r.bytes_out = entry.connection_properties.sent_bytes
     r.details = entry.common_properties.connection_termination_details
+    if names.blocked_mode(r.section) is not None:
+        # where the app was going: the TLS server name it sent, else the original destination
+        common = entry.common_properties
+        r.authority = common.tls_properties.tls_sni_hostname or _address(common.downstream_local_address)
+        r.denied = True  # refused by the mesh itself
     return clip(r)
