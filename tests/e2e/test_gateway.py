@@ -619,3 +619,50 @@ def test_cors_preflights_answered_for_allowed_origins_only(edge: Edge) -> None:
     assert "access-control-allow-methods: get,post" in head and "access-control-max-age: 600" in head, body
     code, body = edge.https("eu.api.test", "/items", "-i", "-H", "Origin: https://evil.test")
     assert code == 200 and "access-control-allow-origin" not in body.lower(), body  # served, but not shared
+
+
+JWKS_SERVER = """
+import http.server, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+httpd = http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+print("serving JWKS", flush=True)
+httpd.serve_forever()
+"""
+
+
+def test_jwks_from_a_file_and_from_an_https_url(edge: Edge) -> None:
+    issuer = TestIssuer.make("https://login.example.test")
+    work = edge.net.work_dir / "jwks"
+    work.mkdir(exist_ok=True)
+    (work / "jwks.json").write_text(issuer.jwks())
+    w = edge.host("w")
+    chain, key = edge.ca.issue(["login.example.test"], ips=(w.address,))
+    (work / "server.crt").write_bytes(chain)
+    (work / "server.key").write_bytes(key)
+    (work / "server.py").write_text(JWKS_SERVER)
+    server = w.spawn("jwks", [sys.executable, str(work / "server.py"), "9600", str(work / "server.crt"),
+                              str(work / "server.key")], cwd=work)  # fmt: skip
+    wait_until(lambda: "serving JWKS" in server.log() or not server.alive(), 15, what="the JWKS server")
+
+    def call(token: str | None) -> int:
+        return edge.https("eu.api.test", "/", *(["-H", f"Authorization: Bearer {token}"] if token else []))[0]
+
+    variants = {
+        "file": {"file": str(work / "jwks.json")},  # a file on the gateway's host
+        "uri": {"uri": f"https://{w.address}:9600/jwks.json", "cacheDuration": "5m", "ca": edge.ca.pem.decode()},
+    }
+    try:
+        for what, jwks in variants.items():
+            doc = json.loads(_jwt_policy("users", "edge", issuer.jwks()))
+            doc["spec"]["conf"]["jwks"] = jwks
+            edge.mesh.apply(json.dumps(doc), wait=True)
+            token = issuer.token(sub="carol")
+            wait_until(lambda token=token: call(token) == 200, 30, interval=0.3, what=f"a token checked with the {what} JWKS")  # type: ignore[misc]
+            assert call(None) == 401, what
+            assert call(TestIssuer.make("https://login.example.test").token(sub="mallory")) == 401, what
+    finally:
+        edge.mesh.cli("delete", "jwtauthentication", "users", check=False)
+        server.stop()
+    wait_until(lambda: call(None) == 200, 30, interval=0.2, what="the gateway without token checks")

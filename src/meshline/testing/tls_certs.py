@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,8 @@ class TestCA:
         return path
 
     def issue(self, dns_names: list[str], valid: datetime.timedelta = datetime.timedelta(hours=1),
-              not_before: datetime.datetime | None = None) -> tuple[bytes, bytes]:  # fmt: skip
-        """(chain PEM, key PEM) of a server certificate for ``dns_names``."""
+              not_before: datetime.datetime | None = None, ips: tuple[str, ...] = ()) -> tuple[bytes, bytes]:  # fmt: skip
+        """(chain PEM, key PEM) of a server certificate for ``dns_names`` (and addresses ``ips``)."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or _now() - datetime.timedelta(minutes=5)
         cert = (
@@ -63,7 +64,9 @@ class TestCA:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
             .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(start + valid)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([*(x509.DNSName(n) for n in dns_names),
+                                                        *(x509.IPAddress(ipaddress.ip_address(a)) for a in ips)]),
+                           critical=False)
             .sign(self.key, hashes.SHA256())
         )  # fmt: skip
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)

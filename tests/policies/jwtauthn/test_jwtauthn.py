@@ -39,3 +39,19 @@ def _doc(**conf: object) -> dict[str, object]:
 def test_bad_input_is_refused_with_the_field(conf: dict[str, object], expected: str) -> None:
     found = problems(_doc(**conf))
     assert any(p.startswith(expected) for p in found), found
+
+
+def test_a_jwks_uri_on_a_gateway_with_two_ports_renders(tmp_path: Path) -> None:
+    """Each entry listener gets its own JWKS cluster (their metadata differ per section)."""
+    text = (HERE / "mesh.input.yaml").read_text()
+    text = text.replace("inbound: [{port: 8443, tags: {service: edge}}]",
+                        "inbound: [{port: 8443, tags: {service: edge}}, {port: 8080, tags: {service: edge}}]")
+    text = text.replace("    - {name: web, port: 8443,", "    - {name: http, port: 8080, protocol: HTTP}\n    - {name: web, port: 8443,")
+    text = text.replace("destinations: [{match: {service: api}}]", "destinations: [{match: {service: edge}}]")
+    text = text.replace("  destinations: [{match: {service: edge}}]\n  conf:\n    issuer: https://login.example.test\n"
+                        "    audiences: [web]", "  destinations: [{match: {service: web}}]\n  conf:\n"
+                        "    issuer: https://login.example.test\n    audiences: [web]")  # fmt: skip
+    result = render_named(load_resources(text), "edge-1")
+    clusters = set(result.snapshot.slot("type.googleapis.com/envoy.config.cluster.v3.Cluster").resources)
+    assert {"jwks_api-users_8080", "jwks_api-users_8443"} <= clusters, clusters
+    envoy_accepts(result, tmp_path / "envoy", node="default.edge-1", cluster="edge")

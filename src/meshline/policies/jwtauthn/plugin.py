@@ -4,6 +4,7 @@ answered 401 and never reaches RBAC, a rate limit or the app."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -31,14 +32,20 @@ PROVIDER = "meshline"
 FETCH_TIMEOUT_S = 5
 
 
-def jwks_cluster_name(policy: str) -> str:
-    return f"jwks_{policy}"
+def jwks_cluster_name(policy: str, port: int) -> str:
+    """One per listener: each section's clusters carry that section's own metadata (its policies)."""
+    return f"jwks_{policy}_{port}"
 
 
 def jwks_cluster(name: str, uri: str, ca: str | None) -> cluster_pb2.Cluster:
     """The issuer's JWKS server, reached by DNS over TLS (verified: the system's CAs or ``ca``)."""
     parts = urlsplit(uri)
     host, port = parts.hostname or "", parts.port or 443
+    try:  # an address in the URI: the server's certificate must name that address, and no SNI
+        ipaddress.ip_address(host)
+        is_ip = True
+    except ValueError:
+        is_ip = False
     c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STRICT_DNS,
                             load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
                                 endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
@@ -46,10 +53,10 @@ def jwks_cluster(name: str, uri: str, ca: str | None) -> cluster_pb2.Cluster:
                                         address=envoy.socket_address(host, port)))])]))  # fmt: skip
     c.connect_timeout.FromSeconds(FETCH_TIMEOUT_S)
     trusted = base_pb2.DataSource(inline_string=ca) if ca else base_pb2.DataSource(filename="/etc/ssl/certs/ca-certificates.crt")
-    ctx = tls_pb2.UpstreamTlsContext(sni=host, common_tls_context=tls_pb2.CommonTlsContext(
+    san = common_pb2.SubjectAltNameMatcher.IP_ADDRESS if is_ip else common_pb2.SubjectAltNameMatcher.DNS
+    ctx = tls_pb2.UpstreamTlsContext(sni="" if is_ip else host, common_tls_context=tls_pb2.CommonTlsContext(
         validation_context=common_pb2.CertificateValidationContext(trusted_ca=trusted, match_typed_subject_alt_names=[
-            common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.DNS,
-                                             matcher={"exact": host})])))  # fmt: skip
+            common_pb2.SubjectAltNameMatcher(san_type=san, matcher={"exact": host})])))  # fmt: skip
     c.transport_socket.CopyFrom(base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=envoy.packed(ctx)))
     return c
 
@@ -92,7 +99,7 @@ def configure(section: InboundSection, resolved: Resolved[JWTAuthenticationSpec]
         return  # a TCP service carries no tokens
     best = resolved.best
     conf = best.spec.conf
-    cluster = jwks_cluster_name(best.policy.name)
+    cluster = jwks_cluster_name(best.policy.name, section.section_id.port)
     cfg = jwt.JwtAuthentication(
         providers={PROVIDER: provider(conf, cluster)},
         rules=[jwt.RequirementRule(match=route_components_pb2.RouteMatch(prefix="/"),
