@@ -347,7 +347,7 @@ def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: Wor
     g = world.net.hosts["g"]
     mesh = world.mesh
     proc = g.spawn("egress-gateway", [
-        sys.executable, "-m", "meshline", "egress-gateway", "--name", "egress", "--port", "10002",
+        sys.executable, "-m", "meshline", "gateway", "--kind", "egress", "--name", "egress", "--port", "10002",
         "--api", mesh.api_url, "--ca-file", str(mesh.ca_file), "--token-file", str(mesh.token("egress")),
         "--work-dir", str(mesh.work / "dp" / "egress-g"), "--drain-seconds", "0"])  # fmt: skip
     mesh.agents["egress-g"] = proc

@@ -343,13 +343,17 @@ def run(command: tuple[str, ...], **opts: Any) -> None:
 
 _GATEWAY_SHARED = ("--mesh", "--api", "--context", "--token", "--token-file", "--ca-file", "--xds-address",
                    "--address", "--metrics-port", "--work-dir", "--envoy-concurrency", "--envoy-log-level",
-                   "--envoy-binary", "--drain-seconds", "--register-timeout", "--ready-timeout")
+                   "--envoy-binary", "--drain-seconds", "--callers-ack-timeout", "--register-timeout", "--ready-timeout")
 
 
 def _gateway_options(f: F) -> F:
     """The agent's options a gateway shares with a sidecar, plus its own."""
     shared = [o for o in dataplane.params if isinstance(o, click.Option) and o.opts[0] in _GATEWAY_SHARED]
     own = [
+        click.Option(["--kind", "gateway_kind"], type=click.Choice(["ingress", "egress"]), default="ingress",
+                     show_default=True, envvar="MESHLINE_GATEWAY_KIND",
+                     help="ingress: the way into the mesh (MeshGateway / Gateway API); egress: the one proxy"
+                          " that talks to ExternalServices once the Mesh names it (spec.egress.gateway), one --port"),
         click.Option(["--name", "gateway_name"], required=True, envvar="MESHLINE_GATEWAY_NAME",
                      help="the gateway's name: its service (SPIFFE identity, TrafficPermission sources) and the"
                           " MeshGateway / Gateway API Gateway that configures its listeners"),
@@ -377,13 +381,24 @@ def gateway(**opts: Any) -> None:
     to it. Traffic from the gateway into the mesh is mTLS, like a sidecar's.
 
     \b
-    Example:
+    Examples:
       meshline gateway --name edge --port 8443 --port 8080 --token-file edge.token --certs-dir ./certs
+      meshline gateway --kind egress --name egress --port 10002 --token-file egress.token
     """
     name: str = opts.pop("gateway_name")
     ports: tuple[int, ...] = tuple(dict.fromkeys(opts.pop("ports")))
     certs_dir: Path | None = opts.pop("certs_dir")
     dp_name = opts.pop("dataplane_name")
+    if opts.pop("gateway_kind") == "egress":
+        if len(ports) != 1 or certs_dir is not None:
+            raise click.UsageError("--kind egress takes one --port (where sidecars reach it over mTLS) and no"
+                                   " --certs-dir (it originates TLS as each ExternalService's spec.tls says)")
+        opts.update(service=name, app_port=ports[0], inbound_port=ports[0], name=dp_name or default_name(name, ports[0]),
+                    protocol=None, tags=(), upstreams=(), app_metrics_url=None, transparent=False)  # fmt: skip
+        egress = build_config(opts, _group_obj())
+        egress.egress_gateway = True
+        egress.local_services = local_services(egress)
+        sys.exit(_run_agent(egress, None))
     opts.update(service=name, app_port=ports[0], name=dp_name or default_name(name, ports[0]), inbound_port=ports[0],
                 protocol=None, tags=(), upstreams=(), app_metrics_url=None, transparent=False)  # fmt: skip
     config = build_config(opts, _group_obj())
