@@ -49,7 +49,7 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
     def mesh_exists(mesh: str) -> bool:
         return bool(running) and running[0].model.mesh(mesh) is not None
 
-    ext.routes.append(TelemetryApi(intake, mesh_exists).routes)
+    ext.routes.append(TelemetryApi(intake, mesh_exists, services_of).routes)
     ext.routes.append(HistoryApi(intake, mesh_exists).routes)
     ext.on_start.append(on_start)
     ext.on_stop.append(intake.stop)

@@ -103,6 +103,7 @@ def _log_tags(info: SectionInfo) -> list[custom_tag_pb2.CustomTag]:
         ]
     if info.protocol == "http":
         out += [
+            literal(t.T_SIGNALS, "stats"),  # counted from the sidecar's counters (telemetry.signals)
             header(t.T_TRACEPARENT, t.TRACEPARENT),
             header(t.T_B3, t.B3_TRACE_ID),
             metadata(t.T_ROUTE_POLICIES, "route", t.META, t.META_POLICIES),

@@ -63,6 +63,9 @@ class LogRecord:
     section: str = ""  # "outbound orders (port 15001)": which part of the sidecar's config
     explanation: str = ""  # plain-words reason of a failure (see telemetry.explain)
     denied: bool = False  # refused by the mesh itself (a TrafficPermission), not by the app
+    # Its sidecar counts its requests itself and reports the counters (telemetry.signals):
+    # the entry is for taps and explanations, not counted again.
+    signals: bool = False
 
     @property
     def failed(self) -> bool:
@@ -89,6 +92,7 @@ class LogRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = {_camel(k): v for k, v in asdict(self).items()}
+        del out["signals"]
         out["failed"] = self.failed
         out["counted"] = is_counted(self)
         out["mirrored"] = self.mirrored

@@ -39,6 +39,8 @@ T_POLICIES = "meshline.policies"
 T_ROUTE_POLICIES = "meshline.route_policies"
 T_TIMEOUT_MS = "meshline.timeout_ms"
 T_PER_TRY_TIMEOUT_MS = "meshline.per_try_timeout_ms"
+# "stats": this section's requests are counted from the sidecar's own counters (telemetry.signals)
+T_SIGNALS = "meshline.signals"
 
 # span tags (besides Envoy's own: http.status_code, response_flags, upstream_cluster, guid:x-request-id...)
 S_SERVICE = "meshline.service"
