@@ -106,6 +106,8 @@ class TelemetryApi:
         sub = self.intake.subscribe(mesh, flt)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         try:
+            # The sidecars of the tapped service stream every entry before the tap says it is on.
+            await self.intake.watch_taps(mesh)
             await resp.prepare(request)
             await resp.write(_dumps({"tap": {"mesh": mesh, "service": flt.service, "path": flt.path,
                                               "status": flt.status}}))
@@ -140,6 +142,7 @@ class TelemetryApi:
             pass
         finally:
             self.intake.unsubscribe(sub)
+            self.intake.rewatch_later(mesh)  # back to failures and sampled successes
         return resp
 
     async def request(self, request: web.Request, mesh: str, request_id: str) -> web.StreamResponse:

@@ -26,12 +26,13 @@ import itertools
 import json
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 from meshline.core.errors import FieldProblem, Unavailable, ValidationError
 from meshline.core.slices import Slices
+from meshline.render.mesh_snapshot import WATCH_ALL
 from meshline.telemetry.explain import EMPTY, ExplainContext, explain, explain_pair, explain_request
 from meshline.telemetry.record import MAX_TEXT, OUTBOUND, LogRecord, is_counted, record_bytes
 from meshline.telemetry.series import MeshSeries, SeriesLimits
@@ -360,6 +361,10 @@ class TelemetryIntake:
         self.subscriptions: list[Subscription] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        # Tells the sidecars which services taps watch (they stream all their entries) and
+        # returns once they run that config (the control plane's reconciler; None: nobody).
+        self.on_watch: Callable[[str, frozenset[str]], Awaitable[None]] | None = None
+        self._rewatch: set[asyncio.Task[None]] = set()
 
     def mesh(self, name: str) -> MeshTelemetry:
         """A mesh's telemetry, made on its first entry (the access-log service lets in only
@@ -509,6 +514,24 @@ class TelemetryIntake:
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self.subscriptions:
             self.subscriptions.remove(sub)
+
+    def watched(self, mesh: str) -> frozenset[str]:
+        """The services the mesh's live taps watch (WATCH_ALL: a tap without a service)."""
+        return frozenset(sub.filter.service or WATCH_ALL for sub in self.subscriptions if sub.mesh == mesh)
+
+    async def watch_taps(self, mesh: str) -> None:
+        """Have the sidecars stream every entry of what the mesh's taps watch, and wait until
+        they do (bounded by the hook; a tap then never misses a request sent after it started)."""
+        if self.on_watch is not None:
+            await self.on_watch(mesh, self.watched(mesh))
+
+    def rewatch_later(self, mesh: str) -> None:
+        """:meth:`watch_taps` without waiting (a tap that ended)."""
+        if self.on_watch is None:
+            return
+        task = asyncio.ensure_future(self.watch_taps(mesh))
+        self._rewatch.add(task)
+        task.add_done_callback(self._rewatch.discard)
 
     # -- out -----------------------------------------------------------------------
     async def stats(self, mesh: str, window: str = "1m", service: str = "", paths: int = 0) -> dict[str, Any]:

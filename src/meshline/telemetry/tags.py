@@ -21,6 +21,7 @@ META_POLICIES = "policies"  # "Timeout/orders-timeouts,Retry/orders-retries"
 META_TIMEOUT_MS = "timeoutMs"  # route timeout when the entry was logged ("0": none)
 META_PER_TRY_TIMEOUT_MS = "perTryTimeoutMs"
 META_DATAPLANE = "dataplane"  # endpoint metadata the base generator sets
+META_WATCH = "watch"  # route metadata while a tap watches the route's traffic: stream every entry
 
 # custom tag names on access-log entries
 T_DIRECTION = "meshline.direction"
