@@ -70,8 +70,9 @@ def rendered(name: str = "web-1") -> RenderResult:
     return render(snap.dataplanes[name], snap, [*plugins(), step.PLUGIN])
 
 
-def stats_loggers(result: RenderResult) -> dict[str, list[dict[str, Any]]]:
-    """listener name -> the stats access loggers' configs (as Envoy will decode them)."""
+def stats_loggers(result: RenderResult, scope: str = "meshline") -> dict[str, list[dict[str, Any]]]:
+    """listener name -> the stats access loggers' configs (as Envoy will decode them) of one
+    stats scope (``meshline``: the requests'; ``meshline.paths``: per path, for `top`)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name, packed in result.snapshot.slots[LISTENER].resources.items():
         lst = listener_pb2.Listener()
@@ -89,7 +90,9 @@ def stats_loggers(result: RenderResult) -> dict[str, list[dict[str, Any]]]:
                     assert typed.type_url == step.STATS_LOGGER_TYPE
                     cel = cel_pb2.ExpressionFilter()
                     log.filter.extension_filter.typed_config.Unpack(cel)
-                    found.append({**json_format.MessageToDict(typed.value), "only": cel.expression})
+                    config = json_format.MessageToDict(typed.value)
+                    if config["stats_scope"]["prefix"] == scope:
+                        found.append({**config, "only": cel.expression})
         out[name] = found
     return out
 
@@ -134,9 +137,27 @@ def test_inbound_names_the_caller_by_certificate_and_grpc_adds_its_status() -> N
         "destination_zone": "z1", "protocol": "http", "source_service": "%DOWNSTREAM_PEER_URI_SAN%",
         "response_code": "%RESPONSE_CODE%", "mesh_denied": "%RESP(x-meshline-denied)%",
         "response_flags": "%RESPONSE_FLAGS%",
+        # not a Prometheus label: tells the control plane's golden signals a meshed plaintext
+        # caller from one outside the mesh (telemetry.signals)
+        "source_claimed": "%REQ(X-MESHLINE-SOURCE):128%",
     }
     grpc, _ = stats_loggers(rendered())["outbound_15003"]
     assert tags(grpc)["grpc_status"] == "%GRPC_STATUS_NUMBER%" and tags(grpc)["protocol"] == "grpc"
+
+
+def test_paths_are_counted_in_their_own_scope_on_the_side_that_counts_the_request() -> None:
+    [outbound] = stats_loggers(rendered(), "meshline.paths")["outbound_15001"]
+    assert tags(outbound) == {
+        "reporter": "source", "source_service": "web", "destination_service": "orders",
+        "method": "%REQ(:METHOD):16%", "path": "%PATH(NQ:ORIG_OR_PATH):256%", "response_code": "%RESPONSE_CODE%",
+        "mesh_denied": "%RESP(x-meshline-denied)%",
+    }
+    assert outbound["only"] == "response.code != 101"
+    assert outbound["stats_scope"]["max_counters"] == step.MAX_PATHS_PER_LISTENER
+    [inbound] = stats_loggers(rendered(), "meshline.paths")["inbound_18080"]
+    assert tags(inbound)["reporter"] == "destination" and tags(inbound)["destination_service"] == "web"
+    assert "!connection.mtls" in inbound["only"] and "x-meshline-source" in inbound["only"]
+    assert stats_loggers(rendered(), "meshline.paths")["outbound_15002"] == []  # TCP
 
 
 def test_tcp_listeners_get_no_stats_logger() -> None:

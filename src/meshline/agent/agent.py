@@ -805,6 +805,7 @@ class Agent:
             if self.app is not None:
                 process.signal_group(self.app, signal.SIGKILL)  # whatever it left behind
             if envoy is not None:
+                await self._before_envoy_stops()
                 await envoy.stop(cfg.stop_timeout)
             if self._retiring is not None and not self._retiring.done() and self._replaced is not None:
                 self._retiring.cancel()
@@ -826,6 +827,16 @@ class Agent:
                 os.close(self._lock_fd)
                 self._lock_fd = None
             self.phase = Phase.STOPPED
+
+    async def _before_envoy_stops(self) -> None:
+        """Local services that read Envoy (the signals reporter) take their last look."""
+        for svc in self._started_services:
+            last_look = getattr(svc, "before_envoy_stops", None)
+            if last_look is not None:
+                try:
+                    await asyncio.wait_for(last_look(), timeout=5.0)
+                except Exception as err:  # never hold the stop
+                    self.report(f"{svc.name}: {err or type(err).__name__}")
 
     async def _callers_dropped(self) -> None:
         """Wait until every caller's sidecar runs a config without this instance, so that no

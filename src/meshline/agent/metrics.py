@@ -38,6 +38,7 @@ from meshline.core.dataplane import DataplaneMetrics
 from meshline.core.errors import MeshlineError
 from meshline.xds import names
 from meshline.xds import stat_names as m
+from meshline.xds.stat_names import service_of_identity
 
 log = logging.getLogger("meshline.agent.metrics")
 
@@ -250,12 +251,6 @@ class Workload:
             }
         return {prefix: {k: labels.get(k, "") for k in TCP_LABELS} | {m.PROTOCOL: "tcp"}
                 for prefix, labels in out.items()}
-
-
-def service_of_identity(value: str) -> str:
-    """``spiffe://<trust domain>/<mesh>/<service>`` -> ``<service>`` (several SANs: each)."""
-    services = {uri.rstrip("/").rsplit("/", 1)[-1] for uri in value.split(",") if uri.startswith("spiffe://")}
-    return ",".join(sorted(services))
 
 
 def code_class(code: str) -> str:

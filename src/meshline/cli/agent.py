@@ -197,13 +197,15 @@ def _ipv6_available() -> bool:
 def local_services(config: AgentConfig) -> list[LocalService]:
     """Services the agent starts before Envoy and stops after it: the SDS server that listens
     on ``config.sds_path`` and serves the workload certificate, the xDS proxy Envoy reaches the
-    control plane through, the metrics endpoint. Add them here."""
+    control plane through, the metrics endpoint, the reporter of Envoy's request counters
+    (the control plane's golden signals). Add them here."""
     from meshline.agent.metrics import service_for
+    from meshline.agent.signals import SignalReporter
     from meshline.agent.xds_proxy import XdsProxy
     from meshline.security.workload_identity import SdsService
 
     proxy = XdsProxy()
-    services: list[LocalService] = [SdsService(), proxy, *service_for(config)]
+    services: list[LocalService] = [SdsService(), proxy, *service_for(config), SignalReporter()]
     if config.transparent is not None:  # mesh DNS, fed by the listener pushes the proxy forwards
         from meshline.agent.capture.dns_table import DnsTable
         from meshline.agent.capture.lifecycle import DnsService

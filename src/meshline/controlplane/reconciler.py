@@ -96,6 +96,11 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.listeners: list[Callable[[str, list[str], float], None]] = []  # (mesh, nodes, change time)
+        # mesh -> the services live taps watch (MeshSnapshot.watched; not in the store: this
+        # replica's taps see only its sidecars' entries), and who waits for them to be rendered
+        self.watched: dict[str, frozenset[str]] = {}
+        self._watch_turn: dict[str, int] = {}
+        self._watch_waiters: list[tuple[str, int, asyncio.Future[list[str]]]] = []
 
     async def start(self) -> None:
         tune_gc()
@@ -169,6 +174,31 @@ class Reconciler:
             self._pending.first_change_at = time.monotonic()
         self._wake.set()
 
+    def set_watched(self, mesh: str, services: frozenset[str]) -> asyncio.Future[list[str]]:
+        """Render the mesh with these services watched; the future gives the nodes whose
+        config changed for it, once they are in the cache (pushed to connected sidecars)."""
+        fut: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        if self.watched.get(mesh, frozenset()) == services:
+            fut.set_result([])
+            return fut
+        self.watched[mesh] = services
+        if not services:
+            del self.watched[mesh]
+        turn = self._watch_turn[mesh] = self._watch_turn.get(mesh, 0) + 1
+        self._watch_waiters.append((mesh, turn, fut))
+        self.touch_mesh(mesh)
+        return fut
+
+    def _watch_rendered(self, mesh: str, turn: int, pushed: list[str]) -> None:
+        waiting = []
+        for m, t, fut in self._watch_waiters:
+            if m == mesh and t <= turn:
+                if not fut.done():
+                    fut.set_result(pushed)
+            else:
+                waiting.append((m, t, fut))
+        self._watch_waiters = waiting
+
     # -- the loop ------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
@@ -201,6 +231,7 @@ class Reconciler:
             self.offline(mesh),
             previous=previous,
             known_protocols=dict(known),
+            watched=self.watched.get(mesh, frozenset()),
         )
         for service, protocol in snap.instance_protocols().items():
             if known.get(service) != protocol:
@@ -259,9 +290,11 @@ class Reconciler:
 
     async def _render_pending(self, pending: _Pending) -> None:
         for mesh in pending.meshes:
+            watch_turn = self._watch_turn.get(mesh, 0)
             if self.model.mesh(mesh) is None:
                 self.results.drop_snapshot(mesh)
                 self.known_protocols.pop(mesh, None)
+                self._watch_rendered(mesh, watch_turn, [])
                 continue
             previous = self.results.snapshot(mesh)
             snap = self._build(mesh, previous)
@@ -289,6 +322,7 @@ class Reconciler:
                     pushed.append(node)
             for listener in self.listeners:
                 listener(mesh, pushed, pending.first_change_at)
+            self._watch_rendered(mesh, watch_turn, pushed)
 
 
 def _destination(snap: MeshSnapshot | None, service: str) -> str:

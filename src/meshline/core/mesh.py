@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Duration, Name, Spec
@@ -45,16 +45,45 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
+DEFAULT_SUCCESSES = 1.0  # percent of successful requests streamed while no tap watches
+
+
 class MeshLogging(Spec):
     """Access logs of every sidecar (inbound and outbound, HTTP and TCP).
 
     ``file``: a path template for JSON lines on the sidecar's host, e.g.
-    ``/var/log/meshline/{mesh}/{service}.log`` (null: no file). ``stream``: send every entry
-    to the control plane (what `meshline stat/top/edges/tap/explain` read).
+    ``/var/log/meshline/{mesh}/{service}.log`` (null: no file). ``stream``: send entries to
+    the control plane (what `meshline tap/explain` read; `stat/top/edges` count from the
+    sidecars' counters). ``successes``: percent of successful requests streamed while no tap
+    watches their service (0-100); failures, traced requests and everything a tap watches are
+    always streamed.
     """
 
     file: str | None = None
     stream: bool = True
+    successes: float = DEFAULT_SUCCESSES
+
+    @model_serializer(mode="wrap")
+    def _without_default_successes(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Left out at its default: a Mesh written before the setting existed reads back as written.
+        out = handler(self)
+        if isinstance(out, dict) and self.successes == DEFAULT_SUCCESSES:
+            out.pop("successes", None)
+        return out
+
+    @field_validator("successes", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        if isinstance(v, bool):
+            raise ValueError("must be a number from 0 to 100")
+        return v
+
+    @field_validator("successes")
+    @classmethod
+    def _successes(cls, v: float) -> float:
+        if not 0 <= v <= 100:
+            raise ValueError(f"{v:g} is not a percentage; use 0-100 (e.g. 1 streams one success in a hundred)")
+        return v
 
     @field_validator("file")
     @classmethod

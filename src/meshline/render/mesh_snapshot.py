@@ -137,6 +137,22 @@ class Endpoint:
         return self.tags.get("zone", "")
 
 
+WATCH_ALL = "*"  # MeshSnapshot.watched: a tap of every service
+
+
+def _with_callees(watched: frozenset[str], dataplanes: Iterable[Resource]) -> frozenset[str]:
+    """The tapped services and those they call: a tap shows a service's calls out, and both
+    halves of each (the callee's explains a failure)."""
+    if not watched or WATCH_ALL in watched:
+        return watched
+    out = set(watched)
+    for dp in dataplanes:
+        spec = dp.spec
+        if isinstance(spec, DataplaneSpec) and any(i.service in watched for i in spec.inbound):
+            out |= {o.service for o in spec.outbound}
+    return frozenset(out)
+
+
 @dataclass(frozen=True)
 class MeshSnapshot:
     mesh: Resource
@@ -155,6 +171,9 @@ class MeshSnapshot:
     reads: _Reads = field(default_factory=_Reads, compare=False, repr=False)
     # What changed since the snapshot this one was built from (``previous=``; None: no previous).
     since_previous: Changes | None = field(default=None, compare=False, repr=False)
+    # Services a live tap watches (telemetry): their sidecars stream every request's entry.
+    # WATCH_ALL: a tap of the whole mesh. Not from the store: the taps of this replica.
+    watched: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -165,6 +184,7 @@ class MeshSnapshot:
         offline: frozenset[str] = frozenset(),
         previous: MeshSnapshot | None = None,
         known_protocols: Mapping[str, str] | None = None,
+        watched: frozenset[str] = frozenset(),
     ) -> MeshSnapshot:
         """The snapshot of ``resources``; with ``previous`` (the same mesh's last snapshot),
         the carried pieces of its memo that nothing changed under are kept.
@@ -203,6 +223,7 @@ class MeshSnapshot:
             ),
             protocols=TrackedMapping(protocols, reads),
             reads=reads,
+            watched=_with_callees(watched, dataplanes.values()),
         )
         if previous is not None:
             changes = snap.changes(previous)
@@ -241,6 +262,11 @@ class MeshSnapshot:
                         everything = True
                     else:
                         policy_services |= selected
+        flipped = previous.watched ^ self.watched
+        if WATCH_ALL in flipped:
+            everything = True
+        else:  # their inbounds and every outbound to them (watched holds what they call too)
+            policy_services |= flipped
         return Changes(everything, frozenset(dataplanes), frozenset(services), frozenset(policy_services))
 
     def _dataplanes(self) -> Mapping[str, Resource]:

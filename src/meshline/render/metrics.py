@@ -52,6 +52,11 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
     GRPC_STATUS,
     MESH,
     MESH_DENIED,
+    METHOD,
+    METHOD_FORMAT,
+    PATH,
+    PATH_FORMAT,
+    PATHS_SCOPE,
     PROTOCOL,
     REPORTER,
     REQUEST_BYTES,
@@ -60,6 +65,8 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
     RESPONSE_CODE,
     RESPONSE_FLAGS,
     SCOPE,
+    SOURCE_CLAIMED,
+    SOURCE_CLAIMED_FORMAT,
     SOURCE_SERVICE,
     SOURCE_VERSION,
     SOURCE_ZONE,
@@ -72,10 +79,15 @@ from meshline.xds.stat_names import (  # shared with the agent, which must not l
 # label combinations are not counted (traffic is untouched).
 MAX_COUNTERS_PER_LISTENER = 1_000
 MAX_HISTOGRAMS_PER_LISTENER = 3_000  # three per counter
+# Paths come from callers (unbounded): their own scope, as many keys as the control plane keeps.
+MAX_PATHS_PER_LISTENER = 500
 
 STATS_LOGGER = "envoy.access_loggers.stats"
 CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 UPGRADE, NOT_UPGRADE = "response.code == 101", "response.code != 101"  # which logger counts a request
+# Inbound paths count only where the callee's side counts the request: a caller without a
+# sidecar (no certificate, no x-meshline-source; telemetry.signals).
+FROM_OUTSIDE = f"{NOT_UPGRADE} && !connection.mtls && !('x-meshline-source' in request.headers)"
 STATS_LOGGER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
 
 KIND = KindInfo(
@@ -117,6 +129,37 @@ def stats_loggers(listener: str, fixed: Mapping[str, str],
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
         name=CEL_FILTER, typed_config=envoy.packed(cel_pb2.ExpressionFilter(expression=expression))))
+
+
+@functools.lru_cache(maxsize=4096)
+def paths_logger(listener: str, fixed: tuple[tuple[str, str], ...], per_request: tuple[tuple[str, str], ...],
+                 only: str) -> accesslog_pb2.AccessLog:
+    """Requests and their latency per method and path (``meshline top``), counted on the side
+    that counts the request (``only``: a CEL condition), in a scope of their own capped at
+    :data:`MAX_PATHS_PER_LISTENER` label sets. WebSocket upgrades are left out (their
+    duration has no end, see :func:`stats_loggers`)."""
+    tags = [{"name": k, "value_format": v} for k, v in fixed if v]
+    tags += [{"name": METHOD, "value_format": METHOD_FORMAT}, {"name": PATH, "value_format": PATH_FORMAT}]
+    tags += [{"name": k, "value_format": v} for k, v in per_request]
+    value = {
+        "counters": [{"stat": {"name": REQUESTS, "tags": tags}, "value_fixed": "1"}],
+        "histograms": [{"stat": {"name": DURATION, "tags": tags}, "unit": "Microseconds",
+                        "value_format": DURATION_FORMAT}],
+        "stats_scope": {"prefix": PATHS_SCOPE, "sharing_name": f"{PATHS_SCOPE}.{listener}",
+                        "max_counters": MAX_PATHS_PER_LISTENER, "max_histograms": MAX_PATHS_PER_LISTENER},
+    }
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    typed = typed_struct_pb2.TypedStruct(type_url=STATS_LOGGER_TYPE, value=struct)
+    return accesslog_pb2.AccessLog(name=STATS_LOGGER, filter=_cel(only), typed_config=envoy.packed(typed))
+
+
+def _path_outcome(protocol: str) -> tuple[tuple[str, str], ...]:
+    """What a path's row needs to tell a success from a failure or a denial."""
+    out = [(RESPONSE_CODE, "%RESPONSE_CODE%"), (MESH_DENIED, f"%RESP({names.DENIED_HEADER})%")]
+    if protocol == "grpc":
+        out.append((GRPC_STATUS, "%GRPC_STATUS_NUMBER%"))
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -180,7 +223,9 @@ def outbound_logger(listener: str, mesh: str, source_tags: tuple[Mapping[str, st
         DESTINATION_ZONE: "%UPSTREAM_METADATA(envoy.lb:zone)%",
         **_per_request(protocol),
     }
-    return stats_loggers(listener, fixed, per_request)
+    return (*stats_loggers(listener, fixed, per_request),
+            paths_logger(listener, ((REPORTER, "source"), (SOURCE_SERVICE, fixed[SOURCE_SERVICE]),
+                                    (DESTINATION_SERVICE, service)), _path_outcome(protocol), NOT_UPGRADE))
 
 
 def inbound_logger(listener: str, mesh: str, tags: Mapping[str, str],
@@ -194,8 +239,12 @@ def inbound_logger(listener: str, mesh: str, tags: Mapping[str, str],
         PROTOCOL: protocol,
     }
     # The caller's verified SPIFFE identity (empty without mTLS); the agent keeps its service.
-    per_request = {SOURCE_SERVICE: "%DOWNSTREAM_PEER_URI_SAN%", **_per_request(protocol)}
-    return stats_loggers(listener, fixed, per_request)
+    # The claim tells a meshed plaintext caller from one outside the mesh (telemetry.signals).
+    per_request = {SOURCE_SERVICE: "%DOWNSTREAM_PEER_URI_SAN%", **_per_request(protocol),
+                   SOURCE_CLAIMED: SOURCE_CLAIMED_FORMAT}
+    return (*stats_loggers(listener, fixed, per_request),
+            paths_logger(listener, ((REPORTER, "destination"), (DESTINATION_SERVICE, tags.get("service", ""))),
+                         _path_outcome(protocol), FROM_OUTSIDE))
 
 
 def _add(chain: HttpChain | None, loggers: tuple[accesslog_pb2.AccessLog, ...]) -> None:

@@ -12,12 +12,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from meshline.controlplane.settings import Settings
     from meshline.extensions import Extensions
     from meshline.telemetry.intake import TelemetryIntake
+
+
+WATCH_WAIT_S = 3.0  # a new tap waits at most this long for the sidecars to stream everything
 
 
 def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
@@ -39,9 +44,29 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
         dp = running[0].model.get(ResourceKey("Dataplane", mesh, dataplane)) if running else None
         return frozenset(dp.spec.services()) if dp is not None and isinstance(dp.spec, DataplaneSpec) else None
 
+    async def watch(mesh: str, services: frozenset[str]) -> None:
+        """Render the mesh with the taps' services watched, then wait (bounded) until the
+        sidecars whose config changed ACKed it: a tap is on once they stream everything."""
+        ctx = running[0]
+        try:
+            pushed = await asyncio.wait_for(asyncio.shield(ctx.reconciler.set_watched(mesh, services)), WATCH_WAIT_S)
+        except TimeoutError:
+            return
+        def acked(node: str) -> bool:
+            st, result = ctx.status.find(node), ctx.results.get(node)
+            if st is None or not st.connected or result is None:
+                return True  # a sidecar that is not connected gets the new config when it connects
+            return all((t := st.types.get(kind)) is not None and t.acked == version
+                       for kind, version in result.snapshot.versions().items())
+
+        deadline = time.monotonic() + WATCH_WAIT_S
+        while time.monotonic() < deadline and not all(acked(n) for n in pushed):
+            await asyncio.sleep(0.005)
+
     def on_start(ctx: ControlPlaneContext) -> None:
         running[:] = [ctx]
         ctx.services["telemetry"] = intake
+        intake.on_watch = watch
         intake.start()
 
     ext.render_steps.append(PLUGIN)
@@ -49,7 +74,7 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
     def mesh_exists(mesh: str) -> bool:
         return bool(running) and running[0].model.mesh(mesh) is not None
 
-    ext.routes.append(TelemetryApi(intake, mesh_exists).routes)
+    ext.routes.append(TelemetryApi(intake, mesh_exists, services_of).routes)
     ext.routes.append(HistoryApi(intake, mesh_exists).routes)
     ext.on_start.append(on_start)
     ext.on_stop.append(intake.stop)

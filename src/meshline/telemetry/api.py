@@ -5,7 +5,9 @@
 * ``GET /api/v1/meshes/{mesh}/tap?service=&path=&status=&replay=N``: a live stream of
   requests as JSON lines (``application/x-ndjson``); the first line confirms the tap is on;
 * ``GET /api/v1/meshes/{mesh}/requests/{id}``: both halves of one request (by x-request-id,
-  or every entry of a trace id) with the explanation.
+  or every entry of a trace id) with the explanation;
+* ``POST /api/v1/meshes/{mesh}/dataplanes/{name}/signals``: what a dataplane's agent reports
+  of its Envoy's request counters (:mod:`.signals`), with the dataplane's own token.
 
 Registered through ``Extensions.routes``, ahead of the API's generic resource routes.
 """
@@ -24,6 +26,7 @@ from meshline.api.routes import WHOLE_NUMBER, Route, query_param
 from meshline.api.server import principal
 from meshline.core.errors import FieldProblem, NotFound, ValidationError
 from meshline.core.slices import Slices
+from meshline.telemetry import signals
 from meshline.telemetry.explain import explain_request
 from meshline.telemetry.intake import EncodedRow, TapFilter, TelemetryIntake
 from meshline.telemetry.record import LogRecord
@@ -67,10 +70,17 @@ async def _dumps_in_slices(data: dict[str, Any]) -> bytes:
     return ("{" + ",".join(parts) + "}\n").encode()
 
 
+# (mesh, dataplane) -> the services it serves (None: no such registered dataplane)
+ServicesOf = Callable[[str, str], frozenset[str] | None]
+NOT_ITS_SERVICE = "not-its-service"  # the access-log service's reason (telemetry.als)
+
+
 class TelemetryApi:
-    def __init__(self, intake: TelemetryIntake, mesh_exists: Callable[[str], bool] = lambda _: True) -> None:
+    def __init__(self, intake: TelemetryIntake, mesh_exists: Callable[[str], bool] = lambda _: True,
+                 services_of: ServicesOf = lambda mesh, dataplane: None) -> None:
         self.intake = intake
         self.mesh_exists = mesh_exists
+        self.services_of = services_of
 
     def _check_mesh(self, mesh: str) -> None:
         if not self.mesh_exists(mesh):
@@ -96,6 +106,8 @@ class TelemetryApi:
         sub = self.intake.subscribe(mesh, flt)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         try:
+            # The sidecars of the tapped service stream every entry before the tap says it is on.
+            await self.intake.watch_taps(mesh)
             await resp.prepare(request)
             await resp.write(_dumps({"tap": {"mesh": mesh, "service": flt.service, "path": flt.path,
                                               "status": flt.status}}))
@@ -130,6 +142,7 @@ class TelemetryApi:
             pass
         finally:
             self.intake.unsubscribe(sub)
+            self.intake.rewatch_later(mesh)  # back to failures and sampled successes
         return resp
 
     async def request(self, request: web.Request, mesh: str, request_id: str) -> web.StreamResponse:
@@ -162,6 +175,32 @@ class TelemetryApi:
         self._check_mesh(mesh)
         return await self.request(request, mesh, request.match_info["id"])
 
+    async def _signals(self, request: web.Request) -> web.StreamResponse:
+        """A dataplane's counted requests since its last accepted post (see :mod:`.signals`)."""
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        p = principal(request)
+        p.check_read(mesh)
+        self._check_mesh(mesh)
+        services = self.services_of(mesh, name)
+        # An agent deregisters before Envoy drains, and reports what Envoy counted last after
+        # that: a dataplane token then speaks for its service, as it did while registered.
+        p.check_write(mesh, "Dataplane", spec_services=sorted(services) if services is not None else None, name=name)
+        if services is None and p.service is not None:
+            services = frozenset({p.service})
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ValidationError([FieldProblem("body", "must be JSON: {\"rows\": [...]}")]) from None
+        rows = signals.rows_from_json(body)
+        through = body.get("through") if isinstance(body, dict) else None
+        if not isinstance(through, int | float) or isinstance(through, bool) or not 0 < through < 1e11:
+            raise ValidationError([FieldProblem("through", "must be the Unix time the counters were read")])
+        own = [r for r in rows if services is None or set(r.own_service.split(",")) <= services]
+        if len(own) < len(rows):  # about another service's side: refused, like its access-log entries
+            self.intake.note_dropped(mesh, NOT_ITS_SERVICE, sum(r.count for r in rows) - sum(r.count for r in own))
+        self.intake.ingest_signals(mesh, own, dataplane=name, through=float(through))
+        return web.Response(body=_dumps({"accepted": len(own)}), content_type="application/json")
+
     def routes(self) -> list[Route]:
         text = {"type": "string"}
         return [
@@ -179,6 +218,10 @@ class TelemetryApi:
                   codes=(404, 422)),
             Route("GET", "/api/v1/meshes/{mesh}/requests/{id}", self._request,
                   "One recent request (both halves) with its explanation", codes=(404,)),
+            Route("POST", "/api/v1/meshes/{mesh}/dataplanes/{name}/signals", self._signals,
+                  "A dataplane agent's report of its sidecar's request counters (the golden signals)",
+                  body={"type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}}}},
+                  codes=(403, 404, 422)),
         ]  # fmt: skip
 
 

@@ -96,6 +96,7 @@ def _common(
         per_try_timeout_ms=_ms(tags.get(t.T_PER_TRY_TIMEOUT_MS, "")),
         attempts=common.upstream_request_attempt_count,
         section=tags.get(t.T_SECTION, ""),
+        signals=tags.get(t.T_SIGNALS, "") == "stats",
     )
     if r.section.startswith("gateway/"):  # who outside the mesh made the request
         r.client = _address(common.downstream_remote_address)

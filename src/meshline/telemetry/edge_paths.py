@@ -65,15 +65,20 @@ class EdgePaths:
         self.collapsed = 0  # collapses done to stay within per_edge
 
     def add(self, r: LogRecord) -> None:
-        path = r.path.split("?", 1)[0] or "/"
-        edge = self.edges.pop(r.edge, None) or _Edge()
-        self.edges[r.edge] = edge
-        key = next((k for k in edge.paths if k.prefix and covers(k, r.method, path)), None)
-        key = key or PathKey(r.method, path)
+        self.add_many(r.edge, r.method, r.path, 1, r.time)
+
+    def add_many(self, edge_key: tuple[str, str], method: str, path: str, count: int, at: float) -> None:
+        """``count`` requests of one edge to ``method path`` (a sidecar's per-path counters, or
+        one access-log entry), the last at ``at``."""
+        path = path.split("?", 1)[0] or "/"
+        edge = self.edges.pop(edge_key, None) or _Edge()
+        self.edges[edge_key] = edge
+        key = next((k for k in edge.paths if k.prefix and covers(k, method, path)), None)
+        key = key or PathKey(method, path)
         seen = edge.paths.setdefault(key, PathSeen())
-        seen.count += 1
-        seen.last_seen = max(seen.last_seen, r.time)
-        self._expire(edge, r.time)
+        seen.count += count
+        seen.last_seen = max(seen.last_seen, at)
+        self._expire(edge, at)
         while len(edge.paths) > self.limits.per_edge:
             self._collapse(edge)
         while len(self.edges) > self.limits.edges:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
+    base_pb2,
     config_source_pb2,
     extension_pb2,
     grpc_service_pb2,
@@ -15,6 +16,7 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.tracers.opentelemetry.samplers.v3 import (
@@ -105,6 +107,7 @@ def _log_tags(info: SectionInfo) -> list[custom_tag_pb2.CustomTag]:
         ]
     if info.protocol == "http":
         out += [
+            literal(t.T_SIGNALS, "stats"),  # counted from the sidecar's counters (telemetry.signals)
             header(t.T_TRACEPARENT, t.TRACEPARENT),
             header(t.T_B3, t.B3_TRACE_ID),
             metadata(t.T_ROUTE_POLICIES, "route", t.META, t.META_POLICIES),
@@ -116,8 +119,59 @@ def _log_tags(info: SectionInfo) -> list[custom_tag_pb2.CustomTag]:
     return [tag for tag in out if tag.WhichOneof("type") != "literal" or tag.literal.value]
 
 
-def grpc_access_log(info: SectionInfo) -> accesslog_pb2.AccessLog:
-    """Stream entries to the control plane's AccessLogService over the bootstrap's xDS cluster."""
+# The route's meshline metadata says a tap watches it (render_step adds t.META_WATCH).
+WATCHED_CEL = f"has(xds.route_metadata.filter_metadata.{t.META}.{t.META_WATCH})"
+TRACED_CEL = "request.headers['traceparent'].endsWith('-01') || request.headers['x-b3-sampled'] == '1'"
+# a dry-run TrafficPermission would have refused it (a 200: `permissions report` counts these)
+SHADOW_DENIED_CEL = f"metadata.filter_metadata['{t.RBAC_HTTP}']['{t.SHADOW_RESULT}'] == 'denied'"
+CAPTURED_CEL = f"'{t.CAPTURE_NS}' in metadata.filter_metadata"  # a TrafficRecording captured it
+GRPC_FAILED_CEL = "(request.headers['content-type'].startsWith('application/grpc') && response.grpc_status > 0)"
+SUCCESSES_RUNTIME_KEY = "meshline.access_log.successes"  # an operator may override the percent in Envoy's runtime
+
+
+def _cmp_status(op: int, value: int) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+        comparison=accesslog_pb2.ComparisonFilter(op=op, value=base_pb2.RuntimeUInt32(default_value=value))))
+
+
+def stream_filter(successes: float, traced: bool = False) -> accesslog_pb2.AccessLogFilter | None:
+    """Which HTTP entries a sidecar streams when no tap watches the section (None: all of them).
+
+    Always: every request with a status of 400 or more, none at all (0), an Envoy response
+    flag or a gRPC status other than OK (what `tap` and `explain` explain), a request a dry-run
+    TrafficPermission would have refused, one a TrafficRecording captured, with ``traced``
+    (the mesh traces) every sampled trace's request (`explain <trace id>` from a tracing UI
+    finds it), and every request on a route a
+    tap watches (:data:`WATCHED_CEL`). Of the rest, ``successes``
+    percent, chosen by x-request-id, so both sidecars of a call pick the same requests and
+    `explain` shows both halves. The golden signals never depend on it (telemetry.signals)."""
+    if successes >= 100:
+        return None
+    ac = accesslog_pb2
+    filters = [
+        _cmp_status(ac.ComparisonFilter.GE, 400),
+        _cmp_status(ac.ComparisonFilter.EQ, 0),
+        ac.AccessLogFilter(response_flag_filter=ac.ResponseFlagFilter()),  # any flag
+        # a tap watches (the route says so: RDS, so a tap never replaces a listener and drains
+        # it), a gRPC status other than OK (Envoy's grpc_status_filter also took plain HTTP
+        # 200s as failed), a sampled trace (Envoy's traceable_filter did not see them)
+        ac.AccessLogFilter(extension_filter=ac.ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel",
+            typed_config=envoy.packed(cel_pb2.ExpressionFilter(
+                expression=" || ".join([WATCHED_CEL, GRPC_FAILED_CEL, SHADOW_DENIED_CEL, CAPTURED_CEL,
+                                        *([TRACED_CEL] if traced else [])]))))),
+    ]
+    if successes > 0:
+        filters.append(ac.AccessLogFilter(runtime_filter=ac.RuntimeFilter(
+            runtime_key=SUCCESSES_RUNTIME_KEY,
+            percent_sampled=percent_pb2.FractionalPercent(
+                numerator=round(successes * 10_000), denominator=percent_pb2.FractionalPercent.MILLION))))
+    return ac.AccessLogFilter(or_filter=ac.OrFilter(filters=filters))
+
+
+def grpc_access_log(info: SectionInfo, successes: float = 100.0, traced: bool = False) -> accesslog_pb2.AccessLog:
+    """Stream entries to the control plane's AccessLogService over the bootstrap's xDS cluster;
+    HTTP: through :func:`stream_filter` (``successes``: percent of successes)."""
     common = als_pb2.CommonGrpcAccessLogConfig(
         log_name=names.access_log_name(info.listener),
         grpc_service=grpc_service_pb2.GrpcService(
@@ -137,7 +191,11 @@ def grpc_access_log(info: SectionInfo) -> accesslog_pb2.AccessLog:
         additional_response_headers_to_log=["grpc-status", t.DENIED_HEADER],
         additional_response_trailers_to_log=["grpc-status"],
     )
-    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=envoy.packed(http))
+    out = accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=envoy.packed(http))
+    only = stream_filter(successes, traced)
+    if only is not None:
+        out.filter.CopyFrom(only)
+    return out
 
 
 def _json_fields(info: SectionInfo) -> dict[str, str]:

@@ -26,20 +26,27 @@ import itertools
 import json
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 from meshline.core.errors import FieldProblem, Unavailable, ValidationError
 from meshline.core.slices import Slices
+from meshline.render.mesh_snapshot import WATCH_ALL
 from meshline.telemetry.denials import DenialLimits, Denials, denial_of
 from meshline.telemetry.edge_paths import EdgePathLimits, EdgePaths
 from meshline.telemetry.explain import EMPTY, ExplainContext, explain, explain_pair, explain_request
 from meshline.telemetry.record import MAX_TEXT, OUTBOUND, LogRecord, is_counted, record_bytes
 from meshline.telemetry.series import MeshSeries, SeriesLimits
-from meshline.telemetry.window import LONGEST_WINDOW_S, WINDOWS, RollingStats, Summary
+from meshline.telemetry.signals import SignalRow
+from meshline.telemetry.window import LONGEST_WINDOW_S, WINDOWS, RollingStats, Summary, bucket_of
 
 ContextFor = Callable[[LogRecord], ExplainContext]
+# A counted entry whose sidecar reports its counters (telemetry.signals) goes to the taps once
+# those counters include it, so whoever saw it in a tap finds it in `stat` too; at most this long.
+SIGNALS_WAIT_S = 2.0
+SIGNALS_MARGIN_S = 0.005  # Envoy counts a request just after its last byte
+MAX_SIGNAL_SOURCES = 100_000  # dataplanes whose last report is remembered
 TLS_SAMPLE = 100  # inbound entries per edge remembered for the mTLS column
 
 K = TypeVar("K", bound=Hashable)
@@ -176,7 +183,9 @@ class MeshTelemetry:
         self.edge_tls: OrderedDict[tuple[str, str], deque[bool]] = OrderedDict()
         self.edge_protocol: dict[tuple[str, str], str] = {}  # keys: those of edges
         self.pending: dict[tuple[str, str, str], _Pending] = {}  # (request id, source, destination)
+        self.awaiting: deque[_Pending] = deque()  # counted entries waiting for their sidecar's counters
         self.received = 0
+        self.received_signals = 0  # requests counted from sidecars' counters (telemetry.signals)
         self.evicted = 0  # golden-signal keys dropped to stay within the limits
         self.dropped: dict[str, int] = {}  # entries refused at the door, by reason
         self.series = MeshSeries(limits.series)
@@ -225,6 +234,53 @@ class MeshTelemetry:
             self._add(self.versions, self.limits.services, key, r, r.failed)
             self._evict_over_budget()
 
+    def count_signal(self, row: SignalRow, at: float) -> None:
+        """A sidecar's counted requests of one label set (telemetry.signals), into the same
+        indexes as :meth:`count` / :meth:`count_callee` put single entries."""
+        hist: dict[int, int] = {}
+        for upper_ms, n in row.latency:
+            if n:
+                idx = bucket_of(upper_ms)
+                hist[idx] = hist.get(idx, 0) + n
+        uppers = [ms for ms, n in row.latency if n]
+        lo, hi = (min(uppers), max(uppers)) if uppers else (0.0, 0.0)
+        denied = row.count if row.denied else 0
+        failures = row.count if row.failed and not row.denied else 0
+        parts = (at, row.count, failures, denied, hist, lo, hi)
+        if row.path is not None:  # the per-path scope: `top`'s index and `permissions suggest --l7`'s
+            if row.counted:
+                self._add_many(self.paths, self.limits.paths, (row.destination, row.method, row.path), parts)
+                if not row.denied and row.count > 0:
+                    self.edge_paths.add_many(row.edge, row.method, row.path, row.count, at)
+                self._evict_over_budget()
+            return
+        self.received_signals += row.count
+        if row.reporter != "source":
+            self.observe_tls_many(row.edge, row.mtls, row.count)
+            if row.destination_version:
+                key = (row.destination, row.destination_version, "callee")
+                self._add_many(self.versions, self.limits.services, key, parts)
+        if row.counted:
+            self._add_many(self.services, self.limits.services, row.destination, parts)
+            self._add_many(self.edges, self.limits.edges, row.edge, parts)
+            self.edge_protocol[row.edge] = "http"
+            self.series.count_many(row.destination, row.edge, row.destination_version, *parts)
+            if row.destination_version:
+                key = (row.destination, row.destination_version, "caller")
+                self._add_many(self.versions, self.limits.services, key, parts)
+        self._evict_over_budget()
+
+    def _add_many(self, index: OrderedDict[K, RollingStats], limit: int, key: K,
+                  parts: tuple[float, int, int, int, dict[int, int], float, float]) -> None:
+        stats = index.pop(key, None) or RollingStats()
+        index[key] = stats
+        before = stats.cells
+        stats.add_many(*parts)
+        self.cells += stats.cells - before
+        stats.touched = next(self._stamp)
+        while len(index) > limit:
+            self._evict(index)
+
     def _evict_over_budget(self) -> None:
         indexes: tuple[OrderedDict[Any, RollingStats], ...] = (self.services, self.edges, self.paths, self.versions)
         while self.cells > self.limits.cells:  # the least recently updated key of any index goes
@@ -254,6 +310,15 @@ class MeshTelemetry:
             seen.append(r.mtls)
             while len(self.edge_tls) > self.limits.edges:
                 self.edge_tls.popitem(last=False)
+
+    def observe_tls_many(self, edge: tuple[str, str], mtls: bool, n: int) -> None:
+        if n <= 0:
+            return
+        seen = self.edge_tls.pop(edge, None) or deque(maxlen=TLS_SAMPLE)
+        self.edge_tls[edge] = seen
+        seen.extend([mtls] * min(n, TLS_SAMPLE))
+        while len(self.edge_tls) > self.limits.edges:
+            self.edge_tls.popitem(last=False)
 
     def mtls(self, edge: tuple[str, str]) -> str:
         seen = self.edge_tls.get(edge)
@@ -305,9 +370,15 @@ class TelemetryIntake:
         self.join_window = join_window
         self.clock = clock
         self.meshes: dict[str, MeshTelemetry] = {}
+        # (mesh, dataplane) -> when its sidecar last read the counters it reported (telemetry.signals)
+        self.signals_through: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.subscriptions: list[Subscription] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        # Tells the sidecars which services taps watch (they stream all their entries) and
+        # returns once they run that config (the control plane's reconciler; None: nobody).
+        self.on_watch: Callable[[str, frozenset[str]], Awaitable[None]] | None = None
+        self._rewatch: set[asyncio.Task[None]] = set()
 
     def mesh(self, name: str) -> MeshTelemetry:
         """A mesh's telemetry, made on its first entry (the access-log service lets in only
@@ -330,7 +401,7 @@ class TelemetryIntake:
     def ingest(self, records: Iterable[LogRecord]) -> None:
         for r in records:
             self._ingest(r)
-        if any(m.pending for m in self.meshes.values()) and self._wake is not None:
+        if any(m.pending or m.awaiting for m in self.meshes.values()) and self._wake is not None:
             self._wake.set()
 
     def _ingest(self, r: LogRecord) -> None:
@@ -345,15 +416,16 @@ class TelemetryIntake:
         m.remember(r)
         key = (r.request_id, r.source, r.destination)
         m.observe_tls(r)  # every inbound entry, counted ones too (a caller without a sidecar)
-        if is_counted(r) and r.protocol == "http" and not r.denied:
-            m.edge_paths.add(r)  # what `permissions suggest --l7` reads
+        if is_counted(r) and r.protocol == "http" and not r.denied and not r.signals:
+            m.edge_paths.add(r)  # what `permissions suggest --l7` reads (else: count_signal's path rows)
         denial = denial_of(r)
         if denial is not None:
             m.denials.add(denial, r.time)  # what `permissions report` reads
         if is_counted(r):
-            m.count(r)
-            if r.direction != OUTBOUND:
-                m.count_callee(r)
+            if not r.signals:
+                m.count(r)
+                if r.direction != OUTBOUND:
+                    m.count_callee(r)
             inbound = next((o for o in others if o.direction != OUTBOUND), None)
             if r.direction == OUTBOUND and inbound is not None:
                 r.explanation = explain_pair(r, inbound)
@@ -362,9 +434,10 @@ class TelemetryIntake:
                 if pushed_out is not None:
                     self._publish(pushed_out.record)
                 return
-            self._publish(r)
+            self._publish_counted(m, r)
             return
-        m.count_callee(r)
+        if not r.signals:
+            m.count_callee(r)
         if r.capture is not None:  # the callee's own half, with what a TrafficRecording captured
             self._publish(r, captures_only=True)
         if r.mirrored:  # no caller's half will come: the copy's only entry goes to the taps
@@ -375,7 +448,22 @@ class TelemetryIntake:
                 o.explanation = explain_pair(o, r)
         waiting = m.pending.pop(key, None) if r.request_id else None
         if waiting is not None:
-            self._publish(waiting.record)
+            self._publish_counted(m, waiting.record)
+
+    def _covered(self, r: LogRecord) -> bool:
+        """Whether ``r``'s sidecar has reported counters read after ``r`` ended (same host clock)."""
+        through = self.signals_through.get((r.mesh, r.dataplane))
+        return through is not None and through >= r.time + r.duration_ms / 1000 + SIGNALS_MARGIN_S
+
+    def _publish_counted(self, m: MeshTelemetry, r: LogRecord) -> None:
+        if not r.signals or self._covered(r):
+            self._publish(r)
+            return
+        m.awaiting.append(_Pending(r, self.clock() + SIGNALS_WAIT_S))
+        if len(m.awaiting) > self.limits.pending:
+            self._publish(m.awaiting.popleft().record)
+        if self._wake is not None:
+            self._wake.set()
 
     def flush_due(self, now: float | None = None) -> int:
         """Publish held-back records whose other half did not come in time."""
@@ -387,6 +475,9 @@ class TelemetryIntake:
                     del m.pending[key]
                     self._publish(p.record)
                     n += 1
+            while m.awaiting and m.awaiting[0].deadline <= now:  # the counters did not come in time
+                self._publish(m.awaiting.popleft().record)
+                n += 1
         return n
 
     def _publish(self, r: LogRecord, captures_only: bool = False) -> None:
@@ -404,6 +495,32 @@ class TelemetryIntake:
             if sub.mesh == r.mesh and (sub.filter.captures or not captures_only) and sub.filter.matches(r):
                 sub.offer(r)
 
+    def ingest_signals(self, mesh: str, rows: Iterable[SignalRow], at: float | None = None,
+                       dataplane: str = "", through: float | None = None) -> None:
+        """Requests counted by a sidecar since its last post (see :mod:`.signals`), at ``at``
+        (default: now). ``through``: when the sidecar read them (its host's clock, the one its
+        access-log entries use): its entries that ended before are in them, and go to the taps."""
+        when = self.clock() if at is None else at
+        m = self.mesh(mesh)
+        for row in rows:
+            if row.count > 0 or row.latency:
+                m.count_signal(row, when)
+        if not dataplane or through is None:
+            return
+        key = (mesh, dataplane)
+        self.signals_through.pop(key, None)
+        self.signals_through[key] = through
+        while len(self.signals_through) > MAX_SIGNAL_SOURCES:
+            self.signals_through.popitem(last=False)
+        if m.awaiting:
+            keep: deque[_Pending] = deque()
+            for p in m.awaiting:
+                if self._covered(p.record):
+                    self._publish(p.record)
+                else:
+                    keep.append(p)
+            m.awaiting = keep
+
     # -- taps ----------------------------------------------------------------------
     def subscribe(self, mesh: str, flt: TapFilter) -> Subscription:
         if len(self.subscriptions) >= self.limits.taps:
@@ -418,6 +535,26 @@ class TelemetryIntake:
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self.subscriptions:
             self.subscriptions.remove(sub)
+
+    def watched(self, mesh: str) -> frozenset[str]:
+        """The services the mesh's live taps watch (WATCH_ALL: a tap without a service). A
+        recording's subscription is not a tap: its captured entries are always streamed."""
+        return frozenset(sub.filter.service or WATCH_ALL for sub in self.subscriptions
+                         if sub.mesh == mesh and not sub.filter.captures)
+
+    async def watch_taps(self, mesh: str) -> None:
+        """Have the sidecars stream every entry of what the mesh's taps watch, and wait until
+        they do (bounded by the hook; a tap then never misses a request sent after it started)."""
+        if self.on_watch is not None:
+            await self.on_watch(mesh, self.watched(mesh))
+
+    def rewatch_later(self, mesh: str) -> None:
+        """:meth:`watch_taps` without waiting (a tap that ended)."""
+        if self.on_watch is None:
+            return
+        task = asyncio.ensure_future(self.watch_taps(mesh))
+        self._rewatch.add(task)
+        task.add_done_callback(self._rewatch.discard)
 
     # -- out -----------------------------------------------------------------------
     async def stats(self, mesh: str, window: str = "1m", service: str = "", paths: int = 0) -> dict[str, Any]:
@@ -517,8 +654,8 @@ class TelemetryIntake:
         return {"records": len(m.recent), "recordBytes": m.record_bytes, "requestIds": len(m.by_request),
                 "services": len(m.services), "edges": len(m.edges), "paths": len(m.paths), "cells": m.cells,
                 "edgeTls": len(m.edge_tls), "edgeProtocols": len(m.edge_protocol), "pending": len(m.pending),
-                "taps": len(self.subscriptions), "seriesKeys": len(m.series.keys), "seriesCells": m.series.cells,
-                "edgePaths": m.edge_paths.size(), "denials": len(m.denials.rows)}
+                "taps": len(self.subscriptions), "signals": m.received_signals, "seriesKeys": len(m.series.keys),
+                "seriesCells": m.series.cells, "edgePaths": m.edge_paths.size(), "denials": len(m.denials.rows)}
 
     def request(self, mesh: str, request_id: str) -> list[LogRecord]:
         """Every entry of one request, by x-request-id (or of a trace id), in call order:
@@ -558,6 +695,6 @@ class TelemetryIntake:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while any(m.pending for m in self.meshes.values()):
+            while any(m.pending or m.awaiting for m in self.meshes.values()):
                 await asyncio.sleep(min(0.25, self.join_window))
                 self.flush_due()

@@ -68,6 +68,9 @@ class LogRecord:
     # inbound, while a TrafficRecording is on: headers and bodies (see meshline.learn.capture)
     capture: dict[str, Any] | None = None
     client: str = ""  # a gateway's entry: the outside caller's ip:port (it has no mesh identity)
+    # Its sidecar counts its requests itself and reports the counters (telemetry.signals):
+    # the entry is for taps and explanations, not counted again.
+    signals: bool = False
 
     @property
     def failed(self) -> bool:
@@ -94,6 +97,7 @@ class LogRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = {_camel(k): v for k, v in asdict(self).items()}
+        del out["signals"]
         out["failed"] = self.failed
         out["counted"] = is_counted(self)
         out["mirrored"] = self.mirrored

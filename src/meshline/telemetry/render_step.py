@@ -28,7 +28,7 @@ from envoy.config.route.v3 import route_pb2
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.mesh import MeshLogging, MeshSpec
 from meshline.core.resource import KindInfo, Resource
-from meshline.render.mesh_snapshot import MeshSnapshot
+from meshline.render.mesh_snapshot import WATCH_ALL, MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.sections import InboundSection, OutboundSection, Section
 from meshline.telemetry import envoy_config as cfg
@@ -52,6 +52,12 @@ def _enabled(spec: MeshSpec) -> bool:
     return bool(spec.logging.stream or spec.logging.file or spec.tracing)
 
 
+def _watched(mesh: MeshSnapshot, *services: str) -> bool:
+    """A live tap watches one of these services (or the whole mesh): stream every entry."""
+    watched = mesh.watched
+    return bool(watched) and (WATCH_ALL in watched or any(s in watched for s in services))
+
+
 def _services(tag_sets: tuple[Mapping[str, str], ...]) -> str:
     return ",".join(sorted({tags["service"] for tags in tag_sets if "service" in tags}))
 
@@ -68,12 +74,14 @@ def _policies(section: Section, skip: frozenset[str] = frozenset()) -> str:
     return ",".join(sorted({f"{a.kind}/{a.name}" for a in section.applied if a.kind not in skip}))
 
 
-def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str) -> None:
+def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str, watched: bool) -> None:
     for vhost in rc.virtual_hosts:
         for route in vhost.routes:
             meta: dict[str, str] = {}
             if policies:
                 meta[t.META_POLICIES] = policies
+            if watched:
+                meta[t.META_WATCH] = "all"
             if route.HasField("route"):
                 action = route.route
                 timeout = action.timeout.ToMilliseconds() if action.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS
@@ -85,7 +93,7 @@ def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str) -> None:
                 route.metadata.filter_metadata[t.META].update(meta)
 
 
-def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration]) -> None:
+def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration], watched: bool) -> None:
     policies = _policies(section)
     # With routes (HTTP), a request's log names the route's policies too, so a cluster names
     # only those that configure clusters: adding an HTTPRoute or a fault then changes routes
@@ -95,13 +103,13 @@ def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration]) -> N
         if cluster_policies:
             cluster.metadata.filter_metadata[t.META].update({t.META_POLICIES: cluster_policies})
     for rc in routes:
-        _annotate_routes(rc, policies)
+        _annotate_routes(rc, policies, watched)
 
 
 def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> None:
     loggers = []
     if spec.logging.stream:
-        loggers.append(cfg.grpc_access_log(info))
+        loggers.append(cfg.grpc_access_log(info, spec.logging.successes, traced=spec.tracing is not None))
     if spec.logging.file:
         loggers.append(cfg.file_access_log(spec.logging.file, info))
     if section.http is not None:
@@ -136,8 +144,8 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
     spec = mesh.spec
     if not _enabled(spec):
         return
-    _annotate(section, list(section.routes.values()))
     source = _services(section.source_tags)
+    _annotate(section, list(section.routes.values()), _watched(mesh, *source.split(","), section.service))
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="outbound",
@@ -159,7 +167,9 @@ def _configure_gateway(section: InboundSection, dataplane: Resource, mesh: MeshS
     inbound = section.inbound
     if not _enabled(mesh.spec) or inbound is None:
         return
-    _annotate(section, section.route_configs())  # the generator named each cluster's service
+    # the generator named each cluster's service; its routes reach many: it streams everything
+    # while any tap of the mesh is open
+    _annotate(section, section.route_configs(), bool(mesh.watched))
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="outbound",
@@ -186,7 +196,7 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
     if not _enabled(spec) or inbound is None:
         return
     assert isinstance(dataplane.spec, DataplaneSpec)
-    _annotate(section, section.route_configs())
+    _annotate(section, section.route_configs(), _watched(mesh, inbound.service))
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="inbound",

@@ -73,9 +73,9 @@ class _Bucket:
             "denied": self.denied,
             "rps": round(self.count / STEP_S, 3),
             "successRate": round(ok / self.count, 5) if self.count else None,
-            "p50": _percentile(self.hist, self.count, 0.50, self.lo, self.hi),
-            "p95": _percentile(self.hist, self.count, 0.95, self.lo, self.hi),
-            "p99": _percentile(self.hist, self.count, 0.99, self.lo, self.hi),
+            "p50": _percentile(self.hist, sum(self.hist.values()), 0.50, self.lo, self.hi),
+            "p95": _percentile(self.hist, sum(self.hist.values()), 0.95, self.lo, self.hi),
+            "p99": _percentile(self.hist, sum(self.hist.values()), 0.99, self.lo, self.hi),
         }
 
 
@@ -111,6 +111,33 @@ class Series:
         self.cells += not seen
         b.hist[idx] = seen + 1
         b.lo, b.hi = min(b.lo, latency_ms), max(b.hi, latency_ms)
+        return self.cells - before
+
+    def add_many(self, at: float, count: int, failures: int, denied: int, hist: dict[int, int],
+                 lo: float, hi: float) -> int:
+        """Count ``count`` requests at once (a sidecar's counters, see :mod:`.signals`);
+        ``failures`` exclude ``denied``. Returns the change in cells."""
+        start = int(at) // STEP_S * STEP_S
+        slot = (start // STEP_S) % BUCKETS
+        b = self.ring[slot]
+        before = self.cells
+        if b is None or b.start != start:
+            if b is not None and b.start > start:
+                return 0
+            if b is not None:
+                self.cells -= 1 + len(b.hist)
+            b = self.ring[slot] = _Bucket(start)
+            self.cells += 1
+        b.cached = b.cached_json = None
+        b.count += count
+        b.failures += failures
+        b.denied += denied
+        for idx, n in hist.items():
+            seen = b.hist.get(idx, 0)
+            self.cells += not seen
+            b.hist[idx] = seen + n
+        if hist:
+            b.lo, b.hi = min(b.lo, lo), max(b.hi, hi)
         return self.cells - before
 
     def points(self, now: float, seconds: int) -> list[dict[str, Any]]:
@@ -154,14 +181,32 @@ class MeshSeries:
 
     def count(self, r: LogRecord) -> None:
         failed, denied = r.failed, r.denied
-        keys: list[SeriesKey] = [("service", r.destination), ("edge", *r.edge)]
-        if r.destination_version:
-            keys.append(("version", r.destination, r.destination_version))
-        for key in keys:
-            s = self.keys.pop(key, None) or Series()
-            self.keys[key] = s
+        for key in self._keys(r.destination, r.edge, r.destination_version):
+            s = self._take(key)
             self.cells += s.add(r.time, failed, denied, r.duration_ms)
-            s.touched = next(self._stamp)
+        self._evict()
+
+    def count_many(self, destination: str, edge: tuple[str, str], version: str, at: float, count: int,
+                   failures: int, denied: int, hist: dict[int, int], lo: float, hi: float) -> None:
+        """Requests a sidecar's counters reported at once (see :mod:`.signals`)."""
+        for key in self._keys(destination, edge, version):
+            self.cells += self._take(key).add_many(at, count, failures, denied, hist, lo, hi)
+        self._evict()
+
+    @staticmethod
+    def _keys(destination: str, edge: tuple[str, str], version: str) -> list[SeriesKey]:
+        keys: list[SeriesKey] = [("service", destination), ("edge", *edge)]
+        if version:
+            keys.append(("version", destination, version))
+        return keys
+
+    def _take(self, key: SeriesKey) -> Series:
+        s = self.keys.pop(key, None) or Series()
+        self.keys[key] = s
+        s.touched = next(self._stamp)
+        return s
+
+    def _evict(self) -> None:
         while self.keys and (len(self.keys) > self.limits.keys or self.cells > self.limits.cells):
             _, old = self.keys.popitem(last=False)
             self.cells -= old.cells

@@ -22,6 +22,7 @@ META_TIMEOUT_MS = "timeoutMs"  # route timeout when the entry was logged ("0": n
 META_PER_TRY_TIMEOUT_MS = "perTryTimeoutMs"
 META_SERVICE = "service"  # a gateway's cluster: the mesh service it reaches (its logs' destination)
 META_DATAPLANE = "dataplane"  # endpoint metadata the base generator sets
+META_WATCH = "watch"  # route metadata while a tap watches the route's traffic: stream every entry
 
 # custom tag names on access-log entries
 T_DIRECTION = "meshline.direction"
@@ -40,6 +41,8 @@ T_POLICIES = "meshline.policies"
 T_ROUTE_POLICIES = "meshline.route_policies"
 T_TIMEOUT_MS = "meshline.timeout_ms"
 T_PER_TRY_TIMEOUT_MS = "meshline.per_try_timeout_ms"
+# "stats": this section's requests are counted from the sidecar's own counters (telemetry.signals)
+T_SIGNALS = "meshline.signals"
 
 # span tags (besides Envoy's own: http.status_code, response_flags, upstream_cluster, guid:x-request-id...)
 S_SERVICE = "meshline.service"

@@ -114,6 +114,32 @@ class RollingStats:
         bucket.min_ms = min(bucket.min_ms, latency_ms)
         self._prune(max(second, self._seconds[-1].second) - LONGEST_WINDOW_S)
 
+    def add_many(self, at: float, count: int, failures: int, denied: int, hist: dict[int, int],
+                 lo: float, hi: float) -> None:
+        """``count`` requests of one second at once, as a sidecar's counters report them
+        (:mod:`.signals`): ``hist`` maps latency buckets (:func:`bucket_of`) to requests, and
+        ``lo``/``hi`` bound the latencies. ``failures`` exclude ``denied`` ones."""
+        if count <= 0 and not hist:  # (Envoy merges histograms a flush after it counts)
+            return
+        second = int(at)
+        self.changes += 1
+        self.total += count
+        self.total_failures += failures
+        self.total_denied += denied
+        self.last_seen = max(self.last_seen, at)
+        bucket = self._bucket(second)
+        bucket.count += count
+        bucket.failures += failures
+        bucket.denied += denied
+        for idx, n in hist.items():
+            seen = bucket.hist.get(idx, 0)
+            self.cells += not seen
+            bucket.hist[idx] = seen + n
+        if hist:
+            bucket.max_ms = max(bucket.max_ms, hi)
+            bucket.min_ms = min(bucket.min_ms, lo)
+        self._prune(max(second, self._seconds[-1].second) - LONGEST_WINDOW_S)
+
     def _bucket(self, second: int) -> _Second:
         if not self._seconds or self._seconds[-1].second < second:
             self._seconds.append(_Second(second))
@@ -165,9 +191,11 @@ class RollingStats:
             failures=failures,
             denied=denied,
             seconds=seconds,
-            p50=_percentile(hist, count, 0.50, lo, hi),
-            p95=_percentile(hist, count, 0.95, lo, hi),
-            p99=_percentile(hist, count, 0.99, lo, hi),
+            # ranks among the latencies: a sidecar's counters may report a request's latency a
+            # second after the request itself (telemetry.signals)
+            p50=_percentile(hist, sum(hist.values()), 0.50, lo, hi),
+            p95=_percentile(hist, sum(hist.values()), 0.95, lo, hi),
+            p99=_percentile(hist, sum(hist.values()), 0.99, lo, hi),
         ), until
 
 

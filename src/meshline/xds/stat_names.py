@@ -22,6 +22,15 @@ UPGRADE_DURATION_FORMAT = "%COMMON_DURATION(DS_RX_BEG:DS_TX_BEG:us)%"
 REQUEST_BYTES = "request_bytes"
 RESPONSE_BYTES = "response_bytes"
 HISTOGRAMS = (DURATION, REQUEST_BYTES, RESPONSE_BYTES)
+# The same counter and latency per method and path (query string left out), for `meshline top`,
+# in a scope of their own (a flood of paths cannot crowd the requests' stats out of theirs).
+# Not exported to Prometheus (paths are unbounded label values); the agent reports them to the
+# control plane like the requests' (agent.signals).
+PATHS_SCOPE = f"{SCOPE}.paths"
+METHOD = "method"
+PATH = "path"
+METHOD_FORMAT = "%REQ(:METHOD):16%"
+PATH_FORMAT = "%PATH(NQ:ORIG_OR_PATH):256%"
 
 # Labels, in the order Envoy tags the stats (the agent adds response_code_class).
 REPORTER = "reporter"
@@ -40,3 +49,15 @@ MESH_DENIED = "mesh_denied"  # the policy that denied (the inbound's denial head
 RESPONSE_FLAGS = "response_flags"
 GRPC_STATUS = "grpc_status"
 PROTOCOL = "protocol"
+# Inbound only, not a Prometheus label: the caller's x-meshline-source (its sidecar's word,
+# cut to 128 characters; "" when the caller has no sidecar). The control plane's golden
+# signals need it to tell a meshed plaintext caller (its own sidecar counts the request)
+# from one outside the mesh (the callee's sidecar counts it), and name the edge's mTLS.
+SOURCE_CLAIMED = "source_claimed"
+SOURCE_CLAIMED_FORMAT = "%REQ(X-MESHLINE-SOURCE):128%"
+
+
+def service_of_identity(value: str) -> str:
+    """``spiffe://<trust domain>/<mesh>/<service>`` -> ``<service>`` (several SANs: each)."""
+    services = {uri.rstrip("/").rsplit("/", 1)[-1] for uri in value.split(",") if uri.startswith("spiffe://")}
+    return ",".join(sorted(services))
