@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshline.core import dataplane, mesh, service
+from meshline.core import dataplane, mesh, service, zones
 from meshline.core.resource import KindRegistry
 
 
@@ -12,4 +12,5 @@ def default_kinds() -> KindRegistry:
     from meshline.security.kinds import KINDS as SECURITY_KINDS
 
     # The security kinds are internal (KindInfo.internal): stored, never served.
-    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, *(k.info for k in kinds()), ROLLOUT])
+    return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, *(k.info for k in kinds()), ROLLOUT,
+                         *zones.KINDS])

@@ -348,7 +348,7 @@ class Agent:
         """Once the app accepts connections, tell the control plane this instance can take traffic."""
         cfg = self.config
         waited, said = 0.0, False
-        while not await app_listening(cfg.app_address, cfg.app_port):
+        while cfg.proxy == "sidecar" and not await app_listening(cfg.app_address, cfg.app_port):
             # Not only cancellation: on 3.11 wait_for() can swallow a cancel that races
             # with a refused connection, and this loop must never outlive RUNNING.
             if self.phase is not Phase.RUNNING or (self.app is not None and self.app.returncode is not None):

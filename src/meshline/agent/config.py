@@ -134,6 +134,9 @@ class AgentConfig:
     # No --protocol given in transparent mode: the inbound has no protocol tag and each
     # connection's protocol is detected.
     detect_protocol: bool = False
+    # The proxy kind (core.dataplane.ProxyKind): "zone-ingress" runs no app and takes traffic
+    # as soon as Envoy is ready (`meshline zone-ingress`).
+    proxy: str = "sidecar"
 
     def __post_init__(self) -> None:
         if self.sds_socket is None:
@@ -219,6 +222,8 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
         spec["transparent"] = {"outboundPort": t.outbound_port, "inboundPort": t.inbound_port, "ipv6": t.ipv6}
     if config.metrics_port:
         spec["metrics"] = {"port": config.metrics_port, "path": "/metrics"}
+    if config.proxy != "sidecar":
+        spec["proxy"] = config.proxy
     return {"kind": "Dataplane", "mesh": config.mesh, "name": config.name, "spec": spec}
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "control-plane": "meshline.cli.controlplane:control_plane",
     "dataplane": "meshline.cli.agent:dataplane",
     "run": "meshline.cli.agent:run",
+    "zone-ingress": "meshline.cli.agent:zone_ingress",
     "apply": "meshline.cli.resources:apply",
     "get": "meshline.cli.resources:get",
     "delete": "meshline.cli.resources:delete",

@@ -14,6 +14,7 @@ import yaml
 from meshline.api.client import ApiClient
 from meshline.cli.output import console, echo, err_console, table
 from meshline.cli.wait import WaitResult, wait_for_acks
+from meshline.cli.zones import ZONE_NAMES, get_zones
 from meshline.core import safe_yaml
 from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
 from meshline.core.schema import did_you_mean
@@ -179,8 +180,11 @@ def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str,
               help="wide: a table whose cells are never cut (also what a pipe gets)")
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str) -> None:
-    """List resources of a KIND (or show one by NAME)."""
+    """List resources of a KIND (or show one by NAME); `get zones`: the zones' sync with global."""
     with client_from(ctx) as c:
+        if kind.lower() in ZONE_NAMES:
+            get_zones(c, output)
+            return
         k = _find_kind(c, kind)
         if k["meshScoped"]:
             base = f"/api/v1/meshes/{mesh}/{k['plural']}"
