@@ -90,7 +90,8 @@ def serve_origdst(ports: list[int]) -> None:
     stop.wait()
 
 
-def load(url: str, count: int, interval: float, timeout: float, headers: dict[str, str]) -> dict[str, Any]:
+def load(url: str, count: int, interval: float, timeout: float, headers: dict[str, str],
+         progress: bool = False) -> dict[str, Any]:
     codes: Counter[int] = Counter()
     instances: Counter[str] = Counter()
     errors: list[str] = []
@@ -108,6 +109,8 @@ def load(url: str, count: int, interval: float, timeout: float, headers: dict[st
             if len(errors) < 20:
                 errors.append(f"request {i}: {err}")
         codes[code] += 1
+        if progress and (i + 1) % 10 == 0:  # a test waits on this to act mid-load
+            print(f"sent {i + 1}", flush=True)
         try:
             instances[str(json.loads(body).get("instance", ""))] += 1
         except (ValueError, AttributeError):
@@ -209,13 +212,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--header", action="append", default=[], help="NAME:VALUE")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--progress", action="store_true", help="print 'sent N' every 10 requests")
     args = parser.parse_args(argv)
     if args.what == "origdst":
         serve_origdst(args.port)
         return
     if args.what == "load":
         headers = dict(h.split(":", 1) for h in args.header)
-        result = load(args.url, args.count, args.interval, args.timeout, {k.strip(): v.strip() for k, v in headers.items()})
+        result = load(args.url, args.count, args.interval, args.timeout, {k.strip(): v.strip() for k, v in headers.items()},
+                      args.progress)
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(args.out)
