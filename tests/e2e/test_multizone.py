@@ -157,3 +157,100 @@ def test_a_service_only_in_zone_b_is_reached_through_b_ingress_with_end_to_end_m
 
     zones = world.zones_at_global()
     assert zones["zone-a"]["connected"] and zones["zone-b"]["connected"], zones
+
+
+def test_zones_serve_on_while_global_is_down_and_catch_up_when_it_returns(world: ZoneWorld) -> None:
+    net = world.net
+    a, b = world.zone("zone-a", ingress=False), world.zone("zone-b", ingress=False)
+    world.wait_mesh(a)
+    world.wait_mesh(b)
+    world.apply(WEB_TO_ORDERS % "allow")
+    world.run(a, net.host("oa"), "orders", 8080, http_app("orders-a", 8080))
+    world.run(b, net.host("ob"), "orders", 8080, http_app("orders-b", 8080))
+    wa, wb = net.host("wa"), net.host("wb")
+    world.run(a, wa, "web", 8080, http_app("web-a", 8080), upstreams=["orders=9001"])
+    world.run(b, wb, "web", 8080, http_app("web-b", 8080), upstreams=["orders=9001"])
+    for host in (wa, wb):
+        wait_until(lambda host=host: call(host)[0] == 200, 60, interval=0.3, what="web to reach orders")  # type: ignore[misc]
+    zone_pids = {z.name: z.cp.proc.pid for z in (a, b) if z.cp.proc is not None}
+
+    steady = {z: Steady(h, world.work, f"steady-{z}", 900, interval=0.03) for z, h in (("a", wa), ("b", wb))}
+    for s in steady.values():
+        s.wait_sent(30)
+    world.stop_global()
+    # a new instance registered meanwhile takes local traffic
+    world.run(a, net.host("oa2"), "orders", 8080, http_app("orders-a2", 8080))
+    wait_until(lambda: call(wa)[1].get("instance") == "orders-a2", 60, interval=0.2, what="the new instance's traffic")
+    for s in steady.values():
+        s.wait_sent(600)  # at least ~20 s of load with global down (more on a loaded machine)
+    world.start_global()
+    for name, s in steady.items():
+        tally = s.result()
+        print(f"zone {name}, global down: {Steady.failed(tally)} failed of {tally['sent']}; {tally['instances']}")
+        assert Steady.failed(tally) == 0, tally
+        if name == "a":
+            assert tally["instances"].get("orders-a2", 0) > 0, tally
+
+    # global back: both zones catch up by themselves; zone a's new instance is in the inventory
+    def caught_up() -> bool:
+        zones = world.zones_at_global()
+        return all(zones.get(z, {}).get("connected") and zones[z]["versionsBehind"] == 0 for z in ("zone-a", "zone-b"))
+
+    wait_until(caught_up, 90, interval=0.5, what="get zones to show both zones synced")
+    out = world.cli("get", "zones")
+    assert "zone-a" in out and "zone-b" in out
+    orders_a = [s for s in world.get("zoneservices") if s["spec"]["zone"] == "zone-a" and s["spec"]["service"] == "orders"]
+    assert sum(i["instances"] for i in orders_a[0]["spec"]["instances"]) == 2, orders_a
+    # nothing was restarted
+    assert {z.name: z.cp.proc.pid for z in (a, b) if z.cp.proc is not None} == zone_pids
+    assert all(z.cp.proc is not None and z.cp.proc.alive() for z in (a, b))
+
+
+TIMEOUT = """
+kind: Timeout
+mesh: default
+name: orders-timeout
+spec:
+  destinations: [{match: {service: orders}}]
+  conf: {http: {requestTimeout: %s}}
+"""
+
+
+def test_a_partitioned_zone_converges_when_healed_and_zone_tokens_are_bound_to_their_zone(world: ZoneWorld) -> None:
+    a, b = world.zone("zone-a", ingress=False), world.zone("zone-b", ingress=False)
+    world.wait_mesh(a)
+    world.wait_mesh(b)
+    world.apply(TIMEOUT % "5s")
+    wait_until(lambda: any(t["name"] == "orders-timeout" for t in world.get("timeouts", cp=a.cp)), 60, interval=0.3,
+               what="the Timeout in zone a")  # fmt: skip
+
+    a.cp.host.disconnect()  # zone a's control plane cut off from global and the other zone
+    world.apply(TIMEOUT % "7s")
+    world.apply(WEB_TO_ORDERS % "allow")
+    world.run(b, world.net.host("ob"), "orders", 8080, http_app("orders-b", 8080))  # zone b's inventory changes
+    wait_until(lambda: not world.zones_at_global()["zone-a"]["connected"], 60, interval=0.5,
+               what="global to see zone a gone")  # fmt: skip
+    a.cp.host.reconnect()
+
+    def converged() -> bool:
+        timeouts = {t["name"]: t for t in world.get("timeouts", cp=a.cp)}
+        perms = {p["name"] for p in world.get("trafficpermissions", cp=a.cp)}
+        remote = [s for s in world.get("zoneservices", cp=a.cp) if s["spec"]["zone"] == "zone-b"]
+        t = timeouts.get("orders-timeout")
+        return bool(t and "7s" in json.dumps(t["spec"]) and "web-to-orders" in perms and remote)
+
+    wait_until(converged, 120, interval=0.5, what="zone a to converge after the partition")
+    wait_until(lambda: world.zones_at_global()["zone-a"]["connected"], 60, interval=0.5, what="zone a connected")
+
+    # a zone control plane started with another zone's token is refused, and says so
+    c = world.zone("zone-c", token=world.zone_token("zone-b"), ingress=False)
+    wait_until(lambda: any("403" in e for z in world.get("zones", cp=c.cp) for e in z["errors"]), 60, interval=0.5,
+               what="zone c to report the refusal")  # fmt: skip
+    assert world.get("meshes", cp=c.cp) == []
+    assert "zone-c" not in world.zones_at_global()
+    # a revoked zone token is refused too
+    token_id = next(t["id"] for t in json.loads(world.cli("token", "list", "-o", "json")) if t.get("zone") == "zone-b")
+    world.cli("token", "revoke", token_id)
+    wait_until(lambda: any("401" in e for z in world.get("zones", cp=b.cp) for e in z["errors"]), 60, interval=0.5,
+               what="zone b to report its revoked token")  # fmt: skip
+    assert world.get("timeouts", cp=b.cp)  # and it keeps serving what it has
