@@ -81,7 +81,10 @@ def apply(ctx: click.Context, files: tuple[str, ...], wait: bool, timeout: float
                 err_console.print(f"[yellow]warning:[/yellow] {item['resource']}: {warning}", soft_wrap=True)
         if wait:
             revision = max((int(i.get("version", 0)) for i in result["items"]), default=0)
-            _report_wait(wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started), timeout)
+            waited = wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started)
+            # at a global control plane: zones that are not connected get the change later
+            unreachable = {z: why for m in meshes for z, why in (_sync(c, m).get("unreachable") or {}).items()}
+            _report_wait(waited, timeout, unreachable)
 
 
 def _sync(c: ApiClient, mesh: str) -> dict[str, Any]:
@@ -91,9 +94,14 @@ def _sync(c: ApiClient, mesh: str) -> dict[str, Any]:
         return {"revision": 0, "settledRevision": 1 << 62, "dataplanes": []}
 
 
-def _report_wait(w: WaitResult, timeout: float) -> None:
+def _report_wait(w: WaitResult, timeout: float, unreachable: dict[str, str] | None = None) -> None:
     if not w.settled:
         raise MeshlineError(f"the control plane had not rendered the change after {timeout:g}s; see its log")
+    gone = ""
+    if unreachable:  # a global control plane's zones that are not connected
+        gone = "; ".join(sorted(unreachable.values())) + ": it gets the change once it reconnects (`meshline get zones`)"
+        if not w.not_acked:
+            raise MeshlineError(gone)
     if not w.dataplanes:
         echo(f"no dataplane's configuration changed ({w.seconds:.1f}s)")
         return
@@ -104,7 +112,7 @@ def _report_wait(w: WaitResult, timeout: float) -> None:
     why = "; ".join(f"{name}: {reason}" for name, reason in sorted(w.not_acked.items()))
     raise MeshlineError(
         f"{len(w.not_acked)} of {len(w.dataplanes)} affected dataplanes did not ACK within {timeout:g}s: {why}"
-        " (`meshline inspect dataplane NAME` shows more)"
+        " (`meshline inspect dataplane NAME` shows more)" + (f"; {gone}" if gone else "")
     )
 
 

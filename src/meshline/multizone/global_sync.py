@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -45,6 +45,7 @@ MAX_WAIT = 60.0  # seconds a down poll may be held open
 CONNECTED_GRACE = 10.0  # a zone that polled this recently (beyond its wait) counts as connected
 MAX_UP_BYTES = 8 << 20
 MAX_ERRORS = 20
+MAX_MESHES = 1000
 
 
 @dataclass
@@ -58,6 +59,11 @@ class ZoneLink:
     last_up: float = 0.0
     errors: tuple[str, ...] = ()
     remote: str = ""
+    # mesh -> the zone's last report: {"settledRevision": global revision rendered, "dataplanes": [...]}
+    meshes: dict[str, Any] = field(default_factory=dict)
+
+    def connected(self, now: float) -> bool:
+        return self.polls > 0 or bool(self.last_seen and now - self.last_seen < CONNECTED_GRACE)
 
 
 def _is_admin(p: Principal) -> bool:
@@ -82,7 +88,32 @@ class GlobalSync:
         self._changed = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
 
+    def mesh_sync(self, mesh: str) -> dict[str, Any]:
+        """``GET /api/v1/meshes/{mesh}/sync`` at global (what `apply --wait` polls): every connected
+        zone's dataplanes, named ``<zone>/<dataplane>``; rendering has reached the oldest global
+        revision any of them rendered; disconnected zones are listed under ``unreachable``."""
+        now = self.clock()
+        settled: list[int] = []
+        dataplanes: list[dict[str, Any]] = []
+        unreachable: dict[str, str] = {}
+        for zone, link in sorted(self.links.items()):
+            if not link.connected(now):
+                unreachable[zone] = f"zone {zone} is not connected to global (last seen {now - link.last_seen:.0f}s ago)"
+                continue
+            report = link.meshes.get(mesh)
+            if not isinstance(report, dict):
+                settled.append(0)  # connected, not reported yet: wait for it
+                continue
+            settled.append(int(report.get("settledRevision", 0)))
+            for d in report.get("dataplanes") or []:
+                if isinstance(d, dict):
+                    dataplanes.append({**d, "name": f"{zone}/{d.get('name')}"})
+        revision = self.ctx.model.revision
+        return {"revision": revision, "settledRevision": min(settled) if settled else revision,
+                "dataplanes": dataplanes, "unreachable": unreachable}  # fmt: skip
+
     async def start(self) -> None:
+        self.ctx.services["mesh_sync"] = self.mesh_sync
         self.feed.floor = await self.ctx.store.revision()  # every deletion after this is seen
         self._unsubscribe = self.ctx.store.subscribe(self._on_change)
 
@@ -220,6 +251,9 @@ class GlobalSync:
         link.last_up = self.clock()
         link.applied = max(link.applied, _int(str(body.get("applied", "0")), "applied"))
         link.errors = tuple(str(e)[:500] for e in (body.get("errors") or [])[:MAX_ERRORS])
+        meshes = body.get("meshes")
+        if isinstance(meshes, dict):
+            link.meshes = {str(m): rep for m, rep in list(meshes.items())[:MAX_MESHES] if isinstance(rep, dict)}
         return web.json_response({"inventoryRevision": revision})
 
     def _zone_service(self, zone: str, doc: object, i: int) -> Resource:
@@ -242,7 +276,7 @@ class GlobalSync:
             record = self.ctx.model.get(ResourceKey(ZONE, "", name))
             services = sum(1 for m in self.ctx.model.mesh_names() for r in self.ctx.model.of_kind(m, ZONE_SERVICE)
                            if isinstance(r.spec, ZoneServiceSpec) and r.spec.zone == name)  # fmt: skip
-            connected = link.polls > 0 or (link.last_seen and now - link.last_seen < CONNECTED_GRACE)
+            connected = link.connected(now)
             items.append({
                 "name": name,
                 "connected": bool(connected),

@@ -100,6 +100,11 @@ class ZoneSync:
         self._deleted: deque[tuple[int, ResourceKey]] = deque(maxlen=10_000)
         self._up_floor = 0
         self._dirty: set[str] = set()
+        # (global revision, zone store revision it was written at): which global revision the
+        # zone's rendering has reached (for `apply --wait` at global)
+        self._marks: deque[tuple[int, int]] = deque(maxlen=1000)
+        self._settled_global = 0
+        self._sent_report: dict[str, Any] | None = None
         self._inventory_wake = asyncio.Event()
         self._up_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,8 +125,10 @@ class ZoneSync:
         self._load_state()
         self._client = _client(self.settings, token, self.poll)
         self._up_floor = await self.ctx.store.revision()
+        self._marks.append((self.applied, self._up_floor))
         self._unsubscribe = self.ctx.store.subscribe(self._on_change)
         self.reconciler.listeners.append(self._rendered)
+        self.ctx.status.listeners.append(self._acked)
         self._dirty.update(self.ctx.model.mesh_names())
         self._inventory_wake.set()
         loop = asyncio.get_running_loop()
@@ -135,6 +142,8 @@ class ZoneSync:
             self._unsubscribe()
         with contextlib.suppress(ValueError):
             self.reconciler.listeners.remove(self._rendered)
+        with contextlib.suppress(ValueError):
+            self.ctx.status.listeners.remove(self._acked)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -167,6 +176,23 @@ class ZoneSync:
     def _rendered(self, mesh: str, nodes: list[str], changed_at: float) -> None:
         self._dirty.add(mesh)
         self._inventory_wake.set()
+        self._up_wake.set()  # global learns how far rendering got
+
+    def _acked(self, node: str) -> None:
+        self._up_wake.set()  # an ACK or NACK: global's `apply --wait` is waiting for it
+
+    def settled_global(self) -> int:
+        """The newest global revision whose changes this zone has rendered."""
+        settled = self.reconciler.settled_revision
+        while self._marks and self._marks[0][1] <= settled:
+            self._settled_global = max(self._settled_global, self._marks.popleft()[0])
+        return self._settled_global
+
+    async def report(self) -> dict[str, Any]:
+        """Per mesh: how far rendering got, in global revisions, and every dataplane's versions and ACKs."""
+        settled = self.settled_global()
+        return {mesh: {"settledRevision": settled, "dataplanes": await self.ctx.sync_report(mesh)}
+                for mesh in sorted(self.ctx.model.mesh_names())}  # fmt: skip
 
     async def _backoff(self, delay: float) -> float:
         await asyncio.sleep(delay)
@@ -232,6 +258,7 @@ class ZoneSync:
             with contextlib.suppress(NotFound):
                 await self.ctx.store.delete(key)
         self.global_revision = revision
+        self._marks.append((revision, await self.ctx.store.revision()))
         if revision != self.applied:
             self.applied = revision
             self._save_state()
@@ -331,9 +358,14 @@ class ZoneSync:
             own = [r for m in self.ctx.model.mesh_names() for r in self.ctx.model.of_kind(m, ZONE_SERVICE) if self._own(r)]
             revision = self.ctx.model.revision
             batch = up_batch(self.uploaded, revision, own, self._deleted, self.applied, list(self.errors), resync)
-            r = await self._client.post(f"/api/v1/zones/{self.zone}/sync/up", json=batch.to_json())
+            body = batch.to_json()
+            report = await self.report()
+            if report != self._sent_report:  # only when something changed: it lists every dataplane
+                body["meshes"] = report
+            r = await self._client.post(f"/api/v1/zones/{self.zone}/sync/up", json=body)
             if r.status_code == 200:
                 self.uploaded = revision
+                self._sent_report = report
                 self._save_state()
                 return False
             if r.status_code != 409:
