@@ -26,6 +26,7 @@ from meshline.render.envoy import load_assignment
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.server.controlplane import ControlPlane
 from meshline.server.factory import build_control_plane
+from tests.store.test_postgres import admin_url, database_url  # noqa: F401 (fixtures)
 
 KINDS = default_kinds()
 
@@ -211,11 +212,15 @@ class World:
         return plane
 
 
-@pytest.fixture
-async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def world(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    """Global on SQLite, and on PostgreSQL (its store of record in production)."""
     monkeypatch.setenv("MESHLINE_ZONE_POLL_S", "2")
     w = World(tmp_path)
-    w.glob = await _plane(_settings(tmp_path / "global", mode="global", zone="global"))
+    settings = _settings(tmp_path / "global", mode="global", zone="global")
+    if request.param == "postgresql":
+        settings.store_url = request.getfixturevalue("database_url")
+    w.glob = await _plane(settings)
     try:
         yield w
     finally:

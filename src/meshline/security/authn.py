@@ -74,7 +74,7 @@ class TokenAuthenticator:
         p = principal_for(claims)
         if p.zone is not None:
             # a zone token speaks only its own zone's sync with global (meshline.multizone)
-            if not request.path.startswith(f"/api/v1/zones/{p.zone}/sync"):
+            if request.path not in (f"/api/v1/zones/{p.zone}/sync/down", f"/api/v1/zones/{p.zone}/sync/up"):
                 log.warning("API %s %s from %s refused: a zone token outside its zone's sync routes",
                             request.method, request.path, request.remote)  # fmt: skip
                 raise Forbidden(
