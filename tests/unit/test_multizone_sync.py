@@ -20,7 +20,15 @@ from meshline.core.resource import Resource, ResourceKey
 from meshline.core.zones import ZONE_SERVICE, IngressAddress, ZoneServiceSpec
 from meshline.kinds import default_kinds
 from meshline.multizone import ca_transfer
-from meshline.multizone.protocol import DownFeed, LocalEndpoint, for_zone, inventory, up_batch
+from meshline.multizone.protocol import (
+    DownFeed,
+    LocalEndpoint,
+    for_zone,
+    inventory,
+    merge_report,
+    report_delta,
+    up_batch,
+)
 from meshline.policies.timeout.api import TimeoutSpec
 from meshline.render.envoy import load_assignment
 from meshline.render.mesh_snapshot import MeshSnapshot
@@ -104,6 +112,25 @@ def test_an_up_batch_is_incremental_and_a_resync_lists_everything() -> None:
     assert [k.name for k in batch.delete] == ["zs-zone-a-gone"]
     full = up_batch(5, 8, own, deleted, applied=3, errors=[], resync=True)
     assert len(full.put) == 2 and full.delete == [] and full.resync
+
+
+def test_the_rollout_report_travels_as_deltas_and_merges_back() -> None:
+    def entry(name: str, v: str) -> dict[str, Any]:
+        return {"name": name, "versions": {"lds": v}, "acked": {"lds": v}}
+
+    one = {"default": {"settledRevision": 5, "dataplanes": {"a": entry("a", "1"), "b": entry("b", "1")}}}
+    full = report_delta(None, one)
+    assert full is not None and full["default"]["full"] and len(full["default"]["dataplanes"]) == 2
+    held: dict[str, Any] = {}
+    merge_report(held, full, 10, 10)
+    two = {"default": {"settledRevision": 6, "dataplanes": {"a": entry("a", "2")}}}
+    delta = report_delta(one, two)
+    assert delta == {"default": {"settledRevision": 6, "dataplanes": [entry("a", "2")], "gone": ["b"]}}
+    merge_report(held, delta, 10, 10)
+    assert held == two
+    assert report_delta(two, two) is None  # nothing changed: nothing sent
+    merge_report(held, {"default": None}, 10, 10)
+    assert held == {}
 
 
 def test_the_inventory_counts_healthy_instances_per_tag_set() -> None:

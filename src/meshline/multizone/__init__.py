@@ -108,6 +108,7 @@ def install(ext: Extensions, settings: Settings) -> GlobalSync | ZoneSync | None
             refusals.ctx = ctx
             ctx.validators.append(refusals.validate)
             sync = holder["sync"] = ZoneSync(ctx, ctx.reconciler, settings, poll)
+            ctx.services["zone_sync"] = sync
             await sync.start()
 
         async def stop_zone() -> None:

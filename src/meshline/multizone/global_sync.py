@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from meshline.core.resource import Resource, ResourceKey
 from meshline.core.schema import NAME_HINT, NAME_RE
 from meshline.core.zones import ZONE, ZONE_SERVICE, ZoneServiceSpec, ZoneSpec
 from meshline.multizone import ca_transfer
-from meshline.multizone.protocol import DownFeed, for_zone, key_from
+from meshline.multizone.protocol import DownFeed, Report, for_zone, key_from, merge_report
 from meshline.store.base import Change
 
 log = logging.getLogger("meshline.multizone.global")
@@ -46,6 +47,7 @@ CONNECTED_GRACE = 10.0  # a zone that polled this recently (beyond its wait) cou
 MAX_UP_BYTES = 8 << 20
 MAX_ERRORS = 20
 MAX_MESHES = 1000
+MAX_DATAPLANES = 100_000  # per zone and mesh, in a rollout report
 
 
 @dataclass
@@ -59,8 +61,8 @@ class ZoneLink:
     last_up: float = 0.0
     errors: tuple[str, ...] = ()
     remote: str = ""
-    # mesh -> the zone's last report: {"settledRevision": global revision rendered, "dataplanes": [...]}
-    meshes: dict[str, Any] = field(default_factory=dict)
+    # mesh -> the zone's rollout report: {"settledRevision": global revision rendered, "dataplanes": {name: ...}}
+    meshes: Report = field(default_factory=dict)
 
     def connected(self, now: float) -> bool:
         return self.polls > 0 or bool(self.last_seen and now - self.last_seen < CONNECTED_GRACE)
@@ -87,6 +89,7 @@ class GlobalSync:
         self.links: dict[str, ZoneLink] = {}
         self._changed = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
+        self.epoch = secrets.token_hex(8)  # this process: a zone whose report it does not hold resends it whole
 
     def mesh_sync(self, mesh: str) -> dict[str, Any]:
         """``GET /api/v1/meshes/{mesh}/sync`` at global (what `apply --wait` polls): every connected
@@ -105,9 +108,8 @@ class GlobalSync:
                 settled.append(0)  # connected, not reported yet: wait for it
                 continue
             settled.append(int(report.get("settledRevision", 0)))
-            for d in report.get("dataplanes") or []:
-                if isinstance(d, dict):
-                    dataplanes.append({**d, "name": f"{zone}/{d.get('name')}"})
+            for d in report["dataplanes"].values():
+                dataplanes.append({**d, "name": f"{zone}/{d.get('name')}"})
         revision = self.ctx.model.revision
         return {"revision": revision, "settledRevision": min(settled) if settled else revision,
                 "dataplanes": dataplanes, "unreachable": unreachable}  # fmt: skip
@@ -253,8 +255,8 @@ class GlobalSync:
         link.errors = tuple(str(e)[:500] for e in (body.get("errors") or [])[:MAX_ERRORS])
         meshes = body.get("meshes")
         if isinstance(meshes, dict):
-            link.meshes = {str(m): rep for m, rep in list(meshes.items())[:MAX_MESHES] if isinstance(rep, dict)}
-        return web.json_response({"inventoryRevision": revision})
+            merge_report(link.meshes, meshes, MAX_MESHES, MAX_DATAPLANES)
+        return web.json_response({"inventoryRevision": revision, "epoch": self.epoch})
 
     def _zone_service(self, zone: str, doc: object, i: int) -> Resource:
         r = self.ctx.kinds.decode(doc)

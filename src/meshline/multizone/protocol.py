@@ -202,3 +202,49 @@ def inventory(zone: str, endpoints: Iterable[LocalEndpoint], protocols: Mapping[
             instances=[TaggedInstances(tags=dict(t), instances=n) for t, n in sorted(per.items())],
         )  # fmt: skip
     return out
+
+
+# -- the zone's rollout report (what `apply --wait` at global reads) ------------------------
+
+Report = dict[str, dict[str, Any]]  # mesh -> {"settledRevision": int, "dataplanes": {name: entry}}
+
+
+def report_delta(sent: Report | None, now: Report) -> dict[str, Any] | None:
+    """What to send so that global, holding ``sent``, holds ``now``: per mesh the changed
+    dataplane entries and the names gone (all of them, ``full``, when global holds nothing);
+    None when nothing changed. Keeps the up stream incremental: an ACK is one entry."""
+    out: dict[str, Any] = {}
+    for mesh, rep in now.items():
+        before = (sent or {}).get(mesh)
+        dps: dict[str, Any] = rep["dataplanes"]
+        if before is None:
+            out[mesh] = {"settledRevision": rep["settledRevision"], "full": True, "dataplanes": list(dps.values())}
+            continue
+        old: dict[str, Any] = before["dataplanes"]
+        changed = [d for name, d in dps.items() if old.get(name) != d]
+        gone = sorted(old.keys() - dps.keys())
+        if changed or gone or before["settledRevision"] != rep["settledRevision"]:
+            out[mesh] = {"settledRevision": rep["settledRevision"], "dataplanes": changed, "gone": gone}
+    for mesh in (sent or {}).keys() - now.keys():
+        out[mesh] = None  # the mesh is gone from the zone
+    return out or None
+
+
+def merge_report(held: Report, delta: dict[str, Any], max_meshes: int, max_dataplanes: int) -> None:
+    """Global's side of :func:`report_delta` (bounded: input from outside)."""
+    for mesh, rep in list(delta.items())[:max_meshes]:
+        if rep is None:
+            held.pop(str(mesh), None)
+            continue
+        if not isinstance(rep, dict):
+            continue
+        current = held.get(str(mesh))
+        if current is None or rep.get("full"):
+            current = held[str(mesh)] = {"settledRevision": 0, "dataplanes": {}}
+        current["settledRevision"] = int(rep.get("settledRevision") or 0)
+        dps: dict[str, Any] = current["dataplanes"]
+        for d in rep.get("dataplanes") or []:
+            if isinstance(d, dict) and isinstance(d.get("name"), str) and (d["name"] in dps or len(dps) < max_dataplanes):
+                dps[d["name"]] = d
+        for name in rep.get("gone") or []:
+            dps.pop(str(name), None)

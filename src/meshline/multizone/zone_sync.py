@@ -39,10 +39,12 @@ from meshline.core.zones import ZONE_SERVICE, ZoneServiceSpec
 from meshline.multizone import ca_transfer
 from meshline.multizone.protocol import (
     LocalEndpoint,
+    Report,
     for_zone,
     ingress_of,
     inventory,
     key_from,
+    report_delta,
     synced_down,
     up_batch,
 )
@@ -104,7 +106,8 @@ class ZoneSync:
         # zone's rendering has reached (for `apply --wait` at global)
         self._marks: deque[tuple[int, int]] = deque(maxlen=1000)
         self._settled_global = 0
-        self._sent_report: dict[str, Any] | None = None
+        self._sent_report: Report | None = None  # what global holds of our rollout report
+        self._global_epoch = ""  # global's process: a new one holds no report of ours
         self._inventory_wake = asyncio.Event()
         self._up_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -188,10 +191,10 @@ class ZoneSync:
             self._settled_global = max(self._settled_global, self._marks.popleft()[0])
         return self._settled_global
 
-    async def report(self) -> dict[str, Any]:
+    async def report(self) -> Report:
         """Per mesh: how far rendering got, in global revisions, and every dataplane's versions and ACKs."""
         settled = self.settled_global()
-        return {mesh: {"settledRevision": settled, "dataplanes": await self.ctx.sync_report(mesh)}
+        return {mesh: {"settledRevision": settled, "dataplanes": {d["name"]: d for d in await self.ctx.sync_report(mesh)}}
                 for mesh in sorted(self.ctx.model.mesh_names())}  # fmt: skip
 
     async def _backoff(self, delay: float) -> float:
@@ -360,12 +363,19 @@ class ZoneSync:
             batch = up_batch(self.uploaded, revision, own, self._deleted, self.applied, list(self.errors), resync)
             body = batch.to_json()
             report = await self.report()
-            if report != self._sent_report:  # only when something changed: it lists every dataplane
-                body["meshes"] = report
+            delta = report_delta(self._sent_report, report)
+            if delta is not None:  # only what changed: one ACK is one dataplane's entry
+                body["meshes"] = delta
             r = await self._client.post(f"/api/v1/zones/{self.zone}/sync/up", json=body)
             if r.status_code == 200:
                 self.uploaded = revision
-                self._sent_report = report
+                epoch = str(r.json().get("epoch", ""))
+                if epoch == self._global_epoch or self._sent_report is None:
+                    self._sent_report = report  # global holds it (a first report is whole)
+                else:  # a global process that never saw our earlier reports: send it whole
+                    self._sent_report = None
+                    self._up_wake.set()
+                self._global_epoch = epoch
                 self._save_state()
                 return False
             if r.status_code != 409:
