@@ -309,6 +309,13 @@ async def test_policies_go_down_services_go_up_and_zones_refuse_what_global_auth
         return None
 
     spec = await eventually(remote_orders, "zone b's orders in zone a")
+    # a zone's dataplanes carry its zone tag (locality, failover order, source_zone in metrics)
+    orders_b1 = b.cp.ctx.model.get(ResourceKey("Dataplane", "default", "orders-b1"))
+    assert orders_b1 is not None and orders_b1.spec.inbound[0].tags["zone"] == "zone-b"  # type: ignore[attr-defined]
+    wrong = _dataplane("orders-x", "orders", "127.0.0.15", 9000)
+    wrong["spec"]["inbound"][0]["tags"]["zone"] = "zone-a"
+    r = await b.call("POST", "/api/v1/apply", json={"resources": [wrong]})
+    assert r.status_code == 422 and "spec.inbound[0].tags.zone" in r.text, r.text
     assert spec.ingress == IngressAddress(address="127.0.0.12", port=10001)
     at_global = [zs for zs in g.held(ZONE_SERVICE).values() if zs.labels.get(ZONE) == "zone-b"]
     assert at_global and all(zs.labels[ORIGIN] == "zone" for zs in at_global)

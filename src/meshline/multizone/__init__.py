@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from meshline.api.routes import Handler, Route
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.controlplane.settings import Settings
+from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import FieldProblem, Forbidden, ValidationError
 from meshline.core.resource import Resource
 from meshline.core.zones import ZONE, ZONE_SERVICE
@@ -45,6 +47,37 @@ def refuse_dataplanes(res: Resource, ctx: ControlPlaneContext, pending: Sequence
     if res.kind == "Dataplane":
         raise ValidationError([FieldProblem("kind", "a global control plane never talks to dataplanes; register"
                                             " them with their zone's control plane (--mode zone)")])  # fmt: skip
+
+
+def zone_tagger(zone: str) -> Callable[[Resource, Resource | None], Resource]:
+    """A zone's Dataplanes carry its ``zone`` tag on every inbound (stamped at registration), so
+    locality (caller and endpoint zones), `LoadBalancer` failover orders and the ``source_zone``
+    and ``destination_zone`` metric labels all see where each workload runs."""
+
+    def tag(res: Resource, prior: Resource | None) -> Resource:
+        spec = res.spec
+        if res.kind != "Dataplane" or not isinstance(spec, DataplaneSpec):
+            return res
+        if all(i.tags.get("zone") for i in spec.inbound):
+            return res
+        inbound = [i.model_copy(update={"tags": {**i.tags, "zone": i.tags.get("zone") or zone}}) for i in spec.inbound]
+        return replace(res, spec=spec.model_copy(update={"inbound": inbound}))
+
+    return tag
+
+
+def refuse_other_zones(zone: str) -> Callable[[Resource, ControlPlaneContext, Sequence[Resource]], None]:
+    def check(res: Resource, ctx: ControlPlaneContext, pending: Sequence[Resource]) -> None:
+        spec = res.spec
+        if res.kind != "Dataplane" or not isinstance(spec, DataplaneSpec):
+            return
+        for n, i in enumerate(spec.inbound):
+            if i.tags.get("zone") not in (None, "", zone):
+                raise ValidationError([FieldProblem(f"spec.inbound[{n}].tags.zone", f"this control plane serves zone"
+                                                    f" '{zone}'; register the dataplane with its own zone's control plane,"
+                                                    " or remove the tag")])  # fmt: skip
+
+    return check
 
 
 def authored_at_global(global_url: str) -> str:
@@ -107,6 +140,8 @@ def install(ext: Extensions, settings: Settings) -> GlobalSync | ZoneSync | None
         async def start_zone(ctx: ControlPlaneContext) -> None:
             refusals.ctx = ctx
             ctx.validators.append(refusals.validate)
+            ctx.validators.append(refuse_other_zones(settings.zone))
+            ctx.sealers.append(zone_tagger(settings.zone))
             sync = holder["sync"] = ZoneSync(ctx, ctx.reconciler, settings, poll)
             ctx.services["zone_sync"] = sync
             await sync.start()
