@@ -130,6 +130,18 @@ def test_a_service_only_in_zone_b_is_reached_through_b_ingress_with_end_to_end_m
     assert [(s["spec"]["service"], s["spec"]["ingress"]["port"]) for s in remote] == [("orders", INGRESS_PORT)]
     assert not any(d["name"].startswith("orders") for d in world.get("dataplanes", cp=a.cp))
 
+    # the caller's sidecar counts the call from zone a to zone b
+    web = next(d for d in world.get("dataplanes", cp=a.cp) if d["name"] == "web-wa")
+    assert web["spec"]["inbound"][0]["tags"]["zone"] == "zone-a"  # stamped by zone a's control plane
+
+    def counted() -> bool:
+        code, text = wa.curl(f"http://{wa.address}:{web['spec']['metrics']['port']}/metrics")
+        return code == 200 and any(line.startswith("meshline_requests_total") and 'reporter="source"' in line
+                                   and 'source_zone="zone-a"' in line and 'destination_zone="zone-b"' in line
+                                   for line in text.splitlines())  # fmt: skip
+
+    wait_until(counted, 30, interval=0.5, what="source_zone/destination_zone in web's metrics")
+
     # a TrafficPermission applied at global denies it in zone b, and allows it again
     world.apply(WEB_TO_ORDERS % "deny")
     wait_until(lambda: call(wa)[0] == 403, 60, interval=0.3, what="the deny applied at global to hold in zone b")
