@@ -134,6 +134,7 @@ def install(ext: Extensions, settings: Settings) -> GlobalSync | ZoneSync | None
 
         ext.routes.append(global_routes)
     elif settings.mode == "zone":
+        settings.create_default_mesh = False  # a zone's meshes come from global
         refusals = ZoneRefusals(settings.global_url)
         poll = float(os.environ.get(POLL_ENV, "20"))
 
