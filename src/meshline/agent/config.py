@@ -274,7 +274,7 @@ def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
     claims += [("127.0.0.1", u.port, f"--upstream {u.service}") for u in config.upstreams]
     if config.metrics_port:
         claims.append((config.address, config.metrics_port, "--metrics-port"))
-    if config.app_address == config.address:
+    if config.app_address == config.address and config.proxy == "sidecar":  # a zone ingress runs no app
         claims.append((config.app_address, config.app_port, "--port"))
     return claims
 

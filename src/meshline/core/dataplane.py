@@ -223,6 +223,8 @@ def _port_problems(r: Resource) -> list[FieldProblem]:
             claim("0.0.0.0", inbound.port, f"spec.inbound[{i}].port")
             continue
         claim(spec.address, inbound.port, f"spec.inbound[{i}].port")
+        if spec.proxy in ("zone-ingress", "zone-egress"):
+            continue  # no app behind a zone proxy: its servicePort is not used
         if inbound.service_port is None and inbound.service_address == spec.address:
             problems.append(
                 FieldProblem(
