@@ -126,9 +126,10 @@ class GlobalSync:
         self._changed.set()  # open polls answer now
 
     def _on_change(self, change: Change) -> None:
-        if change.op == "delete":
+        synced = change.key.kind in ("Mesh", ZONE_SERVICE) or self._synced(change.key.kind)
+        if change.op == "delete" and synced:  # only what zones hold counts against the log's bound
             self.feed.deleted(change.key, change.revision)
-        if change.key.kind in ("Mesh", "MeshCA", ZONE_SERVICE) or self._synced(change.key.kind):
+        if synced or change.key.kind == "MeshCA":
             event, self._changed = self._changed, asyncio.Event()
             event.set()
 
