@@ -309,6 +309,8 @@ async def test_policies_go_down_services_go_up_and_zones_refuse_what_global_auth
         return None
 
     spec = await eventually(remote_orders, "zone b's orders in zone a")
+    # a service only zone b runs has its VIP in zone a too (transparent callers reach orders.mesh)
+    await eventually(lambda: a.held("Service").get("orders"), "a VIP for orders in zone a")
     # a zone's dataplanes carry its zone tag (locality, failover order, source_zone in metrics)
     orders_b1 = b.cp.ctx.model.get(ResourceKey("Dataplane", "default", "orders-b1"))
     assert orders_b1 is not None and orders_b1.spec.inbound[0].tags["zone"] == "zone-b"  # type: ignore[attr-defined]

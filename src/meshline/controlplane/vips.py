@@ -21,11 +21,13 @@ from meshline.core.errors import Conflict, MeshlineError, NotFound
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.core.service import RangeFull, ServiceSpec, allocate, duplicates, in_range, vip_table
+from meshline.core.zones import ZONE_SERVICE, ZoneServiceSpec
 from meshline.store.base import Change, Resync, Store, WatchEvent
 
 log = logging.getLogger("meshline.vips")
 KIND = "Service"
-RELEVANT = frozenset({"Mesh", "Dataplane", KIND})
+# ZoneService: a service only another zone runs is reached by its name (and VIP) here too
+RELEVANT = frozenset({"Mesh", "Dataplane", KIND, ZONE_SERVICE})
 
 
 async def new_services(store: Store, writes: Sequence[Resource]) -> list[Resource]:
@@ -111,6 +113,7 @@ class VipAllocator:
         wanted = {
             i.service for r in resources if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec) for i in r.spec.inbound
         }
+        wanted |= {r.spec.service for r in resources if r.kind == ZONE_SERVICE and isinstance(r.spec, ZoneServiceSpec)}
         records = {r.name: r for r in resources if r.kind == KIND}
         table = in_range(vip_table(records.values()), cidr)
         # outside the range (it changed), or holding an address an older record has

@@ -67,6 +67,7 @@ class ZoneWorld:
     def _env(self, cp: ControlPlaneHost) -> dict[str, str]:
         return {**os.environ, "MESHLINE_API": cp.api_url, "MESHLINE_CA_FILE": str(cp.ca_file),
                 "MESHLINE_TOKEN_FILE": str(cp.data_dir / "admin.token"),
+                "MESHLINE_CAPTURE_STATE_DIR": str(self.work / "capture-state"),
                 "MESHLINE_CONFIG": str(self.work / f"cli-{cp.name}.yaml")}  # fmt: skip
 
     def _spawn_cp(self, cp: ControlPlaneHost) -> None:
@@ -160,12 +161,15 @@ class ZoneWorld:
 
     # -- workloads ---------------------------------------------------------------------------
     def run(self, zone: Zone, host: Host, service: str, port: int, app: Sequence[str], *, name: str | None = None,
-            upstreams: Iterable[str] = (), protocol: str = "http", wait: bool = True) -> HostProcess:  # fmt: skip
-        """``meshline run`` (explicit mode) of ``service`` in ``zone`` on ``host``: the app on
-        127.0.0.1:``port``, the sidecar's inbound on the host's address at ``port`` + 1000."""
+            upstreams: Iterable[str] = (), protocol: str = "http", wait: bool = True,
+            transparent: bool = False) -> HostProcess:  # fmt: skip
+        """``meshline run`` of ``service`` in ``zone`` on ``host``. Explicit mode: the app on
+        127.0.0.1:``port``, the sidecar's inbound on the host's address at ``port`` + 1000;
+        ``transparent``: capture rules on the host (the app binds 0.0.0.0:``port``)."""
         name = name or f"{service}-{host.name}"
+        ports = ["--transparent"] if transparent else ["--inbound-port", str(port + 1000), "--address", host.address]
         args = [sys.executable, "-m", "meshline", "run" if app else "dataplane", "--service", service,
-                "--port", str(port), "--inbound-port", str(port + 1000), "--name", name, "--address", host.address,
+                "--port", str(port), *ports, "--name", name,
                 "--api", zone.cp.api_url, "--ca-file", str(zone.cp.ca_file),
                 "--token-file", str(self.token(zone, service)), "--work-dir", str(self.work / "dp" / name),
                 "--drain-seconds", "0", "--protocol", protocol]  # fmt: skip
