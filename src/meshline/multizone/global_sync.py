@@ -32,7 +32,7 @@ from meshline.api.routes import Route, query_param
 from meshline.api.server import principal
 from meshline.controlplane.context import ControlPlaneContext
 from meshline.core import labels
-from meshline.core.errors import FieldProblem, Forbidden, ValidationError
+from meshline.core.errors import FieldProblem, Forbidden, NotFound, ValidationError
 from meshline.core.resource import Resource, ResourceKey
 from meshline.core.schema import NAME_HINT, NAME_RE
 from meshline.core.zones import ZONE, ZONE_SERVICE, ZoneServiceSpec, ZoneSpec
@@ -303,8 +303,6 @@ def _int(raw: str, name: str) -> int:
 
 
 async def _get(ctx: ControlPlaneContext, key: ResourceKey) -> Resource | None:
-    from meshline.core.errors import NotFound
-
     try:
         return await ctx.store.get(key)
     except NotFound:
