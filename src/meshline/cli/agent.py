@@ -26,6 +26,7 @@ from meshline.agent.config import (
     parse_upstreams,
     xds_from_api,
 )
+from meshline.agent.handoff import HandoffState, take_state
 from meshline.agent.metrics import check_app_metrics_url
 from meshline.agent.process import AppStartError
 from meshline.api.common import DEFAULT_URL
@@ -244,7 +245,7 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None, run_
         address=address,
         app_port=app_port,
         inbound_port=app_port if opts.get("transparent") else opts["inbound_port"] or free_port(address),
-        work_dir=opts["work_dir"] or default_work_dir(mesh, name),
+        work_dir=(opts["work_dir"] or default_work_dir(mesh, name)).absolute(),  # Envoy wants absolute paths
         api_url=api_url,
         xds_host=xds_host,
         xds_port=xds_port,
@@ -281,8 +282,17 @@ def _report(message: str) -> None:
     click.echo(f"meshline: {message}", err=True)
 
 
-def _run_agent(config: AgentConfig, command: list[str] | None) -> int:
-    agent = Agent(config, command=command, report=_report)
+def _takeover(opts: dict[str, Any]) -> tuple[dict[str, Any], HandoffState | None]:
+    """In a program an upgrade started: the state it was handed, and the ports the running
+    Envoy already listens on (a port the options leave to chance must not change)."""
+    state = take_state(os.environ)
+    if state is None:
+        return opts, None
+    return {**opts, "inbound_port": state.inbound_port, "metrics_port": state.metrics_port or 0}, state
+
+
+def _run_agent(config: AgentConfig, command: list[str] | None, takeover: HandoffState | None = None) -> int:
+    agent = Agent(config, command=command, report=_report, takeover=takeover)
     try:
         return asyncio.run(agent.run())
     except AppStartError as err:  # the shell's exit codes (127 not found, 126 not executable)
@@ -308,8 +318,9 @@ def dataplane(**opts: Any) -> None:
       meshline dataplane --service orders --port 8080 --upstream payments=9001
       sudo meshline dataplane --transparent --service orders --port 8080 --app-user orders
     """
+    opts, takeover = _takeover(opts)
     config = build_config(opts, _group_obj())
-    sys.exit(_run_agent(config, None))
+    sys.exit(_run_agent(config, None, takeover))
 
 
 @click.command("run", context_settings={"allow_interspersed_args": False})
@@ -325,8 +336,9 @@ def run(command: tuple[str, ...], **opts: Any) -> None:
       meshline run --service orders --port 8080 --upstream payments=9001 -- python app.py
       sudo meshline run --transparent --service orders --port 8080 --app-user orders -- ./orders
     """
+    opts, takeover = _takeover(opts)
     config = build_config(opts, _group_obj(), run_app=True)
-    sys.exit(_run_agent(config, list(command)))
+    sys.exit(_run_agent(config, list(command), takeover))
 
 
 @click.command("zone-ingress")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
-from meshline.render import proxies, transparent
+from meshline.render import egress_gateway, external, proxies, transparent
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
@@ -108,7 +108,9 @@ def render(
         owner = (dataplane.name, dataplane.version)
         configurers = tuple(map(id, plugins))  # a piece is only valid for the plugins that made it
         sidecar = spec.proxy == "sidecar"
-        if not sidecar:  # a gateway's or zone proxy's own generators (render/proxies.py)
+        if spec.proxy == "egress-gateway":  # render/egress_gateway.py
+            parts.extend(egress_gateway.parts(dataplane, mesh, plugins, _run, _finish))
+        elif not sidecar:  # a gateway's or zone proxy's own generators (render/proxies.py)
             parts.extend(proxies.parts(dataplane, mesh, _finish))
         for index, inbound in enumerate(spec.inbound if sidecar and not spec.transparent else ()):
             parts.append(
@@ -132,7 +134,8 @@ def render(
                 mesh.memoize(
                     ("outbound", spec.proxy, tags_key, ob_json, configurers),
                     lambda ob_json=ob_json: _outbound_part(source_tags, ob_json, mesh, plugins, spec.proxy),  # type: ignore[misc]
-                    Carry(frozenset({outbound.service})),
+                    # the destination policies select: an outbound by host is its ExternalService
+                    Carry(frozenset({external.resolve(mesh, outbound.service) or outbound.service})),
                 )
             )
 

@@ -48,3 +48,9 @@ S_SOURCE_CLAIMED = "meshline.source_claimed"  # inbound: x-meshline-source, a cl
 PEER_IDENTITY = "%DOWNSTREAM_PEER_URI_SAN%"  # Envoy formatter: the verified client certificate's URI SAN
 S_DIRECTION = "meshline.direction"
 S_POLICIES = "meshline.policies"
+
+# dynamic metadata read from access-log entries
+RBAC_HTTP = "envoy.filters.http.rbac"
+SHADOW_RESULT = "shadow_engine_result"  # "denied": a dry-run TrafficPermission would have refused it
+SHADOW_POLICY = "shadow_effective_policy_id"  # which one (its Envoy RBAC policy name)
+CAPTURE_NS = "meshline.record"  # what a TrafficRecording's filter captured (meshline.learn.capture)

@@ -62,6 +62,23 @@ def outbound_route(port: int) -> str:
 TRANSPARENT_OUTBOUND_LISTENER = "outbound_transparent"
 TRANSPARENT_INBOUND_LISTENER = "inbound_transparent"
 PASSTHROUGH_CLUSTER = "passthrough"
+# Connections the mesh's passthrough mode refuses (render/passthrough.py): one chain of the
+# transparent listener, its stats under tcp.outbound_blocked.*, its cluster without endpoints.
+BLOCKED_LISTENER = "outbound_blocked"
+BLOCKED_CLUSTER = "blocked"
+BLOCKED_DESTINATION = "(blocked)"  # the destination its access-log entries name (stat's edge)
+_BLOCKED_SECTION = "blocked-"
+
+
+def blocked_section(mode: str) -> str:
+    """The name part of the blocked chain's section id: ``blocked-declared``."""
+    return _BLOCKED_SECTION + mode
+
+
+def blocked_mode(section: str) -> str | None:
+    """The passthrough mode of a blocked chain's section id string (None: not one)."""
+    last = section.rsplit("/", 1)[-1]
+    return last[len(_BLOCKED_SECTION):] if last.startswith(_BLOCKED_SECTION) and "/" in section else None
 
 
 def transparent_outbound(service: str, variant: str = "") -> str:
@@ -95,6 +112,16 @@ def passthrough_listener(proxy: str, port: int) -> str:
 def passthrough_cluster(service: str) -> str:
     """A zone proxy's cluster for one service: TCP to its instances, TLS left to the two sidecars."""
     return f"sni_{service}"
+
+
+def egress_gateway_listener(port: int) -> str:
+    """The egress gateway's one listener: mTLS from sidecars, a chain per ExternalService by SNI."""
+    return f"egress_{port}"
+
+
+def egress_sni(external_service: str, mesh: str) -> str:
+    """What a sidecar sends as SNI to the egress gateway for ExternalService ``external_service``."""
+    return f"{external_service}.{mesh}.external"
 
 
 def stat_prefix(name: str) -> str:
