@@ -336,6 +336,15 @@ async def test_policies_go_down_services_go_up_and_zones_refuse_what_global_auth
     own = (await a.call("GET", "/api/v1/zones")).json()["items"][0]
     assert own["name"] == "zone-a" and own["connected"] and own["errors"] == []
 
+    # a zone gone for good is forgotten at global: the others stop routing to it
+    await b.close()
+    del world.zones["zone-b"]
+    r = await g.call("DELETE", "/api/v1/zones/zone-b")
+    assert r.status_code == 200 and r.json()["services"] >= 1, r.text
+    await eventually(lambda: not [z for z in a.held(ZONE_SERVICE).values() if z.spec.zone == "zone-b"],  # type: ignore[attr-defined]
+                     "zone b's services gone from zone a")
+    assert (await g.call("DELETE", "/api/v1/zones/zone-x")).status_code == 404
+
 
 async def test_a_zone_token_is_bound_to_its_zone_and_dies_when_revoked(world: World) -> None:
     g = world.glob

@@ -210,8 +210,12 @@ def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str)
 @click.option("-m", "--mesh", default="default", show_default=True)
 @click.pass_context
 def delete(ctx: click.Context, kind: str, name: str, mesh: str) -> None:
-    """Delete one resource."""
+    """Delete one resource; `delete zone NAME` at global forgets a zone that is gone for good."""
     with client_from(ctx) as c:
+        if kind.lower() in ZONE_NAMES:
+            done = c.request("DELETE", f"/api/v1/zones/{name}")
+            echo(f"zone {name} forgotten ({done.get('services', 0)} services no longer routed to it)")
+            return
         k = _find_kind(c, kind)
         path = f"/api/v1/meshes/{mesh}/{k['plural']}/{name}" if k["meshScoped"] else f"/api/v1/meshes/{name}"
         c.request("DELETE", path)

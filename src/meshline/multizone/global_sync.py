@@ -184,6 +184,8 @@ class GlobalSync:
                          query_param("box", {"type": "string"})), codes=(422,)),
             Route("POST", "/api/v1/zones/{zone}/sync/up", self.up,
                   "A zone's stream to global: its services changed above `base`", codes=(409, 422)),
+            Route("DELETE", "/api/v1/zones/{zone}", self.forget,
+                  "Forget a zone that is gone for good: its services are no longer routed to (admin)", codes=(404,)),
         ]  # fmt: skip
 
     async def down(self, request: web.Request) -> web.Response:
@@ -267,6 +269,28 @@ class GlobalSync:
         if self.ctx.model.mesh(r.mesh) is None:
             raise ValidationError([FieldProblem(f"put[{i}].mesh", f"mesh '{r.mesh}' does not exist at global")])
         return r.with_labels({labels.ORIGIN: labels.LOCAL_ORIGIN, labels.ZONE: zone})
+
+    async def forget(self, request: web.Request) -> web.Response:
+        """A zone decommissioned (or lost): drop its ZoneService records, so other zones stop
+        sending to its ingress, and its Zone record. If it comes back it resyncs by itself."""
+        zone = request.match_info["zone"]
+        p = principal(request)
+        if not _is_admin(p):
+            raise Forbidden(f"token '{p.name}' cannot forget a zone; this needs an admin token")
+        record = self.ctx.model.get(ResourceKey(ZONE, "", zone))
+        services = [r for m in self.ctx.model.mesh_names() for r in self.ctx.model.of_kind(m, ZONE_SERVICE)
+                    if isinstance(r.spec, ZoneServiceSpec) and r.spec.zone == zone]  # fmt: skip
+        if record is None and not services and zone not in self.links:
+            raise NotFound(f"no zone '{zone}' is known here; see `meshline get zones`")
+        for r in services:
+            with contextlib.suppress(NotFound):
+                await self.ctx.store.delete(r.key)
+        if record is not None:
+            with contextlib.suppress(NotFound):
+                await self.ctx.store.delete(record.key)
+        self.links.pop(zone, None)
+        log.info("zone %s forgotten: %d services dropped", zone, len(services))
+        return web.json_response({"zone": zone, "services": len(services)})
 
     async def list_zones(self, request: web.Request) -> web.Response:
         principal(request).check_read(None)
