@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshline.core import dataplane, external_service, mesh, service
+from meshline.core import dataplane, external_service, mesh, service, zones
 from meshline.core.resource import KindRegistry
 
 
@@ -14,4 +14,4 @@ def default_kinds() -> KindRegistry:
 
     # The security kinds are internal (KindInfo.internal): stored, never served.
     return KindRegistry([*SECURITY_KINDS, mesh.KIND, dataplane.KIND, service.KIND, external_service.KIND,
-                         *(k.info for k in kinds()), *other_kinds(), ROLLOUT, RECORDING])
+                         *(k.info for k in kinds()), *other_kinds(), ROLLOUT, RECORDING, *zones.KINDS])

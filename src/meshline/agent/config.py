@@ -138,7 +138,9 @@ class AgentConfig:
     # No --protocol given in transparent mode: the inbound has no protocol tag and each
     # connection's protocol is detected.
     detect_protocol: bool = False
-    # `meshline gateway`: a standalone Envoy of proxy kind gateway (no app beside it). Its
+    # The proxy kind (core.dataplane.ProxyKind); "zone-ingress" runs no app and takes traffic
+    # as soon as Envoy is ready (`meshline zone-ingress`). `meshline gateway`: a standalone
+    # Envoy of proxy kind gateway (no app beside it). Its
     # entry ports are the inbounds it registers (``gateway_ports``); certificates named by its
     # MeshGateway listeners are read from ``certs_dir`` (<name>/tls.crt and tls.key) and served
     # to Envoy by the agent's SDS.
@@ -235,6 +237,8 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
         spec["metrics"] = {"port": config.metrics_port, "path": "/metrics"}
     if config.egress_gateway:
         spec["proxy"] = "egress-gateway"
+    elif config.proxy != "sidecar":
+        spec["proxy"] = config.proxy
     return {"kind": "Dataplane", "mesh": config.mesh, "name": config.name, "spec": spec}
 
 

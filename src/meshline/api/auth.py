@@ -19,6 +19,8 @@ class Principal:
     # A dataplane token: may register/update only its own dataplane of this service.
     service: str | None = None
     dataplane: str | None = None
+    # A zone token (multi-zone): only its zone's sync routes on global admit it.
+    zone: str | None = None
 
     def check_read(self, mesh: str | None) -> None:
         if self.mesh is not None and mesh is not None and mesh != self.mesh:

@@ -548,22 +548,11 @@ class Api:
         versions it should run and what its sidecar has ACKed."""
         mesh = request.match_info["mesh"]
         principal(request).check_read(mesh)
+        across_zones = self.ctx.services.get("mesh_sync")  # a global control plane: every zone's
+        if callable(across_zones):
+            return _json(across_zones(mesh))
         rec = self.ctx.reconciler
-        items = []
-        dataplanes = sorted(self.ctx.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name)
-        statuses = await self.ctx.dataplane_statuses(dataplanes)  # ACKs seen by any replica
-        for r in dataplanes:
-            node = names.node_id(mesh, r.name)
-            result = self.ctx.results.get(node)
-            st = statuses[r.key]
-            items.append({
-                "name": r.name,
-                "versions": result.snapshot.versions_to_ack() if result else {},
-                "acked": {t: v["acked"] for t, v in st.get("types", {}).items()},
-                "state": st.get("state"),
-                "lastNack": st.get("lastNack"),
-                "renderError": st.get("renderError"),
-            })  # fmt: skip
+        items = await self.ctx.sync_report(mesh)
         return _json({"revision": rec.revision, "settledRevision": rec.settled_revision, "dataplanes": items})
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -409,3 +409,43 @@ def gateway(**opts: Any) -> None:
     config.certs_dir = certs_dir.resolve() if certs_dir is not None else None
     config.local_services = local_services(config)
     sys.exit(_run_agent(config, None))
+
+
+@click.command("zone-ingress")
+@click.option("--mesh", default="default", show_default=True, envvar="MESHLINE_MESH")
+@click.option("--port", type=click.IntRange(1, 65535), default=10001, show_default=True, envvar="MESHLINE_INGRESS_PORT",
+              help="where other zones' sidecars reach this zone (TLS passthrough, routed by SNI)")
+@click.option("--address", default=None, envvar="MESHLINE_ADDRESS",
+              help="the address other zones reach this ingress at (advertised to them through global)")
+@click.option("--name", default=None, envvar="MESHLINE_NAME", help="[default: zone-ingress-<host>]")
+@click.option("--api", default=None, envvar="MESHLINE_API", help="the zone control plane's API URL")
+@click.option("--context", "context", default=None, envvar="MESHLINE_CONTEXT")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None, envvar="MESHLINE_TOKEN_FILE",
+              help="a dataplane token for service zone-ingress of the mesh (issued by the zone control plane)")
+@click.option("--ca-file", "--cp-ca-file", "ca_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, envvar="MESHLINE_CA_FILE", help="the CA that verifies the zone control plane")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None, envvar="MESHLINE_WORK_DIR")
+@click.option("--envoy-log-level", default="warn", show_default=True, envvar="MESHLINE_ENVOY_LOG_LEVEL")
+@click.option("--envoy-binary", default=None, envvar="MESHLINE_ENVOY_BINARY")
+def zone_ingress(mesh: str, port: int, address: str | None, name: str | None, api: str | None, context: str | None,
+                 token_file: Path | None, ca_file: Path | None, work_dir: Path | None, envoy_log_level: str,
+                 envoy_binary: str | None) -> None:  # fmt: skip
+    """Run this zone's ingress: other zones' sidecars reach this zone's services through it,
+    routed by the TLS server name (<service>.<mesh>.mesh); it never decrypts, so mTLS stays
+    between the two sidecars.
+
+    \b
+    Example:
+      meshline zone-ingress --mesh default --address 10.0.0.5 --port 10001 --token-file ingress.token
+    """
+    opts: dict[str, Any] = {
+        "service": "zone-ingress", "app_port": port, "inbound_port": port, "mesh": mesh, "api": api,
+        "context": context, "token": None, "token_file": token_file, "ca_file": ca_file, "xds_address": None,
+        "address": address, "name": name,
+        "work_dir": work_dir, "protocol": None, "tags": (), "upstreams": (), "envoy_binary": envoy_binary,
+        "envoy_concurrency": 1, "envoy_log_level": envoy_log_level, "drain_seconds": 1.0, "register_timeout": 30.0,
+        "ready_timeout": 60.0, "metrics_port": 0, "app_metrics_url": None,
+    }  # fmt: skip
+    config = build_config(opts, _group_obj())
+    config.proxy = "zone-ingress"
+    sys.exit(_run_agent(config, None))

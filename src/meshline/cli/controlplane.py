@@ -11,7 +11,7 @@ import click
 
 from meshline.api.common import CP_CA_FILE
 from meshline.api.contexts import remember_local
-from meshline.controlplane.settings import Settings, default_data_dir
+from meshline.controlplane.settings import MODES, Settings, default_data_dir
 from meshline.core.errors import MeshlineError
 from meshline.security.authn import ADMIN_TOKEN_FILE
 from meshline.server.controlplane import ControlPlane
@@ -73,10 +73,28 @@ async def serve(cp: ControlPlane, ready: asyncio.Event | None = None, write_cont
 @click.option("--xds-address", default="127.0.0.1:15678", envvar="MESHLINE_XDS_ADDRESS", show_default=True)
 @click.option("--debounce", default=0.01, show_default=True, help="seconds to batch changes before pushing")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--mode", type=click.Choice(MODES), default="standalone", envvar="MESHLINE_MODE", show_default=True,
+              help="standalone; global (meshes and policies authored here, zones sync with it); zone (serves"
+                   " its dataplanes, synced with --global)")
+@click.option("--zone", default=None, envvar="MESHLINE_ZONE", help="the zone this control plane serves (--mode zone)")
+@click.option("--global", "global_url", default="", envvar="MESHLINE_GLOBAL", metavar="URL",
+              help="the global control plane's API, e.g. https://global.example:15681 (--mode zone)")
+@click.option("--zone-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              envvar="MESHLINE_ZONE_TOKEN_FILE", help="the zone token issued at global (--mode zone)")
+@click.option("--global-ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              envvar="MESHLINE_GLOBAL_CA_FILE", help="the CA that verifies global's HTTPS API (its cp-ca.pem)")
 def control_plane(
-    data_dir: Path | None, store_url: str, api_address: str, xds_address: str, debounce: float, log_level: str
+    data_dir: Path | None, store_url: str, api_address: str, xds_address: str, debounce: float, log_level: str,
+    mode: str, zone: str | None, global_url: str, zone_token_file: Path | None, global_ca_file: Path | None,
 ) -> None:
-    """Run the control plane: REST API, xDS (ADS) server and CA."""
+    """Run the control plane: REST API, xDS (ADS) server and CA.
+
+    \b
+    Multi-zone (docs/multi-zone.md):
+      meshline control-plane --mode global --store postgresql://...
+      meshline control-plane --mode zone --zone zone-a --global https://GLOBAL:15681 \\
+          --zone-token-file zone-a.token --global-ca-file global-ca.pem
+    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(
         data_dir=data_dir or default_data_dir(),
@@ -84,7 +102,16 @@ def control_plane(
         api_address=api_address,
         xds_address=xds_address,
         debounce=debounce,
+        mode=mode,
+        global_url=global_url,
+        zone_token_file=zone_token_file,
+        global_ca_file=global_ca_file,
+        # a zone's meshes come from global; global and standalone start with "default"
+        create_default_mesh=mode != "zone",
     )
+    if zone:
+        settings.zone = zone
+    settings.check_mode()
     from meshline.server.factory import build_control_plane
 
     asyncio.run(serve(build_control_plane(settings), write_context=True))

@@ -19,6 +19,7 @@ COMMANDS = {
     "dataplane": "meshline.cli.agent:dataplane",
     "run": "meshline.cli.agent:run",
     "gateway": "meshline.cli.agent:gateway",
+    "zone-ingress": "meshline.cli.agent:zone_ingress",
     "apply": "meshline.cli.resources:apply",
     "get": "meshline.cli.resources:get",
     "delete": "meshline.cli.resources:delete",

@@ -14,6 +14,7 @@ import yaml
 from meshline.api.client import ApiClient
 from meshline.cli.output import console, echo, err_console, table
 from meshline.cli.wait import WaitResult, wait_for_acks
+from meshline.cli.zones import ZONE_NAMES, get_zones
 from meshline.core import safe_yaml
 from meshline.core.errors import FieldProblem, MeshlineError, NotFound, ValidationError
 from meshline.core.schema import did_you_mean
@@ -80,7 +81,10 @@ def apply(ctx: click.Context, files: tuple[str, ...], wait: bool, timeout: float
                 err_console.print(f"[yellow]warning:[/yellow] {item['resource']}: {warning}", soft_wrap=True)
         if wait:
             revision = max((int(i.get("version", 0)) for i in result["items"]), default=0)
-            _report_wait(wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started), timeout)
+            waited = wait_for_acks(lambda m: _sync(c, m), before, revision, timeout, started=started)
+            # at a global control plane: zones that are not connected get the change later
+            unreachable = {z: why for m in meshes for z, why in (_sync(c, m).get("unreachable") or {}).items()}
+            _report_wait(waited, timeout, unreachable)
 
 
 def _sync(c: ApiClient, mesh: str) -> dict[str, Any]:
@@ -90,9 +94,14 @@ def _sync(c: ApiClient, mesh: str) -> dict[str, Any]:
         return {"revision": 0, "settledRevision": 1 << 62, "dataplanes": []}
 
 
-def _report_wait(w: WaitResult, timeout: float) -> None:
+def _report_wait(w: WaitResult, timeout: float, unreachable: dict[str, str] | None = None) -> None:
     if not w.settled:
         raise MeshlineError(f"the control plane had not rendered the change after {timeout:g}s; see its log")
+    gone = ""
+    if unreachable:  # a global control plane's zones that are not connected
+        gone = "; ".join(sorted(unreachable.values())) + ": it gets the change once it reconnects (`meshline get zones`)"
+        if not w.not_acked:
+            raise MeshlineError(gone)
     if not w.dataplanes:
         echo(f"no dataplane's configuration changed ({w.seconds:.1f}s)")
         return
@@ -103,7 +112,7 @@ def _report_wait(w: WaitResult, timeout: float) -> None:
     why = "; ".join(f"{name}: {reason}" for name, reason in sorted(w.not_acked.items()))
     raise MeshlineError(
         f"{len(w.not_acked)} of {len(w.dataplanes)} affected dataplanes did not ACK within {timeout:g}s: {why}"
-        " (`meshline inspect dataplane NAME` shows more)"
+        " (`meshline inspect dataplane NAME` shows more)" + (f"; {gone}" if gone else "")
     )
 
 
@@ -179,8 +188,11 @@ def _print_items(kind: dict[str, Any], items: list[dict[str, Any]], output: str,
               help="wide: a table whose cells are never cut (also what a pipe gets)")
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str) -> None:
-    """List resources of a KIND (or show one by NAME)."""
+    """List resources of a KIND (or show one by NAME); `get zones`: the zones' sync with global."""
     with client_from(ctx) as c:
+        if kind.lower() in ZONE_NAMES:
+            get_zones(c, output)
+            return
         k = _find_kind(c, kind)
         if k["meshScoped"]:
             base = f"/api/v1/meshes/{mesh}/{k['plural']}"
@@ -198,8 +210,12 @@ def get(ctx: click.Context, kind: str, name: str | None, mesh: str, output: str)
 @click.option("-m", "--mesh", default="default", show_default=True)
 @click.pass_context
 def delete(ctx: click.Context, kind: str, name: str, mesh: str) -> None:
-    """Delete one resource."""
+    """Delete one resource; `delete zone NAME` at global forgets a zone that is gone for good."""
     with client_from(ctx) as c:
+        if kind.lower() in ZONE_NAMES:
+            done = c.request("DELETE", f"/api/v1/zones/{name}")
+            echo(f"zone {name} forgotten ({done.get('services', 0)} services no longer routed to it)")
+            return
         k = _find_kind(c, kind)
         path = f"/api/v1/meshes/{mesh}/{k['plural']}/{name}" if k["meshScoped"] else f"/api/v1/meshes/{name}"
         c.request("DELETE", path)

@@ -53,6 +53,7 @@ def token() -> None:
 @click.option("-m", "--mesh", default=None, help="the mesh (required for mesh and dataplane tokens)")
 @click.option("--service", default=None, help="the service a dataplane token is for")
 @click.option("--name", "dataplane", default=None, help="limit a dataplane token to this dataplane name")
+@click.option("--zone", default=None, help="the zone a zone token is for (its control plane syncs with global)")
 @click.option("--ttl", default="720h", show_default=True, help="lifetime, e.g. 24h, 30m, 8760h")
 @click.option("--description", default=None, help="a note shown by `meshline token list`")
 @click.option("--file", "out_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -64,6 +65,7 @@ def issue(
     mesh: str | None,
     service: str | None,
     dataplane: str | None,
+    zone: str | None,
     ttl: str,
     description: str | None,
     out_file: Path | None,
@@ -77,12 +79,13 @@ def issue(
     (`> orders.token` also works, but the shell creates that file readable by others, and
     empty when the command fails.)
     """
-    body = {"kind": kind, "mesh": mesh, "service": service, "dataplane": dataplane, "ttl": ttl}
+    body = {"kind": kind, "mesh": mesh, "service": service, "dataplane": dataplane, "ttl": ttl,
+            **({"zone": zone} if zone else {})}
     if description:
         body["description"] = description
     with client_from(ctx) as c:
         data = c.request("POST", "/api/v1/tokens", json=body)
-    scope = ", ".join(f"{k} {data[k]}" for k in ("mesh", "service", "dataplane") if data.get(k))
+    scope = ", ".join(f"{k} {data[k]}" for k in ("mesh", "service", "dataplane", "zone") if data.get(k))
     err_console.print(
         f"{data['kind']} token {data['id']}" + (f" ({scope})" if scope else "")
         + f", expires {_when(data['expiresAt'], time.time())}; revoke with `meshline token revoke {data['id']}`"

@@ -115,6 +115,25 @@ class ControlPlaneContext:
         ages = await self.store.replica_ages()
         return {r.key: self.dataplane_status(r, stored.get(r.key), ages) for r in dataplanes}
 
+    async def sync_report(self, mesh: str) -> list[dict[str, Any]]:
+        """Per dataplane of ``mesh``: the versions it should run and what its sidecar ACKed
+        (what `meshline apply --wait` compares; a zone sends it to global, multizone)."""
+        items = []
+        dataplanes = sorted(self.model.of_kind(mesh, "Dataplane"), key=lambda r: r.name)
+        statuses = await self.dataplane_statuses(dataplanes)  # ACKs seen by any replica
+        for r in dataplanes:
+            result = self.results.get(names.node_id(mesh, r.name))
+            st = statuses[r.key]
+            items.append({
+                "name": r.name,
+                "versions": result.snapshot.versions_to_ack() if result else {},
+                "acked": {t: v["acked"] for t, v in st.get("types", {}).items()},
+                "state": st.get("state"),
+                "lastNack": st.get("lastNack"),
+                "renderError": st.get("renderError"),
+            })  # fmt: skip
+        return items
+
     def dataplane_status(
         self, r: Resource, stored: Status | None = None, ages: Mapping[str, float] | None = None
     ) -> dict[str, Any]:

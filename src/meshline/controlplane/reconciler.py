@@ -74,8 +74,10 @@ class Reconciler:
         plugins: Sequence[Plugin],
         debounce: float = 0.01,
         offline: Callable[[str], frozenset[str]] | None = None,
+        zone: str | None = None,
     ) -> None:
         self.store = store
+        self.zone = zone  # zone mode: the zone served (MeshSnapshot.build's ``zone``); None: standalone
         self.cache = cache
         self.plugins = list(plugins)  # in the order they run
         self.debounce = debounce
@@ -232,6 +234,7 @@ class Reconciler:
             previous=previous,
             known_protocols=dict(known),
             watched=self.watched.get(mesh, frozenset()),
+            zone=self.zone,
         )
         for service, protocol in snap.instance_protocols().items():
             if known.get(service) != protocol:

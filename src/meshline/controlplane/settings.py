@@ -38,6 +38,9 @@ def split_address(value: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+MODES = ("standalone", "global", "zone")
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -85,8 +88,38 @@ class Settings:
     replica_id: str = field(default_factory=lambda: os.environ.get("MESHLINE_REPLICA_ID", ""))
     status_flush: float = field(default_factory=lambda: _env_float("MESHLINE_STATUS_FLUSH_S", 1.0))
     replica_beat: float = field(default_factory=lambda: _env_float("MESHLINE_REPLICA_BEAT_S", 5.0))
+    # Multi-zone (docs/multi-zone.md): "standalone" (one control plane, the default), "global"
+    # (authoring only; zones connect to it) or "zone" (serves its dataplanes, synced with
+    # ``global_url`` as ``zone`` with the zone token in ``zone_token_file``).
+    mode: str = field(default_factory=lambda: os.environ.get("MESHLINE_MODE", "standalone"))
+    global_url: str = field(default_factory=lambda: os.environ.get("MESHLINE_GLOBAL", ""))
+    zone_token_file: Path | None = field(
+        default_factory=lambda: Path(os.environ["MESHLINE_ZONE_TOKEN_FILE"]) if os.environ.get("MESHLINE_ZONE_TOKEN_FILE") else None
+    )
+    global_ca_file: Path | None = field(
+        default_factory=lambda: Path(os.environ["MESHLINE_GLOBAL_CA_FILE"]) if os.environ.get("MESHLINE_GLOBAL_CA_FILE") else None
+    )
     # Where Grafana serves Meshline's dashboards (telemetry/grafana/): the dashboard links to them.
     grafana_url: str = field(default_factory=lambda: os.environ.get("MESHLINE_GRAFANA_URL", ""))
+
+    def check_mode(self) -> None:
+        """A zone needs global's address and its token; errors name the option to pass."""
+        if self.mode not in MODES:
+            raise MeshlineError(f"--mode '{self.mode}' must be one of {', '.join(MODES)}")
+        if self.mode != "zone":
+            return
+        missing = [opt for opt, value in (("--zone", self.zone != DEFAULT_ZONE), ("--global", self.global_url),
+                                          ("--zone-token-file", self.zone_token_file)) if not value]  # fmt: skip
+        if missing:
+            raise MeshlineError(
+                f"--mode zone needs {', '.join(missing)}: the zone's name, global's API URL and the zone token"
+                " issued at global (`meshline token issue --kind zone --zone NAME`)"
+            )
+
+    @property
+    def render_zone(self) -> str | None:
+        """The zone rendering localizes to (zone mode only; standalone renders as before)."""
+        return self.zone if self.mode == "zone" else None
 
     @property
     def replica_ttl(self) -> float:

@@ -22,20 +22,25 @@ from meshline.core.external_service import ExternalServiceSpec
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.core.service import RangeFull, ServiceSpec, allocate, duplicates, in_range, vip_table
+from meshline.core.zones import ZONE_SERVICE, ZoneServiceSpec
 from meshline.store.base import Change, Resync, Store, WatchEvent
 
 log = logging.getLogger("meshline.vips")
 KIND = "Service"
-RELEVANT = frozenset({"Mesh", "Dataplane", "ExternalService", KIND})
+# ZoneService: a service only another zone runs is reached by its name (and VIP) here too
+RELEVANT = frozenset({"Mesh", "Dataplane", "ExternalService", KIND, ZONE_SERVICE})
 
 
 def wanted_services(r: Resource) -> set[str]:
     """The services ``r`` needs a VIP for: a Dataplane's inbound services; an ExternalService
-    with a host (mesh DNS answers the host with it; an address or CIDR is dialled as it is)."""
+    with a host (mesh DNS answers the host with it; an address or CIDR is dialled as it is); the
+    service of another zone's ZoneService (reached by the same name here)."""
     if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec):
         return {i.service for i in r.spec.inbound}
     if r.kind == "ExternalService" and isinstance(r.spec, ExternalServiceSpec) and r.spec.host is not None:
         return {r.name}
+    if r.kind == ZONE_SERVICE and isinstance(r.spec, ZoneServiceSpec):
+        return {r.spec.service}
     return set()
 
 

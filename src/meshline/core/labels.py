@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from meshline.core.errors import FieldProblem, MeshlineError
 
 RESERVED_PREFIX = "meshline.io/"
-ORIGIN = "meshline.io/origin"  # "zone": written to this control plane (later: "global", synced down)
+ORIGIN = "meshline.io/origin"  # "zone": written to this control plane; "global": authored at global
 ZONE = "meshline.io/zone"  # the zone whose control plane stored it
 LOCAL_ORIGIN = "zone"
+GLOBAL_ORIGIN = "global"
 DEFAULT_ZONE = "default"
 
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -43,8 +44,9 @@ def label_problems(labels: object, path: str = "labels") -> list[FieldProblem]:
     return problems
 
 
-def system_labels(zone: str) -> dict[str, str]:
-    """What this control plane stamps on what it stores."""
+def system_labels(zone: str, origin: str = LOCAL_ORIGIN) -> dict[str, str]:
+    """What this control plane stamps on what it stores (``origin``: "zone", or "global" on a
+    global control plane, whose resources zones receive with it)."""
     if not zone or not _VALUE_RE.match(zone):
         raise MeshlineError(f"zone '{zone}' (MESHLINE_ZONE) {VALUE_HINT}")
-    return {ORIGIN: LOCAL_ORIGIN, ZONE: zone}
+    return {ORIGIN: origin, ZONE: zone}

@@ -179,8 +179,12 @@ def static_cluster(name: str, address: str, port: int, protocol: str) -> cluster
 
 
 def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
-    """Endpoints grouped by zone (locality); tags go into metadata for subset matching."""
-    by_zone: dict[str, list[endpoint_components_pb2.LbEndpoint]] = {}
+    """Endpoints grouped by zone (locality); tags go into metadata for subset matching.
+
+    Other zones' endpoints (``Endpoint.remote``: a zone ingress) come at the next priority
+    after this zone's, so callers stay in their zone while it has healthy instances and fail
+    over when it has none (a LoadBalancer policy's ``localityAwareness`` re-ranks by zone)."""
+    by_zone: dict[tuple[bool, str], list[endpoint_components_pb2.LbEndpoint]] = {}
     for ep in endpoints:
         if not ep.healthy:
             # Left out rather than sent as UNHEALTHY: Envoy's panic mode would route to
@@ -189,20 +193,23 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.Cl
         meta = base_pb2.Metadata()
         meta.filter_metadata["envoy.lb"].update(dict(ep.tags))
         meta.filter_metadata["meshline"].update({"dataplane": ep.dataplane})
-        by_zone.setdefault(ep.zone, []).append(
-            endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, ep.port)),
-                health_status=health_check_pb2.HEALTHY,
-                metadata=meta,
-            )
+        lb = endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, ep.port)),
+            health_status=health_check_pb2.HEALTHY,
+            metadata=meta,
         )
+        if ep.weight != 1:
+            lb.load_balancing_weight.value = ep.weight
+        by_zone.setdefault((ep.remote, ep.zone), []).append(lb)
+    has_local = any(not remote for remote, _ in by_zone)
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
-                locality=base_pb2.Locality(zone=zone), lb_endpoints=eps
+                locality=base_pb2.Locality(zone=zone), lb_endpoints=eps,
+                priority=1 if remote and has_local else 0,
             )
-            for zone, eps in sorted(by_zone.items())
+            for (remote, zone), eps in sorted(by_zone.items())
         ],
     )
 

@@ -32,6 +32,7 @@ from meshline.core.external_service import ExternalServiceSpec
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource
 from meshline.core.selectors import ANY, SelectorSpec
+from meshline.core.zones import ZONE_SERVICE, ZoneServiceSpec
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -131,6 +132,10 @@ class Endpoint:
     port: int
     tags: Mapping[str, str]
     healthy: bool = True
+    # Another zone's instances, reached through that zone's ingress (address, port): one
+    # endpoint per tag set, weighted by its healthy instance count (core.zones.ZoneService).
+    remote: bool = False
+    weight: int = 1
 
     @property
     def zone(self) -> str:
@@ -185,11 +190,15 @@ class MeshSnapshot:
         previous: MeshSnapshot | None = None,
         known_protocols: Mapping[str, str] | None = None,
         watched: frozenset[str] = frozenset(),
+        zone: str | None = None,
     ) -> MeshSnapshot:
         """The snapshot of ``resources``; with ``previous`` (the same mesh's last snapshot),
         the carried pieces of its memo that nothing changed under are kept.
         ``known_protocols``: service -> the protocol its instances said when it last had some
-        (kept by the reconciler), for services that have none now."""
+        (kept by the reconciler), for services that have none now.
+        ``zone``: the zone this control plane serves (zone mode): its sidecars' endpoints get
+        that ``zone`` tag unless they carry one, and other zones' ``ZoneService`` records
+        become endpoints at their zone's ingress (None: standalone, ZoneServices ignored)."""
         dataplanes: dict[str, Resource] = {}
         policies: dict[str, list[Resource]] = defaultdict(list)
         endpoints: dict[str, list[Endpoint]] = defaultdict(list)
@@ -201,10 +210,15 @@ class MeshSnapshot:
                 # Only sidecars serve a service: a gateway's or zone proxy's inbounds are its
                 # own listeners, not instances callers may be sent to.
                 for inbound in spec.inbound if spec.proxy == "sidecar" else ():
+                    tags = inbound.tags if zone is None or "zone" in inbound.tags else {**inbound.tags, "zone": zone}
                     endpoints[inbound.service].append(
-                        Endpoint(r.name, spec.address, inbound.port, inbound.tags,
+                        Endpoint(r.name, spec.address, inbound.port, tags,
                                  spec.ready and r.name not in offline)
                     )
+            elif r.kind == ZONE_SERVICE:
+                if zone is not None:
+                    for ep in remote_endpoints(r, zone):
+                        endpoints[ep.tags["service"]].append(ep)
             elif r.kind != "Mesh":
                 policies[r.kind].append(r)
         protocols = _protocols(endpoints, dataplanes.values(), known_protocols or {})
@@ -219,7 +233,7 @@ class MeshSnapshot:
             policies={k: tuple(sorted(v, key=lambda r: r.name)) for k, v in policies.items()},
             offline=offline,
             endpoints=TrackedMapping(
-                {k: tuple(sorted(v, key=lambda e: (e.dataplane, e.port))) for k, v in endpoints.items()}, reads
+                {k: tuple(sorted(v, key=_endpoint_order)) for k, v in endpoints.items()}, reads
             ),
             protocols=TrackedMapping(protocols, reads),
             reads=reads,
@@ -350,6 +364,10 @@ class MeshSnapshot:
         return _Recording(self.reads)
 
 
+def _endpoint_order(e: Endpoint) -> tuple[str, int, list[tuple[str, str]]]:
+    return (e.dataplane, e.port, sorted(e.tags.items()))
+
+
 def _protocols(
     endpoints: Mapping[str, list[Endpoint]], dataplanes: Iterable[Resource], known: Mapping[str, str]
 ) -> dict[str, str]:
@@ -372,6 +390,24 @@ def _protocols(
     for service, said in declared.items():
         if len(said) == 1 and "" not in said:  # every outbound to it declares the same
             out[service] = said.pop()
+    return out
+
+
+def remote_endpoints(r: Resource, local_zone: str) -> list[Endpoint]:
+    """Another zone's service as endpoints at that zone's ingress: one per tag set with healthy
+    instances, its weight their count. Nothing for this zone's own records, for a zone without
+    an ingress, or for a service with no healthy instance there."""
+    spec = r.spec
+    assert isinstance(spec, ZoneServiceSpec)
+    if spec.zone == local_zone or spec.ingress is None:
+        return []
+    out = []
+    for group in spec.instances:
+        if group.instances <= 0:
+            continue
+        tags = {**group.tags, "service": spec.service, "zone": spec.zone}
+        out.append(Endpoint(f"{spec.zone}/ingress", spec.ingress.address, spec.ingress.port, tags,
+                            remote=True, weight=group.instances))  # fmt: skip
     return out
 
 

@@ -170,9 +170,13 @@ def passthrough(dataplane: Resource, mesh: MeshSnapshot) -> PassthroughSection:
     for service in mesh.services():
         if service in own:
             continue  # the zone proxy itself
+        # only this zone's instances: an ingress never forwards to another zone's ingress
+        local = [e for e in mesh.endpoints.get(service, ()) if not e.remote]
+        if not local:
+            continue
         cluster = names.passthrough_cluster(service)
         section.clusters[cluster] = envoy.eds_cluster(cluster, "tcp", None)
-        section.endpoints[cluster] = envoy.load_assignment(cluster, mesh.endpoints.get(service, ()))
+        section.endpoints[cluster] = envoy.load_assignment(cluster, local)
         section.chains[f"{service}.{mesh.name}.mesh"] = cluster
     return section
 

@@ -72,6 +72,16 @@ class TokenAuthenticator:
             log.warning("API %s %s from %s refused: %s", request.method, request.path, request.remote, err)
             raise
         p = principal_for(claims)
+        if p.zone is not None:
+            # a zone token speaks only its own zone's sync with global (meshline.multizone)
+            if request.path not in (f"/api/v1/zones/{p.zone}/sync/down", f"/api/v1/zones/{p.zone}/sync/up"):
+                log.warning("API %s %s from %s refused: a zone token outside its zone's sync routes",
+                            request.method, request.path, request.remote)  # fmt: skip
+                raise Forbidden(
+                    f"token '{p.name}' is a zone token for zone '{p.zone}': it only syncs that zone with"
+                    f" global (/api/v1/zones/{p.zone}/sync); use an admin or mesh token for anything else"
+                )
+            return p
         if p.read_only and request.method not in READ_METHODS:
             raise Forbidden(f"token '{p.name}' is read-only; use an admin or mesh token to change resources")
         return p

@@ -31,7 +31,7 @@ from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
 from meshline.security import crypto, gateway_certificates, provided_key
 from meshline.security.authn import TokenAuthenticator, redact_ca_keys, write_admin_token
-from meshline.security.ca import DEFAULT_PROPAGATION, CAManager, parse_provided
+from meshline.security.ca import DEFAULT_PROPAGATION, CAManager, newest, parse_provided
 from meshline.security.kinds import INTERNAL
 from meshline.security.routes import SecurityApi
 from meshline.security.tokens import TokenService
@@ -156,6 +156,7 @@ class Security:
         await seal_stored_keys(ctx.store, kek)
         ctx.validators.append(refuse_internal_kinds)
         ctx.services["ca"] = self.ca
+        ctx.services["mesh_ca_export"] = self.export_ca  # global -> zones (meshline.multizone)
         ctx.services["tokens"] = self.tokens
         ctx.services["dataplane_status_extra"] = _chain(ctx.services.get("dataplane_status_extra"), self.status_extra)
         ctx.services["metrics_extra"] = _chain(ctx.services.get("metrics_extra"), self.metrics)
@@ -199,6 +200,21 @@ class Security:
     def _gateway_api(self) -> gateway_certificates.GatewayCertificatesApi:
         assert self.gateway_certificates is not None
         return self.gateway_certificates
+
+    async def export_ca(self, mesh: str) -> tuple[str, str] | None:
+        """The newest CA of ``mesh`` as a zone adopts it (a provided CA): its certificate chain
+        up to the root and its private key, both PEM; None without mTLS."""
+        if self.ca is None:
+            return None
+        entries = await self.ca.ensure(mesh)
+        last = newest(entries)
+        if last is None:
+            return None
+        m = self.ca.material(mesh, last)
+        chain = crypto.cert_pem(m.cert) + m.chain_pem()
+        if crypto.fingerprint(m.root) != crypto.fingerprint(m.cert):
+            chain += crypto.cert_pem(m.root)
+        return chain, crypto.key_pem(m.key)
 
     def routes(self) -> list[Route]:
         assert self.api is not None, "routes are asked for after on_start"

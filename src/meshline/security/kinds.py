@@ -25,8 +25,8 @@ from pydantic import Field
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import Spec
 
-TokenKind = Literal["admin", "mesh", "readonly", "dataplane"]
-TOKEN_KINDS: tuple[str, ...] = ("admin", "mesh", "readonly", "dataplane")
+TokenKind = Literal["admin", "mesh", "readonly", "dataplane", "zone"]
+TOKEN_KINDS: tuple[str, ...] = ("admin", "mesh", "readonly", "dataplane", "zone")
 
 
 class IssuedTokenSpec(Spec):
@@ -34,6 +34,7 @@ class IssuedTokenSpec(Spec):
     mesh: str | None = None
     service: str | None = None
     dataplane: str | None = None
+    zone: str | None = None  # a zone token: the zone control plane it authenticates to global
     issued_at: float
     expires_at: float
     description: str | None = None

@@ -67,7 +67,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 TOKEN_BODY = {
     "type": "object",
     "properties": {
-        "kind": {"enum": ["admin", "mesh", "readonly", "dataplane"]},
+        "kind": {"enum": ["admin", "mesh", "readonly", "dataplane", "zone"]}, "zone": OPTIONAL_STRING,
         "mesh": OPTIONAL_STRING, "service": OPTIONAL_STRING, "dataplane": OPTIONAL_STRING,
         "ttl": {"type": ["string", "null"], "examples": ["24h", "720h"]}, "description": OPTIONAL_STRING,
     },
@@ -130,6 +130,7 @@ class SecurityApi:
             ttl=ttl,
             description=_opt_str(body, "description"),
             issued_by=p.name,
+            zone=_opt_str(body, "zone"),
         )
         c = issued.claims
         return _json(
@@ -140,6 +141,7 @@ class SecurityApi:
                 "mesh": c.mesh,
                 "service": c.service,
                 "dataplane": c.dataplane,
+                **({"zone": c.zone} if c.zone else {}),
                 "issuedAt": c.issued_at,
                 "expiresAt": c.expires_at,
             },

@@ -6,7 +6,8 @@ compact form, ``alg: ES256``), so standard JWT tools can read it. Claims:
 * ``jti`` id (also the name of its ``IssuedToken`` record), ``iat``, ``exp``, ``iss``;
 * ``kind``: ``admin`` (everything), ``mesh`` (everything inside one mesh),
   ``readonly`` (GETs, optionally one mesh), ``dataplane`` (register its own
-  dataplane, get its certificate, connect to xDS as that dataplane);
+  dataplane, get its certificate, connect to xDS as that dataplane), ``zone`` (a zone
+  control plane's sync with global, for the zone named in ``zone``, and nothing else);
 * ``mesh``, ``service``, ``dp`` (optional dataplane name) scope it.
 
 The signing key is a P-256 key kept sealed in the store (``ControlPlaneKey``
@@ -71,6 +72,7 @@ class Claims:
     mesh: str | None = None
     service: str | None = None
     dataplane: str | None = None
+    zone: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -86,6 +88,8 @@ class Claims:
             out["service"] = self.service
         if self.dataplane:
             out["dp"] = self.dataplane
+        if self.zone:
+            out["zone"] = self.zone
         return out
 
     @classmethod
@@ -98,6 +102,7 @@ class Claims:
             mesh=data.get("mesh"),
             service=data.get("service"),
             dataplane=data.get("dp"),
+            zone=data.get("zone"),
         )
 
     def describe(self) -> str:
@@ -106,12 +111,23 @@ class Claims:
             scope.append(f"service {self.service}")
         if self.dataplane:
             scope.append(f"dataplane {self.dataplane}")
+        if self.zone:
+            scope.append(f"zone {self.zone}")
         return f"{self.kind} token {self.id}" + (f" ({', '.join(scope)})" if scope else "")
 
 
-def check_scope(kind: str, mesh: str | None, service: str | None, dataplane: str | None) -> None:
+def check_scope(kind: str, mesh: str | None, service: str | None, dataplane: str | None,
+                zone: str | None = None) -> None:
     """What each kind of token must and must not name; errors name the CLI option."""
     problems: list[FieldProblem] = []
+    if zone is not None and not NAME_RE.match(zone):
+        problems.append(FieldProblem("zone", NAME_HINT))
+    if kind == "zone" and not zone:
+        problems.append(FieldProblem("zone", "is required for a zone token (e.g. --zone zone-a)"))
+    if kind == "zone" and mesh:
+        problems.append(FieldProblem("mesh", "a zone token covers every mesh of its zone; remove --mesh"))
+    if kind != "zone" and zone:
+        problems.append(FieldProblem("zone", f"only zone tokens name a zone; not {kind}"))
     if kind not in TOKEN_KINDS:
         problems.append(FieldProblem("kind", f"must be one of {', '.join(TOKEN_KINDS)}"))
     for field, value in (("mesh", mesh), ("service", service), ("name", dataplane)):
@@ -139,6 +155,8 @@ def principal_for(claims: Claims) -> Principal:
         return Principal(name, mesh=claims.mesh)
     if claims.kind == "readonly":
         return Principal(name, mesh=claims.mesh, read_only=True)
+    if claims.kind == "zone":  # read-only for everything: only its zone's sync routes admit it
+        return Principal(name, read_only=True, zone=claims.zone or "")
     return Principal(name, mesh=claims.mesh, service=claims.service, dataplane=claims.dataplane)
 
 
@@ -309,8 +327,9 @@ class TokenService:
         ttl: float = DEFAULT_TTL,
         description: str | None = None,
         issued_by: str | None = None,
+        zone: str | None = None,
     ) -> IssuedToken:
-        token, record = self._new(kind, mesh, service, dataplane, ttl, description, issued_by)
+        token, record = self._new(kind, mesh, service, dataplane, ttl, description, issued_by, zone)
         await self.store.create(record)
         log.info("issued %s (expires %s)", token.claims.describe(), crypto.iso(token.claims.expires_at))
         return token
@@ -335,8 +354,9 @@ class TokenService:
         ttl: float,
         description: str | None,
         issued_by: str | None,
+        zone: str | None = None,
     ) -> tuple[IssuedToken, Resource]:
-        check_scope(kind, mesh, service, dataplane)
+        check_scope(kind, mesh, service, dataplane, zone)
         if not MIN_TTL <= ttl <= MAX_TTL:
             raise ValidationError(
                 [FieldProblem("ttl", "must be between 1m and 87600h (10 years)")], context="cannot issue the token"
@@ -350,12 +370,14 @@ class TokenService:
             mesh=mesh,
             service=service,
             dataplane=dataplane,
+            zone=zone,
         )
         spec = IssuedTokenSpec(
             kind=kind,  # type: ignore[arg-type]
             mesh=mesh,
             service=service,
             dataplane=dataplane,
+            zone=zone,
             issued_at=claims.issued_at,
             expires_at=claims.expires_at,
             description=description,

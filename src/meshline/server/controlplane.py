@@ -23,7 +23,7 @@ from meshline.controlplane.shared_status import StatusPublisher, new_replica_id
 from meshline.controlplane.vips import VipAllocator
 from meshline.core.datadir import secure_data_dir
 from meshline.core.errors import MeshlineError, NotFound
-from meshline.core.labels import system_labels
+from meshline.core.labels import LOCAL_ORIGIN, system_labels
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
@@ -45,7 +45,7 @@ class ControlPlane:
         self.ext = extensions or Extensions()
         self.kinds = default_kinds()
         self.store = open_store(settings.store_url, self.kinds, settings.data_dir)
-        self.store.stamp_labels = system_labels(settings.zone)  # origin and zone on every resource
+        self.store.stamp_labels = system_labels(settings.zone, "global" if settings.mode == "global" else LOCAL_ORIGIN)  # origin and zone on every resource
         self.cache = SnapshotCache()
         self.status = StatusRegistry()
         self.offline = OfflineTracker(self.status, settings.offline_after)
@@ -57,6 +57,7 @@ class ControlPlane:
             [*default_plugins(), *self.ext.render_steps, metrics_step.PLUGIN],
             settings.debounce,
             offline=self.offline.offline_in,
+            zone=settings.render_zone,
         )
         self.vips = VipAllocator(self.store)  # every service's virtual IP (transparent mode)
         self.publisher = StatusPublisher(

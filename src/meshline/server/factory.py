@@ -21,6 +21,7 @@ def subsystems() -> tuple[Subsystem, ...]:
     """Every subsystem this build has, in the order they install (and start)."""
     from meshline.dashboard import install as install_dashboard
     from meshline.learn import install as install_learn
+    from meshline.multizone import install as install_multizone
     from meshline.ratelimit.service import install as install_rate_limit_service
     from meshline.rollouts import install as install_rollouts
     from meshline.security.controlplane import install as install_security
@@ -34,6 +35,7 @@ def subsystems() -> tuple[Subsystem, ...]:
         install_telemetry,  # access logs + tracing render step, log intake, stats/tap/explain API
         install_rollouts,  # Rollout checks at apply, the controller (reads telemetry), its API
         install_learn,  # permissions suggest/report, traffic recording (reads telemetry)
+        install_multizone,  # --mode global / zone: the zones' sync with global (docs/multi-zone.md)
     )
 
 

@@ -151,7 +151,8 @@ def load_tls(url: str, connect: str, cafile: Path, count: int, interval: float, 
     return {"codes": {str(k): v for k, v in codes.items()}, "serials": dict(serials), "errors": errors}
 
 
-def load(url: str, count: int, interval: float, timeout: float, headers: dict[str, str]) -> dict[str, Any]:
+def load(url: str, count: int, interval: float, timeout: float, headers: dict[str, str],
+         progress: bool = False) -> dict[str, Any]:
     codes: Counter[int] = Counter()
     instances: Counter[str] = Counter()
     errors: list[str] = []
@@ -169,6 +170,8 @@ def load(url: str, count: int, interval: float, timeout: float, headers: dict[st
             if len(errors) < 20:
                 errors.append(f"request {i}: {err}")
         codes[code] += 1
+        if progress and (i + 1) % 10 == 0:  # a test waits on this to act mid-load
+            print(f"sent {i + 1}", flush=True)
         try:
             instances[str(json.loads(body).get("instance", ""))] += 1
         except (ValueError, AttributeError):
@@ -276,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connect", default=None, help="https: dial this address (the URL's host stays SNI and Host)")
     p.add_argument("--cafile", type=Path, default=None, help="https: verify the server against this CA")
     p.add_argument("--keepalive", action="store_true", help="https: one connection for every request")
+    p.add_argument("--progress", action="store_true", help="print 'sent N' every 10 requests")
     args = parser.parse_args(argv)
     if args.what == "origdst":
         serve_origdst(args.port)
@@ -285,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.connect:
             result = load_tls(args.url, args.connect, args.cafile, args.count, args.interval, args.timeout, args.keepalive)
         else:
-            result = load(args.url, args.count, args.interval, args.timeout, {k.strip(): v.strip() for k, v in headers.items()})
+            result = load(args.url, args.count, args.interval, args.timeout, {k.strip(): v.strip() for k, v in headers.items()},
+                          args.progress)
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(args.out)
