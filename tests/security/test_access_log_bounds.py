@@ -76,9 +76,22 @@ def found(world: World, request_id: str) -> bool:
     return True
 
 
+def orders_total(world: World) -> int:
+    return sum(int(s["total"]) for s in stats(world)["services"] if s["service"] == "orders")
+
+
 def sidecar_traffic_is_counted(world: World) -> None:
+    """The sidecars' own telemetry still arrives: a success is counted (its sidecar's counters;
+    successes are only sampled in the stream) and a failure is streamed and found by its id."""
+    before = orders_total(world)
+    assert httpx.get(world.web.url("orders") + "/real", timeout=5).status_code == 200
+    wait_until(lambda: orders_total(world) > before, 15, what="the sidecars' counters to count the request")
     rid = f"real-{secrets.token_hex(4)}"
-    assert httpx.get(world.web.url("orders") + "/real", headers={"x-request-id": rid}, timeout=5).status_code == 200
+    world.app.behaviour.status = 500
+    try:
+        assert httpx.get(world.web.url("orders") + "/real", headers={"x-request-id": rid}, timeout=5).status_code == 500
+    finally:
+        world.app.behaviour.status = 200
     wait_until(lambda: found(world, rid), 15, what="the sidecars' own access logs to arrive")
 
 
