@@ -8,6 +8,7 @@
 | ``cp-startup`` | ``meshline control-plane`` ready; ``meshline up`` until its first request through the demo |
 | ``mesh-size`` | one real sidecar's memory in a small and a large mesh |
 | ``transparent`` | two sidecars across two test hosts, explicit against transparent mode (``benchmarks/transparent.py``) |
+| ``gateway`` | the ingress gateway against a hand-written Envoy front proxy, same TLS termination (``benchmarks/gateway.py``) |
 
 Each returns flat figures; :func:`checks` turns them into the issue's targets with anchors.
 """
@@ -133,6 +134,15 @@ def _transparent(settings: CpSettings, procs: ProcessGroup, workdir: Path, progr
     return run
 
 
+def _gateway(settings: CpSettings, procs: ProcessGroup, workdir: Path, progress: Progress) -> CpRun:
+    from benchmarks import gateway
+
+    run = CpRun("gateway", "ingress gateway vs a hand-written Envoy front proxy (TLS termination)")
+    rounds, seconds = (1, 2.0) if settings.mode == "quick" else (5, 6.0)  # wrk takes whole seconds (c1: half)
+    run.figures, run.details["rounds"] = gateway.run(procs, workdir, rounds, seconds, progress)
+    return run
+
+
 @dataclass(frozen=True)
 class CpScenario:
     key: str
@@ -158,6 +168,9 @@ SCENARIOS: dict[str, CpScenario] = {
         CpScenario("transparent", "explicit vs transparent",
                    "two sidecars across two test hosts (netns, as root), --upstream against capture rules",
                    _transparent, ("envoy", "wrk", "nginx", "nft")),
+        CpScenario("gateway", "gateway vs hand-written front proxy",
+                   "HTTPS termination by `meshline gateway` against a static Envoy doing the same (netns, as root)",
+                   _gateway, ("envoy", "wrk", "nginx")),
     )
 }  # fmt: skip
 
@@ -267,6 +280,20 @@ def checks(run: CpRun) -> list[Check]:
                          better="higher", note=f"explicit {f.get('explicit.rps', 0):,.0f} req/s, transparent"
                                                f" {f.get('transparent.rps', 0):,.0f} req/s; round ratios spread"
                                                f" {f.get('ratio_spread.rps', 0):.2f}"))  # fmt: skip
+    elif run.key == "gateway":
+        for prefix, label in (("", "mesh defaults"), ("nostream.", "log streaming off")):
+            for k, what in (("c16_p50_ms", "p50, 16 connections"), ("c16_p90_ms", "p90, 16 connections"),
+                            ("c16_p99_ms", "p99, 16 connections"), ("c1_p50_ms", "p50, 1 connection")):
+                out.append(Check(f"gateway ({label}) / hand-written front proxy latency, {what}",
+                                 _get(f, f"{prefix}ratio.{k}"), "x", 1.10,
+                                 note=f"hand-written {f.get(prefix + 'handwritten.' + k, 0):.2f} ms, gateway"
+                                      f" {f.get(prefix + 'gateway.' + k, 0):.2f} ms; round ratios spread"
+                                      f" {f.get(prefix + 'ratio_spread.' + k, 0):.2f}"))  # fmt: skip
+            out.append(Check(f"gateway ({label}) / hand-written front proxy throughput", _get(f, f"{prefix}ratio.rps"),
+                             "x", 0.95, better="higher",
+                             note=f"hand-written {f.get(prefix + 'handwritten.rps', 0):,.0f} req/s, gateway"
+                                  f" {f.get(prefix + 'gateway.rps', 0):,.0f} req/s; round ratios spread"
+                                  f" {f.get(prefix + 'ratio_spread.rps', 0):.2f}"))  # fmt: skip
     elif run.key == "mesh-size":
         out.append(Check("sidecar memory, large mesh / small mesh", _get(f, "large_over_small"), "x", 1.10,
                          anchor=t.ANCHOR_MESH_SIZE))  # fmt: skip

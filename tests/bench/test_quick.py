@@ -134,3 +134,19 @@ def test_quick_transparent_against_explicit(tmp_path: Path) -> None:
     assert f["explicit.rps"] > 0 and f["transparent.rps"] > 0
     assert f["ratio.rps"] > 0 and f["transparent.c1_p50_ms"] > 0
     assert any(t["figure"].startswith("transparent / explicit") for t in doc["targets"])
+
+
+def test_quick_gateway_against_a_handwritten_front_proxy(tmp_path: Path) -> None:
+    """The ingress gateway and a static Envoy, same TLS termination, one tiny round per phase."""
+    from meshline.testing.netns import require_netns
+
+    require_netns()
+    require_programs("envoy", "wrk", "nginx")
+    doc, _ = quick(tmp_path, "gateway")
+    run = doc["controlplane"]["gateway"]
+    assert run["error"] is None, run
+    f = run["figures"]
+    for prefix in ("", "nostream."):
+        assert f[f"{prefix}gateway.rps"] > 0 and f[f"{prefix}handwritten.rps"] > 0
+        assert f[f"{prefix}ratio.rps"] > 0
+    assert any(t["figure"].startswith("gateway (mesh defaults) / hand-written") for t in doc["targets"])

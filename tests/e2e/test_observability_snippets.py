@@ -27,7 +27,7 @@ def sh_block(after: str) -> str:
 
 
 def test_the_timeout_snippet_runs_as_written_against_up(tmp_path: Path) -> None:
-    web_port = free_ports(4)
+    web_port = free_ports(5)
     api = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "meshline", "up", "--port", str(web_port), "--outbound-base", str(free_ports(3)),
            "--data-dir", str(tmp_path / "data"), "--api-address", api, "--xds-address", f"127.0.0.1:{free_port()}"]

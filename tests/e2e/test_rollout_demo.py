@@ -32,7 +32,7 @@ def documented_rollout() -> dict[str, Any]:
 
 
 def test_the_documented_rollout_rolls_back_the_demos_broken_v2(tmp_path: Path) -> None:
-    web_port, outbound_base, api_port = free_ports(4), free_ports(3), free_port()
+    web_port, outbound_base, api_port = free_ports(5), free_ports(3), free_port()
     data = tmp_path / "data"
     cmd = [sys.executable, "-m", "meshline", "up", "--broken-v2", "--port", str(web_port), "--outbound-base",
            str(outbound_base), "--data-dir", str(data), "--api-address", f"127.0.0.1:{api_port}",

@@ -41,7 +41,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
-    web_port = free_ports(4)  # web, orders v1, orders v2, inventory apps
+    web_port = free_ports(5)  # the gateway, then the orders v1, orders v2, inventory and web apps
     outbound_base = free_ports(3)
     cmd = [sys.executable, "-m", "meshline", "up", "--port", str(web_port), "--outbound-base", str(outbound_base),
            "--data-dir", str(tmp_path / "data"), "--api-address", f"127.0.0.1:{free_port()}",
@@ -57,10 +57,11 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         assert body["service"] == "web"
         assert body["upstream"]["service"] == "orders"
         assert body["upstream"]["upstream"]["service"] == "inventory"
-        # with mTLS on, orders saw web's SPIFFE identity
+        # the request entered through the ingress gateway: web saw edge's SPIFFE identity, orders web's
+        assert body["caller"].endswith("/default/edge")
         assert body["upstream"]["caller"].endswith("/default/web")
         running = _descendants(proc.pid)
-        assert len([p for p in running if _alive(p)]) >= 8  # 4 agents + 4 Envoys (+ apps)
+        assert len([p for p in running if _alive(p)]) >= 10  # 4 agents + a gateway + 5 Envoys (+ apps)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

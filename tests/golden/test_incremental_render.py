@@ -42,7 +42,9 @@ def pool() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     dataplanes: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
     files = sorted([*TESTS.glob("policies/**/*.yaml"), TESTS / "golden/core/mesh.input.yaml",
-                    TESTS / "golden/transparent/mesh.input.yaml"])  # transparent dataplanes, Services
+                    TESTS / "golden/transparent/mesh.input.yaml",  # transparent dataplanes, Services
+                    TESTS / "golden/gateway/edge.input.yaml",  # a gateway, its MeshGateway and routes
+                    TESTS / "golden/egress/mesh.input.yaml"])  # ExternalServices, an egress gateway
     for index, path in enumerate(files):
         if path.name.endswith(".golden.yaml"):
             continue

@@ -170,8 +170,8 @@ def test_backend_name_convention() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda d: d["spec"]["parentRefs"][0].update(kind="Gateway", group="gateway.networking.k8s.io"),
-         "spec.parentRefs[0].kind: 'Gateway' parents are not supported"),
+        (lambda d: d["spec"]["parentRefs"].append({"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "edge"}),
+         "spec.parentRefs[0].kind: 'Service' parents cannot be mixed with Gateway parents"),
         (lambda d: d["spec"].update(parentRefs=[]), "spec.parentRefs: is required"),
         (lambda d: d["spec"]["parentRefs"][0].update(namespace="other"),
          "spec.parentRefs[0].namespace: refers to namespace 'other'"),
@@ -261,7 +261,7 @@ def test_native_documents_are_left_to_the_kind_registry() -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw"}},
+    [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "gw"}},
      {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup", "metadata": {"name": "g"}}],
 )
 def test_other_gateway_api_and_smi_kinds_are_refused_by_name(doc: dict[str, Any]) -> None:

@@ -127,7 +127,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_meshline_up_restarts_a_killed_demo_agent(tmp_path: Path) -> None:
-    web_port, outbound_base = free_ports(4), free_ports(3)
+    web_port, outbound_base = free_ports(5), free_ports(3)
     data = tmp_path / "data"
     cmd = [sys.executable, "-m", "meshline", "up", "--port", str(web_port), "--outbound-base", str(outbound_base),
            "--data-dir", str(data), "--api-address", f"127.0.0.1:{free_port()}",

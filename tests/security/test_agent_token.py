@@ -102,7 +102,7 @@ def test_agent_config_never_reads_the_admin_token(tmp_path: Path, monkeypatch: p
 
 
 def test_meshline_up_gives_each_demo_agent_a_dataplane_token(tmp_path: Path) -> None:
-    web_port, outbound_base = free_ports(4), free_ports(3)
+    web_port, outbound_base = free_ports(5), free_ports(3)
     data, api = tmp_path / "data", f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "meshline", "up", "--port", str(web_port), "--outbound-base", str(outbound_base),
            "--data-dir", str(data), "--api-address", api,
@@ -131,7 +131,7 @@ def test_meshline_up_gives_each_demo_agent_a_dataplane_token(tmp_path: Path) -> 
         admin = (data / "admin.token").read_text().strip()
         listed = httpx.get(f"http://{api}/api/v1/tokens", headers={"Authorization": f"Bearer {admin}"}).json()["items"]
         demo = sorted(t["service"] for t in listed if t["kind"] == "dataplane")
-        assert demo == ["inventory", "orders", "orders", "web"], json.dumps(listed)
+        assert demo == ["edge", "inventory", "orders", "orders", "web"], json.dumps(listed)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -115,7 +115,13 @@ def test_envoy_command_line(tmp_path: Path) -> None:
     cfg = config(tmp_path, envoy_concurrency=2, drain_seconds=2.5)
     args = envoy_args("/bin/envoy", cfg)
     assert args[:3] == ["/bin/envoy", "-c", str(cfg.bootstrap_path)]
-    assert "--disable-hot-restart" in args
+    assert "--disable-hot-restart" not in args  # hot restart: how an upgrade replaces Envoy
+    assert args[args.index("--restart-epoch") + 1] == "0" and "--use-dynamic-base-id" in args
+    assert args[args.index("--socket-mode") + 1] == "600"
+    assert int(args[args.index("--parent-shutdown-time-s") + 1]) > 3  # after the drain
+    child = envoy_args("/bin/envoy", cfg, epoch=1, base_id=42)
+    assert child[child.index("--restart-epoch") + 1] == "1" and child[child.index("--base-id") + 1] == "42"
+    assert "--use-dynamic-base-id" not in child
     assert args[args.index("--concurrency") + 1] == "2"
     assert args[args.index("--log-level") + 1] == "warn"
     assert args[args.index("--drain-time-s") + 1] == "3"

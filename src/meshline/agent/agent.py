@@ -12,7 +12,9 @@ Shutdown undoes only what was done, in reverse: deregister, wait (bounded by
 ``callers_ack_timeout``) until every caller's sidecar has ACKed a config without this
 instance, drain Envoy (HTTP/1.1 ``Connection: close`` after the current request, HTTP/2
 GOAWAY), only then pass SIGTERM to the app and wait for it, stop Envoy, stop local services
-(docs/operations.md has the timeline). The pure
+(docs/operations.md has the timeline). An upgrade (SIGUSR2, ``meshline upgrade-sidecar``)
+re-executes this process with the new program, which adopts the app and hot restarts Envoy
+(agent/handoff.py; ``_upgrade`` here, ``_take_over`` in the new program). The pure
 parts (backoff, bootstrap, environment, arguments) live in their own modules; this one
 only sequences them.
 """
@@ -26,11 +28,14 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from meshline.agent import process
+from meshline import __version__
+from meshline.agent import handoff, process
 from meshline.agent.backoff import Backoff
 from meshline.agent.bootstrap import build_bootstrap, write_bootstrap
 from meshline.agent.config import (
@@ -45,7 +50,8 @@ from meshline.agent.config import (
 from meshline.agent.envoy import Envoy, EnvoyError, ReadyState, diagnose, kill_stale
 from meshline.agent.registration import Api, deregister, no_token_message, register, token_kind
 from meshline.agent.removal import wait_removed
-from meshline.core.errors import MeshlineError, NotFound, Unauthorized
+from meshline.core import versions
+from meshline.core.errors import MeshlineError, NotFound, Unauthorized, Unavailable
 from meshline.core.unix_sockets import private_dir
 
 if TYPE_CHECKING:
@@ -57,6 +63,11 @@ T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+UPGRADE_SIGNAL = signal.SIGUSR2
+# Blocked from just before an upgrade's exec until the new program handles them: one arriving
+# in between waits (pending) instead of killing the process and, with it, the app.
+HELD_SIGNALS = (*FORWARDED_SIGNALS, UPGRADE_SIGNAL)
+XDS_PROXY = "xds-proxy"  # the LocalService an upgrade starts first (agent/xds_proxy.py)
 PROGRESS_AFTER = 1.0  # say what we wait for once Envoy takes longer than this to be ready
 PROGRESS_EVERY = 5.0
 # How often a running agent checks that its Dataplane still exists (seconds).
@@ -71,6 +82,7 @@ class Phase(enum.Enum):
     STARTING_ENVOY = "starting-envoy"
     WAITING_READY = "waiting-ready"
     RUNNING = "running"
+    HANDING_OVER = "handing-over"  # an upgrade: about to exec the new program
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -91,6 +103,12 @@ async def app_listening(host: str, port: int) -> bool:
 
 
 def summary_lines(config: AgentConfig) -> list[str]:
+    if config.proxy == "gateway":
+        ports = ", ".join(f"{config.address}:{p}" for p in config.gateway_ports)
+        lines = [f"gateway   {config.service}: entry ports {ports} (listeners from MeshGateway {config.service})"]
+        if config.certs_dir is not None:
+            lines.append(f"certs     {config.certs_dir}/<certificate>/tls.crt,tls.key (served to Envoy by SDS)")
+        return [*lines, f"admin     {config.admin_socket}", f"envoy log {config.envoy_log_path}"]
     protocol = "detected per connection" if config.detect_protocol else config.protocol
     t = config.transparent
     if t is not None:
@@ -155,6 +173,7 @@ class Agent:
         report: Report | None = None,
         environ: dict[str, str] | None = None,
         handle_signals: bool = True,
+        takeover: handoff.HandoffState | None = None,
     ) -> None:
         self.config = config
         self.command = list(command) if command else None
@@ -163,7 +182,11 @@ class Agent:
         self.handle_signals = handle_signals
         self.phase = Phase.STARTING
         self.envoy: Envoy | None = None
-        self.app: asyncio.subprocess.Process | None = None
+        self.app: process.Child | None = None
+        self.takeover = takeover  # set in a program an upgrade started (see agent/handoff.py)
+        self._upgrading: asyncio.Task[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
+        self._replaced: Envoy | None = None  # the Envoy a hot restart replaced, until it exits
         self.ready_once = asyncio.Event()
         self._api = api
         self._own_api = api is None
@@ -206,9 +229,32 @@ class Agent:
             self.report(f"killing the app (pid {self.app.pid})")
             process.signal_group(self.app, signal.SIGKILL)
 
+    def request_upgrade(self) -> None:
+        """Hand this workload over to the newly installed program (what SIGUSR2 does)."""
+        if self._upgrading is not None and not self._upgrading.done():
+            self.report("an upgrade is already under way")
+            return
+        if self.phase is not Phase.RUNNING:
+            why = f"an upgrade needs a running agent (this one is {self.phase.value})"
+            self.report(why)
+            handoff.write_status(self.config.work_dir, "failed", why)
+            return
+        self._upgrading = asyncio.create_task(self._upgrade(), name="upgrade")
+
+    @property
+    def _serving(self) -> bool:
+        """Whether the workload takes traffic, so a stop must be the graceful one: running, or
+        in a program an upgrade started (the app and Envoy serve while it takes over)."""
+        if self.phase in (Phase.RUNNING, Phase.HANDING_OVER):
+            return True
+        return self.takeover is not None and self.phase not in (Phase.STOPPING, Phase.STOPPED)
+
     def _on_signal(self, signum: int) -> None:
+        if signum == UPGRADE_SIGNAL:
+            self.request_upgrade()
+            return
         if self.app is not None and self.app.returncode is None:
-            if signum == signal.SIGTERM and self._stop_requests == 0 and self.phase is Phase.RUNNING:
+            if signum == signal.SIGTERM and self._stop_requests == 0 and self._serving:
                 # Graceful stop: the app keeps serving until callers dropped this instance
                 # and Envoy drained; _shutdown passes the signal on then. A second one now.
                 self._app_signal_deferred = True
@@ -225,9 +271,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         if self.handle_signals:
-            for sig in FORWARDED_SIGNALS:
+            for sig in HELD_SIGNALS:
                 loop.add_signal_handler(sig, self._on_signal, int(sig))
                 installed.append(int(sig))
+            # held by the program that exec'd this one (an upgrade): delivered now, if any came
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         try:
             try:
                 await self._startup()
@@ -267,7 +315,18 @@ class Agent:
             await task
         raise _Stopped
 
+    def _make_api(self) -> None:
+        if self._api is None:
+            from meshline.agent.api import AgentApi
+
+            cfg = self.config
+            verify: bool | str = str(cfg.ca_file) if cfg.ca_file else True
+            self._api = AgentApi(cfg.api_url, token=cfg.token, timeout=5.0, verify=verify)
+
     async def _startup(self) -> None:
+        if self.takeover is not None:
+            await self._take_over(self.takeover)
+            return
         cfg = self.config
         check_config(cfg)
         if self.capture is not None:  # every reason the rules could not go in, before anything starts
@@ -288,11 +347,8 @@ class Agent:
         if self.capture is not None:  # before the agent's first connection (see Capture.install)
             self.capture.install()
         self.phase = Phase.REGISTERING
-        if self._api is None:
-            from meshline.agent.api import AgentApi
-
-            verify: bool | str = str(cfg.ca_file) if cfg.ca_file else True
-            self._api = AgentApi(cfg.api_url, token=cfg.token, timeout=5.0, verify=verify)
+        self._make_api()
+        assert self._api is not None
         try:
             await self._until_stopped(
                 register(self._api, dataplane_doc(cfg, ready=False), cfg.register_timeout, self.report)
@@ -333,6 +389,222 @@ class Agent:
         self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
         self._registration = asyncio.create_task(self._stay_registered(), name="stay-registered")
 
+    # -- upgrade: the old program hands over, the new one takes over ------------------------
+
+    async def _upgrade(self) -> None:
+        """Check the new program runs, stop what cannot cross an exec (the local services: the
+        new program starts its own), write the handoff state and exec. The app and Envoy keep
+        running and serving throughout; signals are held until the new program handles them."""
+        cfg = self.config
+        program = handoff.take_request(cfg.work_dir)
+        command = handoff.new_command(program)
+        handoff.write_status(cfg.work_dir, "preparing", f"checking {command[0]}")
+        try:
+            if self.capture is not None:
+                raise MeshlineError("upgrading a transparent-mode sidecar in place is not supported yet;"
+                                    " stop it gracefully and start the new version")  # fmt: skip
+            version = await self._preflight(program or handoff.own_program())
+            await self._check_served(version)
+        except MeshlineError as err:
+            self.report(f"upgrade refused: {err}")
+            handoff.write_status(cfg.work_dir, "failed", str(err))
+            return
+        if self.phase is not Phase.RUNNING:
+            return
+        self.phase = Phase.HANDING_OVER
+        self.report(f"upgrading to meshline {version}: handing the app and Envoy over to"
+                    f" {' '.join(program or handoff.own_program())}")  # fmt: skip
+        await self._pause_for_handover()
+        envoy, app = self.envoy, self.app
+        state = handoff.HandoffState(
+            from_version=__version__,
+            app_pid=app.pid if app is not None and app.returncode is None else None,
+            envoy_pid=envoy.pid if envoy is not None and envoy.running else None,
+            envoy_epoch=envoy.epoch if envoy is not None else 0,
+            envoy_base_id=envoy.base_id if envoy is not None else None,
+            inbound_port=cfg.inbound_port,
+            metrics_port=cfg.metrics_port,
+            ready_for_traffic=self._ready_for_traffic,
+            xds_host=cfg.xds_host,
+            xds_port=cfg.xds_port,
+            xds_tls=cfg.xds_tls,
+            xds_ca_file=str(cfg.xds_ca_file) if cfg.xds_ca_file else None,
+            xds_source=cfg.xds_source,
+        )
+        path = handoff.write_state(cfg.work_dir, state)
+        handoff.write_status(cfg.work_dir, "exec", f"starting meshline {version}", pid=os.getpid(),
+                             from_version=__version__, to_version=version)  # fmt: skip
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        try:
+            os.execvpe(command[0], command, {**self.environ, handoff.HANDOFF_ENV: str(path)})
+        except OSError as err:  # checked just before, so rare: carry on as before
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+            path.unlink(missing_ok=True)
+            why = f"cannot start {command[0]}: {err.strerror or err}"
+            self.report(f"upgrade failed: {why}; this agent carries on")
+            handoff.write_status(cfg.work_dir, "failed", why)
+            await self._resume_after_failed_handover()
+
+    async def _preflight(self, program: list[str]) -> str:
+        """The version of the new program, from running it (a broken install is refused here,
+        before anything is stopped)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *program, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, env=self.environ,
+            )  # fmt: skip
+        except OSError as err:
+            raise MeshlineError(f"cannot run {program[0]}: {err.strerror or err}; check --program") from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), handoff.PREFLIGHT_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise MeshlineError(f"{' '.join(program)} --version did not answer in"
+                                f" {handoff.PREFLIGHT_TIMEOUT_S:g}s") from None  # fmt: skip
+        text = out.decode(errors="replace")
+        version = handoff.parse_version(text)
+        if proc.returncode != 0 or version is None:
+            raise MeshlineError(f"{' '.join(program)} --version failed ({process.describe_exit(proc.returncode or 0)}):"
+                                f" {text.strip()[-300:]}")  # fmt: skip
+        return version
+
+    async def _check_served(self, version: str) -> None:
+        """Refuse an upgrade to a version the control plane would not serve (the new program
+        would be refused at registration and stop the workload)."""
+        ask = getattr(self._api, "request", None)  # test doubles of the API may not serve it
+        if ask is None:
+            return
+        try:
+            health = await ask("GET", "/api/v1/health")
+        except MeshlineError as err:  # the new program needs it at once, for its certificate
+            raise MeshlineError(f"the control plane does not answer ({err}); try again once it does") from None
+        served = versions.refusal(str(health.get("version", "")), version) if isinstance(health, dict) else None
+        if served is not None:
+            raise MeshlineError(served)
+
+    async def _pause_for_handover(self) -> None:
+        for task in (self._readiness, self._registration, self._supervisor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for svc in reversed(self._started_services):
+            try:
+                await svc.stop()
+            except Exception as err:  # the exec closes what is left anyway
+                self.report(f"stopping {svc.name} failed: {err}")
+        self._started_services.clear()
+
+    async def _resume_after_failed_handover(self) -> None:
+        for svc in self.config.local_services:
+            await svc.start(self.config)
+            self._started_services.append(svc)
+        self.phase = Phase.RUNNING
+        if self.envoy is not None:
+            self._supervisor = asyncio.create_task(self._supervise(self.envoy))
+        self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
+        self._registration = asyncio.create_task(self._stay_registered(), name="stay-registered")
+
+    async def _take_over(self, st: handoff.HandoffState) -> None:
+        """In the program an upgrade started: adopt the app and the running Envoy, start the
+        local services, hot restart Envoy from this package. If the new Envoy does not become
+        ready, the old one keeps serving (it reconnects to this program's services)."""
+        cfg = self.config
+        check_config(cfg)
+        self._prepare_work_dir()
+        binary = process.find_envoy(cfg.envoy_path)
+        if st.app_pid is not None:
+            self.app = process.Adopted(st.app_pid)
+        old = Envoy.adopt(cfg, binary, st.envoy_pid, st.envoy_epoch, st.envoy_base_id) if st.envoy_pid else None
+        self.envoy = old  # until its successor is ready: a stop meanwhile stops this one
+        self.report(f"took over dataplane {cfg.name} from meshline {st.from_version} (pid {os.getpid()} kept;"
+                    f" app pid {st.app_pid}, Envoy pid {st.envoy_pid})")  # fmt: skip
+        self._ready_for_traffic = st.ready_for_traffic
+        self._registered = True  # by the old program: a stop from now on deregisters
+        self.phase = Phase.STARTING_SERVICES
+        # The xDS proxy first, with the old program's xDS settings: the running Envoy's stream
+        # ended with the exec, and the control plane drops a silent instance after a while.
+        if st.xds_port:
+            cfg.xds_host, cfg.xds_port, cfg.xds_tls, cfg.xds_source = st.xds_host, st.xds_port, st.xds_tls, st.xds_source
+            cfg.xds_ca_file = Path(st.xds_ca_file) if st.xds_ca_file else None
+        first = sorted(cfg.local_services, key=lambda svc: svc.name != XDS_PROXY)
+        for svc in first[:1] if st.xds_port else []:
+            await self._until_stopped(svc.start(cfg))
+            self._started_services.append(svc)
+            self.report(f"xDS proxy up {max(0.0, time.time() - st.started_at):.1f}s after the old program handed over")
+        self.phase = Phase.REGISTERING
+        self._make_api()
+        assert self._api is not None
+        try:  # the Dataplane is there already: an unreachable control plane is no reason to stop
+            await self._until_stopped(register(self._api, dataplane_doc(cfg, ready=st.ready_for_traffic),
+                                               min(cfg.register_timeout, 5.0), self.report))  # fmt: skip
+        except Unavailable as err:
+            self.report(f"could not register again ({err}); carrying on, it is checked every"
+                        f" {self.registration_check_every:g}s")  # fmt: skip
+        if not st.xds_port:
+            await self._until_stopped(self._find_xds())
+        self.phase = Phase.STARTING_SERVICES
+        for svc in first:
+            if svc not in self._started_services:
+                await self._until_stopped(svc.start(cfg))
+                self._started_services.append(svc)
+        self.phase = Phase.STARTING_ENVOY
+        write_bootstrap(cfg.bootstrap_path, build_bootstrap(cfg))
+        outcome = await self._hot_restart(binary, old)
+        self.ready_once.set()
+        self.phase = Phase.RUNNING
+        assert self.envoy is not None
+        self._supervisor = asyncio.create_task(self._supervise(self.envoy))
+        self._readiness = asyncio.create_task(self._announce_ready(), name="announce-ready")
+        self._registration = asyncio.create_task(self._stay_registered(), name="stay-registered")
+        state = "done" if self.envoy is not old or old is None else "failed"
+        handoff.write_status(cfg.work_dir, state, outcome, pid=os.getpid(), from_version=st.from_version,
+                             to_version=__version__, envoy_pid=self.envoy.pid, old_envoy_pid=st.envoy_pid,
+                             envoy_epoch=self.envoy.epoch, app_pid=st.app_pid)  # fmt: skip
+        self.report(outcome)
+
+    async def _hot_restart(self, binary: str, old: Envoy | None) -> str:
+        """Make ``self.envoy`` the Envoy of this package; returns what happened, in a sentence."""
+        cfg = self.config
+        if old is None:  # it had died: an ordinary start
+            self.envoy = Envoy(cfg, binary)
+            await self.envoy.start()
+            self.phase = Phase.WAITING_READY
+            await self._until_stopped(self._first_ready(self.envoy))
+            return f"upgraded to meshline {__version__}; started Envoy (pid {self.envoy.pid})"
+        if old.base_id is None:
+            self.envoy = old
+            return (f"upgraded the agent to meshline {__version__}; kept Envoy (pid {old.pid}): it was started"
+                    " without hot restart, so it is replaced at the next restart of the agent")
+        new = Envoy(cfg, binary)
+        await new.start(parent=old)
+        self.phase = Phase.WAITING_READY
+        try:
+            elapsed = await self._until_stopped(self._first_ready(new))
+        except EnvoyError as err:
+            await new.stop(cfg.stop_timeout, last=False)
+            self.envoy = old
+            return f"upgraded the agent to meshline {__version__}, but the new Envoy failed ({err}); the old Envoy keeps serving"
+        self.envoy, self._replaced = new, old
+        self._retiring = asyncio.create_task(self._retire(old), name="retire-envoy")
+        return (f"upgraded to meshline {__version__}: Envoy pid {new.pid} (hot restart epoch {new.epoch}) ready"
+                f" after {elapsed:.1f}s; Envoy pid {old.pid} drains and exits")
+
+    async def _retire(self, old: Envoy) -> None:
+        """The replaced Envoy exits by itself once its successor says so (after the drain); reap
+        it, and stop it if it outstays that by far."""
+        limit = max(1, int(self.config.drain_seconds + 0.999)) + 2 + self.config.stop_timeout + 10
+        try:
+            rc = await asyncio.wait_for(old.wait(), limit)
+            self.report(f"the replaced Envoy (pid {old.pid}) exited ({process.describe_exit(rc)})")
+        except TimeoutError:
+            self.report(f"the replaced Envoy (pid {old.pid}) did not exit after {limit}s; stopping it")
+            await old.stop(self.config.stop_timeout, last=False)
+
     async def _find_xds(self) -> None:
         """Ask the API where xDS is and how to verify it, then check it answers."""
         from meshline.agent import xds_discovery
@@ -348,7 +620,7 @@ class Agent:
         """Once the app accepts connections, tell the control plane this instance can take traffic."""
         cfg = self.config
         waited, said = 0.0, False
-        while not await app_listening(cfg.app_address, cfg.app_port):
+        while cfg.proxy == "sidecar" and not await app_listening(cfg.app_address, cfg.app_port):
             # Not only cancellation: on 3.11 wait_for() can swallow a cancel that races
             # with a refused connection, and this loop must never outlive RUNNING.
             if self.phase is not Phase.RUNNING or (self.app is not None and self.app.returncode is not None):
@@ -493,8 +765,11 @@ class Agent:
 
     async def _shutdown(self) -> None:
         cfg = self.config
-        was_running = self.phase is Phase.RUNNING
+        was_running = self._serving
         self.phase = Phase.STOPPING
+        if self._upgrading is not None and self._upgrading is not asyncio.current_task():
+            self._upgrading.cancel()
+            await asyncio.wait({self._upgrading}, timeout=5.0)
         for task in (self._readiness, self._registration):  # before deregistering: no re-register
             if task is not None:
                 task.cancel()
@@ -532,6 +807,9 @@ class Agent:
             if envoy is not None:
                 await self._before_envoy_stops()
                 await envoy.stop(cfg.stop_timeout)
+            if self._retiring is not None and not self._retiring.done() and self._replaced is not None:
+                self._retiring.cancel()
+                await self._replaced.stop(cfg.stop_timeout, last=False)
             for svc in reversed(self._started_services):
                 try:
                     await svc.stop()

@@ -16,6 +16,7 @@ from meshline.api.common import (
     resource_path,
     unreachable,
 )
+from meshline.core.versions import USER_AGENT_PREFIX, current
 
 
 class AgentApi:
@@ -23,7 +24,8 @@ class AgentApi:
                  verify: bool | str = True) -> None:  # fmt: skip
         self.url = (url or default_url()).rstrip("/")
         # Only the token the agent was given: no fallback to the host's admin token.
-        self._headers = {"Accept": "application/json"}
+        # the control plane checks the compatibility rule on it (core/versions.py)
+        self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT_PREFIX + current()}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout

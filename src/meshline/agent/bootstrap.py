@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from meshline.agent import metrics
 from meshline.agent.config import AgentConfig
+from meshline.core.versions import AGENT_VERSION_KEY, current
 from meshline.xds import names
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -121,6 +122,7 @@ def overload_manager() -> overload_pb2.OverloadManager:
 
 def build_bootstrap(config: AgentConfig) -> bootstrap_pb2.Bootstrap:
     node = base_pb2.Node(id=config.node_id, cluster=config.service)
+    node.metadata.fields[AGENT_VERSION_KEY].string_value = current()  # the compatibility rule
     if "zone" in config.tags:
         node.locality.zone = config.tags["zone"]
     return bootstrap_pb2.Bootstrap(

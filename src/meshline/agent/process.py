@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from meshline.core.errors import MeshlineError
 
@@ -143,7 +143,79 @@ async def spawn(
         raise MeshlineError(f"cannot start {argv[0]}: {err.strerror or err}") from None
 
 
-def signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+class Child(Protocol):
+    """A child process the agent supervises: one it spawned (``asyncio.subprocess.Process``)
+    or one an earlier program of this same process spawned before an upgrade re-executed it
+    (:class:`Adopted`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+class Adopted:
+    """A child this process inherited across ``exec`` (an upgrade of the agent keeps its pid,
+    so the app and Envoy stay its children; asyncio never spawned them, so it does not watch
+    them). Waited for through a pidfd, reaped with ``waitpid``; ``returncode`` follows
+    asyncio's convention (negative: killed by that signal)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+
+    def _reap(self, flags: int) -> bool:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # not ours (any more): nothing to reap, it is gone for us
+            self.returncode = self.returncode if self.returncode is not None else 0
+            return True
+        if pid == 0:
+            return False
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return True
+
+    async def wait(self) -> int:
+        if self.returncode is not None or self._reap(os.WNOHANG):
+            assert self.returncode is not None
+            return self.returncode
+        if self._exited is None:
+            self._exited = asyncio.ensure_future(self._watch())
+        return await asyncio.shield(self._exited)
+
+    async def _watch(self) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):  # no pidfd (old kernel): poll
+            while not self._reap(os.WNOHANG):
+                await asyncio.sleep(0.1)
+            assert self.returncode is not None
+            return self.returncode
+        readable = asyncio.Event()  # a pidfd reads as ready once the process has exited
+        loop.add_reader(fd, readable.set)
+        try:
+            await readable.wait()
+            while not self._reap(os.WNOHANG):  # readable means exited: reaped at once
+                await asyncio.sleep(0.01)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
+def signal_group(proc: Child, sig: int) -> None:
     """Send ``sig`` to the child's process group (its whole tree); ignore it if gone."""
     if proc.returncode is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -156,7 +228,7 @@ def signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
             proc.send_signal(sig)
 
 
-async def stop(proc: asyncio.subprocess.Process, timeout: float, sig: int = signal.SIGTERM) -> int:
+async def stop(proc: Child, timeout: float, sig: int = signal.SIGTERM) -> int:
     """``sig``, then SIGKILL to the whole group after ``timeout``; returns the exit status."""
     if proc.returncode is None:
         signal_group(proc, sig)

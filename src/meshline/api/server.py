@@ -23,6 +23,7 @@ from meshline.controlplane.preview import preview
 from meshline.controlplane.removal import Peer, removal_report
 from meshline.controlplane.unknown_services import known_services, warnings_for
 from meshline.controlplane.vips import new_services
+from meshline.core import versions as compat
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import (
     ClientGone,
@@ -85,6 +86,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             status,
             time.perf_counter() - start,
         )
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An agent outside the compatibility rule (core/versions.py) is refused whatever it asks,
+    so it stops at registration with a message naming both versions."""
+    agent = compat.agent_version_from_user_agent(request.headers.get("User-Agent"))
+    if agent is not None:
+        why = compat.refusal(request.app[CTX].version, agent)
+        if why is not None:
+            raise compat.IncompatibleVersion(why)
+    return await handler(request)
 
 
 def make_auth_middleware(auth: Authenticator) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -545,7 +558,7 @@ class Api:
             st = statuses[r.key]
             items.append({
                 "name": r.name,
-                "versions": result.snapshot.versions() if result else {},
+                "versions": result.snapshot.versions_to_ack() if result else {},
                 "acked": {t: v["acked"] for t, v in st.get("types", {}).items()},
                 "state": st.get("state"),
                 "lastNack": st.get("lastNack"),
@@ -568,7 +581,7 @@ def build_app(
     ``/meshes/{mesh}/{plural}`` routes, because aiohttp matches in registration order, and
     documented in /openapi.json; ``middlewares`` run inside authentication."""
     app = web.Application(
-        middlewares=[errors_middleware, make_auth_middleware(auth or AllowAll()), *middlewares],
+        middlewares=[errors_middleware, version_middleware, make_auth_middleware(auth or AllowAll()), *middlewares],
         client_max_size=8 * 1024 * 1024,
     )
     app[CTX] = ctx

@@ -26,6 +26,7 @@ from meshline.agent.config import (
     parse_upstreams,
     xds_from_api,
 )
+from meshline.agent.handoff import HandoffState, take_state
 from meshline.agent.metrics import check_app_metrics_url
 from meshline.agent.process import AppStartError
 from meshline.api.common import DEFAULT_URL
@@ -246,7 +247,7 @@ def build_config(opts: dict[str, Any], group: dict[str, Any] | None = None, run_
         address=address,
         app_port=app_port,
         inbound_port=app_port if opts.get("transparent") else opts["inbound_port"] or free_port(address),
-        work_dir=opts["work_dir"] or default_work_dir(mesh, name),
+        work_dir=(opts["work_dir"] or default_work_dir(mesh, name)).absolute(),  # Envoy wants absolute paths
         api_url=api_url,
         xds_host=xds_host,
         xds_port=xds_port,
@@ -283,8 +284,17 @@ def _report(message: str) -> None:
     click.echo(f"meshline: {message}", err=True)
 
 
-def _run_agent(config: AgentConfig, command: list[str] | None) -> int:
-    agent = Agent(config, command=command, report=_report)
+def _takeover(opts: dict[str, Any]) -> tuple[dict[str, Any], HandoffState | None]:
+    """In a program an upgrade started: the state it was handed, and the ports the running
+    Envoy already listens on (a port the options leave to chance must not change)."""
+    state = take_state(os.environ)
+    if state is None:
+        return opts, None
+    return {**opts, "inbound_port": state.inbound_port, "metrics_port": state.metrics_port or 0}, state
+
+
+def _run_agent(config: AgentConfig, command: list[str] | None, takeover: HandoffState | None = None) -> int:
+    agent = Agent(config, command=command, report=_report, takeover=takeover)
     try:
         return asyncio.run(agent.run())
     except AppStartError as err:  # the shell's exit codes (127 not found, 126 not executable)
@@ -310,8 +320,9 @@ def dataplane(**opts: Any) -> None:
       meshline dataplane --service orders --port 8080 --upstream payments=9001
       sudo meshline dataplane --transparent --service orders --port 8080 --app-user orders
     """
+    opts, takeover = _takeover(opts)
     config = build_config(opts, _group_obj())
-    sys.exit(_run_agent(config, None))
+    sys.exit(_run_agent(config, None, takeover))
 
 
 @click.command("run", context_settings={"allow_interspersed_args": False})
@@ -327,5 +338,74 @@ def run(command: tuple[str, ...], **opts: Any) -> None:
       meshline run --service orders --port 8080 --upstream payments=9001 -- python app.py
       sudo meshline run --transparent --service orders --port 8080 --app-user orders -- ./orders
     """
+    opts, takeover = _takeover(opts)
     config = build_config(opts, _group_obj(), run_app=True)
-    sys.exit(_run_agent(config, list(command)))
+    sys.exit(_run_agent(config, list(command), takeover))
+
+
+_GATEWAY_SHARED = ("--mesh", "--api", "--context", "--token", "--token-file", "--ca-file", "--xds-address",
+                   "--address", "--metrics-port", "--work-dir", "--envoy-concurrency", "--envoy-log-level",
+                   "--envoy-binary", "--drain-seconds", "--callers-ack-timeout", "--register-timeout", "--ready-timeout")
+
+
+def _gateway_options(f: F) -> F:
+    """The agent's options a gateway shares with a sidecar, plus its own."""
+    shared = [o for o in dataplane.params if isinstance(o, click.Option) and o.opts[0] in _GATEWAY_SHARED]
+    own = [
+        click.Option(["--kind", "gateway_kind"], type=click.Choice(["ingress", "egress"]), default="ingress",
+                     show_default=True, envvar="MESHLINE_GATEWAY_KIND",
+                     help="ingress: the way into the mesh (MeshGateway / Gateway API); egress: the one proxy"
+                          " that talks to ExternalServices once the Mesh names it (spec.egress.gateway), one --port"),
+        click.Option(["--name", "gateway_name"], required=True, envvar="MESHLINE_GATEWAY_NAME",
+                     help="the gateway's name: its service (SPIFFE identity, TrafficPermission sources) and the"
+                          " MeshGateway / Gateway API Gateway that configures its listeners"),
+        click.Option(["--port", "ports"], type=click.IntRange(1, 65535), multiple=True, required=True,
+                     envvar="MESHLINE_GATEWAY_PORTS", help="an entry port (repeatable); ports of its listeners are"
+                     " opened as the Gateway's listeners say, others answer 404"),
+        click.Option(["--dataplane-name"], default=None, envvar="MESHLINE_NAME",
+                     help="this instance's Dataplane name [default: <name>-<hostname>-<first port>]"),
+        click.Option(["--certs-dir"], type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+                     envvar="MESHLINE_GATEWAY_CERTS_DIR",
+                     help="listener certificates: <dir>/<certificate name>/tls.crt and tls.key (as a Kubernetes TLS"
+                          " Secret is mounted); a replaced file is served to Envoy at once, without dropping"
+                          " connections"),
+    ]  # fmt: skip
+    cmd_params = getattr(f, "__click_params__", [])
+    f.__click_params__ = [*cmd_params, *reversed(shared), *reversed(own)]  # type: ignore[attr-defined]
+    return f
+
+
+@click.command("gateway")
+@_gateway_options
+def gateway(**opts: Any) -> None:
+    """Run an ingress gateway: a standalone Envoy (no app beside it) with its own mesh identity,
+    configured by the MeshGateway (or Gateway API Gateway) named --name and the routes attached
+    to it. Traffic from the gateway into the mesh is mTLS, like a sidecar's.
+
+    \b
+    Examples:
+      meshline gateway --name edge --port 8443 --port 8080 --token-file edge.token --certs-dir ./certs
+      meshline gateway --kind egress --name egress --port 10002 --token-file egress.token
+    """
+    name: str = opts.pop("gateway_name")
+    ports: tuple[int, ...] = tuple(dict.fromkeys(opts.pop("ports")))
+    certs_dir: Path | None = opts.pop("certs_dir")
+    dp_name = opts.pop("dataplane_name")
+    if opts.pop("gateway_kind") == "egress":
+        if len(ports) != 1 or certs_dir is not None:
+            raise click.UsageError("--kind egress takes one --port (where sidecars reach it over mTLS) and no"
+                                   " --certs-dir (it originates TLS as each ExternalService's spec.tls says)")
+        opts.update(service=name, app_port=ports[0], inbound_port=ports[0], name=dp_name or default_name(name, ports[0]),
+                    protocol=None, tags=(), upstreams=(), app_metrics_url=None, transparent=False)  # fmt: skip
+        egress = build_config(opts, _group_obj())
+        egress.egress_gateway = True
+        egress.local_services = local_services(egress)
+        sys.exit(_run_agent(egress, None))
+    opts.update(service=name, app_port=ports[0], name=dp_name or default_name(name, ports[0]), inbound_port=ports[0],
+                protocol=None, tags=(), upstreams=(), app_metrics_url=None, transparent=False)  # fmt: skip
+    config = build_config(opts, _group_obj())
+    config.proxy = "gateway"
+    config.gateway_ports = ports
+    config.certs_dir = certs_dir.resolve() if certs_dir is not None else None
+    config.local_services = local_services(config)
+    sys.exit(_run_agent(config, None))

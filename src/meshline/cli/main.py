@@ -18,10 +18,13 @@ COMMANDS = {
     "control-plane": "meshline.cli.controlplane:control_plane",
     "dataplane": "meshline.cli.agent:dataplane",
     "run": "meshline.cli.agent:run",
+    "gateway": "meshline.cli.agent:gateway",
     "apply": "meshline.cli.resources:apply",
     "get": "meshline.cli.resources:get",
     "delete": "meshline.cli.resources:delete",
     "drain": "meshline.cli.drain:drain",
+    "upgrade-sidecar": "meshline.cli.upgrade_sidecar:upgrade_sidecar",
+    "upgrade-check": "meshline.cli.upgrade_check:upgrade_check",
     "inspect": "meshline.cli.resources:inspect",
     "stat": "meshline.cli.observe:stat",
     "top": "meshline.cli.observe:top",
@@ -34,6 +37,10 @@ COMMANDS = {
     "context": "meshline.cli.context:context",
     "rollout": "meshline.cli.rollout:rollout",
     "transparent-proxy": "meshline.cli.transparent:transparent_proxy",
+    "permissions": "meshline.cli.learn:permissions",
+    "record": "meshline.cli.learn:record",
+    "replay": "meshline.cli.learn:replay",
+    "egress-gateway": "meshline.cli.egress:egress_gateway",
 }
 
 

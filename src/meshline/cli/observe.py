@@ -197,6 +197,8 @@ def tap_line(r: dict[str, Any]) -> str:
         _clock(r["time"]), f"{r['source']} -> {dest}", what, status, _ms(r["durationMs"]),
         r.get("upstreamHost") or "-", f"trace={r['traceId'] or '-'}", f"id={r['requestId'] or '-'}",
     ]
+    if r.get("client"):
+        parts.append(f"client={r['client']}")
     line = "  ".join(parts)
     if r.get("mirrored"):
         line += "  (mirrored copy: the caller never saw its answer)"

@@ -23,17 +23,18 @@ def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: fl
     web = f"http://127.0.0.1:{demo.web_port}"
     mesh = cp.ctx.model.mesh("default")
     mode = mesh.spec.mtls.mode if mesh is not None else "strict"  # type: ignore[attr-defined]
-    console.print(f"\n[bold green]Meshline is up[/bold green] in {seconds:.1f}s: control plane + 4 meshed services,"
+    console.print(f"\n[bold green]Meshline is up[/bold green] in {seconds:.1f}s: control plane + 4 meshed services and a gateway,"
                   f" mTLS {mode}.\n")
     rows = [(s.name, s.role, s.version, f"127.0.0.1:{s.app_port}",
              f"{s.upstream[0]} at 127.0.0.1:{s.upstream[1]}" if s.upstream else "-")
-            for s in demo_services(demo.web_port, demo.outbound_base)]
+            for s in demo_services(demo.web_port, demo.outbound_base) if s.role != "gateway"]
+    rows.append(("edge-1", "edge (gateway)", "-", f"127.0.0.1:{demo.web_port} (entry)", "web, over mTLS"))
     from meshline.cli.output import table
 
     table(["DATAPLANE", "SERVICE", "VERSION", "APP", "CALLS"], rows)
     ml, note = meshline_command()
     console.print(f"""
-  Send a request:       curl {web}/          (web -> orders -> inventory, through the sidecars)
+  Send a request:       curl {web}/          (gateway edge -> web -> orders -> inventory, over mTLS)
   Dashboard:            {cp.api_url}/    (signed in: {ml} dashboard --open)
   Control plane API:    {cp.api_url}    (OpenAPI: {cp.api_url}/openapi.json)
   Dataplanes:           {ml} get dataplanes
@@ -48,7 +49,8 @@ def _summary(cp: ControlPlane, demo: Demo, first: dict[str, object], seconds: fl
 
 
 @click.command()
-@click.option("--port", "web_port", default=8080, show_default=True, help="port of the demo's web app")
+@click.option("--port", "web_port", default=8080, show_default=True,
+              help="port of the demo's ingress gateway (the apps take the next 4 ports)")
 @click.option("--outbound-base", default=15001, show_default=True,
               help="first local port the demo apps call their upstreams on (3 ports)")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="MESHLINE_DATA_DIR",

@@ -6,13 +6,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshline import __version__
 from meshline.controlplane.apply_limits import ApplyLimits
 from meshline.controlplane.metrics import ControlPlaneMetrics
 from meshline.controlplane.read_model import ReadModel
 from meshline.controlplane.reconciler import Reconciler
 from meshline.controlplane.results import RenderResults
 from meshline.controlplane.shared_status import CERTIFICATE_PART, StatusPublisher, merged_status
+from meshline.core import versions
 from meshline.core.errors import FieldProblem, ValidationError
 from meshline.core.labels import RESERVED_PREFIX
 from meshline.core.resource import KindRegistry, Resource, ResourceKey
@@ -44,7 +44,7 @@ class ControlPlaneContext:
     mesh_checks: list[tuple[str, MeshCheck]] = field(default_factory=list)
     sealers: list[Sealer] = field(default_factory=list)
     apply_limits: ApplyLimits = field(default_factory=ApplyLimits)
-    version: str = __version__
+    version: str = field(default_factory=versions.current)
     # filled by optional subsystems (CA, tokens, telemetry) for the API to reach
     services: dict[str, Any] = field(default_factory=dict)
     # Shared status (see shared_status): this replica's writer, and when another's goes silent.

@@ -34,6 +34,7 @@ from meshline.controlplane.read_model import ReadModel
 from meshline.controlplane.results import RenderResults
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.resource import Resource, ResourceKey
+from meshline.render import external
 from meshline.render.mesh_snapshot import ANY_SERVICE, NOT_CARRIED, Changes, MeshSnapshot
 from meshline.render.plugins import Plugin
 from meshline.render.render import render
@@ -252,7 +253,7 @@ class Reconciler:
                 log.exception("cannot store the known protocols of %s", ", ".join(sorted(changed)))
                 self._protocols_changed |= changed
 
-    def _affected(self, mesh: str, dp: Resource, changes: Changes | None) -> bool:
+    def _affected(self, mesh: str, dp: Resource, changes: Changes | None, snap: MeshSnapshot | None = None) -> bool:
         """Whether ``dp``'s config may differ from its last render (see the module docstring)."""
         node = names.node_id(mesh, dp.name)
         last = self.results.get(node)
@@ -270,10 +271,10 @@ class Reconciler:
         if changes.policy_services:
             spec = dp.spec
             assert isinstance(spec, DataplaneSpec)
-            if spec.transparent is not None:  # it reaches every service of the mesh
+            if spec.transparent is not None or spec.proxy == "gateway":  # it reaches every service of the mesh
                 return True
             if any(i.service in changes.policy_services for i in spec.inbound) or any(
-                o.service in changes.policy_services for o in spec.outbound
+                _destination(snap, o.service) in changes.policy_services for o in spec.outbound
             ):
                 return True
         return False
@@ -299,7 +300,7 @@ class Reconciler:
             snap = self._build(mesh, previous)
             self.results.set_snapshot(mesh, snap)
             changes = snap.since_previous
-            targets = [dp for dp in snap.dataplanes.values() if self._affected(mesh, dp, changes)]
+            targets = [dp for dp in snap.dataplanes.values() if self._affected(mesh, dp, changes, snap)]
             pushed = []
             turn = time.monotonic()
             live = self.model.resources(mesh)
@@ -322,3 +323,9 @@ class Reconciler:
             for listener in self.listeners:
                 listener(mesh, pushed, pending.first_change_at)
             self._watch_rendered(mesh, watch_turn, pushed)
+
+
+def _destination(snap: MeshSnapshot | None, service: str) -> str:
+    """The service an outbound's policies select: an outbound by host (``--upstream
+    api.example.com=PORT``) is its ExternalService's."""
+    return (external.resolve(snap, service) if snap is not None else None) or service

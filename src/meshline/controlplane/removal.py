@@ -56,7 +56,7 @@ def _pending(peer: Peer, service: str, address: str, port: int) -> str | None:
     if state == "offline":
         return None  # not connected: nothing to wait for; reported in "offline"
     acked: dict[str, str] = {t: v.get("acked") for t, v in peer.status.get("types", {}).items()}
-    versions = result.snapshot.versions()
+    versions = result.snapshot.versions_to_ack()
     behind = [t for t in ("CDS", "EDS") if t in versions and acked.get(t) != versions[t]]
     if behind:
         return "has not ACKed " + ", ".join(behind) + " without this instance yet"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.errors import Conflict, MeshlineError, NotFound
+from meshline.core.external_service import ExternalServiceSpec
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.core.service import RangeFull, ServiceSpec, allocate, duplicates, in_range, vip_table
@@ -25,7 +26,17 @@ from meshline.store.base import Change, Resync, Store, WatchEvent
 
 log = logging.getLogger("meshline.vips")
 KIND = "Service"
-RELEVANT = frozenset({"Mesh", "Dataplane", KIND})
+RELEVANT = frozenset({"Mesh", "Dataplane", "ExternalService", KIND})
+
+
+def wanted_services(r: Resource) -> set[str]:
+    """The services ``r`` needs a VIP for: a Dataplane's inbound services; an ExternalService
+    with a host (mesh DNS answers the host with it; an address or CIDR is dialled as it is)."""
+    if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec):
+        return {i.service for i in r.spec.inbound}
+    if r.kind == "ExternalService" and isinstance(r.spec, ExternalServiceSpec) and r.spec.host is not None:
+        return {r.name}
+    return set()
 
 
 async def new_services(store: Store, writes: Sequence[Resource]) -> list[Resource]:
@@ -34,8 +45,8 @@ async def new_services(store: Store, writes: Sequence[Resource]) -> list[Resourc
     allocator below catches whatever this misses: a lost race, a range change)."""
     by_mesh: dict[str, set[str]] = {}
     for r in writes:
-        if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec):
-            by_mesh.setdefault(r.mesh, set()).update(i.service for i in r.spec.inbound)
+        if wanted := wanted_services(r):
+            by_mesh.setdefault(r.mesh, set()).update(wanted)
     out: list[Resource] = []
     for mesh, services in sorted(by_mesh.items()):
         try:
@@ -108,9 +119,7 @@ class VipAllocator:
         assert isinstance(mesh_res.spec, MeshSpec)
         cidr = mesh_res.spec.transparent_proxy.vip_range
         resources = await self.store.list(mesh=mesh)
-        wanted = {
-            i.service for r in resources if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec) for i in r.spec.inbound
-        }
+        wanted = {s for r in resources for s in wanted_services(r)}
         records = {r.name: r for r in resources if r.kind == KIND}
         table = in_range(vip_table(records.values()), cidr)
         # outside the range (it changed), or holding an address an older record has

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from meshline.core.errors import FieldProblem
+from meshline.core.external_service import HOST_RE as EXTERNAL_HOST_RE
 from meshline.core.resource import KindInfo, Resource
 from meshline.core.schema import NAME_HINT, NAME_RE, Spec
 
@@ -25,7 +26,8 @@ PROTOCOLS: tuple[str, ...] = ("http", "http2", "grpc", "tcp")
 DEFAULT_PROTOCOL = "tcp"  # safe for any traffic; set protocol: http for L7 features
 # What a proxy is (render/proxies.py): a sidecar next to an app; a gateway into the mesh; a
 # zone's ingress (traffic from other zones in, by SNI, never decrypted) or egress.
-ProxyKind = Literal["sidecar", "gateway", "zone-ingress", "zone-egress"]
+# An egress gateway: the one proxy that talks to ExternalServices when the Mesh names it.
+ProxyKind = Literal["sidecar", "gateway", "zone-ingress", "zone-egress", "egress-gateway"]
 TAG_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -124,8 +126,9 @@ class Outbound(Spec):
     @field_validator("service")
     @classmethod
     def _service(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(NAME_HINT)
+        # a mesh service or ExternalService name, or an ExternalService's host (api.example.com)
+        if not NAME_RE.match(v) and not (EXTERNAL_HOST_RE.match(v) and len(v) <= 253):
+            raise ValueError(NAME_HINT + " (or the host of an ExternalService, e.g. api.example.com)")
         return v
 
 
@@ -194,7 +197,7 @@ def _proxy_problems(r: Resource) -> list[FieldProblem]:
     problems: list[FieldProblem] = []
     if spec.proxy != "sidecar" and spec.transparent is not None:
         problems.append(FieldProblem("spec.transparent", f"only a sidecar captures traffic; remove it from a {spec.proxy}"))
-    if spec.proxy in ("zone-ingress", "zone-egress"):
+    if spec.proxy in ("zone-ingress", "zone-egress", "egress-gateway"):
         if len(spec.inbound) != 1:
             problems.append(FieldProblem("spec.inbound", f"a {spec.proxy} listens on one port; list exactly one inbound"))
         if spec.outbound:
@@ -223,6 +226,8 @@ def _port_problems(r: Resource) -> list[FieldProblem]:
             claim("0.0.0.0", inbound.port, f"spec.inbound[{i}].port")
             continue
         claim(spec.address, inbound.port, f"spec.inbound[{i}].port")
+        if spec.proxy != "sidecar":
+            continue  # an entry port of a gateway or zone proxy: no app behind it
         if inbound.service_port is None and inbound.service_address == spec.address:
             problems.append(
                 FieldProblem(

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from meshline.core.resource import KindInfo, Resource
-from meshline.core.schema import Duration, Spec
+from meshline.core.schema import Duration, Name, Spec
 
 
 class CertificateAuthority(Spec):
@@ -176,18 +176,106 @@ class MeshTracing(Spec):
 DEFAULT_VIP_RANGE = "240.240.0.0/16"  # reserved (class E) space: never a real host's address
 
 
+# Where a transparent workload's connections to destinations outside the mesh may go:
+# ``all``: anywhere (unchanged); ``declared``: only to ExternalServices and the ``allow`` list;
+# ``none``: nowhere outside the mesh (ExternalServices included). docs/egress.md.
+PassthroughMode = Literal["all", "declared", "none"]
+MAX_ALLOW = 256
+
+
+class PassthroughAllow(Spec):
+    """One destination let through with ``passthrough: declared``: a ``domain`` (matched on
+    the TLS server name the app sends; ``*.example.com`` for its subdomains), an ``ip`` or a
+    ``cidr``; ``port`` (optional) narrows it to one port."""
+
+    domain: str | None = None
+    ip: str | None = None
+    cidr: str | None = None
+    port: int | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PassthroughAllow:
+        if sum(v is not None for v in (self.domain, self.ip, self.cidr)) != 1:
+            raise ValueError("set exactly one of domain, ip or cidr (e.g. {cidr: 203.0.113.0/24, port: 443})")
+        return self
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        name = v.lower().rstrip(".")
+        bare = name[2:] if name.startswith("*.") else name
+        if not _HOST_RE.match(bare) or "." not in bare or "*" in bare:
+            raise ValueError(f"'{v}' is not a domain; write e.g. api.example.com or *.example.com")
+        return name
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"'{v}' is not an IP address; for a network use cidr") from None
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_network(v, strict=True))
+        except ValueError as err:
+            raise ValueError(f"'{v}' is not a CIDR ({err}); e.g. 203.0.113.0/24") from None
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            raise ValueError("must be 1-65535")
+        return v
+
+    @property
+    def prefix(self) -> str | None:
+        """The IP or CIDR, as a CIDR (None for a domain)."""
+        if self.ip is not None:
+            return str(ipaddress.ip_network(self.ip))
+        return self.cidr
+
+
 class TransparentProxySettings(Spec):
     """What transparent workloads (``meshline run --transparent``) get.
 
     ``vipRange``: where the control plane allocates each service's virtual IP (IPv4, /8 to
-    /28); a VIP once given is kept. ``passthrough``: connections a transparent workload
-    opens to anything that is not a mesh service go out unchanged (false: they are refused).
+    /28); a VIP once given is kept. ``passthrough``: where connections a transparent
+    workload opens to anything that is not a mesh service may go (:data:`PassthroughMode`;
+    ``true``/``false`` are still accepted: ``all``/``declared``). ``allow``: with
+    ``declared``, destinations let through besides the ExternalServices.
     ``bareNames``: mesh DNS answers ``orders`` as well as ``orders.mesh``.
     """
 
     vip_range: str = DEFAULT_VIP_RANGE
-    passthrough: bool = True
+    passthrough: PassthroughMode = "all"
+    allow: list[PassthroughAllow] = Field(default_factory=list, max_length=MAX_ALLOW)
     bare_names: bool = True
+
+    @field_validator("passthrough", mode="before")
+    @classmethod
+    def _boolean(cls, v: object) -> object:
+        # The first release had a boolean: true is today's "all"; false refused every
+        # undeclared destination, which is "declared" now that ExternalServices exist.
+        if isinstance(v, bool):
+            return "all" if v else "declared"
+        return v
+
+    @model_validator(mode="after")
+    def _allow_only_declared(self) -> TransparentProxySettings:
+        if self.allow and self.passthrough != "declared":
+            raise ValueError(f"allow lists destinations let through with passthrough: declared; passthrough is "
+                             f"{self.passthrough} (set passthrough: declared, or remove allow)")  # fmt: skip
+        return self
 
     @field_validator("vip_range")
     @classmethod
@@ -203,6 +291,14 @@ class TransparentProxySettings(Spec):
         return str(net)
 
 
+class MeshEgress(Spec):
+    """How the mesh's workloads reach ExternalServices. ``gateway``: the name of an egress
+    gateway (``meshline egress-gateway --name NAME``): sidecars send ExternalService traffic to
+    it over mTLS and only it talks to the outside (docs/egress.md)."""
+
+    gateway: Name | None = None
+
+
 class MeshSpec(Spec):
     mtls: MTLS = Field(default_factory=MTLS)
     # SPIFFE trust domain; identities are spiffe://<trustDomain>/<mesh>/<service>.
@@ -214,6 +310,7 @@ class MeshSpec(Spec):
     logging: MeshLogging = Field(default_factory=MeshLogging)
     tracing: MeshTracing | None = None
     transparent_proxy: TransparentProxySettings = Field(default_factory=TransparentProxySettings)
+    egress: MeshEgress = Field(default_factory=MeshEgress)
 
     def effective_default_permission(self) -> str:
         if self.default_permission:

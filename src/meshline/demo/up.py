@@ -42,16 +42,32 @@ class DemoService:
 BROKEN = ("--fail-ratio", "0.3", "--delay-ms", "150")  # `meshline up --broken-v2`: a release to roll back
 
 
+GATEWAY = "gateway"  # the role of the demo's ingress gateway (service edge)
+
+
 def demo_services(web_port: int, outbound_base: int = 15001, broken_v2: bool = False) -> list[DemoService]:
-    """App ports follow the web port (8080..8083); each instance gets its own outbound port
-    because all of them share 127.0.0.1."""
+    """The ingress gateway ``edge`` listens on the web port (8080): a newcomer's first request
+    enters the mesh the way production traffic does, through the gateway, over mTLS to web.
+    App ports follow it (8081..8084); each instance gets its own outbound port because all of
+    them share 127.0.0.1."""
     return [
         DemoService("inventory-1", "inventory", "v1", web_port + 3, None),
         DemoService("orders-v1", "orders", "v1", web_port + 1, ("inventory", outbound_base + 1)),
         DemoService("orders-v2", "orders", "v2", web_port + 2, ("inventory", outbound_base + 2),
                     BROKEN if broken_v2 else ()),
-        DemoService("web-1", "web", "v1", web_port, ("orders", outbound_base)),
+        DemoService("web-1", "web", "v1", web_port + 4, ("orders", outbound_base)),
+        DemoService("edge-1", GATEWAY, "v1", web_port, None),
     ]
+
+
+def gateway_documents(web_port: int) -> list[dict[str, object]]:
+    """The demo gateway's listener (on the web port, so it follows --port) and its route to web."""
+    return [
+        {"kind": "MeshGateway", "mesh": "default", "name": "edge",
+         "spec": {"listeners": [{"name": "http", "port": web_port, "protocol": "HTTP"}]}},
+        {"kind": "MeshGatewayRoute", "mesh": "default", "name": "web",
+         "spec": {"parents": [{"gateway": "edge", "listener": "http"}], "rules": [{"backends": [{"service": "web"}]}]}},
+    ]  # fmt: skip
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -83,7 +99,7 @@ class Demo:
     def check_ports(self) -> None:
         wanted = [(s.app_port, f"the {s.name} app") for s in demo_services(self.web_port, self.outbound_base)]
         wanted += [(s.upstream[1], f"{s.name}'s outbound to {s.upstream[0]}") for s in demo_services(self.web_port, self.outbound_base)
-                   if s.upstream]
+                   if s.upstream and s.role != GATEWAY]
         busy = [f"{port} ({what})" for port, what in wanted if not port_free(port)]
         if busy:
             raise MeshlineError(
@@ -92,6 +108,10 @@ class Demo:
             )
 
     def agent_command(self, s: DemoService, api_url: str, xds: str) -> list[str]:
+        work_dir = str(self.settings.data_dir / "dataplanes" / f"default.{s.name}")
+        if s.role == GATEWAY:
+            return [sys.executable, "-m", "meshline", "gateway", "--name", "edge", "--dataplane-name", s.name,
+                    "--port", str(s.app_port), "--api", api_url, "--xds-address", xds, "--work-dir", work_dir]
         cmd = [sys.executable, "-m", "meshline", "run", "--service", s.role, "--name", s.name,
                "--port", str(s.app_port), "--protocol", "http", "--tag", f"version={s.version}",
                "--tag", "zone=local", "--api", api_url, "--xds-address", xds,
@@ -109,7 +129,7 @@ class Demo:
             # the agents find the control plane's CA (cp-ca.pem) in its data dir
             env = {**os.environ, "MESHLINE_DATA_DIR": str(self.settings.data_dir)}
             env.pop("MESHLINE_TOKEN", None)  # each agent gets its own dataplane token, or none
-            token = self.token_for(s.role)
+            token = self.token_for("edge" if s.role == GATEWAY else s.role)
             if token:
                 env["MESHLINE_TOKEN"] = token
             self._spawn[s.name] = (self.agent_command(s, api_url, xds), env)
@@ -204,17 +224,22 @@ async def wait_all_ready(cp: ControlPlane, names: list[str], stop: asyncio.Event
         await asyncio.sleep(0.1)
 
 
-async def apply_demo_resources(cp: ControlPlane) -> None:
-    """The demo's TrafficPermissions, written once (a user's later changes are kept)."""
+async def apply_demo_resources(cp: ControlPlane, web_port: int = 8080) -> None:
+    """The demo's TrafficPermissions and gateway route, written once (a user's later changes are
+    kept); the gateway's listener follows the web port each time."""
     from meshline.core.errors import NotFound
 
     text = (Path(__file__).parent / "resources.yaml").read_text()
-    for doc in yaml.safe_load_all(text):
+    gateway, route = gateway_documents(web_port)
+    for doc in [*yaml.safe_load_all(text), route, gateway]:
         res = cp.kinds.decode(doc)
         try:
-            await cp.store.get(res.key)
+            stored = await cp.store.get(res.key)
         except NotFound:
             await cp.store.create(res)
+            continue
+        if doc is gateway and stored.spec != res.spec:
+            await cp.store.put(res)
 
 
 async def run_up(settings: Settings, web_port: int, outbound_base: int, build: Callable[[Settings], ControlPlane],
@@ -235,11 +260,11 @@ async def run_up(settings: Settings, web_port: int, outbound_base: int, build: C
     try:
         if token_for is not None:
             demo.token_for = lambda service: token_for(cp, service)
-        await apply_demo_resources(cp)
+        await apply_demo_resources(cp, web_port)
         xds_host = settings.xds_address.rpartition(":")[0] or "127.0.0.1"
-        status("Starting the demo: inventory, orders v1 + v2, web (each with its sidecar)")
+        status("Starting the demo: inventory, orders v1 + v2, web (each with its sidecar) and the gateway edge")
         demo.start_agents(cp.api_url, f"{xds_host}:{cp.xds_port}")
-        status("Waiting for the sidecars to be ready, then for a request through web -> orders -> inventory")
+        status("Waiting for the sidecars to be ready, then for a request through edge -> web -> orders -> inventory")
         await wait_all_ready(cp, [s.name for s in demo_services(web_port, outbound_base)], stop, demo)
         first = await demo.wait_first_request(stop)
         if first is not None and ready is not None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from meshline.core.resource import KindInfo
 from meshline.policies import (
     circuitbreaker,
     faultinjection,
+    gateway,
     healthcheck,
     httproute,
+    jwtauthn,
     loadbalancer,
     ratelimit,
     retry,
@@ -28,6 +31,7 @@ from meshline.render.policy_kind import MeshCheck, PolicyKind, in_order
 KINDS: tuple[PolicyKind[Any], ...] = (
     httproute.POLICY,
     tcproute.POLICY,
+    jwtauthn.POLICY,
     trafficpermission.POLICY,
     ratelimit.POLICY,
     faultinjection.POLICY,
@@ -47,9 +51,14 @@ def kinds() -> tuple[PolicyKind[Any], ...]:
 
 def mesh_checks() -> list[tuple[str, MeshCheck]]:
     """(kind, check): every kind's apply-time checks, as the control plane and the test kit run them."""
-    return [(k.name, check) for k in kinds() for check in k.mesh_checks]
+    return [*((k.name, check) for k in kinds() for check in k.mesh_checks), *gateway.MESH_CHECKS]
 
 
 def plugins() -> list[Plugin]:
     """The render step of every policy kind, in order (resolution, then the configurer)."""
-    return [k.step for k in kinds()]
+    return [k.step for k in kinds()] + [gateway.PLUGIN]
+
+
+def other_kinds() -> tuple[KindInfo, ...]:
+    """Kinds of this layer that are not selector policies: the gateway's (MeshGateway, MeshGatewayRoute)."""
+    return gateway.KINDS

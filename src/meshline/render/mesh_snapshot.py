@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from meshline.core.dataplane import DEFAULT_PROTOCOL, DataplaneSpec, Inbound, service_protocol
+from meshline.core.external_service import ExternalServiceSpec
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource
 from meshline.core.selectors import ANY, SelectorSpec
@@ -207,6 +208,9 @@ class MeshSnapshot:
             elif r.kind != "Mesh":
                 policies[r.kind].append(r)
         protocols = _protocols(endpoints, dataplanes.values(), known_protocols or {})
+        for r in policies.get("ExternalService", ()):  # what the app speaks to its sidecar for it
+            if isinstance(r.spec, ExternalServiceSpec):
+                protocols[r.name] = r.spec.mesh_protocol
         reads = _Reads()
         snap = cls(
             mesh=mesh,

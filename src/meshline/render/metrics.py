@@ -259,9 +259,16 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
 
 def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
     assert isinstance(dataplane.spec, DataplaneSpec)
+    if section.section_id.proxy == "gateway" and section.inbound is not None:
+        # the gateway reports its calls into the mesh, to the service each route reached
+        loggers = outbound_logger(section.listener.name, mesh.name, (section.inbound.tags,),
+                                  names.CLUSTER_SERVICE_FORMAT, "http")  # fmt: skip
+        _add(section.http, loggers)
+        return
     if section.inbound is not None:
         inbound = section.inbound
         _add(section.http, inbound_logger(section.listener.name, mesh.name, inbound.tags, inbound.protocol))
 
 
-PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound)
+# on_gateway: a gateway counts what enters through it (reporter destination, service = the gateway)
+PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound, on_gateway=True)

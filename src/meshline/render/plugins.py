@@ -10,6 +10,7 @@ caller with the same tags.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,8 +27,24 @@ class InboundHook(Protocol):
     def __call__(self, section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None: ...
 
 
+# The gateway's outbound section to a service (rendered with the gateway's tags as the caller
+# and shaped by every outbound policy kind): where gateway routes take their clusters and the
+# route defaults (timeout, retries) the mesh's policies give calls from the gateway.
+BackendSection = Callable[[str], OutboundSection]
+
+
+class GatewayHook(Protocol):
+    """Builds a gateway's entry listeners (render/proxies.py ``GatewayListenerSection``)."""
+
+    def __call__(self, dataplane: Resource, mesh: MeshSnapshot, backend: BackendSection) -> Sequence[InboundSection]: ...
+
+
 @dataclass(frozen=True, eq=False)
 class Plugin:
     kind: KindInfo
     outbound: OutboundHook | None = None
     inbound: InboundHook | None = None
+    gateway: GatewayHook | None = None
+    # Its inbound hook also shapes a gateway's entry listeners (RateLimit: yes; TrafficPermission,
+    # which tells mesh callers apart by certificate, no: a gateway's callers have none).
+    on_gateway: bool = False

@@ -39,7 +39,8 @@ Target = Literal["inbound", "outbound"]
 # The parts of a section a configurer may change (documentation, and what inspect says).
 Shape = Literal["route", "cluster", "endpoints", "http-filter", "network-filter", "listener"]
 # Failure causes telemetry's explanations attribute to policies (see telemetry.explain).
-Cause = Literal["timeout", "retry", "rate-limit", "permission", "fault", "circuit-breaker", "health-check", "route"]
+Cause = Literal["timeout", "retry", "rate-limit", "permission", "authentication", "fault", "circuit-breaker",
+                "health-check", "route"]
 
 
 class PolicyKindError(MeshlineError):
@@ -159,6 +160,9 @@ class PolicyKind(Generic[S]):
     explains: frozenset[Cause] = frozenset()
     # Run the configurer even when no policy matches (TrafficPermission: a mesh default deny).
     runs_unmatched: bool = False
+    # The inbound configurer also shapes a gateway's entry listeners (their callers are outside
+    # the mesh: only kinds that need no caller identity).
+    on_gateway: bool = False
     doc: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -217,6 +221,7 @@ class PolicyKind(Generic[S]):
             kind=self.info,
             outbound=self._run_outbound if self.outbound is not None else None,
             inbound=self._run_inbound if self.inbound is not None else None,
+            on_gateway=self.on_gateway,
         )
 
     def _run_outbound(self, section: OutboundSection, mesh: MeshSnapshot) -> None:

@@ -15,12 +15,14 @@ picks the generators by ``Dataplane.spec.proxy``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshline.core.dataplane import DataplaneSpec
 from meshline.core.resource import Resource
@@ -32,6 +34,62 @@ from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, pa
 
 P = TypeVar("P")
 GATEWAY_NO_ROUTE = "no route on this gateway yet\n"
+
+
+@dataclass
+class GatewayChain:
+    """One filter chain of a gateway listener: matched by SNI (or every connection), TLS
+    terminated or not, then HTTP (routes inline) or TCP (a tcp_proxy)."""
+
+    name: str
+    server_names: tuple[str, ...] = ()
+    tls: bool = False  # match only TLS connections (termination or passthrough)
+    transport: base_pb2.TransportSocket | None = None  # terminate TLS with this context
+    route: route_pb2.RouteConfiguration | None = None  # HTTP
+    tcp: tcp_proxy_pb2.TcpProxy | None = None  # TCP / TLS passthrough
+
+
+@dataclass
+class GatewayListenerSection(InboundSection):
+    """A gateway entry listener: one port, a chain per Gateway listener (or per SNI name).
+
+    ``http`` is the template of every HTTP chain's connection manager: the filters policies add
+    to it (a rate limit) go into each chain, each with its own routes."""
+
+    chains: list[GatewayChain] = field(default_factory=list)
+
+    def route_configs(self) -> list[route_pb2.RouteConfiguration]:
+        return [c.route for c in self.chains if c.route is not None]
+
+    def finalize(self) -> dict[str, list[Packed]]:
+        lst = listener_pb2.Listener()
+        lst.CopyFrom(self.listener)
+        del lst.filter_chains[:]
+        pre = [f for _, f in sorted(self.network_filters, key=lambda item: item[0])]
+        for chain in self.chains:
+            out = listener_components_pb2.FilterChain(name=chain.name, filters=list(pre))
+            if chain.server_names:
+                out.filter_chain_match.server_names.extend(chain.server_names)
+            if chain.tls:
+                out.filter_chain_match.transport_protocol = "tls"
+            if chain.transport is not None:
+                out.transport_socket.CopyFrom(chain.transport)
+            if chain.route is not None:
+                assert self.http is not None, "an HTTP chain needs the section's connection manager"
+                h = self.http.build()
+                h.route_config.CopyFrom(chain.route)
+                out.filters.append(envoy.network_filter("envoy.filters.network.http_connection_manager", h))
+            elif chain.tcp is not None:
+                out.filters.append(envoy.network_filter("envoy.filters.network.tcp_proxy", chain.tcp))
+            lst.filter_chains.append(out)
+        if any(c.tls or c.server_names for c in self.chains):
+            lst.listener_filters.append(envoy.tls_inspector())
+        return {
+            LISTENER: [pack(lst.name, lst)],
+            CLUSTER: [pack(n, c) for n, c in self.clusters.items()],
+            ENDPOINT: [pack(n, e) for n, e in self.endpoints.items()],
+            ROUTE: [],
+        }
 
 
 @dataclass
@@ -59,8 +117,26 @@ class PassthroughSection(Section):
         }
 
 
+def gateway_section(dataplane: Resource, port: int) -> GatewayListenerSection:
+    """An empty entry listener of the gateway on ``port`` (its generator adds the chains)."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    inbound = next((i for i in spec.inbound if i.port == port), spec.inbound[0])
+    name = names.gateway_listener(port)
+    h = envoy.hcm(name)
+    h.strip_any_host_port = True  # Host "web.example.test:8443" is virtual host web.example.test
+    h.use_remote_address.value = True  # the caller is outside the mesh: its address is the client's
+    return GatewayListenerSection(
+        target=f"gateway {inbound.service} listener (port {port})",
+        listener=envoy.listener(name, spec.address, port),
+        id=SectionId("gateway", "listener", port),
+        inbound=inbound,
+        http=HttpChain(h),
+    )
+
+
 def gateway_listener(dataplane: Resource, port: int, service: str) -> InboundSection:
-    """An entry point of the gateway: HTTP, routes inline; for now every request gets 404."""
+    """An entry point of the gateway no Gateway listener uses: every request gets 404."""
     spec = dataplane.spec
     assert isinstance(spec, DataplaneSpec)
     name = names.gateway_listener(port)
@@ -101,13 +177,16 @@ def passthrough(dataplane: Resource, mesh: MeshSnapshot) -> PassthroughSection:
     return section
 
 
-def parts(dataplane: Resource, mesh: MeshSnapshot, finish: Callable[[Section], P]) -> list[P]:
+def parts(
+    dataplane: Resource, mesh: MeshSnapshot, finish: Callable[[Section], P], entry: Sequence[InboundSection] = ()
+) -> list[P]:
     """The sections of a gateway or zone proxy (its outbounds, for a gateway, come from the
-    sidecar's outbound generator in render.py)."""
+    sidecar's outbound generator in render.py). ``entry``: a gateway's listeners built by the
+    gateway generator (policies/gateway); its other ports answer 404."""
     spec = dataplane.spec
     assert isinstance(spec, DataplaneSpec)
     if spec.proxy == "gateway":
-        # Policies and render steps shape entry listeners once Gateway routes give them
-        # something to shape (the gateway issue); the outbounds get them now.
-        return [finish(gateway_listener(dataplane, i.port, i.service)) for i in spec.inbound]
+        used = {s.section_id.port for s in entry}
+        rest = [gateway_listener(dataplane, i.port, i.service) for i in spec.inbound if i.port not in used]
+        return [finish(s) for s in sorted([*entry, *rest], key=lambda s: s.section_id)]
     return [finish(passthrough(dataplane, mesh))]

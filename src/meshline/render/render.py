@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
-from meshline.render import proxies, transparent
+from meshline.render import egress_gateway, external, proxies, transparent
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, MeshSnapshot
 from meshline.render.outbound import outbound_section
 from meshline.render.plugins import Plugin
-from meshline.render.sections import Applied, Section, SectionId
+from meshline.render.sections import Applied, InboundSection, OutboundSection, Section, SectionId
 from meshline.xds.snapshot import Packed, Snapshot, TypeSlot
 
 
@@ -86,6 +86,38 @@ def _inbound_part(dataplane: Resource, inbound: Inbound, mesh: MeshSnapshot, plu
     return _finish(section)
 
 
+def _gateway_sections(dataplane: Resource, mesh: MeshSnapshot, plugins: Sequence[Plugin]) -> list[InboundSection]:
+    """A gateway's entry listeners: built by the gateway generators, then shaped by the inbound
+    kinds that apply on a gateway (a rate limit on the gateway's service)."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    source_tags = tuple(dict(sorted(t.items())) for t in spec.tag_sets())
+
+    def backend(service: str) -> OutboundSection:
+        from meshline.core.dataplane import Outbound
+
+        section = outbound_section(source_tags, Outbound(port=spec.inbound[0].port, service=service), mesh, "gateway")
+        for plugin in plugins:
+            if plugin.outbound is not None and plugin.gateway is None:
+                _run(f"policy {plugin.kind.kind} on gateway backend {service}", plugin.outbound, section, mesh)
+        return section
+
+    sections: list[InboundSection] = []
+    for plugin in plugins:
+        if plugin.gateway is not None:
+            try:
+                sections.extend(plugin.gateway(dataplane, mesh, backend))
+            except MeshlineError:
+                raise
+            except Exception as err:
+                raise RenderError(f"{plugin.kind.kind} generator failed: {type(err).__name__}: {err}") from err
+    for section in sections:
+        for plugin in plugins:
+            if plugin.inbound is not None and plugin.on_gateway:
+                _run(f"policy {plugin.kind.kind} on {section.target}", plugin.inbound, section, dataplane, mesh)
+    return sections
+
+
 def _outbound_keys(spec: DataplaneSpec) -> tuple[tuple[dict[str, str], ...], str, tuple[str, ...]]:
     source_tags = tuple(dict(sorted(t.items())) for t in spec.tag_sets())
     return source_tags, json.dumps(source_tags, sort_keys=True), tuple(o.model_dump_json() for o in spec.outbound)
@@ -108,8 +140,11 @@ def render(
         owner = (dataplane.name, dataplane.version)
         configurers = tuple(map(id, plugins))  # a piece is only valid for the plugins that made it
         sidecar = spec.proxy == "sidecar"
-        if not sidecar:  # a gateway's or zone proxy's own generators (render/proxies.py)
-            parts.extend(proxies.parts(dataplane, mesh, _finish))
+        if spec.proxy == "egress-gateway":  # render/egress_gateway.py
+            parts.extend(egress_gateway.parts(dataplane, mesh, plugins, _run, _finish))
+        elif not sidecar:  # a gateway's or zone proxy's own generators (render/proxies.py)
+            entry = _gateway_sections(dataplane, mesh, plugins) if spec.proxy == "gateway" else []
+            parts.extend(proxies.parts(dataplane, mesh, _finish, entry))
         for index, inbound in enumerate(spec.inbound if sidecar and not spec.transparent else ()):
             parts.append(
                 mesh.memoize(
@@ -132,7 +167,8 @@ def render(
                 mesh.memoize(
                     ("outbound", spec.proxy, tags_key, ob_json, configurers),
                     lambda ob_json=ob_json: _outbound_part(source_tags, ob_json, mesh, plugins, spec.proxy),  # type: ignore[misc]
-                    Carry(frozenset({outbound.service})),
+                    # the destination policies select: an outbound by host is its ExternalService
+                    Carry(frozenset({external.resolve(mesh, outbound.service) or outbound.service})),
                 )
             )
 

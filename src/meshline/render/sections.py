@@ -26,6 +26,7 @@ from meshline.render import envoy
 from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, pack
 
 # Well-known HTTP filter orders (lower runs first). Policies pick a slot between them.
+ORDER_AUTHN = 50  # JWTAuthentication: who the end user is, before anything decides on it
 ORDER_AUTHZ = 100  # TrafficPermission (RBAC)
 ORDER_RATELIMIT = 200
 ORDER_FAULT = 300
@@ -158,6 +159,10 @@ class InboundSection(Section):
     inbound: Inbound | None = None
     # HTTP inbound routes live inline in the HCM (they change with the listener anyway).
     route: route_pb2.RouteConfiguration | None = None
+
+    def route_configs(self) -> list[route_pb2.RouteConfiguration]:
+        """Every route table of the section (a gateway listener has one per filter chain)."""
+        return [self.route] if self.route is not None else []
 
     def finalize(self) -> dict[str, list[Packed]]:
         if self.http is not None and self.route is not None:

@@ -46,7 +46,7 @@ from meshline.core.dataplane import DataplaneSpec, Inbound, Outbound
 from meshline.core.errors import MeshlineError
 from meshline.core.resource import Resource
 from meshline.core.service import ServiceSpec, in_range, vip_table
-from meshline.render import envoy
+from meshline.render import envoy, external, passthrough
 from meshline.render.defaults import DEFAULTS
 from meshline.render.inbound import inbound_section
 from meshline.render.mesh_snapshot import Carry, Endpoint, MeshSnapshot, TrackedMapping
@@ -204,7 +204,7 @@ def _run_plugins(section: Section, run: Run, plugins: Sequence[Plugin], mesh: Me
 def _outbound_piece(source_tags: tuple[dict[str, str], ...], service: str, variant: Variant, mesh: MeshSnapshot,
                     plugins: Sequence[Plugin], run: Run) -> _Piece:  # fmt: skip
     view = _as_protocol(mesh, service, variant.protocol) if variant.protocol else mesh
-    section = outbound_section(source_tags, Outbound(port=HTTP_PORT, service=service), view)
+    section = outbound_section(source_tags, Outbound(port=HTTP_PORT, service=service), view, explicit=False)
     name = names.transparent_outbound(service, variant.suffix)
     section.listener.name = name
     section.target = f"outbound {service} (transparent{', detected ' + variant.protocol if variant.protocol else ''})"
@@ -225,10 +225,7 @@ def _outbound_piece(source_tags: tuple[dict[str, str], ...], service: str, varia
 
 
 def _prefix(address: str) -> address_pb2.CidrRange:
-    ip = ipaddress.ip_address(address)
-    cidr = address_pb2.CidrRange(address_prefix=str(ip))
-    cidr.prefix_len.value = ip.max_prefixlen
-    return cidr
+    return passthrough.cidr_range(address)  # an address, or an ExternalService's CIDR
 
 
 def _matched(chain: lc.FilterChain, name: str, port: int, prefixes: Sequence[str], alpn: Sequence[str],
@@ -334,14 +331,72 @@ def outbound_listener(spec: DataplaneSpec, mesh: MeshSnapshot, plugins: Sequence
             if variant.plaintext_alpn:
                 detect_ports.update(ports)
                 detect_ports.update(direct)
-    lst.listener_filters.extend(_listener_filters(detect_ports, tls=False))
-    if mesh.spec.transparent_proxy.passthrough:
-        lst.default_filter_chain.CopyFrom(_passthrough_chain(names.PASSTHROUGH_CLUSTER))
+    hosts = _external_chains(out, lst, mesh, table, plugins, run, tags_key, source_tags, configurers)
+    settings = mesh.spec.transparent_proxy
+    sni = any(a.domain is not None for a in settings.allow)
+    lst.listener_filters.extend(_listener_filters(detect_ports, tls=sni))
+    if settings.passthrough == "all" or settings.allow:
         out.packed.setdefault(CLUSTER, {})[names.PASSTHROUGH_CLUSTER] = pack(names.PASSTHROUGH_CLUSTER, passthrough_cluster())
-    dns = {"range": mesh.spec.transparent_proxy.vip_range, "bare": mesh.spec.transparent_proxy.bare_names,
-           "vips": dict(sorted(table.items()))}  # fmt: skip
+    if settings.passthrough == "all":
+        lst.default_filter_chain.CopyFrom(_passthrough_chain(names.PASSTHROUGH_CLUSTER))
+    else:
+        chain = _passthrough_chain(names.PASSTHROUGH_CLUSTER)
+        chain_ports = [c.filter_chain_match.destination_port.value for c in lst.filter_chains]
+        lst.filter_chains.extend(passthrough.allow_chains(settings.allow, chain, chain_ports))
+        blocked = mesh.memoize(
+            ("transparent blocked", tags_key, spec.transparent.outbound_port, configurers),
+            lambda: _blocked_piece(source_tags, spec.transparent.outbound_port if spec.transparent else 0, mesh,
+                                   plugins, run),
+            Carry(frozenset()),
+        )  # fmt: skip
+        _merge(out, blocked)
+        lst.default_filter_chain.CopyFrom(blocked.chains[0])
+        lst.default_filter_chain.name = names.BLOCKED_LISTENER
+    dns: dict[str, object] = {"range": settings.vip_range, "bare": settings.bare_names, "vips": dict(sorted(table.items()))}
+    if hosts:
+        dns["hosts"] = dict(sorted(hosts.items()))
     lst.metadata.filter_metadata[DNS_METADATA].update({"dns": json.dumps(dns, sort_keys=True)})
     return out
+
+
+def _blocked_piece(source_tags: tuple[dict[str, str], ...], port: int, mesh: MeshSnapshot, plugins: Sequence[Plugin],
+                   run: Run) -> _Piece:  # fmt: skip
+    section = passthrough.blocked_section(source_tags, port, mesh, plugins, run)
+    chains, rest = _chains_of(section.finalize())
+    return _Piece(chains, rest, tuple(section.applied))
+
+
+def _external_chains(out: _Assembled, lst: listener_pb2.Listener, mesh: MeshSnapshot, table: Mapping[str, str],
+                     plugins: Sequence[Plugin], run: Run, tags_key: str, source_tags: tuple[dict[str, str], ...],
+                     configurers: tuple[int, ...]) -> dict[str, str]:  # fmt: skip
+    """A chain per ExternalService: its VIP (a host) or its address or CIDR, on its port (and
+    80 for HTTP: ``http://api.example.com/`` with TLS originated by the sidecar). Returns the
+    host names mesh DNS answers (host -> VIP)."""
+    hosts: dict[str, str] = {}
+    services = set(mesh.services())
+    for name, es in sorted(external.external_services(mesh).items()):
+        if name in services:
+            continue  # a mesh service of that name wins (its instances are what callers reach)
+        if es.host is not None:
+            vip = table.get(name)
+            if vip is None:
+                continue  # no VIP yet: the allocator writes one, and the next render has it
+            hosts[es.host] = vip
+            prefixes, ports = [vip], sorted({es.port, *([HTTP_PORT] if es.protocol == "http" else [])})
+        else:
+            assert es.address is not None
+            prefixes, ports = [es.address], [es.port]
+        piece = mesh.memoize(
+            ("transparent external", tags_key, name, configurers),
+            lambda n=name: _outbound_piece(source_tags, n, DECLARED, mesh, plugins, run),  # type: ignore[misc]
+            Carry(frozenset({name})),
+        )
+        _merge(out, piece)
+        for chain in piece.chains:
+            base = names.transparent_outbound(name)
+            for port in ports:
+                lst.filter_chains.append(_matched(chain, f"{base}_external_{port}", port, prefixes, ()))
+    return hosts
 
 
 def _merge(out: _Assembled, piece: _Piece) -> None:

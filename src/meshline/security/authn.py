@@ -104,6 +104,7 @@ async def write_admin_token(data_dir: Path, tokens: TokenService) -> Path:
 # -- the provided CA's private key is for admins only ---------------------------------
 
 _MESH_PATH = re.compile(r"^/api/v1/meshes(/[^/]+)?/?$")
+_GATEWAY_CERT_PATH = re.compile(r"^/api/v1/meshes/[^/]+/gatewaycertificates(/[^/]+)?/?$")
 REDACTED = "(redacted: only admin tokens can read it)"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -111,6 +112,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _redact(doc: object) -> bool:
     if not isinstance(doc, dict):
+        return False
+    if doc.get("kind") == "GatewayCertificate" and isinstance(doc.get("spec"), dict):
+        if doc["spec"].get("privateKey"):
+            doc["spec"]["privateKey"] = REDACTED
+            return True
         return False
     ca = doc.get("spec", {}).get("mtls", {}).get("ca", {}) if isinstance(doc.get("spec"), dict) else {}
     if isinstance(ca, dict) and ca.get("key"):
@@ -121,9 +127,10 @@ def _redact(doc: object) -> bool:
 
 @web.middleware
 async def redact_ca_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Mesh resources carry a provided CA's private key; only admins get it back."""
+    """Mesh resources carry a provided CA's private key, GatewayCertificates a listener's key;
+    only admins get them back (sealed)."""
     resp = await handler(request)
-    if not _MESH_PATH.match(request.path) or not isinstance(resp, web.Response) or resp.body is None:
+    if not (_MESH_PATH.match(request.path) or _GATEWAY_CERT_PATH.match(request.path)) or not isinstance(resp, web.Response) or resp.body is None:
         return resp
     try:
         p: Principal | None = principal(request)

@@ -29,7 +29,7 @@ from meshline.core.errors import Conflict, FieldProblem, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
 from meshline.extensions import Extensions
-from meshline.security import crypto, provided_key
+from meshline.security import crypto, gateway_certificates, provided_key
 from meshline.security.authn import TokenAuthenticator, redact_ca_keys, write_admin_token
 from meshline.security.ca import DEFAULT_PROPAGATION, CAManager, parse_provided
 from meshline.security.kinds import INTERNAL
@@ -136,6 +136,7 @@ class Security:
         self.ca: CAManager | None = None
         self.tokens: TokenService | None = None
         self.api: SecurityApi | None = None
+        self.gateway_certificates: gateway_certificates.GatewayCertificatesApi | None = None
         self.admin_token_path: Path | None = None
         self.cp_ca_path: Path | None = None
         self._task: asyncio.Task[None] | None = None
@@ -151,6 +152,7 @@ class Security:
         await self.tokens.start()
         ctx.validators.append(mesh_ca_validator(kek))
         ctx.sealers.append(lambda res, prior: provided_key.seal_mesh(kek, res, prior))
+        ctx.sealers.append(lambda res, prior: gateway_certificates.seal_certificate(kek, res, prior))
         await seal_stored_keys(ctx.store, kek)
         ctx.validators.append(refuse_internal_kinds)
         ctx.services["ca"] = self.ca
@@ -158,6 +160,7 @@ class Security:
         ctx.services["dataplane_status_extra"] = _chain(ctx.services.get("dataplane_status_extra"), self.status_extra)
         ctx.services["metrics_extra"] = _chain(ctx.services.get("metrics_extra"), self.metrics)
         self.api = SecurityApi(ctx, self.tokens, self.ca)
+        self.gateway_certificates = gateway_certificates.GatewayCertificatesApi(ctx, kek)
         if self.settings.auth:
             self.ext.authenticator = TokenAuthenticator(self.tokens)
             self.ext.grpc_authenticate = DataplaneAuthenticator(
@@ -193,9 +196,16 @@ class Security:
         if self.tokens is not None:
             await self.tokens.stop()
 
+    def _gateway_api(self) -> gateway_certificates.GatewayCertificatesApi:
+        assert self.gateway_certificates is not None
+        return self.gateway_certificates
+
     def routes(self) -> list[Route]:
         assert self.api is not None, "routes are asked for after on_start"
-        return self.api.routes()
+        return [*self.api.routes(), Route(
+            "GET", "/api/v1/meshes/{mesh}/gateways/{gateway}/certificates", self._gateway_api().for_gateway,
+            "The certificates a gateway's listeners name, keys included (that gateway's dataplane token, or admin)",
+            codes=(404,))]  # fmt: skip
 
     @staticmethod
     def _dataplane(ctx: ControlPlaneContext, mesh: str, name: str) -> Resource | None:

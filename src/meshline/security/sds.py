@@ -82,12 +82,27 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self._server: grpc.aio.Server | None = None
         self.last_nack: str = ""
         self.streams = 0
+        # Secrets besides the workload's (a gateway's listener certificates), by name.
+        self.extra: dict[str, secret_pb2.Secret] = {}
 
     # -- content ---------------------------------------------------------------------
     def update(self, material: IdentityMaterial) -> None:
         """Serve new secrets; every open stream gets the ones that changed."""
         self.material = material
-        self.snapshot = secrets_snapshot(material)
+        self._publish()
+
+    def update_extra(self, secrets: dict[str, secret_pb2.Secret]) -> None:
+        """Serve these secrets too (a gateway's certificates); a changed one reaches Envoy at once,
+        which uses it for new TLS handshakes and keeps the open connections."""
+        self.extra = dict(secrets)
+        if self.material is not None:
+            self._publish()
+
+    def _publish(self) -> None:
+        assert self.material is not None
+        base = secrets_snapshot(self.material).slot(SECRET).resources.values()
+        extra = [pack(n, s) for n, s in sorted(self.extra.items())]
+        self.snapshot = Snapshot.build({SECRET: [*base, *extra]})
         for notify in list(self._watchers):
             notify(self.snapshot)
 

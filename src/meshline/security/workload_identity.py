@@ -232,6 +232,8 @@ class SdsService:
         self.start_timeout = start_timeout
         self.server: SdsServer | None = None
         self.identity: WorkloadIdentity | None = None
+        self.certificates: Any = None  # a gateway's CertificateFiles
+        self.stored: Any = None  # and its StoredCertificates
         self._api: Any = None
 
     async def start(self, config: AgentConfig) -> None:
@@ -243,9 +245,36 @@ class SdsService:
         self.identity = WorkloadIdentity(self._api, config.mesh, config.service, config.name, self.server.update)
         material = await self.identity.start(self.start_timeout)
         log.info("certificate for %s, expires %s", material.identity, crypto.iso(material.expires_at))
+        if config.proxy == "gateway":  # its listener certificates, served by the same SDS
+            await self._gateway_certificates(config)
         await self.server.start()
 
+    async def _gateway_certificates(self, config: AgentConfig) -> None:
+        """Files in --certs-dir, and the GatewayCertificates stored in the control plane (a file
+        wins over a stored certificate of the same name: the host's operator chose it)."""
+        from meshline.security.gateway_certs import CertificateFiles, StoredCertificates
+
+        assert self.server is not None
+        server = self.server
+        parts: dict[str, dict[str, Any]] = {"stored": {}, "files": {}}
+
+        def publish(part: str) -> Callable[[dict[str, Any]], None]:
+            def update(secrets: dict[str, Any]) -> None:
+                parts[part] = secrets
+                server.update_extra({**parts["stored"], **parts["files"]})
+
+            return update
+
+        self.stored = StoredCertificates(self._api, config.mesh, config.service, publish("stored"))
+        await self.stored.start()
+        if config.certs_dir is not None:
+            self.certificates = CertificateFiles(config.certs_dir, publish("files"))
+            await self.certificates.start()
+
     async def stop(self) -> None:
+        for part in (self.certificates, self.stored):
+            if part is not None:
+                await part.stop()
         if self.identity is not None:
             await self.identity.stop()
         if self.server is not None:

@@ -20,6 +20,7 @@ def _routing(ext: Extensions, settings: Settings) -> None:
 def subsystems() -> tuple[Subsystem, ...]:
     """Every subsystem this build has, in the order they install (and start)."""
     from meshline.dashboard import install as install_dashboard
+    from meshline.learn import install as install_learn
     from meshline.ratelimit.service import install as install_rate_limit_service
     from meshline.rollouts import install as install_rollouts
     from meshline.security.controlplane import install as install_security
@@ -32,6 +33,7 @@ def subsystems() -> tuple[Subsystem, ...]:
         install_dashboard,  # the page at / (static files; its API calls carry the token)
         install_telemetry,  # access logs + tracing render step, log intake, stats/tap/explain API
         install_rollouts,  # Rollout checks at apply, the controller (reads telemetry), its API
+        install_learn,  # permissions suggest/report, traffic recording (reads telemetry)
     )
 
 

@@ -11,6 +11,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from meshline.controlplane.results import RenderResults
 from meshline.controlplane.unknown_services import service_refs
+from meshline.core.external_service import ExternalServiceSpec
 from meshline.core.schema import did_you_mean
 from meshline.telemetry.explain import EndpointCounts, ExplainContext
 from meshline.telemetry.record import OUTBOUND, LogRecord
@@ -43,8 +44,16 @@ def context_from(results: RenderResults, r: LogRecord) -> ExplainContext:
         endpoints = EndpointCounts(
             registered=len(eps), offline=sum(1 for e in eps if not e.healthy), in_cluster=in_cluster
         )
+    external, gateway = "", ""
+    if snap is not None and r.direction == OUTBOUND:
+        es = next((x.spec for x in snap.of_kind("ExternalService") if x.name == r.destination), None)
+        if isinstance(es, ExternalServiceSpec):
+            external = es.server_name or es.target
+            if snap.spec.egress.gateway and not es.is_cidr and r.dataplane and not r.section.startswith("egress-gateway/"):
+                gateway = snap.spec.egress.gateway
     return ExplainContext(endpoints=endpoints, policies=policies, outlier_detection=outlier,
-                          missing_backends=_missing_backends(results, r, policies))
+                          missing_backends=_missing_backends(results, r, policies), external=external,
+                          egress_gateway=gateway)
 
 
 ROUTE_KINDS = ("HTTPRoute", "TCPRoute")

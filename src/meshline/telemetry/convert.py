@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
+from google.protobuf import json_format, struct_pb2
 
 from meshline.telemetry import tags as t
 from meshline.telemetry.explain import FLAGS
 from meshline.telemetry.record import EXTERNAL, INBOUND, LogRecord, clip
+from meshline.xds import names
 
 
 def flag_codes(flags: accesslog_pb2.ResponseFlags) -> list[str]:
@@ -95,6 +98,8 @@ def _common(
         section=tags.get(t.T_SECTION, ""),
         signals=tags.get(t.T_SIGNALS, "") == "stats",
     )
+    if r.section.startswith("gateway/"):  # who outside the mesh made the request
+        r.client = _address(common.downstream_remote_address)
     if r.direction == INBOUND:
         r.peer = _spiffe(common)
         r.mtls = bool(r.peer) or bool(common.tls_properties.tls_version)
@@ -119,7 +124,35 @@ def from_http(entry: accesslog_pb2.HTTPAccessLogEntry, mesh: str, dataplane: str
     tags = entry.common_properties.custom_tags
     r.trace_id = trace_id(tags.get(t.T_TRACEPARENT, ""), tags.get(t.T_B3, ""))
     r.denied = bool(resp.response_headers.get(t.DENIED_HEADER)) or r.details.startswith("rbac_access_denied")
+    meta = entry.common_properties.metadata.filter_metadata
+    if r.direction == INBOUND and t.RBAC_HTTP in meta:
+        rbac = meta[t.RBAC_HTTP].fields
+        if rbac.get(t.SHADOW_RESULT) is not None and rbac[t.SHADOW_RESULT].string_value == "denied":
+            r.shadow_denied_by = rbac[t.SHADOW_POLICY].string_value if t.SHADOW_POLICY in rbac else "?"
+    if r.direction == INBOUND and t.CAPTURE_NS in meta:
+        r.capture = capture_of(meta[t.CAPTURE_NS])
     return clip(r)
+
+
+def capture_of(s: struct_pb2.Struct) -> dict[str, Any]:
+    """What a TrafficRecording's filter put in the entry (meshline.learn.capture writes it):
+    headers already redacted by the sidecar, bodies base64 up to the recording's cap."""
+    out: dict[str, Any] = json_format.MessageToDict(s)
+    size = 0
+    for key in ("reqBody", "respBody"):
+        value = out.get(key)
+        out[key] = value if isinstance(value, str) else ""
+        size += len(out[key])
+    for key in ("reqHeaders", "respHeaders"):
+        value = out.get(key)
+        headers = {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        out[key] = headers
+        size += sum(len(k) + len(v) for k, v in headers.items())
+    for key in ("reqBodyBytes", "respBodyBytes"):
+        value = out.get(key)
+        out[key] = int(value) if isinstance(value, (int, float)) else 0
+    out["size"] = size
+    return out
 
 
 def _method(req: accesslog_pb2.HTTPRequestProperties) -> str:
@@ -132,4 +165,9 @@ def from_tcp(entry: accesslog_pb2.TCPAccessLogEntry, mesh: str, dataplane: str) 
     r.bytes_in = entry.connection_properties.received_bytes
     r.bytes_out = entry.connection_properties.sent_bytes
     r.details = entry.common_properties.connection_termination_details
+    if names.blocked_mode(r.section) is not None:
+        # where the app was going: the TLS server name it sent, else the original destination
+        common = entry.common_properties
+        r.authority = common.tls_properties.tls_sni_hostname or _address(common.downstream_local_address)
+        r.denied = True  # refused by the mesh itself
     return clip(r)

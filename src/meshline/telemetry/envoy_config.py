@@ -97,6 +97,8 @@ def _log_tags(info: SectionInfo) -> list[custom_tag_pb2.CustomTag]:
             metadata(t.T_DESTINATION_ZONE, "host", "envoy.lb", "zone"),
             metadata(t.T_DESTINATION_INSTANCE, "host", t.META, t.META_DATAPLANE),
         ]
+        if not info.destination:  # a gateway: each route reaches its own service, named by its cluster
+            out.append(metadata(t.T_DESTINATION, "cluster", t.META, t.META_SERVICE))
     else:
         out += [
             literal(t.T_DESTINATION_VERSION, info.destination_version),

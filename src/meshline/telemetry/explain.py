@@ -78,6 +78,10 @@ class ExplainContext:
     # "backend inventroy has no instances (HTTPRoute to-inventory; ...)": routes on the logging
     # section that send to a service nobody serves
     missing_backends: tuple[str, ...] = ()
+    # the destination is an ExternalService: its target ("api.example.com:443"), and the egress
+    # gateway its traffic goes through ("" when direct)
+    external: str = ""
+    egress_gateway: str = ""
 
 
 EMPTY = ExplainContext()
@@ -158,11 +162,18 @@ def _local_reply(r: LogRecord) -> bool:
 def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainContext) -> str:
     dest = r.destination or "the upstream"
     details = r.details
+    mode = names.blocked_mode(r.section)
+    if mode is not None:  # the transparent listener's chain of refused destinations
+        return blocked(r.authority or "the destination", r.mesh, mode)
     rbac = _RBAC_RE.search(details)
     if rbac:
         return _denied(r, rbac.group(1), policies)
     if details.startswith("rbac_access_denied"):
         return f"denied by {_kinds_or(policies, 'permission', 'an authorization policy')}"
+    if details.startswith("jwt_authn_access_denied"):  # "jwt_authn_access_denied{Jwt_is_expired}"
+        reason = details[len("jwt_authn_access_denied"):].strip("{}").replace("_", " ") or "no valid token"
+        return (f"not authenticated: {reason}; send a valid token (Authorization: Bearer ...)"
+                + _named(policies, "authentication"))
     if "UAEX" in flags or details.startswith("ext_authz"):
         return "denied by external authorization" + (f" ({details})" if details else "")
     if "RL" in flags or details in ("local_rate_limited", "request_rate_limited"):
@@ -181,13 +192,17 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
     if "UH" in flags or details == "no_healthy_upstream":
         if ctx.missing_backends:
             return "; ".join(ctx.missing_backends)
+        if ctx.egress_gateway:
+            return f"no healthy instance of {dest}: its traffic goes through egress gateway {ctx.egress_gateway}, which has no ready instance"
+        if ctx.external:
+            return f"no address for ExternalService {dest} ({ctx.external}): its host did not resolve, or passthrough is none"
         return f"no healthy instance of {dest}{_why_unhealthy(r, policies, ctx)}"
     if "UO" in flags or "overflow" in details:
         return f"circuit breaker open: too many connections or requests to {dest}{_named(policies, 'circuit-breaker')}"
     if "UT" in flags or details in ("upstream_response_timeout", "upstream_per_try_timeout"):
         return _timeout(r, details, policies)
     if "UF" in flags or "connection_failure" in details:
-        return _connect_failure(r)
+        return _connect_failure(r) + _external_hint(r, ctx)
     if "UC" in flags or "connection_termination" in details:
         return f"{_upstream(r)} closed the connection before answering"
     if "UR" in flags or "remote_reset" in details:
@@ -226,6 +241,13 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
             return f"no response ({details})" if details else "no response"
         return f"{_answerer(r)} answered {r.status}"
     return ""
+
+
+def blocked(host: str, mesh: str, mode: str) -> str:
+    """Why a connection to ``host`` was refused by the mesh's passthrough mode."""
+    if mode == "none":
+        return f"blocked: {host} is outside mesh {mesh} and passthrough is none (nothing leaves the mesh)"
+    return f"blocked: {host} is not an ExternalService of mesh {mesh} and passthrough is {mode}"
 
 
 def _denied(r: LogRecord, rule: str, policies: Sequence[str]) -> str:
@@ -292,6 +314,13 @@ def _connect_failure(r: LogRecord) -> str:
     if "unreachable" in low or "no route to host" in low or re.search(r"\b11[13]\b", low):
         return f"{target} is unreachable ({reason}){hint}"
     return f"could not connect to {target}{hint}" + (f" ({reason})" if reason else "")
+
+
+def _external_hint(r: LogRecord, ctx: ExplainContext) -> str:
+    """What to check when the sidecar (or the egress gateway) could not reach an ExternalService."""
+    if not ctx.external or "TLS handshake" not in _connect_failure(r):
+        return ""
+    return f"; check ExternalService {r.destination}'s spec.tls (its CA bundle and the server name {ctx.external} must present)"
 
 
 def _upstream(r: LogRecord) -> str:

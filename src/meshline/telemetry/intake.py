@@ -33,11 +33,13 @@ from typing import Any, TypeVar, cast
 from meshline.core.errors import FieldProblem, Unavailable, ValidationError
 from meshline.core.slices import Slices
 from meshline.render.mesh_snapshot import WATCH_ALL
+from meshline.telemetry.denials import DenialLimits, Denials, denial_of
+from meshline.telemetry.edge_paths import EdgePathLimits, EdgePaths
 from meshline.telemetry.explain import EMPTY, ExplainContext, explain, explain_pair, explain_request
 from meshline.telemetry.record import MAX_TEXT, OUTBOUND, LogRecord, is_counted, record_bytes
 from meshline.telemetry.series import MeshSeries, SeriesLimits
 from meshline.telemetry.signals import SignalRow
-from meshline.telemetry.window import WINDOWS, RollingStats, Summary, bucket_of
+from meshline.telemetry.window import LONGEST_WINDOW_S, WINDOWS, RollingStats, Summary, bucket_of
 
 ContextFor = Callable[[LogRecord], ExplainContext]
 # A counted entry whose sidecar reports its counters (telemetry.signals) goes to the taps once
@@ -64,6 +66,8 @@ class TelemetryLimits:
     taps: int = 64  # live taps, all meshes together
     tap_queue: int = 1_000  # records waiting for a slow tap reader
     series: SeriesLimits = SeriesLimits()  # the last hour in 10 s buckets (telemetry.series)
+    edge_paths: EdgePathLimits = EdgePathLimits()  # methods and paths per edge (telemetry.edge_paths)
+    denials: DenialLimits = DenialLimits()  # refused and would-be refused requests (telemetry.denials)
 
 
 def parse_status(text: str) -> Callable[[int], bool]:
@@ -91,11 +95,17 @@ class TapFilter:
     service: str = ""  # source or destination
     path: str = ""  # path prefix
     status: str = ""
+    # A recording (meshline.learn): only the callee's entries carrying a capture, of one version
+    captures: bool = False
+    version: str = ""
 
     def __post_init__(self) -> None:
         self._status = parse_status(self.status)
 
     def matches(self, r: LogRecord) -> bool:
+        if self.captures:
+            return (r.capture is not None and r.destination == self.service
+                    and (not self.version or r.destination_version == self.version))
         if self.service and self.service not in (r.source, r.destination):
             return False
         if self.path and not r.path.startswith(self.path):
@@ -179,6 +189,8 @@ class MeshTelemetry:
         self.evicted = 0  # golden-signal keys dropped to stay within the limits
         self.dropped: dict[str, int] = {}  # entries refused at the door, by reason
         self.series = MeshSeries(limits.series)
+        self.edge_paths = EdgePaths(limits.edge_paths)
+        self.denials = Denials(limits.denials)
 
     def remember(self, r: LogRecord) -> None:
         self.received += 1
@@ -402,6 +414,11 @@ class TelemetryIntake:
         m.remember(r)
         key = (r.request_id, r.source, r.destination)
         m.observe_tls(r)  # every inbound entry, counted ones too (a caller without a sidecar)
+        if is_counted(r) and r.protocol == "http" and not r.denied:
+            m.edge_paths.add(r)  # what `permissions suggest --l7` reads
+        denial = denial_of(r)
+        if denial is not None:
+            m.denials.add(denial, r.time)  # what `permissions report` reads
         if is_counted(r):
             if not r.signals:
                 m.count(r)
@@ -419,6 +436,8 @@ class TelemetryIntake:
             return
         if not r.signals:
             m.count_callee(r)
+        if r.capture is not None:  # the callee's own half, with what a TrafficRecording captured
+            self._publish(r, captures_only=True)
         if r.mirrored:  # no caller's half will come: the copy's only entry goes to the taps
             self._publish(r)
             return
@@ -459,7 +478,7 @@ class TelemetryIntake:
                 n += 1
         return n
 
-    def _publish(self, r: LogRecord) -> None:
+    def _publish(self, r: LogRecord, captures_only: bool = False) -> None:
         if r.request_id and (r.failed or r.status >= 400):
             # Deeper hops of the same request (apps passing x-request-id on) that already
             # came in may say where the failure started.
@@ -471,7 +490,7 @@ class TelemetryIntake:
                 # A copy for the taps: the stored entry keeps its own hop's explanation.
                 r = replace(r, explanation=explain_request(chain) or r.explanation)
         for sub in self.subscriptions:
-            if sub.mesh == r.mesh and sub.filter.matches(r):
+            if sub.mesh == r.mesh and (sub.filter.captures or not captures_only) and sub.filter.matches(r):
                 sub.offer(r)
 
     def ingest_signals(self, mesh: str, rows: Iterable[SignalRow], at: float | None = None,
@@ -590,13 +609,49 @@ class TelemetryIntake:
             return Summary(requests=0, failures=0, seconds=seconds, p50=None, p95=None, p99=None)
         return stats.summary(self.clock(), seconds)
 
+    def observed_edges(self, mesh: str, seconds: int) -> list[dict[str, Any]]:
+        """Every edge with requests in the last ``seconds`` (at most the hour the series keep):
+        requests, denied, last seen, protocol (what `permissions suggest` reads)."""
+        m = self._view(mesh)
+        now = self.clock()
+        out = []
+        for edge, stats in list(m.edges.items()):
+            if seconds <= LONGEST_WINDOW_S:
+                s = stats.summary(now, seconds)
+                requests, denied = s.requests, s.denied
+            else:
+                series = m.series.keys.get(("edge", *edge))
+                points = series.points(now, seconds) if series is not None else []
+                requests = sum(p["requests"] for p in points)
+                denied = sum(p["denied"] for p in points)
+            if requests:
+                out.append({"source": edge[0], "destination": edge[1], "requests": requests, "denied": denied,
+                            "lastSeen": stats.last_seen, "protocol": m.edge_protocol.get(edge, "")})
+        return sorted(out, key=lambda e: (e["destination"], e["source"]))
+
+    def observed_paths(self, mesh: str, edge: tuple[str, str], seconds: int) -> list[dict[str, Any]]:
+        """The methods and paths (or collapsed prefixes) an edge used (telemetry.edge_paths)."""
+        seen = self._view(mesh).edge_paths.of(edge, self.clock(), seconds)
+        return [{"method": k.method, "path": k.path, "prefix": k.prefix, "requests": s.count, "lastSeen": s.last_seen}
+                for k, s in sorted(seen.items(), key=lambda kv: (kv[0].path, kv[0].method))]
+
+    def denied(self, mesh: str, seconds: int) -> list[dict[str, Any]]:
+        """Requests refused (enforced) or that a dry-run permission would have refused, per
+        (policy, caller, callee, method, path), busiest first (telemetry.denials)."""
+        rows = self._view(mesh).denials.since(self.clock(), seconds)
+        out = [{"policy": k.policy, "mode": k.mode, "source": k.source, "destination": k.destination,
+                "method": k.method, "path": k.path, "requests": c.count, "firstSeen": c.first_seen,
+                "lastSeen": c.last_seen} for k, c in rows]
+        return sorted(out, key=lambda d: (d["mode"], d["policy"], -d["requests"], d["source"], d["path"]))
+
     def sizes(self, mesh: str) -> dict[str, int]:
         """How much of each bound a mesh uses (for tests and the docs' figures)."""
         m = self._view(mesh)
         return {"records": len(m.recent), "recordBytes": m.record_bytes, "requestIds": len(m.by_request),
                 "services": len(m.services), "edges": len(m.edges), "paths": len(m.paths), "cells": m.cells,
                 "edgeTls": len(m.edge_tls), "edgeProtocols": len(m.edge_protocol), "pending": len(m.pending),
-                "taps": len(self.subscriptions), "signals": m.received_signals, "seriesKeys": len(m.series.keys), "seriesCells": m.series.cells}
+                "taps": len(self.subscriptions), "signals": m.received_signals, "seriesKeys": len(m.series.keys), "seriesCells": m.series.cells,
+                "edgePaths": m.edge_paths.size(), "denials": len(m.denials.rows)}
 
     def request(self, mesh: str, request_id: str) -> list[LogRecord]:
         """Every entry of one request, by x-request-id (or of a trace id), in call order:

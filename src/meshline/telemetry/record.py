@@ -63,6 +63,11 @@ class LogRecord:
     section: str = ""  # "outbound orders (port 15001)": which part of the sidecar's config
     explanation: str = ""  # plain-words reason of a failure (see telemetry.explain)
     denied: bool = False  # refused by the mesh itself (a TrafficPermission), not by the app
+    # inbound: the dry-run TrafficPermission that would have refused it (Envoy's shadow rules)
+    shadow_denied_by: str = ""
+    # inbound, while a TrafficRecording is on: headers and bodies (see meshline.learn.capture)
+    capture: dict[str, Any] | None = None
+    client: str = ""  # a gateway's entry: the outside caller's ip:port (it has no mesh identity)
     # Its sidecar counts its requests itself and reports the counters (telemetry.signals):
     # the entry is for taps and explanations, not counted again.
     signals: bool = False
@@ -128,6 +133,8 @@ def clip(r: LogRecord) -> LogRecord:
 def record_bytes(r: LogRecord) -> int:
     """About how much memory ``r`` holds (for the intake's byte bounds)."""
     texts = sum(len(getattr(r, name)) for name in _TEXT_FIELDS)
+    if r.capture:
+        texts += int(r.capture.get("size", 0)) + 1024
     return _RECORD_BYTES + texts + sum(56 + len(p) for p in (*r.flags, *r.policies))
 
 

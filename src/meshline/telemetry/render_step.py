@@ -163,7 +163,31 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
     _add_observers(section, info, spec)
 
 
+def _configure_gateway(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
+    """A gateway's entry listener logs each request as a call from the gateway's service to the
+    service its route reached (the cluster says which): the callee's sidecar logs the other half,
+    with the same request id, and the outside caller is the gateway's own caller."""
+    inbound = section.inbound
+    if not _enabled(mesh.spec) or inbound is None:
+        return
+    _annotate(section, section.route_configs(), False)  # the generator named each cluster's service
+    info = cfg.SectionInfo(
+        listener=section.listener.name,
+        direction="outbound",
+        protocol="http" if section.http is not None else "tcp",
+        section=str(section.section_id),
+        mesh=mesh.name,
+        service=inbound.service,
+        version=inbound.tags.get("version", ""),
+        source=inbound.service,
+    )
+    _add_observers(section, info, mesh.spec)
+
+
 def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSnapshot) -> None:
+    if section.section_id.proxy == "gateway":
+        _configure_gateway(section, dataplane, mesh)
+        return
     spec = mesh.spec
     if section.route is not None and spec.mtls.mode == "strict":
         # Every caller has a verified certificate, which names it (logs, spans, XFCC): a
@@ -173,7 +197,7 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
     if not _enabled(spec) or inbound is None:
         return
     assert isinstance(dataplane.spec, DataplaneSpec)
-    _annotate(section, [section.route] if section.route is not None else [], _watched(mesh, inbound.service))
+    _annotate(section, section.route_configs(), _watched(mesh, inbound.service))
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="inbound",
@@ -190,4 +214,5 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
     _add_observers(section, info, spec)
 
 
-PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound)
+# on_gateway: a gateway's entry listeners log too (tap and explain see requests as they enter the mesh)
+PLUGIN = Plugin(kind=KIND, outbound=configure_outbound, inbound=configure_inbound, on_gateway=True)

@@ -20,6 +20,7 @@ META = "meshline"
 META_POLICIES = "policies"  # "Timeout/orders-timeouts,Retry/orders-retries"
 META_TIMEOUT_MS = "timeoutMs"  # route timeout when the entry was logged ("0": none)
 META_PER_TRY_TIMEOUT_MS = "perTryTimeoutMs"
+META_SERVICE = "service"  # a gateway's cluster: the mesh service it reaches (its logs' destination)
 META_DATAPLANE = "dataplane"  # endpoint metadata the base generator sets
 META_WATCH = "watch"  # route metadata while a tap watches the route's traffic: stream every entry
 
@@ -51,3 +52,9 @@ S_SOURCE_CLAIMED = "meshline.source_claimed"  # inbound: x-meshline-source, a cl
 PEER_IDENTITY = "%DOWNSTREAM_PEER_URI_SAN%"  # Envoy formatter: the verified client certificate's URI SAN
 S_DIRECTION = "meshline.direction"
 S_POLICIES = "meshline.policies"
+
+# dynamic metadata read from access-log entries
+RBAC_HTTP = "envoy.filters.http.rbac"
+SHADOW_RESULT = "shadow_engine_result"  # "denied": a dry-run TrafficPermission would have refused it
+SHADOW_POLICY = "shadow_effective_policy_id"  # which one (its Envoy RBAC policy name)
+CAPTURE_NS = "meshline.record"  # what a TrafficRecording's filter captured (meshline.learn.capture)

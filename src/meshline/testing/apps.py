@@ -31,7 +31,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from meshline.testing.servers import Behaviour, GrpcTestServer, HttpTestServer, TcpEchoServer, grpc_echo
+from meshline.testing.servers import (
+    Behaviour,
+    GrpcTestServer,
+    HttpTestServer,
+    TcpEchoServer,
+    grpc_echo,
+    grpcs_echo,
+)
 
 
 def _serve_until_signalled(server: Any) -> None:
@@ -88,6 +95,60 @@ def serve_origdst(ports: list[int]) -> None:
         t.start()
     print(f"serving origdst on {ports}", flush=True)
     stop.wait()
+
+
+def load_tls(url: str, connect: str, cafile: Path, count: int, interval: float, timeout: float,
+             keepalive: bool = False) -> dict[str, Any]:  # fmt: skip
+    """HTTPS GETs of ``url`` dialing ``connect`` (the URL's host stays the SNI and Host), verified
+    against ``cafile``: a new connection (and handshake) per request, or one kept-alive connection.
+    Counts the status codes and the serial numbers of the certificates the server presented."""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    codes: Counter[int] = Counter()
+    serials: Counter[str] = Counter()
+    errors: list[str] = []
+    conn: http.client.HTTPSConnection | None = None
+
+    def dial() -> http.client.HTTPSConnection:
+        c = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        sock = socket.create_connection((connect, port), timeout=timeout)
+        c.sock = ctx.wrap_socket(sock, server_hostname=host)
+        return c
+
+    for i in range(count):
+        started = time.monotonic()
+        try:
+            if conn is None:
+                conn = dial()
+            conn.request("GET", parts.path or "/")
+            resp = conn.getresponse()
+            resp.read()
+            codes[resp.status] += 1
+            cert = conn.sock.getpeercert() if conn.sock is not None else None
+            serials[str((cert or {}).get("serialNumber", ""))] += 1
+            if not keepalive or resp.getheader("connection", "").lower() == "close":
+                conn.close()
+                conn = None
+        except (OSError, http.client.HTTPException) as err:
+            codes[0] += 1
+            if len(errors) < 20:
+                errors.append(f"request {i}: {type(err).__name__}: {err}")
+            if conn is not None:
+                conn.close()
+            conn = None
+        if i % 10 == 9:
+            print(f"done {i + 1}", flush=True)
+        pause = interval - (time.monotonic() - started)
+        if pause > 0:
+            time.sleep(pause)
+    if conn is not None:
+        conn.close()
+    return {"codes": {str(k): v for k, v in codes.items()}, "serials": dict(serials), "errors": errors}
 
 
 def load(url: str, count: int, interval: float, timeout: float, headers: dict[str, str]) -> dict[str, Any]:
@@ -158,6 +219,8 @@ def client(mode: str, args: list[str], timeout: float) -> dict[str, Any]:
                 out = f.readline().decode().strip()
         elif mode == "grpc":
             out = grpc_echo(args[0], b"ping", timeout=timeout).decode()
+        elif mode == "grpcs":  # TARGET SERVER_NAME CA_FILE: over TLS, verifying SERVER_NAME against CA_FILE
+            out = grpcs_echo(args[0], args[1], Path(args[2]).read_bytes(), timeout=timeout).decode()
         elif mode == "ws":
             out = _websocket(args[0], timeout)
         else:
@@ -191,13 +254,14 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--host", default="127.0.0.1")
         if kind == "http":
             p.add_argument("--fail-ratio", type=float, default=0.0, help="share of requests answered 503")
+            p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
         if kind == "tcp":
             p.add_argument("--banner", action="store_true", help="speak first (server-speaks-first protocols)")
     p = sub.add_parser("dns")
     p.add_argument("--port", type=int, default=53)
     p.add_argument("--record", action="append", default=[], help="NAME=IPV4")
     p = sub.add_parser("client")
-    p.add_argument("mode", choices=["resolve", "tcp", "banner", "grpc", "ws"])
+    p.add_argument("mode", choices=["resolve", "tcp", "banner", "grpc", "grpcs", "ws"])
     p.add_argument("args", nargs="*")
     p.add_argument("--timeout", type=float, default=5.0)
     p = sub.add_parser("origdst")
@@ -209,13 +273,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--header", action="append", default=[], help="NAME:VALUE")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--connect", default=None, help="https: dial this address (the URL's host stays SNI and Host)")
+    p.add_argument("--cafile", type=Path, default=None, help="https: verify the server against this CA")
+    p.add_argument("--keepalive", action="store_true", help="https: one connection for every request")
     args = parser.parse_args(argv)
     if args.what == "origdst":
         serve_origdst(args.port)
         return
     if args.what == "load":
         headers = dict(h.split(":", 1) for h in args.header)
-        result = load(args.url, args.count, args.interval, args.timeout, {k.strip(): v.strip() for k, v in headers.items()})
+        if args.connect:
+            result = load_tls(args.url, args.connect, args.cafile, args.count, args.interval, args.timeout, args.keepalive)
+        else:
+            result = load(args.url, args.count, args.interval, args.timeout, {k.strip(): v.strip() for k, v in headers.items()})
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(args.out)
@@ -228,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.what == "http":
         server: Any = HttpTestServer(name=args.name, port=args.port, host=args.host,
-                                     behaviour=Behaviour(fail_ratio=args.fail_ratio))  # fmt: skip
+                                     behaviour=Behaviour(fail_ratio=args.fail_ratio, delay=args.delay))  # fmt: skip
     elif args.what == "tcp":
         server = TcpEchoServer(name=args.name, port=args.port, host=args.host, banner=args.banner)
     else:

@@ -37,7 +37,7 @@ class PacedLoad:
                 sent = time.monotonic()
                 try:
                     r = client.get(self.url)
-                    what = r.json()["instance"] if r.status_code == 200 else f"HTTP {r.status_code}"
+                    what = r.json()["instance"] if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:100]}"
                 except (httpx.HTTPError, ValueError, KeyError) as err:
                     what = type(err).__name__
                 self.outcomes.append((sent, what))

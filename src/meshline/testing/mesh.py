@@ -10,6 +10,7 @@ thread) and real agents, each starting a real Envoy, as subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -176,6 +177,24 @@ class Sidecar:
             time.sleep(0.05)
 
 
+def _remove_shared_memory_left_by(sc: Sidecar) -> None:
+    """An agent stopped gracefully removes its Envoy's hot-restart shared memory; one a test
+    killed leaves it (the next agent in the same work dir would remove it; a test's is gone)."""
+    try:
+        tag = str(int((sc.work_dir / "envoy.base-id").read_text().strip()) * 10)
+    except (OSError, ValueError):
+        return
+    name = f"envoy_shared_memory_{tag}"
+    if not (Path("/dev/shm") / name).exists():
+        return  # removed by its agent
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            if name in maps.read_text():
+                return  # an Envoy still uses it
+    with contextlib.suppress(OSError):
+        (Path("/dev/shm") / name).unlink()
+
+
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -331,6 +350,8 @@ class MeshHarness:
                 sc.stop(timeout=10)
             except Exception:  # best effort; kill below
                 sc.kill()
+        for sc in self.sidecars:
+            _remove_shared_memory_left_by(sc)
         if self._api is not None:
             self._api.close()
             self._api = None

@@ -228,6 +228,15 @@ def grpc_echo(target: str, payload: bytes = b"ping", timeout: float = 5.0,
         return call(payload, timeout=timeout, metadata=metadata)
 
 
+def grpcs_echo(target: str, server_name: str, ca_pem: bytes, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
+    """The echo call over TLS (as a client outside the mesh calls a gateway), SNI ``server_name``."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    options = (("grpc.ssl_target_name_override", server_name), ("grpc.default_authority", server_name))
+    with grpc.secure_channel(target, creds, options=options) as channel:
+        call: Callable[..., bytes] = channel.unary_unary(GRPC_ECHO_METHOD)
+        return call(payload, timeout=timeout)
+
+
 class TcpEchoServer:
     """Echoes each line back prefixed with the instance name: b"<name>:<line>"."""
 

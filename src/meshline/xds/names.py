@@ -62,6 +62,23 @@ def outbound_route(port: int) -> str:
 TRANSPARENT_OUTBOUND_LISTENER = "outbound_transparent"
 TRANSPARENT_INBOUND_LISTENER = "inbound_transparent"
 PASSTHROUGH_CLUSTER = "passthrough"
+# Connections the mesh's passthrough mode refuses (render/passthrough.py): one chain of the
+# transparent listener, its stats under tcp.outbound_blocked.*, its cluster without endpoints.
+BLOCKED_LISTENER = "outbound_blocked"
+BLOCKED_CLUSTER = "blocked"
+BLOCKED_DESTINATION = "(blocked)"  # the destination its access-log entries name (stat's edge)
+_BLOCKED_SECTION = "blocked-"
+
+
+def blocked_section(mode: str) -> str:
+    """The name part of the blocked chain's section id: ``blocked-declared``."""
+    return _BLOCKED_SECTION + mode
+
+
+def blocked_mode(section: str) -> str | None:
+    """The passthrough mode of a blocked chain's section id string (None: not one)."""
+    last = section.rsplit("/", 1)[-1]
+    return last[len(_BLOCKED_SECTION):] if last.startswith(_BLOCKED_SECTION) and "/" in section else None
 
 
 def transparent_outbound(service: str, variant: str = "") -> str:
@@ -83,8 +100,30 @@ def service_cluster(service: str, subset: Mapping[str, str] | None = None) -> st
     return f"{service}_{parts}"
 
 
+def cluster_service(cluster: str) -> str:
+    """The service of a :func:`service_cluster` name (service names hold no '_')."""
+    return cluster.split("_", 1)[0]
+
+
+# A gateway's cluster names the mesh service it reaches in its metadata: the per-request stats
+# and the access logs of a gateway listener take their destination from it (a route decides).
+CLUSTER_SERVICE_META = ("meshline", "service")
+CLUSTER_SERVICE_FORMAT = "%CLUSTER_METADATA(meshline:service)%"
+
+
 def gateway_listener(port: int) -> str:
     return f"gateway_{port}"
+
+
+def gateway_certificate_secret(certificate: str) -> str:
+    """A gateway listener's certificate, served by the gateway's agent over SDS (from its
+    --certs-dir, ``<certificate>/tls.crt`` and ``tls.key``)."""
+    return f"gateway_cert_{certificate}"
+
+
+def gateway_chain(listener: str, hostname: str = "") -> str:
+    """One filter chain of a gateway listener (a Gateway listener section, maybe one SNI of it)."""
+    return f"{listener}_{hostname.replace('*', 'wildcard')}" if hostname else listener
 
 
 def passthrough_listener(proxy: str, port: int) -> str:
@@ -95,6 +134,16 @@ def passthrough_listener(proxy: str, port: int) -> str:
 def passthrough_cluster(service: str) -> str:
     """A zone proxy's cluster for one service: TCP to its instances, TLS left to the two sidecars."""
     return f"sni_{service}"
+
+
+def egress_gateway_listener(port: int) -> str:
+    """The egress gateway's one listener: mTLS from sidecars, a chain per ExternalService by SNI."""
+    return f"egress_{port}"
+
+
+def egress_sni(external_service: str, mesh: str) -> str:
+    """What a sidecar sends as SNI to the egress gateway for ExternalService ``external_service``."""
+    return f"{external_service}.{mesh}.external"
 
 
 def stat_prefix(name: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from meshline.core import versions
 from meshline.xds.cache import SnapshotCache
 from meshline.xds.snapshot import Snapshot
 from meshline.xds.status import StatusRegistry
@@ -149,6 +150,12 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
+def _agent_version(first: discovery_pb2.DiscoveryRequest) -> str | None:
+    """The agent's version from Envoy's node metadata (None: it sent none)."""
+    field = first.node.metadata.fields.get(versions.AGENT_VERSION_KEY)
+    return field.string_value if field is not None and field.WhichOneof("kind") == "string_value" else None
+
+
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(
         self,
@@ -157,7 +164,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         authorize: Authorizer | None = None,
         on_connect: Callable[[str], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
+        version: Callable[[], str] = versions.current,
     ) -> None:
+        self.version = version  # this control plane's, for the compatibility rule
         self.cache = cache
         self.status = status
         self.authorize = authorize
@@ -203,6 +212,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         node = stream.node_id
         if not node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+        agent_version = _agent_version(first)
+        refused = versions.refusal(self.version(), agent_version)
+        if refused is not None:
+            log.warning("refused the xDS stream of %s: %s", node, refused)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused)
         grant: Grant | None = None
         if self.authorize is not None:
             try:
@@ -245,6 +259,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 ended = True
                 wake.set()
 
+        self.status.get(node).agent_version = agent_version or versions.UNSENT
         self.status.connected(node)
         if self.on_connect is not None:
             self.on_connect(node)

@@ -147,3 +147,9 @@ class Snapshot:
 
     def versions(self) -> dict[str, str]:
         return {SHORT.get(t, t): s.version for t, s in self.slots.items()}
+
+    def versions_to_ack(self) -> dict[str, str]:
+        """The versions a sidecar ACKs once it runs this config. A by-name type left with no
+        resource (its last EDS cluster became a DNS one) is not among them: Envoy, watching
+        nothing of that type any more, takes the empty response without ACKing it."""
+        return {SHORT.get(t, t): s.version for t, s in self.slots.items() if s.resources or t not in BY_NAME}

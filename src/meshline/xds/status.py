@@ -36,6 +36,7 @@ class DataplaneStatus:
     streams: int = 0
     types: dict[str, TypeStatus] = field(default_factory=dict)
     nacks: int = 0
+    agent_version: str = ""  # what its agent reported (core/versions.py), "" until it connects
 
     def type(self, type_url: str) -> TypeStatus:
         return self.types.setdefault(SHORT.get(type_url, type_url), TypeStatus())
@@ -60,7 +61,7 @@ class DataplaneStatus:
         """Everything, losslessly (what the store keeps; :meth:`from_record` reads it back)."""
         return {
             "node": self.node_id, "connected": self.connected, "connectedAt": self.connected_at,
-            "disconnectedAt": self.disconnected_at, "nacks": self.nacks,
+            "disconnectedAt": self.disconnected_at, "nacks": self.nacks, "agentVersion": self.agent_version,
             "types": {name: vars(t).copy() for name, t in self.types.items()},  # all of TypeStatus's fields
         }  # fmt: skip
 
@@ -73,6 +74,7 @@ class DataplaneStatus:
             connected_at=float(rec.get("connectedAt", 0.0)),
             disconnected_at=float(rec.get("disconnectedAt", 0.0)),
             nacks=int(rec.get("nacks", 0)),
+            agent_version=str(rec.get("agentVersion", "")),
             types={
                 name: TypeStatus(**{k: v for k, v in t.items() if k in known})
                 for name, t in dict(rec.get("types") or {}).items()
@@ -88,6 +90,7 @@ class DataplaneStatus:
             "connectedAt": self.connected_at,
             "disconnectedAt": self.disconnected_at,
             "nacks": self.nacks,
+            "agentVersion": self.agent_version,
             "lastNack": {"version": nack.nack_version, "message": nack.nack, "at": nack.nack_at}
             if nack
             else None,

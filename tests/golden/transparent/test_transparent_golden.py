@@ -64,7 +64,8 @@ def test_the_outbound_listener_routes_vips_and_instances_and_passes_the_rest_thr
 def test_a_mesh_without_passthrough_refuses_other_destinations(tmp_path: Path) -> None:
     text = INPUT.read_text().replace("kind: Mesh\nname: default\n", "kind: Mesh\nname: default\nspec: {transparentProxy: {passthrough: false}}\n")
     result = render_named(load_resources(text), "web-1")
-    assert not _listener(result, names.TRANSPARENT_OUTBOUND_LISTENER).HasField("default_filter_chain")
+    # the old boolean still reads: false is "declared" (only mesh services and ExternalServices)
+    assert _listener(result, names.TRANSPARENT_OUTBOUND_LISTENER).default_filter_chain.name == names.BLOCKED_LISTENER
 
 
 def test_the_inbound_listener_takes_only_the_apps_ports_over_mtls_when_strict() -> None:

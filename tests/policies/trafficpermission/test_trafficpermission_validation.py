@@ -60,7 +60,7 @@ def test_destinations_may_use_any_tag() -> None:
 @pytest.mark.parametrize(
     ("rule", "path", "needle"),
     [
-        ({}, "spec.rules[0]", "set paths, methods or headers"),
+        ({}, "spec.rules[0]", "set paths, methods, headers or claims"),
         ({"paths": [{"prefix": "api"}]}, "spec.rules[0].paths[0].prefix", "must start with '/'"),
         (
             {"paths": [{"exact": "/a", "prefix": "/b"}]},

@@ -106,6 +106,7 @@ class DnsTable:
     """service -> VIP, as this sidecar was last told; ``changed`` is set on every new table."""
 
     vips: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)  # ExternalService host -> VIP
     vip_range: str = ""
     bare_names: bool = True
     received: bool = False
@@ -129,7 +130,11 @@ class DnsTable:
         vips = data.get("vips", {})
         if not isinstance(vips, dict):
             return
+        hosts = data.get("hosts", {})
+        if not isinstance(hosts, dict):
+            return
         self.vips = {str(k): str(v) for k, v in list(vips.items())[:MAX_NAMES]}
+        self.hosts = {str(k).lower(): str(v) for k, v in list(hosts.items())[:MAX_NAMES]}
         self.vip_range = str(data.get("range", ""))
         self.bare_names = bool(data.get("bare", True))
         self.received = True
@@ -138,8 +143,11 @@ class DnsTable:
 
     def lookup(self, name: str) -> tuple[bool, str | None]:
         """(is a mesh name, its VIP). ``orders.mesh`` is always a mesh name (unknown: no
-        address); bare ``orders`` only when it is a service and bare names are on."""
+        address); bare ``orders`` only when it is a service and bare names are on; the host of
+        an ExternalService (``api.example.com``) gets its VIP."""
         name = name.rstrip(".").lower()
+        if name in self.hosts:
+            return True, self.hosts[name]
         if name.endswith(".mesh"):
             return True, self.vips.get(name[: -len(".mesh")])
         if self.bare_names and name in self.vips:

@@ -62,3 +62,9 @@ def service_only_destinations(res: Resource) -> list[FieldProblem]:
                 )
             )
     return problems
+
+
+# Where JWTAuthentication leaves a verified token's claims (Envoy's jwt_authn filter, dynamic
+# metadata): TrafficPermission rules on claims read them there, never from a header a caller set.
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+JWT_PAYLOAD_KEY = "jwt_payload"

@@ -63,7 +63,9 @@ def add_cluster(section: OutboundSection, mesh: MeshSnapshot, service: str, tags
     """Make sure the section has the cluster (and endpoints) of ``service`` or its tag subset."""
     name = names.service_cluster(service, tags)
     if name not in section.clusters:
-        cluster, cla = service_cluster(mesh, service, dict(tags) or None)
+        explicit = section.section_id.role != "transparent-outbound"
+        cluster, cla = service_cluster(mesh, service, dict(tags) or None, explicit)
         section.clusters[name] = cluster
-        section.endpoints[name] = cla
+        if cla is not None:  # an ExternalService's cluster holds its own endpoints
+            section.endpoints[name] = cla
     return name

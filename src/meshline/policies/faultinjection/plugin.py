@@ -86,4 +86,5 @@ POLICY = PolicyKind(
     after=("TrafficPermission", "RateLimit"),
     mesh_checks=(ONE_PER_CALLER,),
     explains=frozenset({"fault"}),
+    on_gateway=True,  # faults on the gateway's service: what enters through it (chaos at the edge)
 )

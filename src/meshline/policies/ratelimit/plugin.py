@@ -235,4 +235,5 @@ POLICY = PolicyKind(
     after=("TrafficPermission",),
     mesh_checks=(ONE_PER_CALLER,),
     explains=frozenset({"rate-limit"}),
+    on_gateway=True,  # a limit on the gateway's service caps what enters through it
 )

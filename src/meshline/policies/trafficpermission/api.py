@@ -99,12 +99,31 @@ class HeaderMatch(Spec):
         return self
 
 
+_CLAIM_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}(\.[A-Za-z0-9_:-]{1,64}){0,4}$")
+
+
+class ClaimMatch(Spec):
+    """A claim of the request's verified JWT (a JWTAuthentication on the same proxy checked it):
+    ``name`` (nested claims as ``a.b``) equal to ``value``, or a list claim holding it."""
+
+    name: str
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _CLAIM_RE.match(v):
+            raise ValueError(f"'{v}' is not a claim name (letters, digits, _:-; nested claims as a.b)")
+        return v
+
+
 class HttpRule(Spec):
-    """Requests that match every field given; within a list, any entry matches."""
+    """Requests that match every field given; within a list, any entry matches (claims: all)."""
 
     paths: list[PathMatch] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=list)
     headers: list[HeaderMatch] = Field(default_factory=list)
+    claims: list[ClaimMatch] = Field(default_factory=list)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -122,8 +141,8 @@ class HttpRule(Spec):
 
     @model_validator(mode="after")
     def _not_empty(self) -> HttpRule:
-        if not (self.paths or self.methods or self.headers):
-            raise ValueError("set paths, methods or headers; leave out `rules` to match every request")
+        if not (self.paths or self.methods or self.headers or self.claims):
+            raise ValueError("set paths, methods, headers or claims; leave out `rules` to match every request")
         return self
 
 

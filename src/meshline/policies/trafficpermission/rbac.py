@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.rbac.v3.rbac_pb2 import Principal
 from envoy.config.route.v3 import route_components_pb2
-from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
-from meshline.policies.trafficpermission.api import HeaderMatch, HttpRule, PathMatch
+from meshline.policies.common.fields import JWT_FILTER, JWT_PAYLOAD_KEY
+from meshline.policies.trafficpermission.api import ClaimMatch, HeaderMatch, HttpRule, PathMatch
 from meshline.policies.trafficpermission.decision import Clause, ordered
 from meshline.xds import names
 
@@ -135,12 +136,25 @@ def _header(name: str, h: HeaderMatch | None = None, exact: str | None = None) -
     return leaf(Principal(header=m))
 
 
+def _claim(c: ClaimMatch) -> Expr:
+    """The verified token's claim (jwt_authn's payload in dynamic metadata): a string equal to the
+    value, or a list holding it. A request without a verified token has no payload: no match."""
+    path = [metadata_pb2.MetadataMatcher.PathSegment(key=k) for k in (JWT_PAYLOAD_KEY, *c.name.split("."))]
+
+    def on(value: value_pb2.ValueMatcher) -> Expr:
+        return leaf(Principal(metadata=metadata_pb2.MetadataMatcher(filter=JWT_FILTER, path=path, value=value)))
+
+    exact = value_pb2.ValueMatcher(string_match=_string(exact=c.value))
+    return any_of([on(exact), on(value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=exact)))])
+
+
 def _rule(rule: HttpRule) -> Expr:
     return all_of(
         [
             any_of(_path(p) for p in rule.paths) if rule.paths else TRUE,
             any_of(_header(":method", exact=m) for m in rule.methods) if rule.methods else TRUE,
             *(_header(h.name, h) for h in rule.headers),
+            *(_claim(c) for c in rule.claims),
         ]
     )
 

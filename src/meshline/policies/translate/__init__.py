@@ -16,6 +16,12 @@ from meshline.core.resource import KindRegistry, Resource
 from meshline.policies.translate.common import KnownServices
 from meshline.policies.translate.gateway import GROUP as GATEWAY_GROUP
 from meshline.policies.translate.gateway import is_gateway_route, translate_gateway_route
+from meshline.policies.translate.gateway_api import (
+    is_gateway,
+    is_gateway_attached_route,
+    translate_attached_route,
+    translate_gateway,
+)
 from meshline.policies.translate.smi import is_traffic_split, translate_traffic_split
 
 if TYPE_CHECKING:
@@ -34,6 +40,11 @@ def known_services(resources_of: Callable[[str], Mapping[Any, Resource]]) -> Kno
 
 
 def translators(kinds: KindRegistry, known: KnownServices) -> list[Translator]:
+    def ingress(doc: dict[str, Any]) -> list[Resource] | None:
+        if is_gateway(doc):
+            return translate_gateway(doc, kinds, known)
+        return translate_attached_route(doc, kinds, known) if is_gateway_attached_route(doc) else None
+
     def gateway(doc: dict[str, Any]) -> list[Resource] | None:
         return translate_gateway_route(doc, kinds, known) if is_gateway_route(doc) else None
 
@@ -44,13 +55,13 @@ def translators(kinds: KindRegistry, known: KnownServices) -> list[Translator]:
         api = doc.get("apiVersion")
         group = api.split("/", 1)[0] if isinstance(api, str) else ""
         if group.endswith(".smi-spec.io") or group == GATEWAY_GROUP:
-            what = "HTTPRoute and GRPCRoute" if group == GATEWAY_GROUP else "split.smi-spec.io TrafficSplit"
+            what = "Gateway, HTTPRoute, GRPCRoute, TLSRoute and TCPRoute" if group == GATEWAY_GROUP else "split.smi-spec.io TrafficSplit"
             raise ValidationError([FieldProblem(
                 "kind", f"{api} {doc.get('kind')} cannot be translated; Meshline accepts {what} from this API"
             )])
         return None
 
-    return [gateway, smi, unsupported]
+    return [ingress, gateway, smi, unsupported]
 
 
 def install(ctx: ControlPlaneContext) -> None:

@@ -104,7 +104,7 @@ def _no_others(t: Translation, m: Mapping[str, Any], path: str, known: set[str])
         t.refuse(f"{path}.{key}", "is not supported by Meshline's translation; remove it")
 
 
-def _backend_ref(t: Translation, ref: Any, path: str, parents: list[str]) -> dict[str, Any] | None:
+def backend_ref(t: Translation, ref: Any, path: str, parents: list[str]) -> dict[str, Any] | None:
     ref = as_mapping(ref, path, t)
     if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core"):
         t.refuse(f"{path}.kind", f"'{ref.get('kind')}' backends are not supported; refer to a Service")
@@ -143,7 +143,7 @@ def _path_modifier(t: Translation, value: Any, path: str) -> dict[str, Any]:
 
 def _mirror(t: Translation, value: Any, path: str, parents: list[str]) -> dict[str, Any] | None:
     m = as_mapping(value, path, t)
-    target = _backend_ref(t, m.get("backendRef"), f"{path}.backendRef", parents)
+    target = backend_ref(t, m.get("backendRef"), f"{path}.backendRef", parents)
     if target is None:
         return None
     percent: float = 100.0
@@ -213,7 +213,7 @@ def _timeouts(t: Translation, value: Any, path: str, rule: dict[str, Any]) -> No
         t.refuse(f"{path}.backendRequest", "per-attempt timeouts are not translated; use a Meshline Retry/Timeout policy")
 
 
-def _rule(t: Translation, r: Any, path: str, parents: list[str], grpc: bool) -> dict[str, Any]:
+def rule(t: Translation, r: Any, path: str, parents: list[str], grpc: bool) -> dict[str, Any]:
     r = as_mapping(r, path, t)
     for key, fix in _UNSUPPORTED_RULE_FIELDS.items():
         if key in r:
@@ -228,7 +228,7 @@ def _rule(t: Translation, r: Any, path: str, parents: list[str], grpc: bool) -> 
         _timeouts(t, r["timeouts"], f"{path}.timeouts", rule)
     backends = []
     for k, ref in enumerate(as_list(r.get("backendRefs"), f"{path}.backendRefs", t)):
-        b = _backend_ref(t, ref, f"{path}.backendRefs[{k}]", parents)
+        b = backend_ref(t, ref, f"{path}.backendRefs[{k}]", parents)
         if b is not None:
             b["weight"] = as_mapping(ref, "", t).get("weight", 1)
             backends.append(b)
@@ -250,7 +250,7 @@ def translate_gateway_route(doc: Mapping[str, Any], kinds: KindRegistry, known: 
     if spec.get("hostnames"):
         t.refuse("spec.hostnames", "routes inside the mesh apply to a Service, not to hostnames; remove hostnames")
     parents = _parents(t, spec)
-    rules = [_rule(t, r, f"spec.rules[{i}]", parents, grpc) for i, r in enumerate(as_list(spec.get("rules"), "spec.rules", t))]
+    rules = [rule(t, r, f"spec.rules[{i}]", parents, grpc) for i, r in enumerate(as_list(spec.get("rules"), "spec.rules", t))]
     if not rules:
         rules = [{"backends": [{"service": p} for p in parents]}] if parents else []
     for key in sorted(set(spec) - {"parentRefs", "hostnames", "rules"}):
