@@ -111,3 +111,25 @@ def test_the_stream_filter_keeps_failures_and_samples_successes() -> None:
     assert sampled.or_filter.filters[-1].runtime_filter.percent_sampled.numerator == 50_000
     none = envoy_config.stream_filter(0)
     assert none is not None and len(none.or_filter.filters) == 4  # no runtime sampling at all
+
+
+def test_a_count_waits_for_its_latencies_but_not_for_ever() -> None:
+    from meshline.agent.signals import HOLD_S, SignalReporter
+
+    reporter = SignalReporter()
+    counted_first = read(envoy_doc(3, [(590, 10, 2)]))  # Envoy merges histograms a flush later
+    ready, through = reporter._with_latencies(counted_first, NOW)
+    [row] = delta(ready, Totals())
+    assert row["count"] == 2 and through < NOW  # what it posts holds only the requests with latencies
+    reporter.acked = ready
+    merged = read(envoy_doc(3, [(590, 10, 3)]))
+    ready, through = reporter._with_latencies(merged, NOW + 0.5)
+    [row] = delta(ready, reporter.acked)
+    assert row["count"] == 1 and through == NOW + 0.5
+    reporter.acked = ready
+    never_timed = read(envoy_doc(4, [(590, 10, 3)]))  # a request the caller gave up on has no latency
+    ready, _ = reporter._with_latencies(never_timed, NOW + 1)
+    assert delta(ready, reporter.acked) == []
+    ready, through = reporter._with_latencies(never_timed, NOW + 1 + HOLD_S)
+    [row] = delta(ready, reporter.acked)
+    assert row["count"] == 1 and through == NOW + 1 + HOLD_S

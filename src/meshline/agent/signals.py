@@ -43,6 +43,7 @@ log = logging.getLogger("meshline.agent.signals")
 # Like the access-log flush (500 ms): a tap line waits until its request is in `stat`.
 INTERVAL_S = 0.5
 ADMIN_TIMEOUT_S = 3.0
+HOLD_S = 2.0  # at most this long a count waits for its latencies (Envoy merges them every second)
 # stat name prefix -> (is a counter, the pair added to its labels: which scope)
 PREFIXES = {
     f"{m.SCOPE}.{m.REQUESTS}.": (True, ()),
@@ -156,6 +157,10 @@ class SignalReporter:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._last_error = 0.0
+        self._through = 0.0  # the last accepted post's "through"
+        self._scraped = 0.0  # when Envoy was last read
+        self._held: dict[Labels, tuple[float, float]] = {}  # counts waiting for latencies: since, scrape before
+        self._untimed: dict[Labels, int] = {}  # requests counted that never got a latency (abandoned)
 
     async def start(self, config: AgentConfig) -> None:
         from meshline.agent.api import AgentApi
@@ -188,13 +193,14 @@ class SignalReporter:
         """Read Envoy's totals and post what changed; False when either failed (the next
         flush sends it)."""
         async with self._lock:
-            through = time.time()  # the clock of Envoy's access-log entries (same host)
+            scraped = time.time()  # the clock of Envoy's access-log entries (same host)
             now = await self._read()
             if now is None:
                 return False
-            rows = delta(now, self.acked)
-            if not rows:
-                self.acked = now
+            ready, through = self._with_latencies(now, scraped)
+            rows = delta(ready, self.acked)
+            if not rows and through <= self._through:
+                self.acked = ready
                 return True
             assert self._api is not None
             try:
@@ -204,9 +210,36 @@ class SignalReporter:
                     self._last_error = time.monotonic()
                     log.warning("reporting request counters failed (retrying every %.0fs): %s", self.interval, err)
                 return False
-            self.acked = now
+            self.acked, self._through = ready, through
             self.posted += sum(r["count"] for r in rows)
             return True
+
+    def _with_latencies(self, now: Totals, scraped: float) -> tuple[Totals, float]:
+        """``now`` with each count held back to what its latency histogram already holds.
+
+        Envoy counts a request when it ends but merges histograms on its next stats flush
+        (within a second): posting the count first would show requests without latencies
+        (a p50 of nothing). A count waits for its latencies at most :data:`HOLD_S` (a request
+        the caller abandoned has none). Returns the totals to post and the time up to which
+        they hold every request that ended (the last scrape before the oldest wait)."""
+        counts = dict(now.counts)
+        through = scraped
+        for labels, count in now.counts.items():
+            # requests that will never have a latency (given up on before) do not hold others
+            timed = sum(now.bins.get(labels, {}).values()) + self._untimed.get(labels, 0)
+            if count <= timed:
+                self._held.pop(labels, None)
+                continue
+            since, before = self._held.setdefault(labels, (scraped, self._scraped))
+            if scraped - since >= HOLD_S:
+                self._untimed[labels] = count - timed + self._untimed.get(labels, 0)
+                self._held.pop(labels, None)
+                continue
+            prior = self.acked.counts.get(labels, 0)
+            counts[labels] = min(count, max(timed, prior)) if count >= prior else min(count, timed)
+            through = min(through, before)
+        self._scraped = scraped
+        return Totals(counts=counts, bins=now.bins), through
 
     async def _read(self) -> Totals | None:
         try:

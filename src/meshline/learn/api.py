@@ -93,6 +93,7 @@ class LearnApi:
     async def _suggest(self, request: web.Request) -> web.StreamResponse:
         mesh = request.match_info["mesh"]
         intake = self._telemetry(mesh, request)
+        await intake.settled(mesh, timeout=5.0)  # the sidecars' counters include the requests their entries showed
         since = _since(request)
         mode = request.query.get("mode", "") or "enforce"
         if mode not in ("enforce", "dry-run"):

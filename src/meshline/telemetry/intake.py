@@ -372,6 +372,9 @@ class TelemetryIntake:
         self.meshes: dict[str, MeshTelemetry] = {}
         # (mesh, dataplane) -> when its sidecar last read the counters it reported (telemetry.signals)
         self.signals_through: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # (mesh, dataplane) -> the end of its latest counted entry (telemetry.signals): counters
+        # that do not reach it yet are behind what the entries show (see settled)
+        self.entries_through: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.subscriptions: list[Subscription] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -422,7 +425,9 @@ class TelemetryIntake:
         if denial is not None:
             m.denials.add(denial, r.time)  # what `permissions report` reads
         if is_counted(r):
-            if not r.signals:
+            if r.signals:
+                self._note_entry(r)
+            else:
                 m.count(r)
                 if r.direction != OUTBOUND:
                     m.count_callee(r)
@@ -449,6 +454,26 @@ class TelemetryIntake:
         waiting = m.pending.pop(key, None) if r.request_id else None
         if waiting is not None:
             self._publish_counted(m, waiting.record)
+
+    async def settled(self, mesh: str, timeout: float = SIGNALS_WAIT_S) -> None:
+        """Wait (bounded) until every sidecar's counters include the requests its streamed
+        entries showed: a view built from both (`permissions suggest`, `stat` after a tap)
+        then agrees with what was seen."""
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            behind = [k for k, end in self.entries_through.items()
+                      if k[0] == mesh and self.signals_through.get(k, 0.0) < end]
+            if not behind:
+                return
+            await asyncio.sleep(0.02)
+
+    def _note_entry(self, r: LogRecord) -> None:
+        key = (r.mesh, r.dataplane)
+        end = r.time + r.duration_ms / 1000 + SIGNALS_MARGIN_S
+        self.entries_through.pop(key, None)
+        self.entries_through[key] = max(end, self.entries_through.get(key, 0.0))
+        while len(self.entries_through) > MAX_SIGNAL_SOURCES:
+            self.entries_through.popitem(last=False)
 
     def _covered(self, r: LogRecord) -> bool:
         """Whether ``r``'s sidecar has reported counters read after ``r`` ended (same host clock)."""

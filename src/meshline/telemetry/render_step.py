@@ -53,9 +53,12 @@ def _enabled(spec: MeshSpec) -> bool:
 
 
 def _watched(mesh: MeshSnapshot, *services: str) -> bool:
-    """A live tap watches one of these services (or the whole mesh): stream every entry."""
+    """A live tap watches one of these services (or the whole mesh): stream every entry
+    (nothing to mark when the mesh streams every success anyway)."""
     watched = mesh.watched
-    return bool(watched) and (WATCH_ALL in watched or any(s in watched for s in services))
+    if not watched or mesh.spec.logging.successes >= 100:
+        return False
+    return WATCH_ALL in watched or any(s in watched for s in services)
 
 
 def _services(tag_sets: tuple[Mapping[str, str], ...]) -> str:
