@@ -7,6 +7,8 @@ import asyncio
 import socket
 import struct
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -123,3 +125,35 @@ def test_host_resolvers_come_from_resolv_conf(tmp_path: Path) -> None:
     conf.write_text("# x\nsearch example.test\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\n")
     assert host_resolvers(conf) == ["10.0.0.53", "fe80::1"]
     assert host_resolvers(tmp_path / "missing") == ["127.0.0.1"]
+
+
+async def test_a_handed_over_server_keeps_its_port_and_a_query_meanwhile_is_answered_not_refused() -> None:
+    """What an upgrade does (DnsService.hand_over, then take_over in the new program): the
+    sockets stay bound across the gap, so a query waits in the queue instead of being refused."""
+    from meshline.agent.capture.lifecycle import DnsService
+    from meshline.agent.config import AgentConfig
+
+    table = DnsTable()
+    table.update('{"range": "240.240.0.0/16", "bare": true, "vips": {"orders": "240.240.0.10"}}')
+    old = DnsServer(table, 0, upstreams=[])
+    await old.start()
+    port = old.port
+    service = DnsService(table)
+    service.servers.append(old)
+    handed = await service.hand_over()
+    assert list(handed["sockets"]) == ["127.0.0.1"] and handed["table"]
+    # in the gap: nobody answers, but the port is bound (a closed one would be refused at once)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("127.0.0.1", port))
+        s.send(query("orders.mesh", qid=9))
+        new = DnsService(DnsTable())  # the new program's: an empty table until it takes over
+        new.take_over(handed)
+        # what start reads of the agent's config
+        await new.start(cast(AgentConfig, SimpleNamespace(transparent=SimpleNamespace(dns_port=port, ipv6=False))))
+        try:
+            s.settimeout(5)
+            reply = await asyncio.get_running_loop().run_in_executor(None, s.recv, 512)
+            assert answer_of(reply) == (9, 0, ["240.240.0.10"])  # the queued query, from the carried table
+            assert answer_of(await _tcp(port, query("orders.mesh"))) == (0x1234, 0, ["240.240.0.10"])
+        finally:
+            await new.stop()

@@ -187,6 +187,7 @@ class Agent:
         self._upgrading: asyncio.Task[None] | None = None
         self._retiring: asyncio.Task[None] | None = None
         self._replaced: Envoy | None = None  # the Envoy a hot restart replaced, until it exits
+        self._handed: dict[str, Any] = {}  # what local services hand the new program (see _pause_for_handover)
         self.ready_once = asyncio.Event()
         self._api = api
         self._own_api = api is None
@@ -400,9 +401,6 @@ class Agent:
         command = handoff.new_command(program)
         handoff.write_status(cfg.work_dir, "preparing", f"checking {command[0]}")
         try:
-            if self.capture is not None:
-                raise MeshlineError("upgrading a transparent-mode sidecar in place is not supported yet;"
-                                    " stop it gracefully and start the new version")  # fmt: skip
             version = await self._preflight(program or handoff.own_program())
             await self._check_served(version)
         except MeshlineError as err:
@@ -430,6 +428,8 @@ class Agent:
             xds_tls=cfg.xds_tls,
             xds_ca_file=str(cfg.xds_ca_file) if cfg.xds_ca_file else None,
             xds_source=cfg.xds_source,
+            capture=self.capture.hand_over() if self.capture is not None else None,
+            services=self._handed,
         )
         path = handoff.write_state(cfg.work_dir, state)
         handoff.write_status(cfg.work_dir, "exec", f"starting meshline {version}", pid=os.getpid(),
@@ -492,9 +492,14 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self._handed = {}
         for svc in reversed(self._started_services):
+            hand_over = getattr(svc, "hand_over", None)  # a service that keeps its sockets across the exec
             try:
-                await svc.stop()
+                if hand_over is not None:
+                    self._handed[svc.name] = await hand_over()
+                else:
+                    await svc.stop()
             except Exception as err:  # the exec closes what is left anyway
                 self.report(f"stopping {svc.name} failed: {err}")
         self._started_services.clear()
@@ -521,6 +526,8 @@ class Agent:
             self.app = process.Adopted(st.app_pid)
         old = Envoy.adopt(cfg, binary, st.envoy_pid, st.envoy_epoch, st.envoy_base_id) if st.envoy_pid else None
         self.envoy = old  # until its successor is ready: a stop meanwhile stops this one
+        if self.capture is not None:  # the old program's rules, to the same ports (before any service starts)
+            self.capture.take_over(st.capture)
         self.report(f"took over dataplane {cfg.name} from meshline {st.from_version} (pid {os.getpid()} kept;"
                     f" app pid {st.app_pid}, Envoy pid {st.envoy_pid})")  # fmt: skip
         self._ready_for_traffic = st.ready_for_traffic
@@ -536,6 +543,18 @@ class Agent:
             await self._until_stopped(svc.start(cfg))
             self._started_services.append(svc)
             self.report(f"xDS proxy up {max(0.0, time.time() - st.started_at):.1f}s after the old program handed over")
+        # Then what handed its sockets over (mesh DNS): queries wait in their queues until then.
+        for svc in first:
+            take_over = getattr(svc, "take_over", None)
+            if take_over is not None and svc.name in st.services and svc not in self._started_services:
+                handed = st.services[svc.name]
+                take_over(handed)
+                await self._until_stopped(svc.start(cfg))
+                self._started_services.append(svc)
+                since = handed.get("stopped_at") if isinstance(handed, dict) else None
+                since = since if isinstance(since, (int, float)) else st.started_at
+                self.report(f"{svc.name} answering again {max(0.0, time.time() - since):.2f}s after the old"
+                            " program stopped answering")  # fmt: skip
         self.phase = Phase.REGISTERING
         self._make_api()
         assert self._api is not None

@@ -57,6 +57,11 @@ class HandoffState:
     xds_tls: bool | None = None
     xds_ca_file: str | None = None
     xds_source: str = ""
+    # transparent mode: the capture rules stay installed across the exec (see Capture.hand_over)
+    capture: dict[str, Any] | None = None
+    # what local services hand over (name -> state), e.g. mesh DNS's bound sockets (their fds
+    # are inherited by the exec) and its table
+    services: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
 

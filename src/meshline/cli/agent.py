@@ -290,7 +290,13 @@ def _takeover(opts: dict[str, Any]) -> tuple[dict[str, Any], HandoffState | None
     state = take_state(os.environ)
     if state is None:
         return opts, None
-    return {**opts, "inbound_port": state.inbound_port, "metrics_port": state.metrics_port or 0}, state
+    opts = {**opts, "inbound_port": state.inbound_port, "metrics_port": state.metrics_port or 0}
+    if state.capture and opts.get("transparent"):  # the ports the rules left installed redirect to
+        for key in ("outbound_capture_port", "inbound_capture_port", "dns_port"):
+            port = state.capture.get(key.replace("_capture", ""))
+            if isinstance(port, int):
+                opts[key] = port
+    return opts, state
 
 
 def _run_agent(config: AgentConfig, command: list[str] | None, takeover: HandoffState | None = None) -> int:

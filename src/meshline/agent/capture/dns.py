@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections.abc import Coroutine
@@ -141,10 +142,22 @@ class DnsServer:
         self._tcp_clients = 0
         self.answered = 0  # mesh names answered
         self.forwarded = 0
+        self.inherited: tuple[int, int] | None = None  # (udp, tcp) fds an upgrade handed over
 
     async def start(self) -> None:
         """Listen on UDP and TCP at one port; port 0 picks a free one for both (tests)."""
         loop = asyncio.get_running_loop()
+        if self.inherited is not None:  # the sockets the old program bound: queries queued meanwhile are answered
+            udp_fd, tcp_fd = self.inherited
+            self.inherited = None
+            udp = socket.socket(fileno=udp_fd)
+            tcp = socket.socket(fileno=tcp_fd)
+            for s in (udp, tcp):
+                s.set_inheritable(False)
+                s.setblocking(False)
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
+            self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp)
+            return
         for attempt in range(20 if self.port == 0 else 1):
             transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.address, self.port))
             port = int(transport.get_extra_info("sockname")[1])
@@ -157,6 +170,22 @@ class DnsServer:
                 continue  # another process holds that TCP port: try another
             self._udp, self.port = transport, port
             return
+
+    async def detach(self) -> tuple[int, int] | None:
+        """Stop serving but keep the bound sockets open and inheritable across an exec
+        (``(udp fd, tcp fd)``): the port never closes, so a query during the upgrade waits in
+        the socket's queue instead of being refused (a refusal fails the app's lookup at once)."""
+        if self._udp is None or self._tcp is None:
+            await self.stop()
+            return None
+        fds = []
+        for sock in (self._udp.get_extra_info("socket"), self._tcp.sockets[0]):
+            fd = os.dup(sock.fileno())
+            os.set_inheritable(fd, True)
+            fds.append(fd)
+        await self.stop()
+        self.inherited = (fds[0], fds[1])
+        return self.inherited
 
     async def stop(self) -> None:
         if self._udp is not None:

@@ -141,6 +141,10 @@ class DnsTable:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    def snapshot(self) -> str:
+        """The table as :meth:`update` reads it (what an upgrade hands the new program)."""
+        return json.dumps({"vips": self.vips, "hosts": self.hosts, "range": self.vip_range, "bare": self.bare_names})
+
     def lookup(self, name: str) -> tuple[bool, str | None]:
         """(is a mesh name, its VIP). ``orders.mesh`` is always a mesh name (unknown: no
         address); bare ``orders`` only when it is a service and bare names are on; the host of

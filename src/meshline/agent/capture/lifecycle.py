@@ -21,8 +21,10 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from meshline.agent.capture import install
 from meshline.agent.capture.dns import DnsServer
@@ -182,6 +184,33 @@ class Capture:
                 f"{vip_range} dev <your interface>`"
             )
 
+    def hand_over(self) -> dict[str, Any]:
+        """Before an upgrade's exec: the rules stay installed (this pid owns them still). The
+        new program is given the ports they redirect to (its Envoy listeners and DNS must be
+        exactly there) and the app's group (this process is in the proxy group by now)."""
+        return {"original_gid": self.original_gid, "outbound_port": self.rules.outbound_port,
+                "inbound_port": self.rules.inbound_port, "dns_port": self.rules.dns_port or 0}  # fmt: skip
+
+    def take_over(self, state: dict[str, Any] | None) -> None:
+        """In the program an upgrade started: keep the rules the old program left when they
+        are exactly these (same ports; nothing is removed, so no connection misses capture),
+        else install these in their place. Either way they are this pid's, removed at its stop."""
+        state = state or {}
+        if isinstance(state.get("original_gid"), int):
+            self.original_gid = state["original_gid"]
+        with contextlib.suppress(PermissionError):  # kept across the exec; set again to be sure
+            os.setgid(self.options.proxy_gid)
+        found = install.read_state(self.state_dir)
+        present = install.nft_installed() or install.iptables_installed(4)
+        if found is not None and present and found.owner_pid == os.getpid() and found.config == self.rules:
+            self.installed = True
+            self.report(f"capture rules kept ({found.backend}): outbound -> :{self.rules.outbound_port},"
+                        f" inbound -> :{self.rules.inbound_port}"
+                        + (f", DNS -> :{self.rules.dns_port}" if self.rules.dns_port else ""))  # fmt: skip
+            return
+        self.report("the capture rules the old program left differ from this version's; replacing them")
+        self.install()
+
     def remove(self) -> None:
         if not self.installed:
             return
@@ -204,6 +233,29 @@ class DnsService:
         self.table = table
         self.resolv_conf = resolv_conf
         self.servers: list[DnsServer] = []
+        self.inherited: dict[str, tuple[int, int]] = {}  # address -> (udp, tcp) fds, from an upgrade
+
+    async def hand_over(self) -> dict[str, Any]:
+        """Before an upgrade's exec: stop answering, keep the sockets (inheritable) and hand
+        them over with the table, so the new program answers on the very same port at once
+        (the capture rules redirect there) and from the names the old one knew."""
+        sockets = {}
+        for server in self.servers:
+            fds = await server.detach()
+            if fds is not None:
+                sockets[server.address] = fds
+        self.servers.clear()
+        self.inherited = dict(sockets)
+        return {"table": self.table.snapshot() if self.table.received else None, "stopped_at": time.time(),
+                "sockets": {address: list(fds) for address, fds in sockets.items()}}  # fmt: skip
+
+    def take_over(self, state: dict[str, Any]) -> None:
+        """In the program an upgrade started: what :meth:`hand_over` left (before :meth:`start`)."""
+        if isinstance(state.get("table"), str):
+            self.table.update(state["table"])
+        for address, fds in (state.get("sockets") or {}).items():
+            if isinstance(fds, list) and len(fds) == 2 and all(isinstance(fd, int) for fd in fds):
+                self.inherited[str(address)] = (fds[0], fds[1])
 
     async def start(self, config: AgentConfig) -> None:
         from meshline.agent.capture.dns import host_resolvers
@@ -215,6 +267,7 @@ class DnsService:
         upstreams = host_resolvers(self.resolv_conf)  # the host's resolver as it is now
         for address in ("127.0.0.1", *(("::1",) if t.ipv6 else ())):
             server = DnsServer(self.table, t.dns_port, address=address, upstreams=upstreams)
+            server.inherited = self.inherited.pop(address, None)
             try:
                 await server.start()
             except OSError as err:
@@ -228,3 +281,8 @@ class DnsService:
         for server in self.servers:
             await server.stop()
         self.servers.clear()
+        for fds in self.inherited.values():  # handed over but never taken up
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.inherited.clear()
