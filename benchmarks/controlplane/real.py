@@ -131,7 +131,7 @@ def _first_request_through_demo(port: int) -> bool:
 
 def meshline_up(procs: ProcessGroup, workdir: Path, timeout: float = 120) -> float:
     """Seconds from running ``meshline up`` to the demo's first answer through web -> orders -> inventory."""
-    web = free_ports(4)  # web and the demo apps at web+1..web+3
+    web = free_ports(5)  # the demo gateway on web, the apps at web+1..web+4
     base = free_ports(3)  # orders' outbound ports at base+1, base+2
     argv = mesh.meshline_argv(
         "up", "--port", str(web), "--outbound-base", str(base), "--data-dir", str(workdir / "up"),
