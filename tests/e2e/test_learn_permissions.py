@@ -195,7 +195,9 @@ def test_enforcing_mesh_report_groups_denials_by_rule(harness: MeshHarness, obse
 
     wait_until(lambda: sum(r["requests"] for r in rows()) >= 3, 20, what="the denials in the report")
     assert {(r["policy"], r["destination"], r["path"]) for r in rows()} == {("mesh_default", "orders", "/x")}
-    # The missing rule, one command away: that edge alone, its refused paths included.
+    # The missing rule, one command away: that edge alone, its refused paths included (once
+    # the sidecars' counters, which the suggestion reads, have the edge).
+    wait_until(lambda: ("legacy", "orders") in observed_requests(harness, mesh), 20, what="legacy -> orders counted")
     data = suggestion(harness, mesh, includeDenied="true", l7="true", only="legacy->orders")
     [doc] = data["documents"]
     assert doc["name"] == "learned-legacy-to-orders"
