@@ -20,7 +20,6 @@ keep-alive connections; TLS handshakes happen once per connection.
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -93,25 +92,13 @@ def handwritten_bootstrap(address: str, port: int, cert: Path, key: Path, upstre
     """)
 
 
-def _wrk_in(host_ns: str, url: str, seconds: float, connections: int) -> wrk.WrkResult:
-    binary = tools.require("wrk")
-    out = ""
-    for attempt in range(1, 6):  # Debian's wrk sometimes segfaults at start
-        done = subprocess.run(["ip", "netns", "exec", host_ns, binary, "-t1", f"-c{connections}", f"-d{seconds:g}s",
-                               "--latency", url], capture_output=True, text=True, timeout=seconds + 60)  # fmt: skip
-        out = done.stdout
-        if done.returncode == 0 and "Requests/sec" in out:
-            return wrk.parse(out, attempt)
-    raise wrk.WrkError(f"wrk failed in {host_ns}: {out[-500:]}")
-
-
 def _rounds(ns: str, urls: dict[str, str], rounds: int, seconds: float,
             progress: Progress) -> dict[str, dict[str, list[float]]]:  # fmt: skip
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in urls}
     for r in range(rounds):
         for path, url in urls.items():
-            c16 = _wrk_in(ns, url, seconds, 16)
-            c1 = _wrk_in(ns, url, max(1, int(seconds) // 2), 1)
+            c16 = wrk.run_in_netns(ns, url, seconds, 16)
+            c1 = wrk.run_in_netns(ns, url, max(1, int(seconds) // 2), 1)
             if c16.non_2xx or c16.socket_errors:
                 raise RuntimeError(f"{path}: {c16.non_2xx} non-2xx, {c16.socket_errors} socket errors")
             s = samples[path]
@@ -167,7 +154,7 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
     assert front.alive(), front.log()
     progress("both front proxies answer; warming up")
     for url in urls.values():
-        _wrk_in(hosts["cli"].ns, url, 1, 4)
+        wrk.run_in_netns(hosts["cli"].ns, url, 1, 4)
     figures: dict[str, float] = {"rounds": float(rounds), "seconds": seconds}
     all_samples: dict[str, dict[str, list[float]]] = {}
     # Phase 1: the mesh's defaults (every request's access log streamed to the control plane,
@@ -176,7 +163,7 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
         if prefix:
             mesh.apply('{"kind": "Mesh", "name": "default", "spec": {"mtls": {"mode": "disabled"},'
                        ' "logging": {"stream": false}}}', wait=True)  # fmt: skip
-            _wrk_in(hosts["cli"].ns, urls["gateway"], 1, 4)
+            wrk.run_in_netns(hosts["cli"].ns, urls["gateway"], 1, 4)
         progress(f"phase: {phase}")
         samples = _rounds(hosts["cli"].ns, urls, rounds, seconds, progress)
         all_samples.update({prefix + k: v for k, v in samples.items()})

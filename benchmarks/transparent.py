@@ -18,7 +18,6 @@ behaviour under overload, which the data-plane scenarios measure with the open-l
 from __future__ import annotations
 
 import statistics
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,18 +34,6 @@ http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fast
         server {{ listen 0.0.0.0:8080; location / {{ return 200 "ok\\n"; }} }} }}
 """
 METRICS = ("rps", "c1_p50_ms", "c16_p50_ms", "c16_p90_ms", "c16_p99_ms")
-
-
-def _wrk_in(host_ns: str, url: str, seconds: float, connections: int) -> wrk.WrkResult:
-    binary = tools.require("wrk")
-    out = ""
-    for attempt in range(1, 6):  # Debian's wrk sometimes segfaults at start
-        done = subprocess.run(["ip", "netns", "exec", host_ns, binary, "-t1", f"-c{connections}", f"-d{seconds:g}s",
-                               "--latency", url], capture_output=True, text=True, timeout=seconds + 60)  # fmt: skip
-        out = done.stdout
-        if done.returncode == 0 and "Requests/sec" in out:
-            return wrk.parse(out, attempt)
-    raise wrk.WrkError(f"wrk failed in {host_ns}: {out[-500:]}")
 
 
 def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
@@ -79,11 +66,11 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
             "transparent": (hosts["client-t"].ns, f"http://{vip}/")}  # fmt: skip
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in urls}
     for ns, url in urls.values():  # warm both paths (connections, clusters)
-        _wrk_in(ns, url, 1, 4)
+        wrk.run_in_netns(ns, url, 1, 4)
     for r in range(rounds):
         for mode, (ns, url) in urls.items():
-            c16 = _wrk_in(ns, url, seconds, 16)
-            c1 = _wrk_in(ns, url, max(1.0, seconds / 2), 1)
+            c16 = wrk.run_in_netns(ns, url, seconds, 16)
+            c1 = wrk.run_in_netns(ns, url, max(1.0, seconds / 2), 1)
             if c16.non_2xx or c16.socket_errors:
                 raise RuntimeError(f"{mode}: {c16.non_2xx} non-2xx, {c16.socket_errors} socket errors")
             s = samples[mode]

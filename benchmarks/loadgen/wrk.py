@@ -85,3 +85,16 @@ def run(
         if proc.returncode not in (-11, 139):  # anything but the known SIGSEGV is an error
             break
     raise WrkError(f"wrk failed: {last}")
+
+
+def run_in_netns(host_ns: str, url: str, seconds: float, connections: int) -> WrkResult:
+    """One wrk run (one thread, keep-alive connections) from inside a test host's namespace."""
+    binary = tools.require("wrk")
+    out = ""
+    for attempt in range(1, 6):  # Debian's wrk sometimes segfaults at start
+        done = subprocess.run(["ip", "netns", "exec", host_ns, binary, "-t1", f"-c{connections}", f"-d{seconds:g}s",
+                               "--latency", url], capture_output=True, text=True, timeout=seconds + 60)  # fmt: skip
+        out = done.stdout
+        if done.returncode == 0 and "Requests/sec" in out:
+            return parse(out, attempt)
+    raise WrkError(f"wrk failed in {host_ns}: {out[-500:]}")
