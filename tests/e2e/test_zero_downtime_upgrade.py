@@ -35,6 +35,7 @@ from meshline.agent.handoff import read_status
 from meshline.testing.load import RATE_HZ, PacedLoad
 from meshline.testing.mesh import MeshHarness, Sidecar, wait_until
 from meshline.testing.servers import free_port
+from tests.e2e.test_zero_downtime import endpoints
 
 NEW_VERSION = ".".join([*meshline.__version__.split(".")[:2], str(int(meshline.__version__.split(".")[2]) + 1)])
 
@@ -102,14 +103,6 @@ def mesh(tmp_path: Path) -> Iterator[MeshHarness]:
     spec = {"mtls": {"mode": "strict"}, "defaultPermission": "allow"}
     with MeshHarness(tmp_path, mtls="strict", auth=True, mesh_spec=spec) as m:
         yield m
-
-
-def endpoints(caller: Sidecar, service: str = "orders") -> set[int]:
-    ports = set()
-    for line in caller.admin("/clusters").text.splitlines():
-        if line.startswith(f"{service}::") and "::cx_active::" in line:
-            ports.add(int(line.split("::")[1].rsplit(":", 1)[1]))
-    return ports
 
 
 def envoy_pid(sc: Sidecar) -> int:
