@@ -97,7 +97,10 @@ def start_control_plane(
         "control-plane", "--data-dir", str(data_dir), "--api-address", f"127.0.0.1:{api_port}",
         "--xds-address", f"127.0.0.1:{xds_port}", "--log-level", "warning",
     )  # fmt: skip
-    proc = procs.spawn(name, argv, env={**os.environ, **(env or {})})
+    # its CLI context goes in its own config, not the user's (or a test worker's, where a later
+    # control plane on the same port would find it)
+    own = {"MESHLINE_CONFIG": str(data_dir / "cli-config.yaml")}
+    proc = procs.spawn(name, argv, env={**os.environ, **own, **(env or {})})
     cp = ControlPlaneProc(data_dir, api_port, xds_port, proc.pid, name)
     wait_api_ready(cp, procs, timeout)
     return cp

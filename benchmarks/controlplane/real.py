@@ -138,7 +138,8 @@ def meshline_up(procs: ProcessGroup, workdir: Path, timeout: float = 120) -> flo
         "--api-address", f"127.0.0.1:{free_port()}", "--xds-address", f"127.0.0.1:{free_port()}",
     )  # fmt: skip
     began = time.monotonic()
-    proc = procs.spawn("meshline-up", argv, env={**os.environ, "MESHLINE_DATA_DIR": str(workdir / "up")})
+    proc = procs.spawn("meshline-up", argv, env={**os.environ, "MESHLINE_DATA_DIR": str(workdir / "up"),
+                                                     "MESHLINE_CONFIG": str(workdir / "cli-config.yaml")})
     try:
         while not _first_request_through_demo(web):
             procs.check_alive()

@@ -217,28 +217,27 @@ def test_zipkin_continues_b3_traces_and_sends_both_formats(traced: dict[str, Any
         mesh.api.put({"kind": "Mesh", "name": "default",
                       "spec": {**spec, "tracing": {"zipkin": f"127.0.0.1:{zipkin.port}"}}})
         mesh.wait_in_sync()
-        assert httpx.get(traced["web"].url("orders") + "/b3-zipkin", headers=B3, timeout=10).status_code == 200
-        seen = traced["orders_app"].requests[-1]["headers"]
-        assert _header(seen, "x-b3-traceid") == B3_TRACE  # B3 continued...
-        assert _header(seen, "traceparent").split("-")[1] == B3_TRACE  # ...and the same trace as W3C
 
         # Keep-alive connections opened under the old settings finish on them (they drain
         # within the agent's drain time), so look for a trace that went through new ones.
-        sent: list[str] = []
+        sent: dict[str, dict[str, Any]] = {}  # trace id -> the headers the app saw
 
-        def complete_trace() -> list[dict[str, Any]] | None:
+        def complete_trace() -> tuple[str, list[dict[str, Any]]] | None:
             trace = secrets.token_hex(16)
-            sent.append(trace)
             headers = {"x-b3-traceid": trace, "x-b3-spanid": B3_SPAN, "x-b3-sampled": "1"}
             assert httpx.get(traced["web"].url("orders") + "/b3-zipkin", headers=headers, timeout=10).status_code == 200
+            sent[trace] = traced["orders_app"].requests[-1]["headers"]
             for t in sent:
                 found = [x for x in list(zipkin.spans) if x.get("traceId") == t]
                 if len(found) >= 4:
-                    return found
+                    return t, found
             return None
 
-        found = wait_until(complete_trace, 30, interval=0.5, what="a B3 trace with spans from all four sides")
-        assert found is not None
+        done = wait_until(complete_trace, 30, interval=0.5, what="a B3 trace with spans from all four sides")
+        assert done is not None
+        trace, found = done
+        assert _header(sent[trace], "x-b3-traceid") == trace  # B3 continued...
+        assert _header(sent[trace], "traceparent").split("-")[1] == trace  # ...and the same trace as W3C
         assert sorted((x["localEndpoint"]["serviceName"], x["kind"]) for x in found) == [
             ("inventory", "SERVER"), ("orders", "CLIENT"), ("orders", "SERVER"), ("web", "CLIENT")]
         web_out = next(x for x in found if x["localEndpoint"]["serviceName"] == "web")

@@ -75,6 +75,22 @@ def test_context_flag_then_api_url_choose_the_control_plane(config: Path, tmp_pa
         contexts.resolve(context="nope")
 
 
+def test_api_matching_a_gone_control_planes_context_is_not_an_error(config: Path, tmp_path: Path) -> None:
+    """A control plane that is gone left its context; a new one on the same port, named by --api,
+    is reached without that context's (deleted) token, while naming the context still fails."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "admin.token").write_text("old\n")
+    contexts.remember_local("http://127.0.0.1:20001", gone, gone / "admin.token", None)
+    (gone / "admin.token").unlink()
+    conn = contexts.resolve(api="http://127.0.0.1:20001")
+    assert conn.token is None and "no token (context 'local-20001'" in conn.token_source
+    with pytest.raises(MeshlineError, match="does not exist"):
+        contexts.resolve(context="local-20001")
+    with pytest.raises(MeshlineError, match="does not exist"):
+        contexts.resolve()  # the current context: the user's choice
+
+
 def test_a_refused_token_names_the_control_plane_the_file_and_the_fix(
     config: Path, tmp_path: Path, cp: ControlPlaneThread
 ) -> None:

@@ -194,6 +194,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stop_requests = 0
+        self._held_for_exec: list[int] = []  # signals that came while handing over (see _upgrade)
         self._stop_signal: int | None = None
         self._app_done_first = False
         self._app_signal_deferred = False
@@ -254,6 +255,11 @@ class Agent:
         if signum == UPGRADE_SIGNAL:
             self.request_upgrade()
             return
+        if self.phase is Phase.HANDING_OVER:
+            # about to exec: the new program acts on it (a stop here would race the exec)
+            self._held_for_exec.append(signum)
+            self.report(f"got {signal.Signals(signum).name} during the upgrade; the new program handles it")
+            return
         if self.app is not None and self.app.returncode is None:
             if signum == signal.SIGTERM and self._stop_requests == 0 and self._serving:
                 # Graceful stop: the app keeps serving until callers dropped this instance
@@ -277,6 +283,9 @@ class Agent:
                 installed.append(int(sig))
             # held by the program that exec'd this one (an upgrade): delivered now, if any came
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+            if self.takeover is not None and self.takeover.signals_fd is not None:
+                for signum in handoff.take_signals(self.takeover.signals_fd):
+                    loop.call_soon(self._on_signal, signum)
         try:
             try:
                 await self._startup()
@@ -414,8 +423,10 @@ class Agent:
                     f" {' '.join(program or handoff.own_program())}")  # fmt: skip
         await self._pause_for_handover()
         envoy, app = self.envoy, self.app
+        catcher = handoff.SignalCatcher() if self.handle_signals else None
         state = handoff.HandoffState(
             from_version=__version__,
+            signals_fd=catcher.read_fd if catcher is not None else None,
             app_pid=app.pid if app is not None and app.returncode is None else None,
             envoy_pid=envoy.pid if envoy is not None and envoy.running else None,
             envoy_epoch=envoy.epoch if envoy is not None else 0,
@@ -432,21 +443,31 @@ class Agent:
             services=self._handed,
         )
         path = handoff.write_state(cfg.work_dir, state)
+        # from here on a signal stays pending across the exec (this thread) or goes into the
+        # catcher's pipe (the others); those caught before wait in the loop's wakeup pipe
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if catcher is not None:
+            catcher.put(self._held_for_exec)
         handoff.write_status(cfg.work_dir, "exec", f"starting meshline {version}", pid=os.getpid(),
                              from_version=__version__, to_version=version)  # fmt: skip
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             os.execvpe(command[0], command, {**self.environ, handoff.HANDOFF_ENV: str(path)})
         except OSError as err:  # checked just before, so rare: carry on as before
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
             path.unlink(missing_ok=True)
             why = f"cannot start {command[0]}: {err.strerror or err}"
             self.report(f"upgrade failed: {why}; this agent carries on")
             handoff.write_status(cfg.work_dir, "failed", why)
             await self._resume_after_failed_handover()
+            caught = catcher.cancel() if catcher is not None else list(self._held_for_exec)
+            self._held_for_exec.clear()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+            for signum in caught:
+                self._on_signal(signum)
 
     async def _preflight(self, program: list[str]) -> str:
         """The version of the new program, from running it (a broken install is refused here,

@@ -18,9 +18,11 @@ Files in the work dir (0600, the work dir is 0700):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -57,6 +59,8 @@ class HandoffState:
     xds_tls: bool | None = None
     xds_ca_file: str | None = None
     xds_source: str = ""
+    # the read end of a SignalCatcher's pipe: signals that came while the old program exec'd
+    signals_fd: int | None = None
     # transparent mode: the capture rules stay installed across the exec (see Capture.hand_over)
     capture: dict[str, Any] | None = None
     # what local services hand over (name -> state), e.g. mesh DNS's bound sockets (their fds
@@ -106,6 +110,47 @@ def take_state(environ: MutableMapping[str, str]) -> HandoffState | None:
         return HandoffState(**{k: v for k, v in data.items() if k in known})
     except TypeError as err:
         raise MeshlineError(f"the upgrade's handoff state {path} does not fit this version ({err})") from None
+
+
+class SignalCatcher:
+    """Carries the signals that come during the exec over to the new program. The main thread
+    blocks them (so they stay pending across the exec), but the process's other threads (gRPC's)
+    take them then, and their handler only writes the number to the wakeup fd: made this pipe,
+    whose read end crosses the exec, nothing is lost whichever thread takes one."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()  # the write end closes at the exec
+        os.set_inheritable(self.read_fd, True)
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+
+    def put(self, signums: Sequence[int]) -> None:
+        """Signals caught before (held by the old program), for the new one too."""
+        if signums:
+            os.write(self._write_fd, bytes(signums))
+
+    def cancel(self) -> list[int]:
+        """No exec after all: the wakeup fd back as it was, and what was caught meanwhile."""
+        signal.set_wakeup_fd(self._previous, warn_on_full_buffer=False)
+        os.close(self._write_fd)
+        return take_signals(self.read_fd)
+
+
+def take_signals(fd: int) -> list[int]:
+    """The signals a SignalCatcher caught (read once; the fd is closed)."""
+    caught = bytearray()
+    try:
+        while chunk := os.read(fd, 512):
+            caught += chunk
+    except BlockingIOError:
+        pass
+    except OSError:  # not ours after all (a stale number): nothing was caught
+        return []
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return list(caught)
 
 
 def write_request(work_dir: Path, program: Sequence[str] | None) -> None:

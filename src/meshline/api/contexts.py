@@ -274,12 +274,14 @@ def resolve(
     context = context or os.environ.get(CONTEXT_ENV) or None
     where = _tilde(contexts.path)
     chosen: Context | None
+    matched_by_url = False
     if context:
         chosen = contexts.get(context)
         url, url_source = chosen.api, f"context '{chosen.name}' in {where}"
     elif api or os.environ.get("MESHLINE_API"):
         url = api or os.environ["MESHLINE_API"]
         chosen = contexts.for_url(url)
+        matched_by_url = True
         url_source = "--api / MESHLINE_API" + (f", context '{chosen.name}'" if chosen else "")
     elif contexts.current and contexts.current in contexts.items:
         chosen = contexts.items[contexts.current]
@@ -301,6 +303,11 @@ def resolve(
     elif env_file and os.path.exists(env_file):
         conn = replace(conn, token=_read_token(env_file, "MESHLINE_TOKEN_FILE"),
                        token_source=f"the token in {env_file} (MESHLINE_TOKEN_FILE)")  # fmt: skip
+    elif use_context_token and chosen is not None and chosen.token_file and matched_by_url \
+            and not os.path.exists(chosen.token_file):
+        # --api matched a context left by a control plane that is gone (its port reused since):
+        # not the user's choice, so its missing token is no error; a 401 then says what to do
+        conn = replace(conn, token_source=f"no token (context '{chosen.name}' has no {chosen.token_file} any more)")
     elif use_context_token and chosen is not None and chosen.token_file:
         conn = replace(conn, token=_read_token(chosen.token_file, f"context '{chosen.name}'"),
                        token_source=f"the token in {chosen.token_file} (context '{chosen.name}')")  # fmt: skip
