@@ -71,7 +71,7 @@ def run(
 ) -> WrkResult:
     """Run wrk; ``before`` runs just before each attempt (the caller starts its CPU window)."""
     binary = tools.require("wrk")
-    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{_whole(seconds)}s", "--latency", url]
     last = ""
     for attempt in range(1, retries + 1):
         if before:
@@ -90,11 +90,18 @@ def run(
 def run_in_netns(host_ns: str, url: str, seconds: float, connections: int) -> WrkResult:
     """One wrk run (one thread, keep-alive connections) from inside a test host's namespace."""
     binary = tools.require("wrk")
-    out = ""
+    argv = ["ip", "netns", "exec", host_ns, binary, "-t1", f"-c{connections}", f"-d{_whole(seconds)}s", "--latency", url]
+    failures: list[str] = []
     for attempt in range(1, 6):  # Debian's wrk sometimes segfaults at start
-        done = subprocess.run(["ip", "netns", "exec", host_ns, binary, "-t1", f"-c{connections}", f"-d{seconds:g}s",
-                               "--latency", url], capture_output=True, text=True, timeout=seconds + 60)  # fmt: skip
-        out = done.stdout
-        if done.returncode == 0 and "Requests/sec" in out:
-            return parse(out, attempt)
-    raise WrkError(f"wrk failed in {host_ns}: {out[-500:]}")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        if done.returncode == 0 and "Requests/sec" in done.stdout:
+            return parse(done.stdout, attempt)
+        failures.append(f"exit {done.returncode}: {(done.stderr.strip() or done.stdout.strip())[-300:] or 'no output'}")
+        if done.returncode not in (-11, 139, 1):
+            break
+    raise WrkError(f"wrk failed in {host_ns} ({len(failures)} attempts): " + "; ".join(dict.fromkeys(failures)))
+
+
+def _whole(seconds: float) -> int:
+    """wrk takes whole seconds only (``-d1.5s`` prints its usage and exits 1)."""
+    return max(1, round(seconds))
