@@ -128,3 +128,32 @@ def replay(harness: MeshHarness, **params: str) -> list[dict[str, Any]]:
             if item and "tap" not in item:
                 out.append(item)
     return out
+
+
+def test_the_dashboards_recent_requests_show_successes_while_the_page_is_open(mesh: dict[str, Any]) -> None:
+    """The dataplane page asks for its recent requests every few seconds; asking makes the
+    service watched like a tap (its sidecars stream successes), so the list is not failures only."""
+    harness, web = mesh["harness"], mesh["web"]
+
+    def listed(prefix: str) -> list[str]:
+        items = harness.api.get("/api/v1/meshes/default/dataplanes/orders-1/requests?limit=200")["items"]
+        return [r["path"] for r in items if r["path"].startswith(prefix)]
+
+    seen = counted(web)
+    assert httpx.get(web.url("orders") + "/unseen", timeout=10).status_code == 200
+    wait_until(lambda: counted(web) > seen, 10, what="the request counted by the sidecar")
+    assert listed("/unseen") == []  # nobody looked: successes: 0 streams none
+
+    sent: list[str] = []
+
+    def shown() -> bool:  # each ask renews the look, as the page does
+        sent.append(f"/looked-at/{len(sent)}")
+        assert httpx.get(web.url("orders") + sent[-1], timeout=10).status_code == 200
+        return bool(listed("/looked-at/"))
+
+    wait_until(shown, 15, interval=0.3, what="a success in the dataplane's recent requests")
+    # from then on every success shows
+    with httpx.Client(base_url=web.url("orders"), timeout=10) as client:
+        assert all(client.get(f"/looked-at/all/{i}").status_code == 200 for i in range(20))
+    want = sorted(f"/looked-at/all/{i}" for i in range(20))
+    wait_until(lambda: sorted(set(listed("/looked-at/all/"))) == want, 10, what="the 20 requests listed")

@@ -45,10 +45,10 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-# Percent of successful requests streamed while no tap watches. 100 keeps what every page
-# shows today (the dashboard's recent requests of a dataplane list successes); 1 or 0 saves
-# the control plane's per-request work (benchmarks/RESULTS.md, issue 14).
-DEFAULT_SUCCESSES = 100.0
+# Percent of successful requests streamed while no tap (or dashboard page) watches: the
+# counters count every request, so streaming each success costs the control plane per-request
+# work for nothing most of the time (benchmarks/RESULTS.md, issue 14).
+DEFAULT_SUCCESSES = 1.0
 
 
 class MeshLogging(Spec):

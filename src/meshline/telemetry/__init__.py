@@ -75,7 +75,7 @@ def install(ext: Extensions, settings: Settings) -> TelemetryIntake:
         return bool(running) and running[0].model.mesh(mesh) is not None
 
     ext.routes.append(TelemetryApi(intake, mesh_exists, services_of).routes)
-    ext.routes.append(HistoryApi(intake, mesh_exists).routes)
+    ext.routes.append(HistoryApi(intake, mesh_exists, services_of).routes)
     ext.on_start.append(on_start)
     ext.on_stop.append(intake.stop)
     return intake

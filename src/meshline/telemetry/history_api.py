@@ -5,7 +5,8 @@
 * ``GET /api/v1/meshes/{mesh}/failures?service=&limit=N``: its recent failed requests
   (newest first) with their explanation, from the records ``explain`` and the tap read;
 * ``GET /api/v1/meshes/{mesh}/dataplanes/{name}/requests?limit=N``: the recent requests a
-  dataplane's sidecar sent, and those its callers' sidecars sent to it (newest first).
+  dataplane's sidecar sent, and those its callers' sidecars sent to it (newest first); asking
+  makes its service watched for a while, like a tap, so successes show beside the failures.
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ def _limit(request: web.Request) -> int:
 
 
 class HistoryApi:
-    def __init__(self, intake: TelemetryIntake, mesh_exists: Callable[[str], bool] = lambda _: True) -> None:
+    def __init__(
+        self,
+        intake: TelemetryIntake,
+        mesh_exists: Callable[[str], bool] = lambda _: True,
+        services_of: Callable[[str, str], frozenset[str] | None] = lambda _m, _d: None,
+    ) -> None:
         self.intake = intake
         self.mesh_exists = mesh_exists
+        self.services_of = services_of
 
     def _mesh(self, request: web.Request) -> str:
         mesh = request.match_info["mesh"]
@@ -82,6 +89,8 @@ class HistoryApi:
         mesh = self._mesh(request)
         name = request.match_info["name"]
         limit = _limit(request)
+        # while someone looks, its sidecar and its callers' stream every success (not a sample)
+        self.intake.view(mesh, self.services_of(mesh, name) or ())
         seen = self.intake.meshes.get(mesh)
         newest = (r for r, _ in reversed(seen.recent) if is_counted(r)
                   and name in (r.dataplane, r.destination_instance)) if seen else iter(())

@@ -47,6 +47,7 @@ ContextFor = Callable[[LogRecord], ExplainContext]
 SIGNALS_WAIT_S = 2.0
 SIGNALS_MARGIN_S = 0.005  # Envoy counts a request just after its last byte
 MAX_SIGNAL_SOURCES = 100_000  # dataplanes whose last report is remembered
+VIEW_LEASE_S = 30.0  # a dashboard page asks every few seconds; a closed one ends within this
 TLS_SAMPLE = 100  # inbound entries per edge remembered for the mTLS column
 
 K = TypeVar("K", bound=Hashable)
@@ -65,6 +66,7 @@ class TelemetryLimits:
     pending: int = 10_000  # failed requests waiting for their other half
     taps: int = 64  # live taps, all meshes together
     tap_queue: int = 1_000  # records waiting for a slow tap reader
+    views: int = 256  # services someone looks at (every success streamed), all meshes together
     series: SeriesLimits = SeriesLimits()  # the last hour in 10 s buckets (telemetry.series)
     edge_paths: EdgePathLimits = EdgePathLimits()  # methods and paths per edge (telemetry.edge_paths)
     denials: DenialLimits = DenialLimits()  # refused and would-be refused requests (telemetry.denials)
@@ -382,6 +384,9 @@ class TelemetryIntake:
         # returns once they run that config (the control plane's reconciler; None: nobody).
         self.on_watch: Callable[[str, frozenset[str]], Awaitable[None]] | None = None
         self._rewatch: set[asyncio.Task[None]] = set()
+        # (mesh, service) -> until when someone looks at its recent requests (see view)
+        self._views: dict[tuple[str, str], float] = {}
+        self._view_sweeper: asyncio.Task[None] | None = None
 
     def mesh(self, name: str) -> MeshTelemetry:
         """A mesh's telemetry, made on its first entry (the access-log service lets in only
@@ -562,10 +567,42 @@ class TelemetryIntake:
             self.subscriptions.remove(sub)
 
     def watched(self, mesh: str) -> frozenset[str]:
-        """The services the mesh's live taps watch (WATCH_ALL: a tap without a service). A
-        recording's subscription is not a tap: its captured entries are always streamed."""
-        return frozenset(sub.filter.service or WATCH_ALL for sub in self.subscriptions
-                         if sub.mesh == mesh and not sub.filter.captures)
+        """The services the mesh's live taps watch (WATCH_ALL: a tap without a service), and
+        those someone looks at (:meth:`view`). A recording's subscription is not a tap: its
+        captured entries are always streamed."""
+        now = time.monotonic()
+        viewed = {service for (m, service), until in self._views.items() if m == mesh and until > now}
+        return frozenset(viewed).union(sub.filter.service or WATCH_ALL for sub in self.subscriptions
+                                       if sub.mesh == mesh and not sub.filter.captures)
+
+    def view(self, mesh: str, services: Iterable[str]) -> None:
+        """Someone looks at these services' recent requests (the dashboard's dataplane page,
+        which asks every few seconds): their sidecars stream successes too, not a sample,
+        until VIEW_LEASE_S after the last look."""
+        now = time.monotonic()
+        added = False
+        for service in services:
+            key = (mesh, service)
+            if key not in self._views:
+                if len(self._views) >= self.limits.views:
+                    continue  # bounded: the sampled successes still show
+                added = True
+            self._views[key] = now + VIEW_LEASE_S
+        if added:
+            self.rewatch_later(mesh)
+            if self._view_sweeper is None or self._view_sweeper.done():
+                self._view_sweeper = asyncio.ensure_future(self._sweep_views())
+
+    async def _sweep_views(self) -> None:
+        """Ends the looks nobody renewed (the sidecars go back to sampling successes)."""
+        while self._views:
+            await asyncio.sleep(VIEW_LEASE_S / 3)
+            now = time.monotonic()
+            gone = [key for key, until in self._views.items() if until <= now]
+            for key in gone:
+                del self._views[key]
+            for mesh in {m for m, _ in gone}:
+                self.rewatch_later(mesh)
 
     async def watch_taps(self, mesh: str) -> None:
         """Have the sidecars stream every entry of what the mesh's taps watch, and wait until
@@ -709,6 +746,8 @@ class TelemetryIntake:
     async def stop(self) -> None:
         for sub in self.subscriptions:
             sub.close()
+        if self._view_sweeper is not None:
+            self._view_sweeper.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
