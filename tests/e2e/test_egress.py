@@ -155,7 +155,9 @@ class World:
         self.a = net.hosts["a"]
 
     def set_mesh(self, egress: dict[str, Any] | None = None, **transparent_proxy: Any) -> None:
-        spec = {"mtls": {"mode": "strict"}, "transparentProxy": transparent_proxy, "egress": egress or {}}
+        # every success streamed: records() reads them back from the control plane's memory
+        spec = {"mtls": {"mode": "strict"}, "transparentProxy": transparent_proxy, "egress": egress or {},
+                "logging": {"successes": 100}}
         try:
             self.mesh.apply(json.dumps({"kind": "Mesh", "name": "default", "spec": spec}), wait=True)
         except AssertionError as err:  # what each sidecar runs, to tell why one did not ACK
@@ -366,7 +368,9 @@ def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: Wor
         assert {line.split(" ")[0] for line in seen} == {g.address}, seen
         assert all(" api.example.test " in line and " TLSv1." in line for line in seen), seen
         # the caller's sidecar went to the gateway (its own address), over mesh mTLS
-        record = next(r for r in reversed(world.records()) if r.get("path") == "/via-gateway-4")
+        # (the sidecar streams its entries in batches, within a second)
+        record = wait_until(lambda: next((r for r in reversed(world.records()) if r.get("path") == "/via-gateway-4"),
+                                         None), 15, interval=0.3, what="the call's entry at the control plane")  # fmt: skip
         assert record["upstreamHost"].startswith(f"{g.address}:10002"), record
         assert record["destination"] == "httpbin" and record["status"] == 200
     finally:

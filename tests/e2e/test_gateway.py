@@ -662,6 +662,18 @@ def test_jwks_from_a_file_and_from_an_https_url(edge: Edge) -> None:
             wait_until(lambda token=token: call(token) == 200, 30, interval=0.3, what=f"a token checked with the {what} JWKS")  # type: ignore[misc]
             assert call(None) == 401, what
             assert call(TestIssuer.make("https://login.example.test").token(sub="mallory")) == 401, what
+        # keys that cannot be fetched (nothing listens there): a valid token is refused, and
+        # the refusal says it is the proxy's fetch that failed, not the caller's token
+        doc = json.loads(_jwt_policy("users", "edge", issuer.jwks()))
+        doc["spec"]["conf"]["jwks"] = {"uri": f"https://{w.address}:9601/jwks.json", "ca": edge.ca.pem.decode()}
+        edge.mesh.apply(json.dumps(doc), wait=True)
+        path = f"/unfetchable-{uuid.uuid4().hex[:8]}"
+        token = issuer.token(sub="carol")
+        wait_until(lambda: edge.https("eu.api.test", path, "-H", f"Authorization: Bearer {token}")[0] == 401, 30,
+                   interval=0.3, what="the token refused once the keys cannot be fetched")  # fmt: skip
+        out = edge.mesh.cli("tap", "edge", "--path", path, "--replay", "5", "--max", "1", "-o", "json")
+        explanation = json.loads(out.strip().splitlines()[-1])["explanation"]
+        assert "could not fetch the JWKS" in explanation and "check the uri" in explanation, explanation
     finally:
         edge.mesh.cli("delete", "jwtauthentication", "users", check=False)
         server.stop()

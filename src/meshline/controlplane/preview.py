@@ -46,8 +46,11 @@ async def preview(rec: Reconciler, writes: Sequence[Resource]) -> dict[str, Any]
             out[mesh] = {"dataplanes": [], "note": f"{len(dataplanes)} dataplanes: more than a dry run renders"
                          f" ({MAX_DATAPLANES}); apply to a test mesh first"}
             continue
+        # rendered as the live one is (the taps' watched services, this zone), so only the
+        # change itself shows as a difference
         snap = MeshSnapshot.build(mesh_res, list(live.values()), rec.revision + 1, rec.offline(mesh),
-                                   known_protocols=rec.known_protocols.get(mesh))
+                                   known_protocols=rec.known_protocols.get(mesh),
+                                   watched=rec.watched.get(mesh, frozenset()), zone=rec.zone)
         changed: list[dict[str, Any]] = []
         turn = time.monotonic()
         for dp in sorted(dataplanes, key=lambda r: r.name):

@@ -45,10 +45,11 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-# Percent of successful requests streamed while no tap (or dashboard page) watches: the
-# counters count every request, so streaming each success costs the control plane per-request
-# work for nothing most of the time (benchmarks/RESULTS.md, issue 14).
-DEFAULT_SUCCESSES = 1.0
+# Percent of successful requests streamed while no tap (or dashboard page) watches. 1 saves
+# the control plane's per-request work (benchmarks/RESULTS.md, issue 14), but at 1 a
+# transparent sidecar's half of a call from a gateway is not streamed even while a tap watches
+# (tests/e2e/test_gateway.py finds it): 100 until that is fixed.
+DEFAULT_SUCCESSES = 100.0
 
 
 class MeshLogging(Spec):

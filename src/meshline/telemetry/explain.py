@@ -172,6 +172,10 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
         return f"denied by {_kinds_or(policies, 'permission', 'an authorization policy')}"
     if details.startswith("jwt_authn_access_denied"):  # "jwt_authn_access_denied{Jwt_is_expired}"
         reason = details[len("jwt_authn_access_denied"):].strip("{}").replace("_", " ") or "no valid token"
+        if "fetch" in reason.lower():  # "Jwks remote fetch is failed": the proxy's fault, not the caller's
+            return ("not authenticated: the proxy could not fetch the JWKS (the issuer's keys) from its uri,"
+                    " so no token can be verified; check the uri, its ca and that the proxy's host reaches it"
+                    + _named(policies, "authentication"))  # fmt: skip
         return (f"not authenticated: {reason}; send a valid token (Authorization: Bearer ...)"
                 + _named(policies, "authentication"))
     if "UAEX" in flags or details.startswith("ext_authz"):
