@@ -173,9 +173,13 @@ def test_a_file_log_is_written_when_the_mesh_asks(mesh: tuple[MeshHarness, Sidec
     harness.api.put({"kind": "Mesh", "name": "default", "spec": spec})
     harness.wait_in_sync()
     try:
+        # Envoy writes log files in batches (about once a second): wait for both sides' lines
+        def written(name: str) -> bool:
+            path = logs / "default" / name
+            return path.exists() and "/ok/file" in path.read_text()
+
         wait_until(lambda: httpx.get(web.url("orders") + "/ok/file", timeout=5).status_code == 200
-                   and (logs / "default" / "web.log").exists() and (logs / "default" / "orders.log").exists()
-                   and "/ok/file" in (logs / "default" / "orders.log").read_text(), 15, what="file logs")
+                   and written("web.log") and written("orders.log"), 15, what="file logs")
         line = next(json.loads(x) for x in (logs / "default" / "web.log").read_text().splitlines() if "/ok/file" in x)
         assert (line["direction"], line["source"], line["destination"], line["status"]) == ("outbound", "web", "orders", 200)
         assert line["destinationInstance"] == "orders-1" and line["requestId"]
