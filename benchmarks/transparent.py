@@ -66,10 +66,10 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
     urls = {"explicit": (hosts["client-e"].ns, "http://127.0.0.1:9001/"),
             "transparent": (hosts["client-t"].ns, f"http://{vip}/")}  # fmt: skip
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in urls}
-    clients = {"explicit": hosts["client-e"], "transparent": hosts["client-t"]}
     for mode, (_, url) in urls.items():  # Envoy is up; wait for the route to the server too
-        wait_until(lambda h=clients[mode], url=url: h.curl(url)[0] == 200, 60, interval=0.2,  # type: ignore[misc]
-                   what=f"{url} from {clients[mode].name}")  # fmt: skip
+        client = hosts["client-e" if mode == "explicit" else "client-t"]
+        wait_until(lambda h=client, url=url: h.curl(url)[0] == 200, 60, interval=0.2,  # type: ignore[misc]
+                   what=f"{url} from {client.name}")  # fmt: skip
     for ns, url in urls.values():  # warm both paths (connections, clusters)
         wrk.run_in_netns(ns, url, 1, 4)
     for r in range(rounds):

@@ -194,7 +194,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stop_requests = 0
-        self._held_for_exec: list[int] = []  # signals that came while handing over (see _upgrade)
+        # while handing over: where signals go, for the new program (see _upgrade)
+        self._catcher: handoff.SignalCatcher | None = None
         self._stop_signal: int | None = None
         self._app_done_first = False
         self._app_signal_deferred = False
@@ -255,9 +256,9 @@ class Agent:
         if signum == UPGRADE_SIGNAL:
             self.request_upgrade()
             return
-        if self.phase is Phase.HANDING_OVER:
+        if self._catcher is not None:
             # about to exec: the new program acts on it (a stop here would race the exec)
-            self._held_for_exec.append(signum)
+            self._catcher.put([signum])
             self.report(f"got {signal.Signals(signum).name} during the upgrade; the new program handles it")
             return
         if self.app is not None and self.app.returncode is None:
@@ -419,14 +420,15 @@ class Agent:
         if self.phase is not Phase.RUNNING:
             return
         self.phase = Phase.HANDING_OVER
+        if self.handle_signals:  # from now on every signal is the new program's
+            self._catcher = handoff.SignalCatcher()
         self.report(f"upgrading to meshline {version}: handing the app and Envoy over to"
                     f" {' '.join(program or handoff.own_program())}")  # fmt: skip
         await self._pause_for_handover()
         envoy, app = self.envoy, self.app
-        catcher = handoff.SignalCatcher() if self.handle_signals else None
         state = handoff.HandoffState(
             from_version=__version__,
-            signals_fd=catcher.read_fd if catcher is not None else None,
+            signals_fd=self._catcher.read_fd if self._catcher is not None else None,
             app_pid=app.pid if app is not None and app.returncode is None else None,
             envoy_pid=envoy.pid if envoy is not None and envoy.running else None,
             envoy_epoch=envoy.epoch if envoy is not None else 0,
@@ -444,12 +446,11 @@ class Agent:
         )
         path = handoff.write_state(cfg.work_dir, state)
         # from here on a signal stays pending across the exec (this thread) or goes into the
-        # catcher's pipe (the others); those caught before wait in the loop's wakeup pipe
+        # catcher's pipe (the others); those caught before it wait in the loop's wakeup pipe
+        # (_on_signal puts them in the catcher too)
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         for _ in range(3):
             await asyncio.sleep(0)
-        if catcher is not None:
-            catcher.put(self._held_for_exec)
         handoff.write_status(cfg.work_dir, "exec", f"starting meshline {version}", pid=os.getpid(),
                              from_version=__version__, to_version=version)  # fmt: skip
         for stream in (sys.stdout, sys.stderr):
@@ -463,8 +464,8 @@ class Agent:
             self.report(f"upgrade failed: {why}; this agent carries on")
             handoff.write_status(cfg.work_dir, "failed", why)
             await self._resume_after_failed_handover()
-            caught = catcher.cancel() if catcher is not None else list(self._held_for_exec)
-            self._held_for_exec.clear()
+            caught = self._catcher.cancel() if self._catcher is not None else []
+            self._catcher = None
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
             for signum in caught:
                 self._on_signal(signum)

@@ -126,7 +126,7 @@ class SignalCatcher:
         self._previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
 
     def put(self, signums: Sequence[int]) -> None:
-        """Signals caught before (held by the old program), for the new one too."""
+        """Signals the old program's loop got meanwhile, for the new one too."""
         if signums:
             os.write(self._write_fd, bytes(signums))
 
