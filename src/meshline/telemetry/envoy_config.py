@@ -120,7 +120,10 @@ def _log_tags(info: SectionInfo) -> list[custom_tag_pb2.CustomTag]:
 
 
 # The route's meshline metadata says a tap watches it (render_step adds t.META_WATCH).
-WATCHED_CEL = f"has(xds.route_metadata.filter_metadata.{t.META}.{t.META_WATCH})"
+# or the caller's sidecar marked the request (t.WATCH_HEADER): a tap watches the caller or
+# this callee, and the caller's routes (RDS) know it before any listener changes.
+WATCHED_CEL = (f"has(xds.route_metadata.filter_metadata.{t.META}.{t.META_WATCH})"
+               f" || request.headers['{t.WATCH_HEADER}'] == '1'")
 TRACED_CEL = "request.headers['traceparent'].endsWith('-01') || request.headers['x-b3-sampled'] == '1'"
 # a dry-run TrafficPermission would have refused it (a 200: `permissions report` counts these)
 SHADOW_DENIED_CEL = f"metadata.filter_metadata['{t.RBAC_HTTP}']['{t.SHADOW_RESULT}'] == 'denied'"

@@ -77,9 +77,23 @@ def _policies(section: Section, skip: frozenset[str] = frozenset()) -> str:
     return ",".join(sorted({f"{a.kind}/{a.name}" for a in section.applied if a.kind not in skip}))
 
 
-def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str, watched: bool) -> None:
+def _mark_watched(route: route_pb2.Route, watched: bool) -> None:
+    """A caller's route tells the callee's sidecar that a tap watches the call (the callee
+    cannot know a tap on its caller, and its own routes are part of its listener); when not
+    watched it drops the header, so an app or an outside client cannot ask for streaming."""
+    if watched:
+        route.request_headers_to_add.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=t.WATCH_HEADER, value="1"),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    else:
+        route.request_headers_to_remove.append(t.WATCH_HEADER)
+
+
+def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str, watched: bool, caller: bool) -> None:
     for vhost in rc.virtual_hosts:
         for route in vhost.routes:
+            if caller and route.HasField("route"):
+                _mark_watched(route, watched)
             meta: dict[str, str] = {}
             if policies:
                 meta[t.META_POLICIES] = policies
@@ -96,7 +110,8 @@ def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str, watched: b
                 route.metadata.filter_metadata[t.META].update(meta)
 
 
-def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration], watched: bool) -> None:
+def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration], watched: bool,
+              caller: bool = False) -> None:
     policies = _policies(section)
     # With routes (HTTP), a request's log names the route's policies too, so a cluster names
     # only those that configure clusters: adding an HTTPRoute or a fault then changes routes
@@ -106,7 +121,7 @@ def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration], watc
         if cluster_policies:
             cluster.metadata.filter_metadata[t.META].update({t.META_POLICIES: cluster_policies})
     for rc in routes:
-        _annotate_routes(rc, policies, watched)
+        _annotate_routes(rc, policies, watched, caller)
 
 
 def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> None:
@@ -148,7 +163,8 @@ def configure_outbound(section: OutboundSection, mesh: MeshSnapshot) -> None:
     if not _enabled(spec):
         return
     source = _services(section.source_tags)
-    _annotate(section, list(section.routes.values()), _watched(mesh, *source.split(","), section.service))
+    _annotate(section, list(section.routes.values()), _watched(mesh, *source.split(","), section.service),
+              caller=True)
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="outbound",
@@ -172,7 +188,7 @@ def _configure_gateway(section: InboundSection, dataplane: Resource, mesh: MeshS
         return
     # the generator named each cluster's service; its routes reach many: it streams everything
     # while any tap of the mesh is open
-    _annotate(section, section.route_configs(), bool(mesh.watched))
+    _annotate(section, section.route_configs(), bool(mesh.watched), caller=True)
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="outbound",

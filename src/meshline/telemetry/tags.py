@@ -11,6 +11,9 @@ from meshline.xds import names
 
 # Header the caller's sidecar sets on every outbound request: the caller's service.
 SOURCE_HEADER = "x-meshline-source"
+# set by a caller's sidecar (or gateway) on a request a tap watches: the callee's sidecar
+# streams it too, so `explain` has both halves of a watched call whichever end the tap names
+WATCH_HEADER = "x-meshline-watch"
 DENIED_HEADER = names.DENIED_HEADER  # on the mesh's own denials (see xds.names)
 TRACEPARENT = "traceparent"
 B3_TRACE_ID = "x-b3-traceid"

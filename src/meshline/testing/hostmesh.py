@@ -15,10 +15,14 @@ every namespace, so it talks to the control plane by running the CLI inside the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,15 @@ from meshline.testing.mesh import wait_until
 from meshline.testing.netns import Host, HostProcess, TestNetwork
 
 API_PORT, XDS_PORT = 15681, 15678
+
+
+@dataclass
+class LiveTap:
+    """A running ``meshline tap`` (:meth:`HostMesh.live_tap`)."""
+
+    proc: subprocess.Popen[str]
+    banner: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 class HostMesh:
@@ -79,6 +92,27 @@ class HostMesh:
         if check:
             assert done.returncode == 0, f"meshline {' '.join(args)} failed: {done.stdout}{done.stderr}"
         return done.stdout
+
+    @contextlib.contextmanager
+    def live_tap(self, *args: str, timeout: float = 30) -> Iterator[LiveTap]:
+        """``meshline tap ARGS -o json`` running on the cp host, yielded once the control plane
+        confirmed it (its sidecars stream what it watches); the records are read at exit."""
+        proc = subprocess.Popen(self.cp.command([sys.executable, "-m", "meshline", "tap", *args, "-o", "json"]),
+                                env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        tap = LiveTap(proc)
+        try:
+            assert proc.stderr is not None
+            started = threading.Thread(target=lambda: tap.banner.append(proc.stderr.readline() if proc.stderr else ""))
+            started.start()
+            started.join(timeout)
+            assert tap.banner and tap.banner[0].startswith("tapping"), f"the tap did not start: {tap.banner}"
+            yield tap
+            out, err = proc.communicate(timeout=timeout)
+            tap.records = [json.loads(line) for line in out.splitlines() if line.strip()]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
     def apply(self, docs: str, wait: bool = False) -> str:
         return self.cli("apply", *(["--wait"] if wait else []), "-f", "-", input=docs)
