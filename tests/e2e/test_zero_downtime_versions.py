@@ -190,3 +190,44 @@ def test_upgrade_check_names_stored_resources_the_new_kinds_would_reject(
     assert re.search(r"Timeout\s+default\s+web-to-orders\s+.*requestTimeout: must be set per route", result.output)
     assert re.search(r"RateLimit\s+default\s+orders-limit\s+.*unknown kind 'RateLimit'", result.output), result.output
     assert ": 2 would be rejected" in result.output and "fix or delete 2 resource(s)" in result.output
+
+
+@pytest.mark.parametrize("control_plane_version", [OURS], indirect=True)
+def test_upgrade_check_runs_the_new_cross_resource_checks_and_warns_of_unknown_services(
+    mesh: MeshHarness, control_plane_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks across resources (what apply runs against the rest of the mesh) come from the
+    installation too: a newer one that refuses a Timeout whose destination has no instance
+    names the stored one; a service no dataplane serves is a warning either way."""
+    from click.testing import CliRunner
+
+    from meshline.cli import upgrade_check as module
+    from meshline.cli.main import cli
+    from meshline.core.errors import FieldProblem
+    from meshline.render.policy_kind import MeshCheck, MeshView
+
+    mesh.api.put(TIMEOUT)  # names web and orders; neither has a dataplane
+    args = ["--api", mesh.api_url, "--token", mesh.admin_token() or "", "upgrade-check"]
+    today = CliRunner().invoke(cli, args)
+    print(today.output)
+    assert today.exit_code == 0, today.output  # this installation's checks accept it: a warning only
+    assert "warnings (not incompatible" in today.output, today.output
+    assert re.search(r"Timeout\s+default\s+web-to-orders\s+.*service 'orders' has no instances", today.output)
+
+    def needs_an_instance(res: object, view: MeshView) -> list[FieldProblem]:
+        served = {s for dp in view.of_kind("Dataplane") for s in dp.spec.services()}  # type: ignore[attr-defined]
+        return [] if "orders" in served else [
+            FieldProblem("spec.destinations[0]", "a Timeout needs an instance of its destination in this version")]
+
+    installed = module.installed_mesh_checks
+    monkeypatch.setattr(module, "installed_mesh_checks",
+                        lambda: [*installed(), ("Timeout", MeshCheck(check=needs_an_instance))])  # fmt: skip
+    newer = CliRunner().invoke(cli, args)
+    print(newer.output)
+    assert newer.exit_code == 1, newer.output
+    assert re.search(r"Timeout\s+default\s+web-to-orders\s+.*needs an instance of its destination", newer.output)
+    assert ": 1 would be rejected" in newer.output and "fix or delete 1 resource(s)" in newer.output
+    with HttpTestServer("orders-a") as app:  # once orders has an instance, the same check passes
+        mesh.sidecar("orders", app_port=app.port)
+        fixed = CliRunner().invoke(cli, args)
+        assert fixed.exit_code == 0 and ": 0 would be rejected" in fixed.output, fixed.output

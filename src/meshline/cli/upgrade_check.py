@@ -4,8 +4,12 @@ and what would break.
 * Agents, by version: which the control plane of VERSION would still serve under the
   compatibility rule (core/versions.py) and which it would refuse (upgrade those first).
 * Stored resources: each one read back through the API and decoded with the kinds of this
-  installation (its schemas and checks), so a resource the new version would reject, or of a
-  kind it no longer knows, is named with the reason before the upgrade, not after it.
+  installation (its schemas and checks), then checked against the rest of its mesh with this
+  installation's cross-resource checks (the ones apply runs: a route's references, one fault
+  or limit per caller, retry against timeout...), so a resource the new version would reject,
+  or of a kind it no longer knows, is named with the reason before the upgrade, not after it.
+  Services a policy names that no dataplane serves are listed as warnings (apply's warning;
+  not an incompatibility).
 
 Exit 0 when nothing is incompatible, 1 otherwise (for scripts). Install the new version first
 (e.g. in a virtualenv of its own) and run its `meshline upgrade-check`: the resources are checked
@@ -17,7 +21,7 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,7 +30,10 @@ from meshline.cli.output import echo, table
 from meshline.cli.resources import client_from
 from meshline.core import versions
 from meshline.core.errors import MeshlineError
-from meshline.core.resource import KindRegistry
+from meshline.core.resource import KindRegistry, Resource
+
+if TYPE_CHECKING:
+    from meshline.render.policy_kind import MeshCheck
 
 SHOWN_FIELDS = ("kind", "mesh", "name", "labels", "spec")  # what a stored resource is made of
 
@@ -47,6 +54,7 @@ class Report:
     agents: list[AgentGroup]
     checked: int
     rejected: list[tuple[str, str, str, str]]  # kind, mesh, name, why
+    warnings: list[tuple[str, str, str, str]] = field(default_factory=list)  # kind, mesh, name, what
 
     @property
     def refused_agents(self) -> list[AgentGroup]:
@@ -64,6 +72,7 @@ class Report:
                         "refusal": g.refusal} for g in self.agents],
             "resourcesChecked": self.checked,
             "rejected": [{"kind": k, "mesh": m or None, "name": n, "why": w} for k, m, n, w in self.rejected],
+            "warnings": [{"kind": k, "mesh": m or None, "name": n, "warning": w} for k, m, n, w in self.warnings],
         }  # fmt: skip
 
 
@@ -82,16 +91,37 @@ def group_agents(dataplanes: Iterable[Mapping[str, Any]], target: str) -> list[A
     return sorted(groups.values(), key=lambda g: versions.parse(g.version) or (-1, -1, -1))
 
 
-def rejected_resources(docs: Iterable[Mapping[str, Any]], kinds: KindRegistry) -> list[tuple[str, str, str, str]]:
-    """Every stored resource the installed kinds would not accept, with the reason."""
-    out = []
+def rejected_resources(docs: Iterable[Mapping[str, Any]], kinds: KindRegistry,
+                       checks: Iterable[tuple[str, MeshCheck]] = ()) -> list[tuple[str, str, str, str]]:
+    """Every stored resource the installed kinds would not accept, alone or against the rest
+    of its mesh (``checks``: the installed cross-resource checks), with the reason."""
+    return _checked(docs, kinds, list(checks))[0]
+
+
+def _checked(docs: Iterable[Mapping[str, Any]], kinds: KindRegistry, checks: list[tuple[str, MeshCheck]],
+             ) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:  # fmt: skip
+    """(rejected, warnings)."""
+    from meshline.controlplane.unknown_services import known_services, warnings_for
+    from meshline.render.policy_kind import MeshView, run_mesh_checks
+
+    rejected: list[tuple[str, str, str, str]] = []
+    warnings: list[tuple[str, str, str, str]] = []
+    decoded: list[Resource] = []
     for doc in docs:
         kind, mesh, name = str(doc.get("kind")), str(doc.get("mesh") or ""), str(doc.get("name"))
         try:
-            kinds.decode({k: doc[k] for k in SHOWN_FIELDS if k in doc})
+            decoded.append(kinds.decode({k: doc[k] for k in SHOWN_FIELDS if k in doc}))
         except MeshlineError as err:
-            out.append((kind, mesh, name, str(err)))
-    return out
+            rejected.append((kind, mesh, name, str(err)))
+    for mesh in sorted({r.mesh for r in decoded if r.mesh}):
+        mine = [r for r in decoded if r.mesh == mesh]
+        view, known = MeshView.build(mesh, mine), known_services(mine)
+        for r in mine:
+            problems = run_mesh_checks(r, view, checks)
+            if problems:
+                rejected.append((r.kind, mesh, r.name, "; ".join(f"{p.path}: {p.message}" for p in problems)))
+            warnings.extend((r.kind, mesh, r.name, w) for w in warnings_for(r, known))
+    return rejected, warnings
 
 
 def stored_resources(c: ApiClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -111,17 +141,25 @@ def stored_resources(c: ApiClient) -> tuple[list[dict[str, Any]], list[dict[str,
     return docs, dataplanes
 
 
-def check(c: ApiClient, target: str, kinds: KindRegistry) -> Report:
+def check(c: ApiClient, target: str, kinds: KindRegistry, checks: Iterable[tuple[str, MeshCheck]] = ()) -> Report:
     control_plane = str(c.get("/api/v1/health").get("version", "unknown"))
     docs, dataplanes = stored_resources(c)
+    rejected, warnings = _checked(docs, kinds, list(checks))
     return Report(control_plane, target, versions.current(), group_agents(dataplanes, target), len(docs),
-                  rejected_resources(docs, kinds))  # fmt: skip
+                  rejected, warnings)  # fmt: skip
 
 
 def installed_kinds() -> KindRegistry:
     from meshline.kinds import default_kinds
 
     return default_kinds()
+
+
+def installed_mesh_checks() -> list[tuple[str, MeshCheck]]:
+    """The cross-resource checks apply runs in this installation, by the kind declaring each."""
+    from meshline.policies import mesh_checks
+
+    return mesh_checks()
 
 
 def show(report: Report) -> None:
@@ -147,6 +185,9 @@ def show(report: Report) -> None:
     echo(f"resources: {report.checked} stored, checked against {against}: {len(report.rejected)} would be rejected")
     if report.rejected:
         table(["KIND", "MESH", "NAME", "WHY"], report.rejected)
+    if report.warnings:
+        echo(f"warnings (not incompatible; apply warns the same): {len(report.warnings)}")
+        table(["KIND", "MESH", "NAME", "WARNING"], report.warnings)
     if report.compatible:
         echo(f"compatible: upgrading the control plane to {report.target} refuses no agent and rejects no resource")
     else:
@@ -170,7 +211,7 @@ def upgrade_check(ctx: click.Context, target: str | None, output: str) -> None:
     if versions.parse(target) is None:
         raise MeshlineError(f"--to {target!r} is not a version; write it as MAJOR.MINOR[.PATCH], e.g. 0.2.0")
     with client_from(ctx) as c:
-        report = check(c, target, installed_kinds())
+        report = check(c, target, installed_kinds(), installed_mesh_checks())
     if output == "json":
         echo(json.dumps(report.to_json(), indent=2))
     else:

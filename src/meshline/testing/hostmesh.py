@@ -97,6 +97,7 @@ class HostMesh:
     def live_tap(self, *args: str, timeout: float = 30) -> Iterator[LiveTap]:
         """``meshline tap ARGS -o json`` running on the cp host, yielded once the control plane
         confirmed it (its sidecars stream what it watches); the records are read at exit."""
+        assert self.cp is not None
         proc = subprocess.Popen(self.cp.command([sys.executable, "-m", "meshline", "tap", *args, "-o", "json"]),
                                 env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         tap = LiveTap(proc)
