@@ -122,3 +122,42 @@ def test_a_dataplane_token_rotated_by_an_in_place_upgrade_fails_no_request(mesh:
         refused = httpx.get(f"{mesh.api_url}/api/v1/meshes/default/dataplanes/orders-1",
                             headers={"Authorization": f"Bearer {old_token}"}, timeout=5)  # fmt: skip
         assert refused.status_code == 401 and "revoked" in refused.text, refused.text
+
+
+def test_one_minute_certificates_renew_across_an_upgrade_and_a_graceful_stop_fails_no_request(
+    tmp_path: Path,
+) -> None:
+    """Certificates of 1 minute (renewed at 50-66 %, pooled connections cycled every 15 s):
+    orders-1's sidecar is upgraded in place, and its new program renews on schedule (a second
+    serial after the upgrade's); orders-2 then stops gracefully. 0 failed requests."""
+    spec = {"mtls": {"mode": "strict", "certLifetime": "1m"}, "defaultPermission": "allow"}
+    with MeshHarness(tmp_path, mtls="strict", auth=True, mesh_spec=spec) as mesh, \
+            HttpTestServer("orders-a") as a, HttpTestServer("orders-b") as b:  # fmt: skip
+        first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
+        second = mesh.sidecar("orders", app_port=b.port, name="orders-2")
+        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
+        wait_until(lambda: endpoints(web) == {first.inbound_port, second.inbound_port}, 30, what="web to see both")
+        load = PacedLoad(web.url("orders") + "/").start()
+        try:
+            wait_until(lambda: {"orders-a", "orders-b"} <= {w for _, w in load.outcomes}, 30, what="both serving")
+            first.proc.send_signal(signal.SIGUSR2)
+            wait_until(lambda: (read_status(first.work_dir) or {}).get("state") in ("done", "failed"), 120,
+                       what="orders-1's upgrade")  # fmt: skip
+            upgraded = read_status(first.work_dir) or {}
+            assert upgraded.get("state") == "done", first.log()
+            serial = wait_until(lambda: identity_serial(first) or None, 10, what="orders-1's certificate")
+            wait_until(lambda: identity_serial(first) not in ("", serial), 60, interval=0.5,
+                       what="orders-1's new program to renew its certificate")  # fmt: skip
+            rc = second.stop(timeout=60)
+            after = time.monotonic()
+            wait_until(lambda: len(load.since(after)) >= RATE_HZ, 30, what="requests after the stop")
+        finally:
+            load.stop()
+        failed = load.failed("orders-")
+        print(f"1-minute certificates + sidecar upgrade + graceful stop: {len(failed)} failed of"
+              f" {len(load.outcomes)} requests; upgrade: {upgraded.get('message')}")  # fmt: skip
+        assert failed == [], failed
+        assert rc == 0, second.log()
+        assert first.proc.poll() is None and first.ready()
+        assert {w for _, w in load.since(after)} == {"orders-a"}
+        assert identity_serial(first) == mesh.dataplane_status("orders-1")["certSerial"]
