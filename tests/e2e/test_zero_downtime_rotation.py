@@ -45,12 +45,24 @@ def on_new_ca(mesh: MeshHarness, sc: Sidecar, ca: str) -> bool:
     return bool(st.get("certAuthority") == ca and identity_serial(sc) == st.get("certSerial"))
 
 
+def upgrade_result(sc: Sidecar) -> dict[str, object]:
+    """The final status of the in-place upgrade SIGUSR2 started (what `systemctl reload` sends)."""
+    wait_until(lambda: (read_status(sc.work_dir) or {}).get("state") in ("done", "failed"), 120,
+               what=f"{sc.name}'s upgrade")  # fmt: skip
+    return read_status(sc.work_dir) or {}
+
+
+def two_orders_and_web(mesh: MeshHarness, a: HttpTestServer, b: HttpTestServer) -> tuple[Sidecar, Sidecar, Sidecar]:
+    first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
+    second = mesh.sidecar("orders", app_port=b.port, name="orders-2")
+    web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
+    wait_until(lambda: endpoints(web) == {first.inbound_port, second.inbound_port}, 30, what="web to see both")
+    return first, second, web
+
+
 def test_ca_rotation_during_a_sidecar_upgrade_and_a_graceful_stop_fails_no_request(mesh: MeshHarness) -> None:
     with HttpTestServer("orders-a") as a, HttpTestServer("orders-b") as b:
-        first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
-        second = mesh.sidecar("orders", app_port=b.port, name="orders-2")
-        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
-        wait_until(lambda: endpoints(web) == {first.inbound_port, second.inbound_port}, 30, what="web to see both")
+        first, second, web = two_orders_and_web(mesh, a, b)
         old_ca = mesh.dataplane_status("orders-1")["certAuthority"]
         load = PacedLoad(web.url("orders") + "/").start()
         try:
@@ -59,9 +71,7 @@ def test_ca_rotation_during_a_sidecar_upgrade_and_a_graceful_stop_fails_no_reque
             assert new_ca != old_ca
             first.proc.send_signal(signal.SIGUSR2)  # upgrade orders-1's sidecar in the middle of it
             rc = second.stop(timeout=60)  # and stop orders-2 gracefully meanwhile
-            wait_until(lambda: (read_status(first.work_dir) or {}).get("state") in ("done", "failed"), 120,
-                       what="orders-1's upgrade")  # fmt: skip
-            upgraded = read_status(first.work_dir) or {}
+            upgraded = upgrade_result(first)
             wait_until(lambda: all(on_new_ca(mesh, sc, new_ca) for sc in (first, web)), 60, interval=0.3,
                        what="orders-1 and web to serve certificates of the new CA")  # fmt: skip
             after = time.monotonic()
@@ -106,9 +116,7 @@ def test_a_dataplane_token_rotated_by_an_in_place_upgrade_fails_no_request(mesh:
             staged.chmod(0o600)
             staged.replace(token_file)
             orders.proc.send_signal(signal.SIGUSR2)
-            wait_until(lambda: (read_status(orders.work_dir) or {}).get("state") in ("done", "failed"), 120,
-                       what="orders-1's upgrade")  # fmt: skip
-            assert (read_status(orders.work_dir) or {}).get("state") == "done", orders.log()
+            assert upgrade_result(orders).get("state") == "done", orders.log()
             mesh.api.request("POST", f"/api/v1/tokens/{old_id}/revoke")
             revoked = time.monotonic()
             wait_until(lambda: len(load.since(revoked)) >= 2 * RATE_HZ, 30, what="requests after the revocation")
@@ -133,17 +141,12 @@ def test_one_minute_certificates_renew_across_an_upgrade_and_a_graceful_stop_fai
     spec = {"mtls": {"mode": "strict", "certLifetime": "1m"}, "defaultPermission": "allow"}
     with MeshHarness(tmp_path, mtls="strict", auth=True, mesh_spec=spec) as mesh, \
             HttpTestServer("orders-a") as a, HttpTestServer("orders-b") as b:  # fmt: skip
-        first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
-        second = mesh.sidecar("orders", app_port=b.port, name="orders-2")
-        web = mesh.sidecar("web", app_port=free_port(), upstreams=["orders"])
-        wait_until(lambda: endpoints(web) == {first.inbound_port, second.inbound_port}, 30, what="web to see both")
+        first, second, web = two_orders_and_web(mesh, a, b)
         load = PacedLoad(web.url("orders") + "/").start()
         try:
             wait_until(lambda: {"orders-a", "orders-b"} <= {w for _, w in load.outcomes}, 30, what="both serving")
             first.proc.send_signal(signal.SIGUSR2)
-            wait_until(lambda: (read_status(first.work_dir) or {}).get("state") in ("done", "failed"), 120,
-                       what="orders-1's upgrade")  # fmt: skip
-            upgraded = read_status(first.work_dir) or {}
+            upgraded = upgrade_result(first)
             assert upgraded.get("state") == "done", first.log()
             serial = wait_until(lambda: identity_serial(first) or None, 10, what="orders-1's certificate")
             wait_until(lambda: identity_serial(first) not in ("", serial), 60, interval=0.5,

@@ -91,16 +91,12 @@ def group_agents(dataplanes: Iterable[Mapping[str, Any]], target: str) -> list[A
     return sorted(groups.values(), key=lambda g: versions.parse(g.version) or (-1, -1, -1))
 
 
-def rejected_resources(docs: Iterable[Mapping[str, Any]], kinds: KindRegistry,
-                       checks: Iterable[tuple[str, MeshCheck]] = ()) -> list[tuple[str, str, str, str]]:
-    """Every stored resource the installed kinds would not accept, alone or against the rest
-    of its mesh (``checks``: the installed cross-resource checks), with the reason."""
-    return _checked(docs, kinds, list(checks))[0]
-
-
-def _checked(docs: Iterable[Mapping[str, Any]], kinds: KindRegistry, checks: list[tuple[str, MeshCheck]],
-             ) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:  # fmt: skip
-    """(rejected, warnings)."""
+def checked_resources(docs: Iterable[Mapping[str, Any]], kinds: KindRegistry,
+                      checks: Iterable[tuple[str, MeshCheck]] = (),
+                      ) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:  # fmt: skip
+    """(rejected, warnings): every stored resource the installed kinds would not accept, alone
+    or against the rest of its mesh (``checks``: the installed cross-resource checks), with the
+    reason; and apply's warnings (services no dataplane serves)."""
     from meshline.controlplane.unknown_services import known_services, warnings_for
     from meshline.render.policy_kind import MeshView, run_mesh_checks
 
@@ -144,7 +140,7 @@ def stored_resources(c: ApiClient) -> tuple[list[dict[str, Any]], list[dict[str,
 def check(c: ApiClient, target: str, kinds: KindRegistry, checks: Iterable[tuple[str, MeshCheck]] = ()) -> Report:
     control_plane = str(c.get("/api/v1/health").get("version", "unknown"))
     docs, dataplanes = stored_resources(c)
-    rejected, warnings = _checked(docs, kinds, list(checks))
+    rejected, warnings = checked_resources(docs, kinds, checks)
     return Report(control_plane, target, versions.current(), group_agents(dataplanes, target), len(docs),
                   rejected, warnings)  # fmt: skip
 
