@@ -5,10 +5,10 @@ fifth: ``client-e`` -> ``server-e`` in explicit mode (wrk calls 127.0.0.1:9001, 
 sidecar's outbound listener) and ``client-t`` -> ``server-t`` in transparent mode (wrk calls
 the server's VIP on port 80; the kernel redirects it to the client sidecar's capture listener,
 and the server host's capture takes it to Envoy's inbound). Both pairs run the same Envoy,
-mTLS and an nginx origin on the server host; the rounds are interleaved (explicit, transparent,
-explicit, ...) and each figure is the median over rounds; each ratio is the median of the rounds'
-own ratios, with their spread beside it. wrk runs inside the client host: its
-connections are the app's, captured in transparent mode.
+mTLS and an nginx origin on the server host; the rounds are interleaved in ABBA order
+(explicit, transparent, transparent, explicit, ...) and each figure is the median over rounds;
+each ratio is the median of the rounds' own ratios, with their spread beside it. wrk runs
+inside the client host: its connections are the app's, captured in transparent mode.
 
 Latency figures are wrk's own (closed loop, 1 connection and 16 connections): this measures the
 capture path's extra cost (a NAT lookup, ``original_dst``, a filter-chain match), not tail
@@ -73,7 +73,9 @@ def run(procs: ProcessGroup, workdir: Path, rounds: int, seconds: float,
     for ns, url in urls.values():  # warm both paths (connections, clusters)
         wrk.run_in_netns(ns, url, 1, 4)
     for r in range(rounds):
-        for mode, (ns, url) in urls.items():
+        # ABBA order: being second in a round (a warmer machine, or a busier one) favours neither mode
+        order = list(urls.items()) if r % 2 == 0 else list(reversed(urls.items()))
+        for mode, (ns, url) in order:
             c16 = wrk.run_in_netns(ns, url, seconds, 16)
             c1 = wrk.run_in_netns(ns, url, max(1.0, seconds / 2), 1)
             if c16.non_2xx or c16.socket_errors:

@@ -11,6 +11,7 @@ verifies it. nginx's access log says who connected, over what.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import sys
@@ -345,7 +346,9 @@ def test_an_allow_list_by_domain_matches_the_tls_server_name_the_app_sends(world
     assert record["explanation"] == "blocked: api.denied.test is not an ExternalService of mesh default and passthrough is declared"
 
 
-def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: World) -> None:
+@contextlib.contextmanager
+def egress_gateway(world: World) -> Iterator[Host]:
+    """An egress gateway on host g, named by the Mesh (passthrough declared) while in use."""
     g = world.net.hosts["g"]
     mesh = world.mesh
     proc = g.spawn("egress-gateway", [
@@ -353,12 +356,20 @@ def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: Wor
         "--api", mesh.api_url, "--ca-file", str(mesh.ca_file), "--token-file", str(mesh.token("egress")),
         "--work-dir", str(mesh.work / "dp" / "egress-g"), "--drain-seconds", "0"])  # fmt: skip
     mesh.agents["egress-g"] = proc
-    wait_until(lambda: any(d["spec"].get("proxy") == "egress-gateway" and d["spec"].get("ready")
-                           for d in mesh.dataplanes().values()) or not proc.alive(), 60,
-               what="the egress gateway to register ready")  # fmt: skip
-    assert proc.alive(), proc.log()
     try:
+        wait_until(lambda: any(d["spec"].get("proxy") == "egress-gateway" and d["spec"].get("ready")
+                               for d in mesh.dataplanes().values()) or not proc.alive(), 60,
+                   what="the egress gateway to register ready")  # fmt: skip
+        assert proc.alive(), proc.log()
         world.set_mesh(passthrough="declared", egress={"gateway": "egress"})
+        yield g
+    finally:
+        world.set_mesh(passthrough="all")
+        proc.stop(timeout=20)
+
+
+def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: World) -> None:
+    with egress_gateway(world) as g:
         before = len(world.internet.access_log())
         for n in range(5):
             assert world.a.curl(f"http://api.example.test/via-gateway-{n}") == (200, f"{HELLO} (tls)\n")
@@ -373,6 +384,44 @@ def test_with_an_egress_gateway_only_the_gateway_talks_to_the_outside(world: Wor
                                          None), 15, interval=0.3, what="the call's entry at the control plane")  # fmt: skip
         assert record["upstreamHost"].startswith(f"{g.address}:10002"), record
         assert record["destination"] == "httpbin" and record["status"] == 200
-    finally:
-        world.set_mesh(passthrough="all")
-        proc.stop(timeout=20)
+
+
+DENY_WEB_TO_HTTPBIN = """
+kind: TrafficPermission
+mesh: default
+name: no-httpbin-for-web
+spec:
+  sources: [{match: {service: web}}]
+  destinations: [{match: {service: httpbin}}]
+  action: deny
+"""
+
+
+def test_the_egress_gateway_enforces_traffic_permissions_on_external_services(world: World) -> None:
+    """Who may call an ExternalService: checked by the egress gateway on the caller's certificate."""
+    mesh = world.mesh
+    with egress_gateway(world):
+        assert world.a.curl("http://api.example.test/before-deny") == (200, f"{HELLO} (tls)\n")
+        mesh.apply(DENY_WEB_TO_HTTPBIN, wait=True)
+        try:
+            # the gateway says which policy refuses the connection
+            gateway = next(n for n, d in mesh.dataplanes().items() if d["spec"].get("proxy") == "egress-gateway")
+            inspected = mesh.cli("inspect", "dataplane", gateway)
+            assert "no-httpbin-for-web" in inspected, inspected
+            # sidecars pool their connections to the gateway; the gateway closes those on the
+            # chain it replaced once its drain time is over, and checks the new ones
+            wait_until(lambda: world.a.curl("http://api.example.test/draining")[0] == 503, 15, interval=0.2,
+                       what="the gateway to refuse web's new connections")  # fmt: skip
+            before = len(world.internet.access_log())
+            status, body = world.a.curl("http://api.example.test/denied")
+            assert status == 503, (status, body, inspected)
+            assert world.internet.access_log()[before:] == []  # it never left the mesh
+            record = wait_until(lambda: next((r for r in reversed(world.records()) if r.get("path") == "/denied"),
+                                             None), 15, interval=0.3, what="the refused call's entry")  # fmt: skip
+            assert record["status"] == 503 and record["upstreamHost"].startswith(world.net.hosts["g"].address), record
+            assert record["explanation"] == ("refused by egress gateway egress: TrafficPermission no-httpbin-for-web"
+                                             " denies web -> httpbin"), record
+        finally:
+            mesh.cli("delete", "trafficpermission", "no-httpbin-for-web")
+        wait_until(lambda: world.a.curl("http://api.example.test/after-deny")[0] == 200, 15,
+                   what="the call allowed again once the deny is deleted")  # fmt: skip

@@ -69,8 +69,10 @@ def test_the_documented_rollout_rolls_back_the_demos_broken_v2(tmp_path: Path) -
                                ("rolledBack", "promoted", "paused") and s, 60, 0.2, what="the rollout to end")
             assert final["phase"] == "rolledBack", (final["reason"], final["history"][-6:])
             check = next(c for c in final["checks"] if c["metric"] == "successRate")
-            assert check["verdict"] == "fail" and check["candidate"] < 90
-            assert check["stable"] is not None and check["stable"] > check["candidate"] + 10  # v1 is healthy
+            # v2 fails 30% of requests: in a window of at least 10 it fell under the documented
+            # 99% (by how much varies with the sample); v1 is healthy
+            assert check["verdict"] == "fail" and check["candidate"] < 99
+            assert check["stable"] is not None and check["stable"] >= 99
             seen = len(answers)
             wait_until(lambda: len(answers) >= seen + 60, 20, what="traffic after the rollback")
             late = answers[seen + 20:]  # after the route reached web's sidecar

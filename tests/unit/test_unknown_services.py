@@ -65,3 +65,30 @@ def test_apply_warns_about_a_backend_with_no_instances(api: str) -> None:
 def test_known_services_give_no_warning(api: str) -> None:
     out = meshline(api, "apply", "-f", "-", stdin=ROUTE.replace("inventroy", "inventory").replace("to-inventory", "ok"))
     assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+
+
+def test_an_external_service_is_a_known_destination(api: str) -> None:
+    out = meshline(api, "apply", "-f", "-", stdin="""kind: ExternalService
+mesh: default
+name: partner-api
+spec: {host: api.partner.test, port: 443, protocol: tls}
+---
+kind: Timeout
+mesh: default
+name: partner-timeout
+spec:
+  sources: [{match: {service: web}}]
+  destinations: [{match: {service: partner-api}}]
+  conf: {tcp: {maxConnectionDuration: 30m}}
+""")
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+    typo = meshline(api, "apply", "-f", "-", stdin="""kind: TrafficPermission
+mesh: default
+name: web-to-partner
+spec:
+  sources: [{match: {service: web}}]
+  destinations: [{match: {service: partner-apii}}]
+  action: allow
+""")
+    assert "service 'partner-apii' has no instances in mesh default; did you mean 'partner-api'?" in " ".join(
+        typo.stderr.split()), typo.stderr

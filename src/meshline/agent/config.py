@@ -442,15 +442,27 @@ def socket_path(work_dir: Path, name: str, suffix: str = ".sock", reserve: int =
     return short
 
 
+# Sockets that hold the ports free_port picked, for the life of the process.
+_held_ports: list[socket.socket] = []
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
+    """A port nothing listens on right now (the OS picks it), held until the process exits.
+
+    The OS picks from the ephemeral range, which it also hands out as source ports of
+    outgoing connections: released, the port could be taken before Envoy or the metrics
+    server binds it. Held bound (not listening) with SO_REUSEADDR, the kernel neither
+    hands it out nor refuses a later listener that sets SO_REUSEADDR (Envoy, asyncio)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     bind = address if address not in ("", "0.0.0.0", "::") else ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    s = socket.socket(family, socket.SOCK_STREAM)
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((bind, 0))
-            return int(s.getsockname()[1])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((bind, 0))
+        _held_ports.append(s)
+        return int(s.getsockname()[1])
     except OSError as err:
+        s.close()
         raise MeshlineError(
             f"cannot pick a free port on {address} ({err.strerror}); is --address an IP of this host?"
         ) from None

@@ -274,7 +274,9 @@ class Reconciler:
         if changes.policy_services:
             spec = dp.spec
             assert isinstance(spec, DataplaneSpec)
-            if spec.transparent is not None or spec.proxy == "gateway":  # it reaches every service of the mesh
+            # it reaches every service of the mesh (an egress gateway: every ExternalService,
+            # which TrafficPermissions guard there)
+            if spec.transparent is not None or spec.proxy in ("gateway", "egress-gateway"):
                 return True
             if any(i.service in changes.policy_services for i in spec.inbound) or any(
                 _destination(snap, o.service) in changes.policy_services for o in spec.outbound

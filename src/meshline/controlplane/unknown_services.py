@@ -24,6 +24,8 @@ def known_services(resources: Iterable[Resource]) -> set[str]:
     for r in resources:
         if r.kind == "Dataplane" and isinstance(r.spec, DataplaneSpec):
             out.update(r.spec.services())
+        elif r.kind == "ExternalService":  # policies select it by name, as a service
+            out.add(r.name)
     return out
 
 

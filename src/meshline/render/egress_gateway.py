@@ -9,8 +9,10 @@ requires a client certificate of the mesh, and passes the bytes to the ExternalS
 cluster: DNS, TLS origination and verification as a sidecar would do it without a gateway.
 
 Routes, timeouts and retries stay with the caller's sidecar (it speaks HTTP to the gateway
-inside the mTLS session); the gateway works at L4, so it never needs a policy of its own and
-firewall rules name one host. Its connections are logged (when they close) and counted by the
+inside the mTLS session); the gateway works at L4 and firewall rules name one host. It is
+where TrafficPermissions whose destination is an ExternalService are enforced (the caller's
+certificate says who it is; without a gateway nothing of the mesh stands between a sidecar
+and the outside). Its connections are logged (when they close) and counted by the
 render steps like a sidecar's TCP outbound (its section is ``egress-gateway/egress/<port>/<service>``).
 """
 
@@ -23,12 +25,12 @@ from typing import TypeVar
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 
-from meshline.core.dataplane import DataplaneSpec
+from meshline.core.dataplane import DataplaneSpec, Inbound
 from meshline.core.resource import Resource
 from meshline.render import envoy, external
 from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.render.plugins import Plugin
-from meshline.render.sections import OutboundSection, Section, SectionId
+from meshline.render.sections import InboundSection, OutboundSection, Section, SectionId
 from meshline.xds import names
 from meshline.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, pack
 
@@ -84,6 +86,15 @@ def _chain(dataplane: Resource, port: int, name: str, mesh: MeshSnapshot, plugin
     for plugin in plugins:
         if plugin.outbound is not None and not plugin.kind.is_policy:
             run(f"render step {plugin.kind.kind} on {section.target}", plugin.outbound, section, mesh)
+    # The ExternalService as the callee of an L4 inbound: its guards (TrafficPermission) see
+    # the calling sidecar's certificate, which the chain requires.
+    guard = InboundSection(target=section.target, listener=section.listener, id=section.id,
+                           inbound=Inbound(port=port, tags={"service": name}))  # fmt: skip
+    for plugin in plugins:
+        if plugin.inbound is not None and plugin.on_egress:
+            run(f"policy {plugin.kind.kind} on {section.target}", plugin.inbound, guard, dataplane, mesh)
+    section.network_filters.extend(guard.network_filters)
+    section.applied.extend(guard.applied)
     return section
 
 

@@ -48,3 +48,6 @@ class Plugin:
     # Its inbound hook also shapes a gateway's entry listeners (RateLimit: yes; TrafficPermission,
     # which tells mesh callers apart by certificate, no: a gateway's callers have none).
     on_gateway: bool = False
+    # Its inbound hook also guards an egress gateway's chain to each ExternalService, as the
+    # callee of an L4 inbound (TrafficPermission: the callers are sidecars with mesh certificates).
+    on_egress: bool = False

@@ -163,6 +163,7 @@ class PolicyKind(Generic[S]):
     # The inbound configurer also shapes a gateway's entry listeners (their callers are outside
     # the mesh: only kinds that need no caller identity).
     on_gateway: bool = False
+    on_egress: bool = False  # see Plugin.on_egress
     doc: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -222,6 +223,7 @@ class PolicyKind(Generic[S]):
             outbound=self._run_outbound if self.outbound is not None else None,
             inbound=self._run_inbound if self.inbound is not None else None,
             on_gateway=self.on_gateway,
+            on_egress=self.on_egress,
         )
 
     def _run_outbound(self, section: OutboundSection, mesh: MeshSnapshot) -> None:

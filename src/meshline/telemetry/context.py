@@ -13,6 +13,8 @@ from meshline.controlplane.results import RenderResults
 from meshline.controlplane.unknown_services import service_refs
 from meshline.core.external_service import ExternalServiceSpec
 from meshline.core.schema import did_you_mean
+from meshline.policies.trafficpermission.decision import DENY, connection_decision
+from meshline.render.mesh_snapshot import MeshSnapshot
 from meshline.telemetry.explain import EndpointCounts, ExplainContext
 from meshline.telemetry.record import OUTBOUND, LogRecord
 from meshline.xds import names
@@ -44,16 +46,30 @@ def context_from(results: RenderResults, r: LogRecord) -> ExplainContext:
         endpoints = EndpointCounts(
             registered=len(eps), offline=sum(1 for e in eps if not e.healthy), in_cluster=in_cluster
         )
-    external, gateway = "", ""
+    external, gateway, refused = "", "", ""
     if snap is not None and r.direction == OUTBOUND:
         es = next((x.spec for x in snap.of_kind("ExternalService") if x.name == r.destination), None)
         if isinstance(es, ExternalServiceSpec):
             external = es.server_name or es.target
             if snap.spec.egress.gateway and not es.is_cidr and r.dataplane and not r.section.startswith("egress-gateway/"):
                 gateway = snap.spec.egress.gateway
+                refused = _refused_at_gateway(snap, r)
     return ExplainContext(endpoints=endpoints, policies=policies, outlier_detection=outlier,
                           missing_backends=_missing_backends(results, r, policies), external=external,
-                          egress_gateway=gateway)
+                          egress_gateway=gateway, egress_refused_by=refused)
+
+
+def _refused_at_gateway(snap: MeshSnapshot, r: LogRecord) -> str:
+    """The TrafficPermission (or the mesh default, as "") the egress gateway refuses this
+    caller's connections to the ExternalService with; "" when it lets them through."""
+    if not r.failed or not r.source:
+        return ""
+    spec = snap.spec
+    action, policy = connection_decision(snap.of_kind("TrafficPermission"), {"service": r.destination},
+                                         spec.effective_default_permission(), spec.mtls.mode != "strict", r.source)  # fmt: skip
+    if action != DENY:
+        return ""
+    return f"TrafficPermission {policy}" if policy else f"the default permission of mesh {snap.name} (deny)"
 
 
 ROUTE_KINDS = ("HTTPRoute", "TCPRoute")

@@ -82,6 +82,8 @@ class ExplainContext:
     # gateway its traffic goes through ("" when direct)
     external: str = ""
     egress_gateway: str = ""
+    # what refuses the caller there ("TrafficPermission NAME", or the mesh default); "" if nothing
+    egress_refused_by: str = ""
 
 
 EMPTY = ExplainContext()
@@ -208,6 +210,9 @@ def _cause(r: LogRecord, flags: set[str], policies: Sequence[str], ctx: ExplainC
     if "UF" in flags or "connection_failure" in details:
         return _connect_failure(r) + _external_hint(r, ctx)
     if "UC" in flags or "connection_termination" in details:
+        if ctx.egress_gateway and ctx.egress_refused_by:
+            return (f"refused by egress gateway {ctx.egress_gateway}: {ctx.egress_refused_by} denies"
+                    f" {r.source or 'this caller'} -> {dest}")  # fmt: skip
         return f"{_upstream(r)} closed the connection before answering"
     if "UR" in flags or "remote_reset" in details:
         return f"{_upstream(r)} reset the stream"

@@ -218,3 +218,16 @@ def decide(
         if clause_matches(c, caller, req):
             return c.action, c.policy
     return default, None
+
+
+def connection_decision(policies: Iterable[Resource], destination: Mapping[str, str], default: str,
+                        fail_closed: bool, caller: str | None) -> tuple[str, str | None]:  # fmt: skip
+    """What the policies decide for a TCP connection from ``caller`` to ``destination`` (tags):
+    (action, deciding policy or None for the mesh default), as the L4 RBAC filter would."""
+    clauses: list[Clause] = []
+    for policy in policies:
+        spec = spec_as(policy, TrafficPermissionSpec)
+        dest = best_destination(spec, destination)
+        if dest is not None:
+            clauses.extend(for_tcp(clauses_for(policy, dest, fail_closed)))
+    return decide(clauses, default, caller, None)

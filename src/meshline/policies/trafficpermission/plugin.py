@@ -165,5 +165,6 @@ POLICY = PolicyKind(
     shapes=frozenset({"http-filter", "network-filter"}),
     inbound=configure_inbound,
     runs_unmatched=True,  # a mesh whose default permission is deny refuses what nothing allows
+    on_egress=True,  # who may call an ExternalService, checked where its traffic leaves: the egress gateway
     explains=frozenset({"permission"}),
 )
