@@ -265,11 +265,18 @@ def test_strict_default_deny_refuses_the_gateway_until_a_traffic_permission_allo
 
 
 def test_tls_passthrough_reaches_a_backend_that_terminates_tls_itself(edge: Edge) -> None:
-    code, body = edge.https("secure.example.test", "/")
-    assert code == 200 and "s_server" in body, body  # openssl's status page, over the backend's own TLS
+    with edge.mesh.live_tap("edge", "--max", "1") as tap:
+        code, body = edge.https("secure.example.test", "/")
+        assert code == 200 and "s_server" in body, body  # openssl's status page, over the backend's own TLS
     assert "CN = secure.example.test" in edge.served_names("secure.example.test")
     # the gateway holds no certificate for that name: it never decrypted the connection
     assert "secure" not in edge.admin("/certs").replace("secure.example.test", "")
+    # the connection shows in tap at the gateway when it closes: who called, where it went
+    [at_gateway] = tap.records
+    assert (at_gateway["protocol"], at_gateway["source"], at_gateway["destination"]) == ("tcp", "edge", "secure")
+    assert at_gateway["dataplane"] == "edge-gw" and at_gateway["section"] == "gateway/listener/8443"
+    assert at_gateway["client"].startswith(edge.host("out").address + ":"), at_gateway
+    assert at_gateway["bytesIn"] > 0 and at_gateway["bytesOut"] > 0 and not at_gateway["failed"], at_gateway
 
 
 def test_grpc_is_routed_by_grpc_route_over_https(edge: Edge) -> None:

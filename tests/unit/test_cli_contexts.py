@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from meshline.cli.agent import build_config
 from meshline.cli.on_path import meshline_command
 from meshline.controlplane.settings import Settings
 from meshline.core.errors import MeshlineError, Unauthorized, Unavailable
+from meshline.security import crypto
 from meshline.testing.mesh import ControlPlaneThread
 from meshline.testing.servers import free_port
 
@@ -175,6 +177,42 @@ def test_a_wrong_xds_address_or_ca_is_one_error_naming_what_was_tried(
             asyncio.run(probe(cfg))
     finally:
         other.stop()
+
+
+def test_the_control_plane_logs_who_failed_an_xds_handshake_and_why(
+    config: Path, tmp_path: Path, cp: ControlPlaneThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server side of a handshake cannot name the peer; the agent that failed tells the API,
+    and the control plane logs one line: who, from where, what it dialled, which CA, the fix."""
+    other = ControlPlaneThread(Settings(data_dir=tmp_path / "other", store_url=f"sqlite:///{tmp_path / 'o.db'}",
+                                        api_address=f"127.0.0.1:{free_port()}",
+                                        xds_address=f"127.0.0.1:{free_port()}"))  # fmt: skip
+    other.start()
+    try:
+        # registered with cp, its xDS pinned to the other control plane's address
+        cfg = build_config(_agent_opts(cp, tmp_path, xds_address=f"127.0.0.1:{other.cp.xds_port}"))
+        cfg.work_dir.mkdir(parents=True)
+        with ApiClient(cfg.api_url, token=_admin(cp)) as admin:
+            token = admin.request("POST", "/api/v1/tokens", json={
+                "kind": "dataplane", "mesh": "default", "service": "orders", "dataplane": "orders-1"})["token"]
+        api = AgentApi(cfg.api_url, token=token)
+        asyncio.run(discover(cfg, api.xds_info))
+        caplog.set_level(logging.WARNING, logger="meshline.xds")
+        with pytest.raises(MeshlineError, match="cannot verify"):
+            asyncio.run(probe(cfg, report=api.xds_handshake_failed))
+    finally:
+        other.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "meshline.xds" and "handshake failed" in r.getMessage()]
+    assert len(lines) == 1, lines
+    own = crypto.fingerprint(crypto.load_certs((cp.settings.data_dir / "cp-ca.pem").read_text())[0])
+    assert lines[0].startswith(f"xDS TLS handshake failed: dataplane orders-1 (mesh default) from 127.0.0.1 dialled"
+                               f" 127.0.0.1:{other.cp.xds_port} (--xds-address): cannot verify the server's"
+                               " certificate"), lines[0]  # fmt: skip
+    assert f"it trusts this control plane's CA ({own}), so the server at 127.0.0.1:{other.cp.xds_port} is not this" \
+        " control plane" in lines[0], lines[0]
+    # a report is bounded and printable; anything else is refused
+    with pytest.raises(MeshlineError, match="tried: must be a string"):
+        asyncio.run(api.xds_handshake_failed({"tried": 5}))  # type: ignore[dict-item]
 
 
 def test_run_help_tells_the_truth_about_xds_tls() -> None:

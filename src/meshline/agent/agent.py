@@ -654,7 +654,7 @@ class Agent:
         if fetch is None:
             return
         await xds_discovery.discover(self.config, fetch)
-        await xds_discovery.probe(self.config)
+        await xds_discovery.probe(self.config, report=getattr(self._api, "xds_handshake_failed", None))
         self.report(f"xDS: {xds_discovery.tried(self.config)}")
 
     async def _announce_ready(self) -> None:

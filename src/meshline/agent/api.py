@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from meshline.agent import http
 from meshline.api.common import (
+    XDS_HANDSHAKE_FAILURES_PATH,
     default_url,
     default_verify,
     error_for,
@@ -59,6 +60,10 @@ class AgentApi:
     async def xds_info(self) -> Any:
         """Where the control plane's xDS server is and its CA (see agent.xds_discovery)."""
         return await self.request("GET", "/api/v1/xds")
+
+    async def xds_handshake_failed(self, info: dict[str, str]) -> Any:
+        """Why this agent's TLS handshake with xDS failed, for the control plane's log."""
+        return await self.request("POST", XDS_HANDSHAKE_FAILURES_PATH, json=info)
 
     async def removal(self, mesh: str, name: str, service: str, address: str, port: int) -> Any:
         """Whether every caller ACKed a config without this instance (see controlplane.removal)."""

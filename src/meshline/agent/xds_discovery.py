@@ -24,8 +24,10 @@ from meshline.security import crypto
 XDS_INFO_PATH = "/api/v1/xds"
 XDS_CA_FILE = "xds-ca.pem"
 PROBE_FOR = 10.0  # seconds to keep retrying a refused connection (a control plane starting)
+REPORT_TIMEOUT = 3.0  # seconds the agent waits to tell the API about a failed handshake
 
 Fetch = Callable[[], Awaitable[Any]]
+Report = Callable[[dict[str, str]], Awaitable[Any]]
 
 
 def apply_info(cfg: AgentConfig, info: dict[str, Any], api_url: str) -> None:
@@ -77,8 +79,29 @@ def _fix(cfg: AgentConfig) -> str:
     )
 
 
-async def probe(cfg: AgentConfig, within: float = PROBE_FOR, clock: Callable[[], float] = time.monotonic) -> None:
-    """Connect (and handshake) once; retry a refused connection for ``within`` seconds."""
+def _ca_fingerprint(cfg: AgentConfig) -> str:
+    try:
+        certs = crypto.load_certs(cfg.xds_ca.read_bytes()) if cfg.xds_ca is not None else []
+    except (OSError, ValueError):
+        return ""
+    return crypto.fingerprint(certs[0]) if certs else ""
+
+
+async def _tell(report: Report | None, cfg: AgentConfig, reason: str) -> None:
+    """Tell the control plane (its API) why this agent's xDS handshake failed: the server side
+    of a TLS handshake cannot say who failed it, this agent can. Best effort, bounded."""
+    if report is None:
+        return
+    info = {"tried": f"{cfg.xds_host}:{cfg.xds_port}", "source": cfg.xds_source,
+            "caFile": str(cfg.xds_ca or ""), "caSha256": _ca_fingerprint(cfg), "reason": reason[:300]}  # fmt: skip
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(report(info), REPORT_TIMEOUT)
+
+
+async def probe(cfg: AgentConfig, within: float = PROBE_FOR, clock: Callable[[], float] = time.monotonic,
+                report: Report | None = None) -> None:  # fmt: skip
+    """Connect (and handshake) once; retry a refused connection for ``within`` seconds.
+    ``report``: where a failed TLS handshake is told (the API's handshake-failure endpoint)."""
     tls = _tls_context(cfg)
     deadline = clock() + within
     delay = 0.1
@@ -90,11 +113,13 @@ async def probe(cfg: AgentConfig, within: float = PROBE_FOR, clock: Callable[[],
                 5.0,
             )
         except ssl.SSLCertVerificationError as err:
+            await _tell(report, cfg, f"cannot verify the server's certificate: {err.verify_message}")
             raise MeshlineError(
                 f"cannot verify {tried(cfg)}: {err.verify_message}; the server's certificate is not from"
                 " that CA (is it another control plane?) or does not name that host; " + _fix(cfg)
             ) from None
         except ssl.SSLError as err:
+            await _tell(report, cfg, f"TLS handshake failed: {err.reason or err}")
             raise MeshlineError(
                 f"TLS handshake with {tried(cfg)} failed: {err.reason or err}; is it serving TLS? " + _fix(cfg)
             ) from None

@@ -19,6 +19,7 @@ from meshline.core.errors import (
 from meshline.core.locations import DEFAULT_API_PORT, is_local  # noqa: F401 - where clients find it
 
 CP_CA_FILE = "cp-ca.pem"  # the CA of the control plane's own TLS certificates, in its data dir
+XDS_HANDSHAKE_FAILURES_PATH = "/api/v1/xds/handshake-failures"  # agents tell why their xDS TLS handshake failed
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_API_PORT}"
 _BY_STATUS: dict[int, type[MeshlineError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict}
 

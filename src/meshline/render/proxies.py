@@ -61,6 +61,9 @@ class GatewayListenerSection(InboundSection):
     def route_configs(self) -> list[route_pb2.RouteConfiguration]:
         return [c.route for c in self.chains if c.route is not None]
 
+    def tcp_proxies(self) -> list[tcp_proxy_pb2.TcpProxy]:
+        return [c.tcp for c in self.chains if c.tcp is not None]
+
     def finalize(self) -> dict[str, list[Packed]]:
         lst = listener_pb2.Listener()
         lst.CopyFrom(self.listener)

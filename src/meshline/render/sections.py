@@ -118,6 +118,10 @@ class Section:
         assert self.id is not None  # set by __post_init__
         return self.id
 
+    def tcp_proxies(self) -> list[tcp_proxy_pb2.TcpProxy]:
+        """Every TCP proxy of the section (a gateway listener has one per TCP or TLS chain)."""
+        return [self.tcp] if self.tcp is not None else []
+
     def note(self, kind: str, name: str, reason: str) -> None:
         """Tell ``meshline inspect`` that policy ``kind``/``name`` shaped this section, and how."""
         self.applied.append(Applied(kind, name, self.target, reason, self.section_id))

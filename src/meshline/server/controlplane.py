@@ -9,9 +9,12 @@ import time
 import grpc
 from aiohttp import web
 
+from meshline.api import handshake_reports
+from meshline.api.common import XDS_HANDSHAKE_FAILURES_PATH
 from meshline.api.prometheus import TARGETS_PATH, prometheus_targets_handler
+from meshline.api.request_input import json_body
 from meshline.api.routes import Route
-from meshline.api.server import build_app
+from meshline.api.server import build_app, principal
 from meshline.api.site import ConnectionGuard, start_site
 from meshline.controlplane.context import XDS_CA_PEM, ControlPlaneContext
 from meshline.controlplane.health import OfflineTracker
@@ -31,6 +34,7 @@ from meshline.kinds import default_kinds
 from meshline.policies import mesh_checks as policy_mesh_checks
 from meshline.policies import plugins as default_plugins
 from meshline.render import metrics as metrics_step
+from meshline.security import crypto
 from meshline.store.factory import open_store
 from meshline.xds.cache import SnapshotCache
 from meshline.xds.server import AdsServicer, start_server
@@ -128,6 +132,9 @@ class ControlPlane:
         core = [
             Route("GET", "/metrics", self._metrics),  # Prometheus text, outside /api (scraped as is)
             Route("GET", "/api/v1/xds", self._xds_info, "Where agents reach xDS and the CA to verify it with"),
+            Route("POST", XDS_HANDSHAKE_FAILURES_PATH, self._xds_handshake_failed,
+                  "An agent says why its TLS handshake with xDS failed (logged by the control plane)",
+                  body=handshake_reports.SCHEMA, codes=(413, 422)),
             Route("GET", TARGETS_PATH, prometheus_targets_handler,
                   "Prometheus HTTP service discovery for every dataplane"),
         ]  # fmt: skip
@@ -175,6 +182,13 @@ class ControlPlane:
             "tls": self.ext.xds_credentials is not None,
             "caPem": ca_pem if isinstance(ca_pem, str) else None,
         })  # fmt: skip
+
+    async def _xds_handshake_failed(self, request: web.Request) -> web.Response:
+        report = handshake_reports.parse(await json_body(request, limit=4096, what="handshake report"))
+        ca_pem = self.ctx.services.get(XDS_CA_PEM)
+        own = crypto.fingerprint(crypto.load_certs(ca_pem)[0]) if isinstance(ca_pem, str) and ca_pem else ""
+        text = handshake_reports.record(principal(request), request.remote, report, own)
+        return web.json_response({"logged": text})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=metrics_text(self.ctx), content_type="text/plain")

@@ -20,8 +20,10 @@ It is not a user policy (no kind users apply): :data:`PLUGIN` is added to the re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 
@@ -124,14 +126,24 @@ def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration], watc
         _annotate_routes(rc, policies, watched, caller)
 
 
-def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> None:
+def _loggers(info: cfg.SectionInfo, spec: MeshSpec) -> list[accesslog_pb2.AccessLog]:
     loggers = []
     if spec.logging.stream:
         loggers.append(cfg.grpc_access_log(info, spec.logging.successes, traced=spec.tracing is not None))
     if spec.logging.file:
         loggers.append(cfg.file_access_log(spec.logging.file, info))
+    return loggers
+
+
+def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> None:
+    # a connection is logged when it closes (a gateway's TCP and TLS-passthrough chains too)
+    tcp = section.tcp_proxies()
+    if tcp:
+        tcp_loggers = _loggers(dataclasses.replace(info, protocol="tcp"), spec)
+        for proxy in tcp:
+            proxy.access_log.extend(tcp_loggers)
     if section.http is not None:
-        section.http.hcm.access_log.extend(loggers)
+        section.http.hcm.access_log.extend(_loggers(info, spec))
         if spec.tracing is not None:
             section.http.hcm.tracing.CopyFrom(cfg.tracing(info, spec.tracing))
             section.clusters[names.TRACING_CLUSTER] = cfg.tracing_cluster(spec.tracing)
@@ -139,8 +151,6 @@ def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> N
             section.listener.traffic_direction = (
                 base_pb2.OUTBOUND if info.direction == "outbound" else base_pb2.INBOUND
             )
-    elif section.tcp is not None:
-        section.tcp.access_log.extend(loggers)
 
 
 def _source_header(section: OutboundSection) -> None:
