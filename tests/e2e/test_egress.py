@@ -176,12 +176,7 @@ class World:
 
     def records(self) -> list[dict[str, Any]]:
         """What `meshline tap web` would show of web's recent traffic (the control plane's memory)."""
-        url = f"{self.mesh.api_url}/api/v1/meshes/default/tap?service=web&replay=1000&idle=1"
-        token = (self.mesh.data_dir / "admin.token").read_text().strip()
-        done = self.net.hosts["cp"].run(["curl", "-sS", "--cacert", str(self.mesh.ca_file), "-H",
-                                         f"Authorization: Bearer {token}", url], timeout=30)  # fmt: skip
-        lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-        return [r for r in lines if "time" in r]
+        return self.mesh.recent("web")
 
     def explained(self, needle: str) -> dict[str, Any]:
         found: list[dict[str, Any]] = []

@@ -115,6 +115,17 @@ class HostMesh:
                 proc.kill()
                 proc.communicate()
 
+    def recent(self, service: str, replay: int = 1000) -> list[dict[str, Any]]:
+        """What ``meshline tap SERVICE --replay N`` shows first: the control plane's recent
+        records of the service (every failure and connection; successes as sampled)."""
+        assert self.cp is not None
+        url = f"{self.api_url}/api/v1/meshes/default/tap?service={service}&replay={replay}&idle=1"
+        token = (self.data_dir / "admin.token").read_text().strip()
+        done = self.cp.run(["curl", "-sS", "--cacert", str(self.ca_file), "-H", f"Authorization: Bearer {token}", url],
+                           timeout=30)  # fmt: skip
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        return [r for r in lines if "time" in r]
+
     def apply(self, docs: str, wait: bool = False) -> str:
         return self.cli("apply", *(["--wait"] if wait else []), "-f", "-", input=docs)
 
