@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -63,8 +64,8 @@ spec:
 """
 
 
-def rendered(name: str = "web-1") -> RenderResult:
-    resources = load_resources(MESH)
+def rendered(name: str = "web-1", mesh_text: str = MESH) -> RenderResult:
+    resources = load_resources(mesh_text)
     mesh = next(r for r in resources if r.kind == "Mesh")
     snap = MeshSnapshot.build(mesh, [r for r in resources if r.mesh == "default"], revision=1)
     return render(snap.dataplanes[name], snap, [*plugins(), step.PLUGIN])
@@ -88,13 +89,22 @@ def stats_loggers(result: RenderResult, scope: str = "meshline") -> dict[str, li
                     typed = typed_struct_pb2.TypedStruct()
                     log.typed_config.Unpack(typed)
                     assert typed.type_url == step.STATS_LOGGER_TYPE
-                    cel = cel_pb2.ExpressionFilter()
-                    log.filter.extension_filter.typed_config.Unpack(cel)
                     config = json_format.MessageToDict(typed.value)
                     if config["stats_scope"]["prefix"] == scope:
-                        found.append({**config, "only": cel.expression})
+                        found.append({**config, "only": condition(log.filter)})
         out[name] = found
     return out
+
+
+def condition(f: accesslog_pb2.AccessLogFilter) -> str:
+    """A logger's filter as a CEL-like string: Envoy's status filter for the upgrade split, or CEL."""
+    if f.HasField("status_code_filter"):
+        cmp = f.status_code_filter.comparison
+        op = {accesslog_pb2.ComparisonFilter.EQ: "==", accesslog_pb2.ComparisonFilter.NE: "!="}[cmp.op]
+        return f"response.code {op} {cmp.value.default_value}"
+    cel = cel_pb2.ExpressionFilter()
+    f.extension_filter.typed_config.Unpack(cel)
+    return cel.expression
 
 
 def tags(cfg: dict[str, Any]) -> dict[str, str]:
@@ -158,6 +168,10 @@ def test_paths_are_counted_in_their_own_scope_on_the_side_that_counts_the_reques
     assert tags(inbound)["reporter"] == "destination" and tags(inbound)["destination_service"] == "web"
     assert "!connection.mtls" in inbound["only"] and "x-meshline-source" in inbound["only"]
     assert stats_loggers(rendered(), "meshline.paths")["outbound_15002"] == []  # TCP
+    # in a strict mesh every caller has a certificate: nothing is from outside, no inbound paths logger
+    strict = rendered(mesh_text=MESH.replace("mtls: {mode: disabled}", "mtls: {mode: strict}"))
+    assert stats_loggers(strict, "meshline.paths")["inbound_18080"] == []
+    assert len(stats_loggers(strict, "meshline.paths")["outbound_15001"]) == 1
 
 
 def test_tcp_listeners_get_no_stats_logger() -> None:

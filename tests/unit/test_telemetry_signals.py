@@ -106,11 +106,25 @@ def test_the_stream_filter_keeps_failures_and_samples_successes() -> None:
     sampled = envoy_config.stream_filter(5, traced=True)
     assert sampled is not None
     kinds = [f.WhichOneof("filter_specifier") for f in sampled.or_filter.filters]
-    assert kinds == ["status_code_filter", "status_code_filter", "response_flag_filter", "extension_filter",
+    # Envoy's own filters only (no CEL: it cost as much Envoy CPU as the rest of a request)
+    assert kinds == ["status_code_filter", "status_code_filter", "response_flag_filter", "header_filter",
+                     "and_filter", "metadata_filter", "metadata_filter", "header_filter", "header_filter",
                      "runtime_filter"]
+    f = sampled.or_filter.filters
+    assert (f[3].header_filter.header.name, f[3].header_filter.header.string_match.exact) == ("x-meshline-watch", "1")
+    grpc_failed = f[4].and_filter.filters
+    assert grpc_failed[0].header_filter.header.string_match.prefix == "application/grpc"
+    assert grpc_failed[1].grpc_status_filter.exclude and list(grpc_failed[1].grpc_status_filter.statuses) == [0]
+    assert (f[5].metadata_filter.matcher.filter, f[5].metadata_filter.matcher.path[0].key,
+            f[5].metadata_filter.matcher.value.string_match.exact) == ("envoy.filters.http.rbac", "shadow_engine_result", "denied")
+    assert f[6].metadata_filter.matcher.filter == "meshline.record" and f[6].metadata_filter.matcher.value.present_match
+    # an absent key is no match (Envoy's default would stream every request)
+    assert f[5].metadata_filter.match_if_key_not_found.value is False
+    assert f[6].metadata_filter.HasField("match_if_key_not_found") and not f[6].metadata_filter.match_if_key_not_found.value
+    assert f[7].header_filter.header.string_match.suffix == "-01"  # a sampled W3C trace
     assert sampled.or_filter.filters[-1].runtime_filter.percent_sampled.numerator == 50_000
     none = envoy_config.stream_filter(0)
-    assert none is not None and len(none.or_filter.filters) == 4  # no runtime sampling at all
+    assert none is not None and len(none.or_filter.filters) == 7  # no traces, no runtime sampling at all
 
 
 def test_a_count_waits_for_its_latencies_but_not_for_ever() -> None:

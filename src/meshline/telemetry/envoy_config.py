@@ -14,15 +14,18 @@ from envoy.config.core.v3 import (
     grpc_service_pb2,
     substitution_format_string_pb2,
 )
+from envoy.config.route.v3 import route_components_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
-from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.tracers.opentelemetry.samplers.v3 import (
     parent_based_sampler_pb2,
     trace_id_ratio_based_sampler_pb2,
 )
+from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
+from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3.value_pb2 import ValueMatcher as value_matcher
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
@@ -119,22 +122,31 @@ def _log_tags(info: SectionInfo) -> list[custom_tag_pb2.CustomTag]:
     return [tag for tag in out if tag.WhichOneof("type") != "literal" or tag.literal.value]
 
 
-# The route's meshline metadata says a tap watches it (render_step adds t.META_WATCH).
-# or the caller's sidecar marked the request (t.WATCH_HEADER): a tap watches the caller or
-# this callee, and the caller's routes (RDS) know it before any listener changes.
-WATCHED_CEL = (f"has(xds.route_metadata.filter_metadata.{t.META}.{t.META_WATCH})"
-               f" || request.headers['{t.WATCH_HEADER}'] == '1'")
-TRACED_CEL = "request.headers['traceparent'].endsWith('-01') || request.headers['x-b3-sampled'] == '1'"
-# a dry-run TrafficPermission would have refused it (a 200: `permissions report` counts these)
-SHADOW_DENIED_CEL = f"metadata.filter_metadata['{t.RBAC_HTTP}']['{t.SHADOW_RESULT}'] == 'denied'"
-CAPTURED_CEL = f"'{t.CAPTURE_NS}' in metadata.filter_metadata"  # a TrafficRecording captured it
-GRPC_FAILED_CEL = "(request.headers['content-type'].startsWith('application/grpc') && response.grpc_status > 0)"
 SUCCESSES_RUNTIME_KEY = "meshline.access_log.successes"  # an operator may override the percent in Envoy's runtime
 
 
 def _cmp_status(op: int, value: int) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
         comparison=accesslog_pb2.ComparisonFilter(op=op, value=base_pb2.RuntimeUInt32(default_value=value))))
+
+
+def _header(name: str, **match: str) -> accesslog_pb2.AccessLogFilter:
+    """The request header ``name`` matches (exact=, prefix= or suffix=)."""
+    return accesslog_pb2.AccessLogFilter(header_filter=accesslog_pb2.HeaderFilter(
+        header=route_components_pb2.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(**match))))
+
+
+def _dynamic_metadata(namespace: str, key: str, value: value_matcher) -> accesslog_pb2.AccessLogFilter:
+    """The request's dynamic metadata ``namespace.key`` matches ``value`` (absent: no match;
+    Envoy's default for an absent key is a match)."""
+    return accesslog_pb2.AccessLogFilter(metadata_filter=accesslog_pb2.MetadataFilter(
+        matcher=metadata_matcher_pb2.MetadataMatcher(
+            filter=namespace, path=[metadata_matcher_pb2.MetadataMatcher.PathSegment(key=key)], value=value),
+        match_if_key_not_found=wrappers_pb2.BoolValue(value=False)))
+
+
+def _all(*filters: accesslog_pb2.AccessLogFilter) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=list(filters)))
 
 
 def stream_filter(successes: float, traced: bool = False) -> accesslog_pb2.AccessLogFilter | None:
@@ -144,26 +156,32 @@ def stream_filter(successes: float, traced: bool = False) -> accesslog_pb2.Acces
     flag or a gRPC status other than OK (what `tap` and `explain` explain), a request a dry-run
     TrafficPermission would have refused, one a TrafficRecording captured, with ``traced``
     (the mesh traces) every sampled trace's request (`explain <trace id>` from a tracing UI
-    finds it), and every request on a route a
-    tap watches (:data:`WATCHED_CEL`). Of the rest, ``successes``
-    percent, chosen by x-request-id, so both sidecars of a call pick the same requests and
-    `explain` shows both halves. The golden signals never depend on it (telemetry.signals)."""
+    finds it), and every request the caller's sidecar marked watched (``x-meshline-watch: 1``:
+    a tap watches the caller or the callee; the caller's routes, on RDS, add it, so a tap never
+    replaces a listener). Of the rest, ``successes`` percent, chosen by x-request-id, so both
+    sidecars of a call pick the same requests and `explain` shows both halves. The golden
+    signals never depend on it (telemetry.signals).
+
+    Envoy's own filters only: a CEL expression here cost about 10 us of Envoy CPU per request,
+    as much again as the rest of the request (benchmarks/RESULTS.md)."""
     if successes >= 100:
         return None
     ac = accesslog_pb2
+    grpc = ac.GrpcStatusFilter
     filters = [
         _cmp_status(ac.ComparisonFilter.GE, 400),
         _cmp_status(ac.ComparisonFilter.EQ, 0),
         ac.AccessLogFilter(response_flag_filter=ac.ResponseFlagFilter()),  # any flag
-        # a tap watches (the route says so: RDS, so a tap never replaces a listener and drains
-        # it), a gRPC status other than OK (Envoy's grpc_status_filter also took plain HTTP
-        # 200s as failed), a sampled trace (Envoy's traceable_filter did not see them)
-        ac.AccessLogFilter(extension_filter=ac.ExtensionFilter(
-            name="envoy.access_loggers.extension_filters.cel",
-            typed_config=envoy.packed(cel_pb2.ExpressionFilter(
-                expression=" || ".join([WATCHED_CEL, GRPC_FAILED_CEL, SHADOW_DENIED_CEL, CAPTURED_CEL,
-                                        *([TRACED_CEL] if traced else [])]))))),
+        _header(t.WATCH_HEADER, exact="1"),
+        # a gRPC status other than OK, of a gRPC request (Envoy's filter alone also takes a plain
+        # HTTP 200 without a grpc-status for a failure)
+        _all(_header("content-type", prefix="application/grpc"),
+             ac.AccessLogFilter(grpc_status_filter=grpc(statuses=[grpc.OK], exclude=True))),
+        _dynamic_metadata(t.RBAC_HTTP, t.SHADOW_RESULT, value_matcher(string_match=string_pb2.StringMatcher(exact="denied"))),
+        _dynamic_metadata(t.CAPTURE_NS, t.CAPTURE_FIRST_KEY, value_matcher(present_match=True)),
     ]
+    if traced:
+        filters += [_header("traceparent", suffix="-01"), _header("x-b3-sampled", exact="1")]
     if successes > 0:
         filters.append(ac.AccessLogFilter(runtime_filter=ac.RuntimeFilter(
             runtime_key=SUCCESSES_RUNTIME_KEY,

@@ -126,16 +126,19 @@ def _annotate(section: Section, routes: list[route_pb2.RouteConfiguration], watc
         _annotate_routes(rc, policies, watched, caller)
 
 
-def _loggers(info: cfg.SectionInfo, spec: MeshSpec) -> list[accesslog_pb2.AccessLog]:
+def _loggers(info: cfg.SectionInfo, spec: MeshSpec, watched: bool = False) -> list[accesslog_pb2.AccessLog]:
     loggers = []
     if spec.logging.stream:
-        loggers.append(cfg.grpc_access_log(info, spec.logging.successes, traced=spec.tracing is not None))
+        successes = 100.0 if watched else spec.logging.successes
+        loggers.append(cfg.grpc_access_log(info, successes, traced=spec.tracing is not None))
     if spec.logging.file:
         loggers.append(cfg.file_access_log(spec.logging.file, info))
     return loggers
 
 
-def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> None:
+def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec, watched: bool = False) -> None:
+    """``watched``: a tap watches this (inbound) section: every entry streamed. A caller's
+    sections never need it: their routes mark a watched request (cfg.stream_filter)."""
     # a connection is logged when it closes (a gateway's TCP and TLS-passthrough chains too)
     tcp = section.tcp_proxies()
     if tcp:
@@ -143,7 +146,7 @@ def _add_observers(section: Section, info: cfg.SectionInfo, spec: MeshSpec) -> N
         for proxy in tcp:
             proxy.access_log.extend(tcp_loggers)
     if section.http is not None:
-        section.http.hcm.access_log.extend(_loggers(info, spec))
+        section.http.hcm.access_log.extend(_loggers(info, spec, watched))
         if spec.tracing is not None:
             section.http.hcm.tracing.CopyFrom(cfg.tracing(info, spec.tracing))
             section.clusters[names.TRACING_CLUSTER] = cfg.tracing_cluster(spec.tracing)
@@ -225,7 +228,8 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
     if not _enabled(spec) or inbound is None:
         return
     assert isinstance(dataplane.spec, DataplaneSpec)
-    _annotate(section, section.route_configs(), _watched(mesh, inbound.service))
+    watched = _watched(mesh, inbound.service)
+    _annotate(section, section.route_configs(), watched)
     info = cfg.SectionInfo(
         listener=section.listener.name,
         direction="inbound",
@@ -239,7 +243,8 @@ def configure_inbound(section: InboundSection, dataplane: Resource, mesh: MeshSn
         destination_zone=inbound.tags.get("zone", ""),
         destination_instance=dataplane.name,
     )
-    _add_observers(section, info, spec)
+    # inbound routes are inline in the listener: a tap replaces it either way
+    _add_observers(section, info, spec, watched)
 
 
 # on_gateway: a gateway's entry listeners log too (tap and explain see requests as they enter the mesh)

@@ -61,3 +61,4 @@ RBAC_HTTP = "envoy.filters.http.rbac"
 SHADOW_RESULT = "shadow_engine_result"  # "denied": a dry-run TrafficPermission would have refused it
 SHADOW_POLICY = "shadow_effective_policy_id"  # which one (its Envoy RBAC policy name)
 CAPTURE_NS = "meshline.record"  # what a TrafficRecording's filter captured (meshline.learn.capture)
+CAPTURE_FIRST_KEY = "reqHeaders"  # set in CAPTURE_NS by the capture filter on every request it captures
