@@ -575,6 +575,44 @@ def test_a_stored_certificate_is_sealed_checked_at_apply_and_served(edge: Edge) 
         edge.mesh.apply(GATEWAY, wait=True)
 
 
+def test_a_certificate_nobody_provides_is_named_until_its_files_appear(edge: Edge) -> None:
+    """Envoy waits for a missing listener certificate without a word: the gateway's agent says
+    which, and how to provide it; once the files are there the listener serves."""
+    with_missing = GATEWAY.replace(
+        "    - {name: secure, port: 8443,",
+        "    - {name: late, port: 9443, protocol: HTTPS, hostname: '*.late.test',"
+        " tls: {certificateRefs: [{name: late-cert}]}}\n    - {name: secure, port: 8443,")  # fmt: skip
+    assert with_missing != GATEWAY
+    route = textwrap.dedent("""
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: late, namespace: default}
+        spec:
+          parentRefs: [{name: edge, sectionName: late}]
+          rules: [{backendRefs: [{name: api, port: 9001}]}]
+    """)
+    edge.mesh.apply(with_missing + route)
+    try:
+        wait_until(lambda: "gateway certificate late-cert is named by a listener but nothing provides it: put"
+                           " late-cert/tls.crt and tls.key in --certs-dir, or apply a GatewayCertificate named"
+                           " late-cert" in edge.gateway.log(), 30, interval=0.3,
+                   what="the gateway to name the missing certificate")  # fmt: skip
+        gw = edge.host("gw").address
+
+        def served() -> tuple[int, str]:
+            return edge.host("out").curl("https://eu.late.test:9443/", "--resolve", f"eu.late.test:9443:{gw}",
+                                         "--cacert", str(edge.ca_file))  # fmt: skip
+
+        assert served()[0] != 200
+        edge.ca.issue_to(edge.certs / "late-cert", ["*.late.test"])
+        wait_until(lambda: served()[0] == 200, 30, interval=0.3, what="the listener to serve once the files exist")
+    finally:
+        edge.mesh.cli("delete", "httproute", "late", check=False)
+        edge.mesh.cli("delete", "meshgatewayroute", "late", check=False)
+        edge.mesh.apply(GATEWAY, wait=True)
+
+
 def test_a_listener_that_validates_client_certificates(edge: Edge) -> None:
     """Mutual TLS with the outside: only clients with a certificate from the listener's CA get in,
     and the app gets the verified subject (a header the caller cannot set itself)."""

@@ -7,7 +7,6 @@ The control plane runs in this process; each demo service runs under its own
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -24,6 +23,7 @@ import yaml
 from meshline.agent.backoff import Backoff
 from meshline.controlplane.settings import Settings
 from meshline.core.errors import MeshlineError
+from meshline.core.tasks import wait_set
 from meshline.server.controlplane import ControlPlane
 
 SUPERVISE_EVERY = 0.5  # seconds between looks at the demo agents once the demo runs
@@ -270,8 +270,7 @@ async def run_up(settings: Settings, web_port: int, outbound_base: int, build: C
         if first is not None and ready is not None:
             ready(cp, demo, first, time.monotonic() - started)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SUPERVISE_EVERY)
+            await wait_set(stop, SUPERVISE_EVERY)
             if not stop.is_set():
                 demo.supervise(time.monotonic())
     finally:

@@ -35,6 +35,7 @@ from meshline.core import labels
 from meshline.core.errors import FieldProblem, Forbidden, NotFound, ValidationError
 from meshline.core.resource import Resource, ResourceKey
 from meshline.core.schema import NAME_HINT, NAME_RE
+from meshline.core.tasks import wait_set
 from meshline.core.zones import ZONE, ZONE_SERVICE, ZoneServiceSpec, ZoneSpec
 from meshline.multizone import ca_transfer
 from meshline.multizone.protocol import DownFeed, Report, for_zone, key_from, merge_report
@@ -208,8 +209,7 @@ class GlobalSync:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if not batch.empty or remaining <= 0 or request.transport is None:
                     break
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+                await wait_set(changed, remaining)
             body = batch.to_json(await self._ca_fields(zone, batch.put, box))
         finally:
             link.polls -= 1

@@ -35,6 +35,7 @@ from meshline.core.datadir import write_private
 from meshline.core.errors import MeshlineError, NotFound
 from meshline.core.ratelog import RateLimitedLog
 from meshline.core.resource import Resource, ResourceKey
+from meshline.core.tasks import stop_tasks, wait_set
 from meshline.core.zones import ZONE_SERVICE, ZoneServiceSpec
 from meshline.multizone import ca_transfer
 from meshline.multizone.protocol import (
@@ -147,11 +148,7 @@ class ZoneSync:
             self.reconciler.listeners.remove(self._rendered)
         with contextlib.suppress(ValueError):
             self.ctx.status.listeners.remove(self._acked)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         self._tasks = []
         if self._client is not None:
             await self._client.aclose()
@@ -341,8 +338,7 @@ class ZoneSync:
         delay = 0.2
         resync = self.uploaded < self._up_floor  # deletions before this process started are unknown
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._up_wake.wait(), UP_HEARTBEAT)
+            await wait_set(self._up_wake, UP_HEARTBEAT)
             self._up_wake.clear()
             try:
                 resync = await self._up_once(resync)

@@ -42,6 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from meshline.core.errors import Conflict, FieldProblem, Forbidden, NotFound, ValidationError
 from meshline.core.mesh import MeshSpec
 from meshline.core.resource import Resource, ResourceKey
+from meshline.core.tasks import wait_set
 from meshline.security import crypto
 from meshline.security.kinds import CAEntry, MeshCASpec
 from meshline.security.provided_key import KEY_PATH, open_key
@@ -629,8 +630,7 @@ class CAManager:
             if nxt is not None:
                 wait = min(wait, max(0.01, nxt - now + 0.01))
             ev = self._changed.setdefault(mesh, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), wait)
+            await wait_set(ev, wait)
 
     async def sign(
         self,

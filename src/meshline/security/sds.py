@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from meshline.xds.snapshot import SECRET, Snapshot, pack
 from meshline.xds.stream import AdsStream, Nack
 
 log = logging.getLogger("meshline.security.sds")
+GATEWAY_CERT_PREFIX = names.GATEWAY_CERT_PREFIX
+MAX_MISSING_TOLD = 256  # certificate names remembered as told (Envoy asks only for its listeners')
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self.streams = 0
         # Secrets besides the workload's (a gateway's listener certificates), by name.
         self.extra: dict[str, secret_pb2.Secret] = {}
+        self._missing_told: set[str] = set()  # gateway certificates Envoy asked for that nobody had
 
     # -- content ---------------------------------------------------------------------
     def update(self, material: IdentityMaterial) -> None:
@@ -95,6 +98,7 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         """Serve these secrets too (a gateway's certificates); a changed one reaches Envoy at once,
         which uses it for new TLS handshakes and keeps the open connections."""
         self.extra = dict(secrets)
+        self._missing_told -= set(secrets)  # provided now: say so again if it goes missing
         if self.material is not None:
             self._publish()
 
@@ -149,6 +153,8 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 item = await inbox.get()
                 if item is None:
                     return
+                if not isinstance(item, Snapshot):
+                    self._say_missing(item.resource_names)
                 out = stream.update(item) if isinstance(item, Snapshot) else stream.receive(item)
                 for ev in out.events:
                     if isinstance(ev, Nack):
@@ -160,6 +166,21 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
             self.streams -= 1
             self._watchers.discard(inbox.put_nowait)
             reader.cancel()
+
+    def _say_missing(self, requested: Iterable[str]) -> None:
+        """A gateway listener names a certificate nobody provides: Envoy waits for it without
+        a word and the listener never serves, so say which and how to provide it (once each)."""
+        have = set(self.snapshot.slot(SECRET).resources) if self.snapshot is not None else set()
+        for name in requested:
+            if not name.startswith(GATEWAY_CERT_PREFIX) or name in have or name in self._missing_told:
+                continue
+            if len(self._missing_told) >= MAX_MISSING_TOLD:
+                return
+            self._missing_told.add(name)
+            cert = name[len(GATEWAY_CERT_PREFIX):]
+            log.warning("gateway certificate %s is named by a listener but nothing provides it: put %s/tls.crt and"
+                        " tls.key in --certs-dir, or apply a GatewayCertificate named %s; until then that"
+                        " listener does not serve", cert, cert, cert)  # fmt: skip
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from meshline.core.errors import MeshlineError, Unavailable
+from meshline.core.tasks import wait_set
 from meshline.security import crypto
 from meshline.security.sds import IdentityMaterial, SdsServer
 
@@ -149,8 +150,7 @@ class WorkloadIdentity:
             m = self.material
             assert m is not None
             wait = max(0.0, self.renew_at(m) - self.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._renew_now.wait(), wait)
+            await wait_set(self._renew_now, wait)
             self._renew_now.clear()
             await self._renew()
 

@@ -115,10 +115,13 @@ def gateway_listener(port: int) -> str:
     return f"gateway_{port}"
 
 
+GATEWAY_CERT_PREFIX = "gateway_cert_"
+
+
 def gateway_certificate_secret(certificate: str) -> str:
     """A gateway listener's certificate, served by the gateway's agent over SDS (from its
     --certs-dir, ``<certificate>/tls.crt`` and ``tls.key``)."""
-    return f"gateway_cert_{certificate}"
+    return GATEWAY_CERT_PREFIX + certificate
 
 
 def gateway_chain(listener: str, hostname: str = "") -> str:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
@@ -33,6 +32,7 @@ from meshline.agent.capture.install import CaptureError
 from meshline.agent.capture.rules import CaptureConfig
 from meshline.agent.config import AgentConfig, TransparentOptions
 from meshline.core.locations import DEFAULT_API_PORT, DEFAULT_XDS_PORT
+from meshline.core.tasks import wait_set
 
 Report = Callable[[str], None]
 TABLE_WAIT_S = 10.0  # after Envoy is ready its listeners (and so the table) have arrived
@@ -165,8 +165,7 @@ class Capture:
         """Once Envoy has its first config (and so the VIP range): the range must be free and routable
         on this host; a failure stops the agent, which removes the rules."""
         if not self.table.received:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.table.changed.wait(), TABLE_WAIT_S)
+            await wait_set(self.table.changed, TABLE_WAIT_S)
         vip_range = self.table.vip_range
         if not vip_range:
             return
