@@ -51,10 +51,8 @@ async def test_wait_set_says_whether_the_event_came() -> None:
 
 async def test_stop_tasks_cancels_again_a_task_that_swallowed_one_cancel() -> None:
     async def stubborn() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed once, as a racing wait_for does
             await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            pass  # swallowed once, as a racing wait_for does
         await asyncio.sleep(10)
 
     task = asyncio.create_task(stubborn())
