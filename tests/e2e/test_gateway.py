@@ -10,12 +10,13 @@ and ``out``, an outside host with nothing of Meshline (curl and the test CA only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,35 @@ class Edge:
 
     def host(self, name: str) -> Host:
         return self.net.hosts[name]
+
+    @contextlib.contextmanager
+    def extra_https_listener(self, name: str, domain: str, certificate: str, wait: bool = True) -> Iterator[
+            Callable[[], tuple[int, str]]]:  # fmt: skip
+        """A listener ``name`` on port 9443 for ``*.<domain>`` with ``certificate``, routed to api,
+        while in the block; yields a curl of ``https://eu.<domain>:9443/`` from the outside host."""
+        docs = GATEWAY.replace(
+            "    - {name: secure, port: 8443,",
+            f"    - {{name: {name}, port: 9443, protocol: HTTPS, hostname: '*.{domain}',"
+            f" tls: {{certificateRefs: [{{name: {certificate}}}]}}}}\n    - {{name: secure, port: 8443,")  # fmt: skip
+        assert docs != GATEWAY
+        docs += textwrap.dedent(f"""
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {{name: {name}, namespace: default}}
+            spec:
+              parentRefs: [{{name: edge, sectionName: {name}}}]
+              rules: [{{backendRefs: [{{name: api, port: 9001}}]}}]
+        """)
+        self.mesh.apply(docs, wait=wait)
+        gw = self.host("gw").address
+        try:
+            yield lambda: self.host("out").curl(f"https://eu.{domain}:9443/", "--resolve", f"eu.{domain}:9443:{gw}",
+                                                "--cacert", str(self.ca_file))  # fmt: skip
+        finally:
+            self.mesh.cli("delete", "httproute", name, check=False)
+            self.mesh.cli("delete", "meshgatewayroute", name, check=False)
+            self.mesh.apply(GATEWAY, wait=True)
 
     def https(self, hostname: str, path: str = "/", *args: str) -> tuple[int, str]:
         """curl from the outside host to the gateway, as ``https://hostname``, verifying the test CA."""
@@ -276,6 +306,7 @@ def test_tls_passthrough_reaches_a_backend_that_terminates_tls_itself(edge: Edge
     at_gateway = wait_until(lambda: next((r for r in edge.mesh.recent("secure") if r["dataplane"] == "edge-gw"
                                           and r["time"] >= started - 1), None), 20, interval=0.3,
                             what="the gateway's entry for the passed-through connection")  # fmt: skip
+    assert at_gateway is not None
     assert (at_gateway["protocol"], at_gateway["source"], at_gateway["destination"]) == ("tcp", "edge", "secure")
     assert at_gateway["dataplane"] == "edge-gw" and at_gateway["section"] == "gateway/listener/8443"
     assert at_gateway["client"].startswith(edge.host("out").address + ":"), at_gateway
@@ -545,72 +576,22 @@ def test_a_stored_certificate_is_sealed_checked_at_apply_and_served(edge: Edge) 
     assert as_web.returncode == 0, as_web.stderr
     assert json.loads(as_web.stdout)["spec"]["privateKey"] == "(redacted: only admin tokens can read it)"
     # a listener naming it: the gateway fetches it (no file in its certs dir) and serves it by SNI
-    with_stored = GATEWAY.replace(
-        "    - {name: secure, port: 8443,",
-        "    - {name: stored, port: 9443, protocol: HTTPS, hostname: '*.stored.test',"
-        " tls: {certificateRefs: [{name: stored}]}}\n    - {name: secure, port: 8443,")  # fmt: skip
-    assert with_stored != GATEWAY
-    route = textwrap.dedent("""
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: stored, namespace: default}
-        spec:
-          parentRefs: [{name: edge, sectionName: stored}]
-          rules: [{backendRefs: [{name: api, port: 9001}]}]
-    """)
-    edge.mesh.apply(with_stored + route, wait=True)
-    try:
-        gw = edge.host("gw").address
-
-        def served() -> tuple[int, str]:
-            return edge.host("out").curl("https://eu.stored.test:9443/", "--resolve", f"eu.stored.test:9443:{gw}",
-                                         "--cacert", str(edge.ca_file))  # fmt: skip
-
+    with edge.extra_https_listener("stored", "stored.test", "stored") as served:
         wait_until(lambda: served()[0] == 200, 30, interval=0.3, what="the stored certificate to be served")
         assert json.loads(served()[1])["instance"] == "api-w"
-    finally:
-        edge.mesh.cli("delete", "httproute", "stored", check=False)
-        edge.mesh.cli("delete", "meshgatewayroute", "stored", check=False)
-        edge.mesh.apply(GATEWAY, wait=True)
 
 
 def test_a_certificate_nobody_provides_is_named_until_its_files_appear(edge: Edge) -> None:
     """Envoy waits for a missing listener certificate without a word: the gateway's agent says
     which, and how to provide it; once the files are there the listener serves."""
-    with_missing = GATEWAY.replace(
-        "    - {name: secure, port: 8443,",
-        "    - {name: late, port: 9443, protocol: HTTPS, hostname: '*.late.test',"
-        " tls: {certificateRefs: [{name: late-cert}]}}\n    - {name: secure, port: 8443,")  # fmt: skip
-    assert with_missing != GATEWAY
-    route = textwrap.dedent("""
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: late, namespace: default}
-        spec:
-          parentRefs: [{name: edge, sectionName: late}]
-          rules: [{backendRefs: [{name: api, port: 9001}]}]
-    """)
-    edge.mesh.apply(with_missing + route)
-    try:
+    with edge.extra_https_listener("late", "late.test", "late-cert", wait=False) as served:
         wait_until(lambda: "gateway certificate late-cert is named by a listener but nothing provides it: put"
                            " late-cert/tls.crt and tls.key in --certs-dir, or apply a GatewayCertificate named"
                            " late-cert" in edge.gateway.log(), 30, interval=0.3,
                    what="the gateway to name the missing certificate")  # fmt: skip
-        gw = edge.host("gw").address
-
-        def served() -> tuple[int, str]:
-            return edge.host("out").curl("https://eu.late.test:9443/", "--resolve", f"eu.late.test:9443:{gw}",
-                                         "--cacert", str(edge.ca_file))  # fmt: skip
-
         assert served()[0] != 200
         edge.ca.issue_to(edge.certs / "late-cert", ["*.late.test"])
         wait_until(lambda: served()[0] == 200, 30, interval=0.3, what="the listener to serve once the files exist")
-    finally:
-        edge.mesh.cli("delete", "httproute", "late", check=False)
-        edge.mesh.cli("delete", "meshgatewayroute", "late", check=False)
-        edge.mesh.apply(GATEWAY, wait=True)
 
 
 def test_a_listener_that_validates_client_certificates(edge: Edge) -> None:
