@@ -52,6 +52,19 @@ def upgrade_result(sc: Sidecar) -> dict[str, object]:
     return read_status(sc.work_dir) or {}
 
 
+def upgraded_and_stopped_failing_nothing(what: str, load: PacedLoad, first: Sidecar, second: Sidecar, rc: int,
+                                         upgraded: dict[str, object], after: float) -> None:  # fmt: skip
+    """Every request answered by an orders instance; orders-1 upgraded in place and serving,
+    orders-2 stopped cleanly, and only orders-1 (app orders-a) answering after the stop."""
+    failed = load.failed("orders-")
+    print(f"{what}: {len(failed)} failed of {len(load.outcomes)} requests; upgrade: {upgraded.get('message')}")
+    assert failed == [], failed
+    assert rc == 0, second.log()
+    assert upgraded.get("state") == "done", first.log()
+    assert first.proc.poll() is None and first.ready()
+    assert {w for _, w in load.since(after)} == {"orders-a"}
+
+
 def two_orders_and_web(mesh: MeshHarness, a: HttpTestServer, b: HttpTestServer) -> tuple[Sidecar, Sidecar, Sidecar]:
     first = mesh.sidecar("orders", app_port=a.port, name="orders-1")
     second = mesh.sidecar("orders", app_port=b.port, name="orders-2")
@@ -78,14 +91,8 @@ def test_ca_rotation_during_a_sidecar_upgrade_and_a_graceful_stop_fails_no_reque
             wait_until(lambda: len(load.since(after)) >= RATE_HZ, 30, what="requests after it all")
         finally:
             load.stop()
-        failed = load.failed("orders-")
-        print(f"CA rotation + sidecar upgrade + graceful stop: {len(failed)} failed of {len(load.outcomes)} requests;"
-              f" upgrade: {upgraded.get('message')}")  # fmt: skip
-        assert failed == [], failed
-        assert rc == 0, second.log()
-        assert upgraded.get("state") == "done", first.log()
-        assert first.proc.poll() is None and first.ready()
-        assert {w for _, w in load.since(after)} == {"orders-a"}
+        upgraded_and_stopped_failing_nothing("CA rotation + sidecar upgrade + graceful stop", load, first, second,
+                                             rc, upgraded, after)  # fmt: skip
         assert mesh.api.get("/api/v1/ca/default/trust-bundle")["roots"] == 2  # the old root is still trusted
 
 
@@ -156,11 +163,6 @@ def test_one_minute_certificates_renew_across_an_upgrade_and_a_graceful_stop_fai
             wait_until(lambda: len(load.since(after)) >= RATE_HZ, 30, what="requests after the stop")
         finally:
             load.stop()
-        failed = load.failed("orders-")
-        print(f"1-minute certificates + sidecar upgrade + graceful stop: {len(failed)} failed of"
-              f" {len(load.outcomes)} requests; upgrade: {upgraded.get('message')}")  # fmt: skip
-        assert failed == [], failed
-        assert rc == 0, second.log()
-        assert first.proc.poll() is None and first.ready()
-        assert {w for _, w in load.since(after)} == {"orders-a"}
+        upgraded_and_stopped_failing_nothing("1-minute certificates + sidecar upgrade + graceful stop", load, first,
+                                             second, rc, upgraded, after)  # fmt: skip
         assert identity_serial(first) == mesh.dataplane_status("orders-1")["certSerial"]

@@ -7,13 +7,11 @@ from pathlib import Path
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
 
-from meshline.policies import plugins
 from meshline.policies.trafficpermission.decision import connection_decision
-from meshline.render.mesh_snapshot import MeshSnapshot
-from meshline.render.render import RenderResult, render
+from meshline.render.render import RenderResult
 from meshline.telemetry.explain import ExplainContext, explain
 from meshline.telemetry.record import LogRecord
-from meshline.testing.golden import load_resources
+from meshline.testing.golden import load_resources, render_named
 from meshline.testing.policy_kit import envoy_accepts
 from meshline.xds.snapshot import LISTENER
 
@@ -60,10 +58,7 @@ spec:
 
 
 def rendered(extra: str = "", mesh_text: str = MESH) -> RenderResult:
-    resources = load_resources(mesh_text + extra)
-    mesh = next(r for r in resources if r.kind == "Mesh")
-    snap = MeshSnapshot.build(mesh, [r for r in resources if r.mesh == "default"], revision=1)
-    return render(snap.dataplanes["egress-1"], snap, plugins())
+    return render_named(load_resources(mesh_text + extra), "egress-1")
 
 
 def chain_rbac(result: RenderResult) -> dict[str, rbac_pb2.RBAC | None]:
