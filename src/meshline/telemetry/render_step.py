@@ -99,8 +99,6 @@ def _annotate_routes(rc: route_pb2.RouteConfiguration, policies: str, watched: b
             meta: dict[str, str] = {}
             if policies:
                 meta[t.META_POLICIES] = policies
-            if watched:
-                meta[t.META_WATCH] = "all"
             if route.HasField("route"):
                 action = route.route
                 timeout = action.timeout.ToMilliseconds() if action.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS

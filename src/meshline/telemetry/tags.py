@@ -25,7 +25,6 @@ META_TIMEOUT_MS = "timeoutMs"  # route timeout when the entry was logged ("0": n
 META_PER_TRY_TIMEOUT_MS = "perTryTimeoutMs"
 META_SERVICE = "service"  # a gateway's cluster: the mesh service it reaches (its logs' destination)
 META_DATAPLANE = "dataplane"  # endpoint metadata the base generator sets
-META_WATCH = "watch"  # route metadata while a tap watches the route's traffic: stream every entry
 
 # custom tag names on access-log entries
 T_DIRECTION = "meshline.direction"
